@@ -1,0 +1,1 @@
+//! knock-capture (under construction).

@@ -1,0 +1,1 @@
+//! knock-config (under construction).

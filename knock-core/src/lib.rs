@@ -1,0 +1,92 @@
+//! # knock-core
+//!
+//! The sans-IO heart of knock-rs: a deterministic port-knocking matcher.
+//! Knock [`Event`]s go in, [`Decision`]s come out, and time is a value the
+//! caller passes in. There are no sockets, threads, clocks, files or
+//! processes here, so the same matcher runs a live daemon, replays a capture
+//! file or sits inside a fuzzer.
+//!
+//! ```text
+//!   capture (AF_PACKET, pnet, pcap)          firewall (nftables, iptables, sh)
+//!            │ Event                                    ▲ Open / Close
+//!            ▼                                          │
+//!   handle_event(now, &ev) ──► Matcher ──► poll_decision()
+//!   handle_timeout(now)    ──►         ──► poll_timeout() ─► sleep until
+//! ```
+//!
+//! ## Brief overview
+//! * [`Door`]: a named set of [`Step`] sequences plus knockd's rules
+//!   (`seq_timeout`, `tcpflags`, `target`, one-time sequences) and ours
+//!   (`allow_repeat`, `cooldown`, `from`).
+//! * [`Matcher`]: the per-source state machine. Call order: after every
+//!   `handle_event` or `handle_timeout`, drain `poll_decision` until `None`,
+//!   then wait for the next packet or until `poll_timeout`. Time must only move
+//!   forward (it is clamped otherwise) and is resolved to the millisecond.
+//! * [`Decision`]: `Stage`, `Open`, `Extended`, `Close`, `Expired`,
+//!   `Invalidated`, `SequenceConsumed`. Sinks, not the core, turn them into
+//!   firewall rules or commands.
+//! * [`Listen`]: what a capture backend's kernel filter must let through
+//!   ([`Matcher::listen_set`]).
+//!
+//! ## Semantics
+//! knockd's, per source address: a knock from a source with no attempt starts
+//! one for every door whose first step it hits; later knocks advance the
+//! attempts whose next step they hit and invalidate the others (that knock
+//! does not start a new attempt); an attempt must finish within its door's
+//! `seq_timeout` of its first knock. Knocks no door listens to are ignored, as
+//! are TCP knocks with the wrong flags for a door. Unlike knockd, an expiry
+//! removes only its own attempt, expiry is driven by `handle_timeout` rather
+//! than the next packet, doors sharing a prefix (1,2 and 1,2,3) all fire, a
+//! repeat knock can be tolerated (`allow_repeat`), a re-knock while a grant is
+//! open extends it instead of opening twice, and state is bounded by [`Limits`].
+//!
+//! ## Example
+//! ```
+//! use knock_core::{Decision, Door, Event, Limits, Matcher, Step, TcpFlags, Timestamp};
+//! use std::net::{IpAddr, Ipv4Addr};
+//! use std::time::Duration;
+//!
+//! let door = Door::new("openSSH", vec![Step::tcp(7000), Step::tcp(8000), Step::udp(9000)])
+//!     .with_grant_lifetime(Some(Duration::from_secs(10)));
+//! let mut m = Matcher::new(vec![door], Limits::default()).unwrap();
+//! let (me, server): (IpAddr, IpAddr) = (Ipv4Addr::new(198, 18, 0, 2).into(), Ipv4Addr::new(198, 18, 0, 1).into());
+//!
+//! let t = Timestamp::from_secs(100);
+//! m.handle_event(t, &Event::tcp(me, server, 7000, TcpFlags::SYN, t));
+//! m.handle_event(t, &Event::tcp(me, server, 8000, TcpFlags::SYN, t));
+//! m.handle_event(t, &Event::udp(me, server, 9000, t));
+//!
+//! let decisions: Vec<Decision> = std::iter::from_fn(|| m.poll_decision()).collect();
+//! assert!(matches!(decisions.last(), Some(Decision::Open { src, .. }) if *src == me));
+//!
+//! // Ten seconds later the grant closes.
+//! let wake = m.poll_timeout().unwrap();
+//! assert_eq!(wake, Timestamp::from_secs(110));
+//! m.handle_timeout(wake);
+//! assert!(matches!(m.poll_decision(), Some(Decision::Close { .. })));
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod decision;
+mod door;
+mod error;
+mod event;
+mod grant;
+mod matcher;
+mod table;
+mod time;
+mod timer;
+
+pub use decision::{Decision, DoorId, GrantId};
+pub use door::{
+    Door, FlagFilter, Listen, Sequences, Step, DEFAULT_SEQ_TIMEOUT, MAX_SEQ_TIMEOUT, MAX_STEPS,
+};
+pub use error::DoorError;
+pub use event::{Event, Proto, TcpFlags, UnknownName};
+pub use matcher::{Limits, Matcher, Stats};
+pub use time::Timestamp;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,372 @@
+//! The bounded per-source table.
+//!
+//! Records live in a slab (`Vec<Record>`, stable indices, a free list) and are
+//! found through a `hashbrown::HashTable<u32>` of slab indices, hashed with a
+//! randomly seeded SipHash (sources are spoofable). Every live record is also
+//! on one intrusive FIFO list per *level* (the most steps any of its attempts
+//! has done), so that eviction takes the least advanced, oldest record in O(1).
+//!
+//! A record is 36 bytes; with the index and the timer heap a tracked source
+//! costs about 60 bytes (measured by `benches/matcher.rs`).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, Ipv6Addr};
+
+use hashbrown::HashTable;
+
+use crate::door::MAX_STEPS;
+
+/// A source address as a table key: IPv6 as is, IPv4 as its IPv4-mapped IPv6
+/// form. (A packet whose IPv6 source is itself IPv4-mapped is therefore the
+/// same knocker as the IPv4 host; such packets are invalid on the wire.)
+pub(crate) type Key = [u8; 16];
+
+pub(crate) fn key_of(ip: IpAddr) -> Key {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+pub(crate) fn addr_of(key: &Key) -> IpAddr {
+    let a = Ipv6Addr::from(*key);
+    match a.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(a),
+    }
+}
+
+/// One attempt of one source at one track (a door's sequence).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Attempt {
+    pub(crate) track: u16,
+    /// Steps done (1..=MAX_STEPS).
+    pub(crate) step: u8,
+    /// The track's epoch when the attempt started; a bumped track epoch
+    /// (one-time sequence used) kills the attempt.
+    pub(crate) epoch: u8,
+}
+
+impl Attempt {
+    const NONE: Attempt = Attempt {
+        track: u16::MAX,
+        step: 0,
+        epoch: 0,
+    };
+    const SPILLED: Attempt = Attempt {
+        track: u16::MAX - 1,
+        step: 0,
+        epoch: 0,
+    };
+    /// The largest usable track number.
+    pub(crate) const MAX_TRACK: usize = u16::MAX as usize - 2;
+}
+
+const NIL: u32 = u32::MAX;
+const LEVELS: usize = MAX_STEPS + 1;
+
+#[derive(Clone, Debug)]
+struct Record {
+    key: Key,
+    /// Start of the attempts, milliseconds, wrapping (ages stay far below 2^31 ms).
+    start_ms: u32,
+    prev: u32,
+    next: u32,
+    /// Up to two attempts inline; `[SPILLED, _]` means they are in `spill`.
+    attempts: [Attempt; 2],
+}
+
+impl Record {
+    fn is_free(&self) -> bool {
+        self.attempts[0] == Attempt::NONE
+    }
+}
+
+pub(crate) struct SourceTable {
+    slab: Vec<Record>,
+    free: u32,
+    index: HashTable<u32>,
+    hasher: RandomState,
+    spill: HashMap<u32, Vec<Attempt>>,
+    heads: [u32; LEVELS],
+    tails: [u32; LEVELS],
+    len: usize,
+}
+
+impl SourceTable {
+    pub(crate) fn new() -> Self {
+        SourceTable {
+            slab: Vec::new(),
+            free: NIL,
+            index: HashTable::new(),
+            hasher: RandomState::new(),
+            spill: HashMap::new(),
+            heads: [NIL; LEVELS],
+            tails: [NIL; LEVELS],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn find(&self, key: &Key) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        let slab = &self.slab;
+        self.index
+            .find(hash, |&i| slab[i as usize].key == *key)
+            .copied()
+    }
+
+    pub(crate) fn key(&self, idx: u32) -> &Key {
+        &self.slab[idx as usize].key
+    }
+
+    pub(crate) fn start_ms(&self, idx: u32) -> u32 {
+        self.slab[idx as usize].start_ms
+    }
+
+    pub(crate) fn is_live(&self, idx: u32) -> bool {
+        self.slab.get(idx as usize).is_some_and(|r| !r.is_free())
+    }
+
+    /// Copies the attempts of `idx` into `out` (cleared first).
+    pub(crate) fn load(&self, idx: u32, out: &mut Vec<Attempt>) {
+        out.clear();
+        let r = &self.slab[idx as usize];
+        if r.attempts[0] == Attempt::SPILLED {
+            if let Some(v) = self.spill.get(&idx) {
+                out.extend_from_slice(v);
+            }
+        } else {
+            out.extend(r.attempts.iter().copied().filter(|a| *a != Attempt::NONE));
+        }
+    }
+
+    fn level_of(&self, idx: u32) -> usize {
+        let r = &self.slab[idx as usize];
+        let max = if r.attempts[0] == Attempt::SPILLED {
+            self.spill
+                .get(&idx)
+                .and_then(|v| v.iter().map(|a| a.step).max())
+                .unwrap_or(0)
+        } else {
+            r.attempts
+                .iter()
+                .filter(|a| **a != Attempt::NONE)
+                .map(|a| a.step)
+                .max()
+                .unwrap_or(0)
+        };
+        usize::from(max).min(LEVELS - 1)
+    }
+
+    fn write_attempts(&mut self, idx: u32, attempts: &[Attempt]) {
+        let r = &mut self.slab[idx as usize];
+        if attempts.len() <= 2 {
+            if r.attempts[0] == Attempt::SPILLED {
+                self.spill.remove(&idx);
+            }
+            r.attempts = [Attempt::NONE; 2];
+            r.attempts[..attempts.len()].copy_from_slice(attempts);
+        } else {
+            r.attempts = [Attempt::SPILLED, Attempt::SPILLED];
+            let v = self.spill.entry(idx).or_default();
+            v.clear();
+            v.extend_from_slice(attempts);
+        }
+    }
+
+    /// Replaces the attempts of a live record (non-empty), moving it to the
+    /// tail of its new level's list if its level changed.
+    pub(crate) fn store(&mut self, idx: u32, attempts: &[Attempt]) {
+        debug_assert!(!attempts.is_empty());
+        let old = self.level_of(idx);
+        self.write_attempts(idx, attempts);
+        let new = self.level_of(idx);
+        if old != new {
+            self.unlink(idx, old);
+            self.link(idx, new);
+        }
+    }
+
+    /// Inserts a new record; the caller made room (`len() < max`).
+    pub(crate) fn insert(&mut self, key: Key, start_ms: u32, attempts: &[Attempt]) -> u32 {
+        debug_assert!(!attempts.is_empty());
+        let rec = Record {
+            key,
+            start_ms,
+            prev: NIL,
+            next: NIL,
+            attempts: [Attempt::NONE; 2],
+        };
+        let idx = if self.free != NIL {
+            let idx = self.free;
+            self.free = self.slab[idx as usize].next;
+            self.slab[idx as usize] = rec;
+            idx
+        } else {
+            let idx = u32::try_from(self.slab.len()).unwrap_or(NIL - 1);
+            self.slab.push(rec);
+            idx
+        };
+        self.write_attempts(idx, attempts);
+        let level = self.level_of(idx);
+        self.link(idx, level);
+        let hash = self.hasher.hash_one(key);
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index
+            .insert_unique(hash, idx, |&i| hasher.hash_one(slab[i as usize].key));
+        self.len += 1;
+        idx
+    }
+
+    pub(crate) fn remove(&mut self, idx: u32) {
+        if !self.is_live(idx) {
+            return;
+        }
+        let level = self.level_of(idx);
+        self.unlink(idx, level);
+        let key = self.slab[idx as usize].key;
+        let hash = self.hasher.hash_one(key);
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i == idx) {
+            entry.remove();
+        }
+        if self.slab[idx as usize].attempts[0] == Attempt::SPILLED {
+            self.spill.remove(&idx);
+        }
+        let r = &mut self.slab[idx as usize];
+        r.attempts = [Attempt::NONE; 2];
+        r.next = self.free;
+        r.prev = NIL;
+        self.free = idx;
+        self.len -= 1;
+    }
+
+    /// The record eviction should take: least advanced, then oldest at that level.
+    pub(crate) fn eviction_candidate(&self) -> Option<u32> {
+        self.heads.iter().copied().find(|&h| h != NIL)
+    }
+
+    /// The indices of every live record.
+    pub(crate) fn live(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slab
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_free())
+            .map(|(i, _)| i as u32)
+    }
+
+    fn link(&mut self, idx: u32, level: usize) {
+        let tail = self.tails[level];
+        {
+            let r = &mut self.slab[idx as usize];
+            r.prev = tail;
+            r.next = NIL;
+        }
+        if tail == NIL {
+            self.heads[level] = idx;
+        } else {
+            self.slab[tail as usize].next = idx;
+        }
+        self.tails[level] = idx;
+    }
+
+    fn unlink(&mut self, idx: u32, level: usize) {
+        let (prev, next) = {
+            let r = &self.slab[idx as usize];
+            (r.prev, r.next)
+        };
+        if prev == NIL {
+            self.heads[level] = next;
+        } else {
+            self.slab[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tails[level] = prev;
+        } else {
+            self.slab[next as usize].prev = prev;
+        }
+    }
+
+    /// Bytes of heap memory the table holds (capacity, not length).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.slab.capacity() * std::mem::size_of::<Record>()
+            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self
+                .spill
+                .values()
+                .map(|v| v.capacity() * std::mem::size_of::<Attempt>())
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn a(track: u16, step: u8) -> Attempt {
+        Attempt {
+            track,
+            step,
+            epoch: 0,
+        }
+    }
+
+    #[test]
+    fn record_is_36_bytes() {
+        assert_eq!(std::mem::size_of::<Record>(), 36);
+    }
+
+    #[test]
+    fn keys_round_trip_both_families() {
+        let v4: IpAddr = Ipv4Addr::new(198, 18, 0, 2).into();
+        let v6: IpAddr = "2001:db8::2".parse().unwrap();
+        assert_eq!(addr_of(&key_of(v4)), v4);
+        assert_eq!(addr_of(&key_of(v6)), v6);
+        assert_ne!(key_of(v4), key_of("::198.18.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn insert_find_remove_reuse() {
+        let mut t = SourceTable::new();
+        let k1 = key_of(Ipv4Addr::new(1, 1, 1, 1).into());
+        let k2 = key_of(Ipv4Addr::new(2, 2, 2, 2).into());
+        let i1 = t.insert(k1, 0, &[a(0, 1)]);
+        let i2 = t.insert(k2, 0, &[a(0, 1), a(1, 1), a(2, 1)]);
+        assert_eq!(t.find(&k1), Some(i1));
+        assert_eq!(t.find(&k2), Some(i2));
+        let mut buf = Vec::new();
+        t.load(i2, &mut buf);
+        assert_eq!(buf.len(), 3);
+        t.remove(i1);
+        assert_eq!(t.find(&k1), None);
+        assert_eq!(t.len(), 1);
+        let i3 = t.insert(k1, 5, &[a(0, 1)]);
+        assert_eq!(i3, i1, "freed slot reused");
+        t.remove(i2);
+        assert!(t.spill.is_empty());
+    }
+
+    #[test]
+    fn eviction_prefers_least_advanced_then_oldest() {
+        let mut t = SourceTable::new();
+        let keys: Vec<Key> = (0..4u8)
+            .map(|i| key_of(Ipv4Addr::new(10, 0, 0, i).into()))
+            .collect();
+        let i0 = t.insert(keys[0], 0, &[a(0, 1)]);
+        let i1 = t.insert(keys[1], 0, &[a(0, 1)]);
+        let i2 = t.insert(keys[2], 0, &[a(0, 1)]);
+        t.store(i0, &[a(0, 2)]);
+        assert_eq!(t.eviction_candidate(), Some(i1));
+        t.remove(i1);
+        assert_eq!(t.eviction_candidate(), Some(i2));
+        t.remove(i2);
+        assert_eq!(t.eviction_candidate(), Some(i0));
+        t.remove(i0);
+        assert_eq!(t.eviction_candidate(), None);
+    }
+}

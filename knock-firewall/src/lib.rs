@@ -1,0 +1,1 @@
+//! knock-firewall (under construction).

@@ -1,0 +1,205 @@
+//! Test support for knock-rs: network namespaces that a test creates and
+//! destroys, joined by a veth pair, with addresses from 198.18.0.0/15 and the
+//! IPv6 documentation prefix. Needs root; every helper returns an error
+//! rather than panicking, so a test can say what failed.
+//!
+//! ```no_run
+//! let pair = knock_testnet::Pair::new().unwrap();
+//! pair.client.run(&["ping", "-c1", "-W1", knock_testnet::SERVER_V4]).unwrap();
+//! ```
+#![deny(missing_docs)]
+
+use std::fs::File;
+use std::io;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The server's IPv4 address in a [`Pair`].
+pub const SERVER_V4: &str = "198.18.0.1";
+/// The client's IPv4 address in a [`Pair`].
+pub const CLIENT_V4: &str = "198.18.0.2";
+/// The server's IPv6 address in a [`Pair`].
+pub const SERVER_V6: &str = "2001:db8::1";
+/// The client's IPv6 address in a [`Pair`].
+pub const CLIENT_V6: &str = "2001:db8::2";
+/// The server side's interface name in a [`Pair`].
+pub const SERVER_IF: &str = "kn0";
+/// The client side's interface name in a [`Pair`].
+pub const CLIENT_IF: &str = "kn1";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn io_err(msg: String) -> io::Error {
+    io::Error::other(msg)
+}
+
+/// Runs a command and fails with its stderr if it fails.
+pub fn run(args: &[&str]) -> io::Result<String> {
+    let (prog, rest) = args
+        .split_first()
+        .ok_or_else(|| io_err("empty command".into()))?;
+    let out = Command::new(prog).args(rest).stdin(Stdio::null()).output()?;
+    check(args, out)
+}
+
+fn check(args: &[&str], out: Output) -> io::Result<String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(io_err(format!(
+            "`{}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Whether we run as root (tests that need namespaces check this first).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A network namespace, deleted (with every process still in it killed) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a fresh namespace named `knk-<tag>-<pid>-<n>` with loopback up.
+    pub fn new(tag: &str) -> io::Result<Netns> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("knk-{tag}-{}-{n}", std::process::id());
+        run(&["ip", "netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.run(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name (for `ip netns exec`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs a command inside the namespace; its stdout, or an error with its stderr.
+    pub fn run(&self, args: &[&str]) -> io::Result<String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Runs a command inside the namespace and returns its raw output, whatever its status.
+    pub fn output(&self, args: &[&str]) -> io::Result<Output> {
+        let (prog, rest) = args
+            .split_first()
+            .ok_or_else(|| io_err("empty command".into()))?;
+        self.command(prog).args(rest).stdin(Stdio::null()).output()
+    }
+
+    /// Runs `f` on a new thread that has entered the namespace, so sockets it
+    /// opens live there.
+    pub fn enter<F, R>(&self, f: F) -> io::Result<R>
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        let path = format!("/var/run/netns/{}", self.name);
+        let file = File::open(&path)?;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| io_err(format!("setns {path}: {e}")))?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| io_err("namespace thread panicked".into()))?
+        })
+    }
+
+    /// Whether a TCP connect from this namespace to `addr:port` succeeds within `timeout_s`.
+    pub fn tcp_connects(&self, addr: &str, port: u16, timeout_s: u32) -> bool {
+        let t = timeout_s.to_string();
+        let p = port.to_string();
+        self.output(&["nc", "-z", "-w", &t, addr, &p])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(pids) = run(&["ip", "netns", "pids", &self.name]) {
+            for pid in pids.split_whitespace() {
+                let _ = run(&["kill", "-9", pid]);
+            }
+        }
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// Two namespaces joined by a veth pair: `server` (kn0, 198.18.0.1/24,
+/// 2001:db8::1/64) and `client` (kn1, 198.18.0.2/24, 2001:db8::2/64).
+#[derive(Debug)]
+pub struct Pair {
+    /// The server side.
+    pub server: Netns,
+    /// The client side.
+    pub client: Netns,
+}
+
+impl Pair {
+    /// Creates both namespaces and the link, with addresses up and IPv6 DAD off.
+    pub fn new() -> io::Result<Pair> {
+        let server = Netns::new("srv")?;
+        let client = Netns::new("cli")?;
+        server.run(&[
+            "ip", "link", "add", SERVER_IF, "type", "veth", "peer", "name", CLIENT_IF, "netns",
+            client.name(),
+        ])?;
+        for (ns, ifname, v4, v6) in [
+            (&server, SERVER_IF, SERVER_V4, SERVER_V6),
+            (&client, CLIENT_IF, CLIENT_V4, CLIENT_V6),
+        ] {
+            ns.run(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
+            ns.run(&[
+                "ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad",
+            ])?;
+            ns.run(&["ip", "link", "set", ifname, "up"])?;
+        }
+        Ok(Pair { server, client })
+    }
+
+    /// Adds an 802.1Q VLAN `id` on both sides (`kn0.<id>`, `kn1.<id>`), with
+    /// 198.19.<id>.1/24 and .2/24. Returns the server-side interface name.
+    pub fn add_vlan(&self, id: u16) -> io::Result<String> {
+        let sid = id.to_string();
+        let mut server_if = String::new();
+        for (ns, parent, host) in [(&self.server, SERVER_IF, 1), (&self.client, CLIENT_IF, 2)] {
+            let name = format!("{parent}.{id}");
+            ns.run(&[
+                "ip", "link", "add", "link", parent, "name", &name, "type", "vlan", "id", &sid,
+            ])?;
+            ns.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("198.19.{}.{host}/24", id % 256),
+                "dev",
+                &name,
+            ])?;
+            ns.run(&["ip", "link", "set", &name, "up"])?;
+            if host == 1 {
+                server_if = name;
+            }
+        }
+        Ok(server_if)
+    }
+}

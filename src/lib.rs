@@ -1,0 +1,20 @@
+//! # knock-rs
+//!
+//! A facade over the knock-rs crates: [`core`] (the sans-IO matcher) and,
+//! behind features, [`capture`], [`firewall`] and [`config`].
+//!
+//! ```
+//! let door = knock::core::Door::new("ssh", vec![knock::core::Step::tcp(7000)]);
+//! assert!(knock::core::Matcher::new(vec![door], Default::default()).is_ok());
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub use knock_core as core;
+
+#[cfg(feature = "capture")]
+pub use knock_capture as capture;
+#[cfg(feature = "config")]
+pub use knock_config as config;
+#[cfg(feature = "firewall")]
+pub use knock_firewall as firewall;
