@@ -411,8 +411,8 @@ mod tests {
         assert!(!door.accepts(&ev(TcpFlags::ACK)));
         let door = door.with_target(Some(Ipv4Addr::new(198, 18, 0, 9).into()));
         assert!(!door.accepts(&ev(TcpFlags::SYN)));
-        let door = Door::new("d", vec![Step::tcp(7000)])
-            .with_from(vec!["198.19.0.0/16".parse().unwrap()]);
+        let door =
+            Door::new("d", vec![Step::tcp(7000)]).with_from(vec!["198.19.0.0/16".parse().unwrap()]);
         assert!(!door.accepts(&ev(TcpFlags::SYN)));
     }
 
@@ -456,7 +456,14 @@ mod tests {
             Err(DoorError::ContradictoryFlags { .. })
         ));
         assert!(matches!(
-            Door::with_sequences("d", Sequences::OneTime { list: vec![], next: 0 }).validate(),
+            Door::with_sequences(
+                "d",
+                Sequences::OneTime {
+                    list: vec![],
+                    next: 0
+                }
+            )
+            .validate(),
             Err(DoorError::NoSequence { .. })
         ));
     }
@@ -464,7 +471,10 @@ mod tests {
     #[test]
     fn one_time_door_exposes_only_the_active_sequence() {
         let mut d = Door::one_time("d", vec![vec![Step::tcp(1)], vec![Step::udp(2)]]);
-        assert_eq!(d.active_sequences().collect::<Vec<_>>(), vec![(0, &[Step::tcp(1)][..])]);
+        assert_eq!(
+            d.active_sequences().collect::<Vec<_>>(),
+            vec![(0, &[Step::tcp(1)][..])]
+        );
         d.sequences = Sequences::OneTime {
             list: d.all_sequences().to_vec(),
             next: 2,

@@ -200,7 +200,13 @@ pub struct Event {
 
 impl Event {
     /// A TCP knock with the given flags.
-    pub fn tcp(src: IpAddr, dst: IpAddr, dst_port: u16, tcp_flags: TcpFlags, time: Timestamp) -> Self {
+    pub fn tcp(
+        src: IpAddr,
+        dst: IpAddr,
+        dst_port: u16,
+        tcp_flags: TcpFlags,
+        time: Timestamp,
+    ) -> Self {
         Event {
             src,
             dst,
@@ -233,7 +239,10 @@ mod tests {
         assert_eq!("TCP".parse::<Proto>(), Ok(Proto::Tcp));
         assert_eq!("udp".parse::<Proto>(), Ok(Proto::Udp));
         let err = "icmp".parse::<Proto>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown protocol \"icmp\" (expected tcp or udp)");
+        assert_eq!(
+            err.to_string(),
+            "unknown protocol \"icmp\" (expected tcp or udp)"
+        );
     }
 
     #[test]

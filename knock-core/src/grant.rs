@@ -54,7 +54,9 @@ impl Grants {
     }
 
     /// Grants with a pending close, for persistence and inspection.
-    pub(crate) fn open_grants(&self) -> impl Iterator<Item = (DoorId, IpAddr, GrantId, Timestamp)> + '_ {
+    pub(crate) fn open_grants(
+        &self,
+    ) -> impl Iterator<Item = (DoorId, IpAddr, GrantId, Timestamp)> + '_ {
         self.map
             .iter()
             .filter_map(|(&(src, door), s)| s.close_at.map(|c| (door, src, s.id, c)))

@@ -320,10 +320,7 @@ impl Matcher {
                     kept.insert(i as u32);
                 }
                 None => {
-                    self.doors.push(DoorSlot {
-                        door,
-                        active: true,
-                    });
+                    self.doors.push(DoorSlot { door, active: true });
                     new_active.push(true);
                 }
             }
@@ -394,7 +391,12 @@ impl Matcher {
 
     /// Re-creates a grant known from outside (a state file after a restart),
     /// so that its `Close` is emitted at `until`. Unknown doors are refused.
-    pub fn restore_grant(&mut self, door: DoorId, src: IpAddr, until: Timestamp) -> Option<GrantId> {
+    pub fn restore_grant(
+        &mut self,
+        door: DoorId,
+        src: IpAddr,
+        until: Timestamp,
+    ) -> Option<GrantId> {
         self.door(door)?;
         Some(self.grants.restore(door, src, until))
     }
@@ -439,10 +441,13 @@ impl Matcher {
             let timeout_ms = u32::try_from(slot.door.seq_timeout.as_millis()).unwrap_or(u32::MAX);
             let kept = epochs.get(&id);
             let (n, live_steps): (usize, Vec<&[Step]>) = match &slot.door.sequences {
-                Sequences::Reusable(list) => (list.len(), list.iter().map(|s| s.as_slice()).collect()),
-                Sequences::OneTime { list, next } => {
-                    (1, vec![list.get(*next).map(|s| s.as_slice()).unwrap_or(&[])])
+                Sequences::Reusable(list) => {
+                    (list.len(), list.iter().map(|s| s.as_slice()).collect())
                 }
+                Sequences::OneTime { list, next } => (
+                    1,
+                    vec![list.get(*next).map(|s| s.as_slice()).unwrap_or(&[])],
+                ),
             };
             for (k, steps) in live_steps.into_iter().enumerate().take(n) {
                 tracks.push(Track {

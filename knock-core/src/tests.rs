@@ -1,1 +1,578 @@
+//! Scenario tests: every rule of the matcher, and each knockd bug with the
+//! opposite outcome. `reference.rs` holds the proptest model.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use crate::*;
+
+mod reference;
+
+const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+const ME: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
+const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3));
+const ME6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
+
+/// A matcher with a fake clock, in the spirit of quinn-proto's `Pair`.
+struct Harness {
+    m: Matcher,
+    now: Timestamp,
+}
+
+impl Harness {
+    fn new(doors: Vec<Door>) -> Self {
+        Self::with_limits(doors, Limits::default())
+    }
+
+    fn with_limits(doors: Vec<Door>, limits: Limits) -> Self {
+        Harness {
+            m: Matcher::new(doors, limits).unwrap(),
+            now: Timestamp::from_secs(1_000),
+        }
+    }
+
+    fn at(&mut self, ms: u64) -> &mut Self {
+        self.now = Timestamp::from_secs(1_000) + Duration::from_millis(ms);
+        self
+    }
+
+    fn syn(&mut self, src: IpAddr, port: u16) -> Vec<Decision> {
+        self.tcp(src, port, TcpFlags::SYN)
+    }
+
+    fn tcp(&mut self, src: IpAddr, port: u16, flags: TcpFlags) -> Vec<Decision> {
+        let dst = if src.is_ipv4() {
+            SERVER
+        } else {
+            "2001:db8::1".parse().unwrap()
+        };
+        let ev = Event::tcp(src, dst, port, flags, self.now);
+        self.m.handle_event(self.now, &ev);
+        self.drain()
+    }
+
+    fn udp(&mut self, src: IpAddr, port: u16) -> Vec<Decision> {
+        let ev = Event::udp(src, SERVER, port, self.now);
+        self.m.handle_event(self.now, &ev);
+        self.drain()
+    }
+
+    fn timeout(&mut self) -> Vec<Decision> {
+        self.m.handle_timeout(self.now);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<Decision> {
+        std::iter::from_fn(|| self.m.poll_decision()).collect()
+    }
+
+    fn id(&self, name: &str) -> DoorId {
+        self.m.door_id(name).unwrap()
+    }
+}
+
+fn opens(ds: &[Decision]) -> Vec<(DoorId, IpAddr)> {
+    ds.iter()
+        .filter_map(|d| match *d {
+            Decision::Open { door, src, .. } => Some((door, src)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn door(name: &str, ports: &[u16]) -> Door {
+    Door::new(name, ports.iter().map(|&p| Step::tcp(p)).collect())
+}
+
+#[test]
+fn correct_sequence_stages_then_opens() {
+    let mut h = Harness::new(vec![door("ssh", &[7000, 8000, 9000])]);
+    let ssh = h.id("ssh");
+    assert_eq!(
+        h.syn(ME, 7000),
+        vec![Decision::Stage {
+            door: ssh,
+            src: ME,
+            step: 1
+        }]
+    );
+    assert_eq!(
+        h.syn(ME, 8000),
+        vec![Decision::Stage {
+            door: ssh,
+            src: ME,
+            step: 2
+        }]
+    );
+    let last = h.syn(ME, 9000);
+    assert_eq!(
+        last[0],
+        Decision::Stage {
+            door: ssh,
+            src: ME,
+            step: 3
+        }
+    );
+    assert!(matches!(last[1], Decision::Open { door, src: ME, until: None, .. } if door == ssh));
+    assert_eq!(h.m.stats().sources, 0, "a finished attempt is forgotten");
+}
+
+#[test]
+fn mixed_protocols_must_match_exactly() {
+    let d = Door::new(
+        "mix",
+        vec![Step::tcp(7000), Step::udp(8000), Step::tcp(9000)],
+    );
+    let mut h = Harness::new(vec![d]);
+    h.syn(ME, 7000);
+    let ds = h.syn(ME, 8000); // tcp where udp is expected: no such knock port -> ignored
+    assert!(ds.is_empty(), "{ds:?}");
+    h.udp(ME, 8000);
+    assert_eq!(opens(&h.syn(ME, 9000)).len(), 1);
+}
+
+#[test]
+fn wrong_port_invalidates_and_does_not_start_a_new_attempt() {
+    let mut h = Harness::new(vec![door("ssh", &[7000, 8000, 9000])]);
+    let ssh = h.id("ssh");
+    h.syn(ME, 7000);
+    let ds = h.syn(ME, 7000 + 2000); // 9000: a knock port, but not the next step
+    assert_eq!(
+        ds,
+        vec![Decision::Invalidated {
+            door: ssh,
+            src: ME,
+            step: 1
+        }]
+    );
+    assert_eq!(h.m.stats().sources, 0);
+    // The invalidating knock did not start anything, so 8000 now is ignored...
+    assert!(h.syn(ME, 8000).is_empty());
+    // ...and a fresh first knock starts over.
+    h.syn(ME, 7000);
+    h.syn(ME, 8000);
+    assert_eq!(opens(&h.syn(ME, 9000)), vec![(ssh, ME)]);
+}
+
+#[test]
+fn ports_no_door_uses_never_disturb_an_attempt() {
+    let mut h = Harness::new(vec![door("ssh", &[7000, 8000])]);
+    h.syn(ME, 7000);
+    for p in [22, 80, 443, 7999, 8001] {
+        assert!(h.syn(ME, p).is_empty());
+        assert!(h.udp(ME, p).is_empty());
+    }
+    assert_eq!(opens(&h.syn(ME, 8000)).len(), 1);
+    assert_eq!(h.m.stats().ignored, 10);
+}
+
+#[test]
+fn seq_timeout_expires_by_timer_not_by_next_packet() {
+    let d = door("ssh", &[7000, 8000]).with_seq_timeout(Duration::from_secs(5));
+    let mut h = Harness::new(vec![d]);
+    let ssh = h.id("ssh");
+    h.at(0).syn(ME, 7000);
+    assert_eq!(h.m.poll_timeout(), Some(h.now + Duration::from_secs(5)));
+    assert!(h.at(4_999).timeout().is_empty());
+    // knockd would log this only when the next packet arrives; we do at the deadline.
+    assert_eq!(
+        h.at(5_000).timeout(),
+        vec![Decision::Expired {
+            door: ssh,
+            src: ME,
+            step: 1
+        }]
+    );
+    assert_eq!(h.m.poll_timeout(), None);
+    // The late knock is a fresh first knock (not a second step).
+    assert_eq!(h.at(5_001).syn(ME, 8000), vec![]);
+    assert_eq!(
+        h.syn(ME, 7000),
+        vec![Decision::Stage {
+            door: ssh,
+            src: ME,
+            step: 1
+        }]
+    );
+}
+
+#[test]
+fn a_late_step_expires_lazily_even_without_handle_timeout_and_restarts() {
+    let d = door("ssh", &[7000, 8000]).with_seq_timeout(Duration::from_secs(5));
+    let mut h = Harness::new(vec![d]);
+    let ssh = h.id("ssh");
+    h.at(0).syn(ME, 7000);
+    let ds = h.at(6_000).syn(ME, 7000);
+    assert_eq!(
+        ds,
+        vec![
+            Decision::Expired {
+                door: ssh,
+                src: ME,
+                step: 1
+            },
+            Decision::Stage {
+                door: ssh,
+                src: ME,
+                step: 1
+            }
+        ]
+    );
+}
+
+#[test]
+fn knockd_bug_expiry_drops_only_its_own_attempt() {
+    // knockd: removing an expired attempt dropped every other attempt.
+    let d = door("ssh", &[7000, 8000, 9000]).with_seq_timeout(Duration::from_secs(5));
+    let mut h = Harness::new(vec![d]);
+    h.at(0).syn(OTHER, 7000); // a scanner
+    h.at(3_000).syn(ME, 7000);
+    h.at(4_000).syn(ME, 8000);
+    let ds = h.at(5_500).timeout(); // the scanner's attempt expires
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].src(), Some(OTHER));
+    assert_eq!(opens(&h.at(6_000).syn(ME, 9000)).len(), 1);
+}
+
+#[test]
+fn knockd_bug_doors_sharing_a_prefix_both_fire() {
+    // knockd: with A=1,2 and B=1,2,3, B never opens.
+    let mut h = Harness::new(vec![
+        door("A", &[1001, 1002]),
+        door("B", &[1001, 1002, 1003]),
+    ]);
+    let (a, b) = (h.id("A"), h.id("B"));
+    h.syn(ME, 1001);
+    assert_eq!(opens(&h.syn(ME, 1002)), vec![(a, ME)]);
+    assert_eq!(opens(&h.syn(ME, 1003)), vec![(b, ME)]);
+}
+
+#[test]
+fn knockd_bug_duplicate_syn_tolerated_with_allow_repeat() {
+    let plain = door("plain", &[7000, 8000]);
+    let mut h = Harness::new(vec![plain.clone()]);
+    h.syn(ME, 7000);
+    let ds = h.syn(ME, 7000);
+    assert!(
+        matches!(ds[0], Decision::Invalidated { step: 1, .. }),
+        "knockd's default: {ds:?}"
+    );
+
+    let mut h = Harness::new(vec![plain.with_allow_repeat(true)]);
+    h.syn(ME, 7000);
+    assert!(h.syn(ME, 7000).is_empty(), "retransmitted SYN ignored");
+    h.syn(ME, 8000);
+    assert!(h.syn(ME, 8000).is_empty() || h.m.stats().opens == 1);
+    assert_eq!(h.m.stats().opens, 1);
+}
+
+#[test]
+fn wrong_tcp_flags_neither_advance_nor_reset() {
+    let syn_only = FlagFilter {
+        set: TcpFlags::SYN,
+        clear: TcpFlags::ACK,
+    };
+    let d = door("ssh", &[7000, 8000]).with_tcp_flags(syn_only);
+    let mut h = Harness::new(vec![d]);
+    assert!(
+        h.tcp(ME, 7000, TcpFlags::ACK).is_empty(),
+        "ACK knock on a syn door"
+    );
+    assert_eq!(h.m.stats().sources, 0);
+    h.syn(ME, 7000);
+    assert!(h.tcp(ME, 7000, TcpFlags::SYN | TcpFlags::ACK).is_empty());
+    assert!(h.tcp(ME, 9999, TcpFlags::SYN | TcpFlags::ACK).is_empty());
+    assert_eq!(opens(&h.syn(ME, 8000)).len(), 1);
+}
+
+#[test]
+fn grant_closes_once_after_its_lifetime_and_reknock_extends() {
+    let d = door("ssh", &[7000]).with_grant_lifetime(Some(Duration::from_secs(10)));
+    let mut h = Harness::new(vec![d]);
+    let ssh = h.id("ssh");
+    let ds = h.at(0).syn(ME, 7000);
+    let Decision::Open { grant, until, .. } = ds[1] else {
+        panic!("{ds:?}")
+    };
+    assert_eq!(until, Some(h.now + Duration::from_secs(10)));
+    // Knocking again while open extends the same grant: no duplicate rule.
+    let ds = h.at(4_000).syn(ME, 7000);
+    assert_eq!(
+        ds[1],
+        Decision::Extended {
+            door: ssh,
+            src: ME,
+            grant,
+            until: h.now + Duration::from_secs(10)
+        }
+    );
+    assert!(
+        h.at(10_000).timeout().is_empty(),
+        "the old deadline no longer closes"
+    );
+    assert_eq!(
+        h.at(14_000).timeout(),
+        vec![Decision::Close {
+            door: ssh,
+            src: ME,
+            grant
+        }]
+    );
+    assert!(h.at(30_000).timeout().is_empty());
+    assert_eq!(h.m.poll_timeout(), None);
+    // After the close, a knock opens a new grant.
+    let ds = h.syn(ME, 7000);
+    assert!(matches!(ds[1], Decision::Open { grant: g, .. } if g != grant));
+}
+
+#[test]
+fn doors_without_lifetime_open_every_time_and_never_close() {
+    let mut h = Harness::new(vec![door("ssh", &[7000])]);
+    assert_eq!(opens(&h.syn(ME, 7000)).len(), 1);
+    assert_eq!(opens(&h.syn(ME, 7000)).len(), 1);
+    assert_eq!(h.m.poll_timeout(), None);
+    assert_eq!(h.m.stats().grants, 0);
+}
+
+#[test]
+fn ipv4_and_ipv6_of_one_host_are_different_knockers() {
+    let mut h = Harness::new(vec![door("ssh", &[7000, 8000])]);
+    h.syn(ME, 7000);
+    assert!(h.syn(ME6, 8000).is_empty(), "v6 has no attempt");
+    h.syn(ME6, 7000);
+    assert_eq!(opens(&h.syn(ME6, 8000)), vec![(h.id("ssh"), ME6)]);
+    assert_eq!(opens(&h.syn(ME, 8000)), vec![(h.id("ssh"), ME)]);
+}
+
+#[test]
+fn one_time_sequences_are_used_once_each() {
+    let d = Door::one_time(
+        "once",
+        vec![
+            vec![Step::tcp(1001), Step::tcp(1002)],
+            vec![Step::udp(2001), Step::tcp(2002)],
+        ],
+    );
+    let mut h = Harness::new(vec![d]);
+    let id = h.id("once");
+    let gen0 = h.m.listen_generation();
+    h.syn(OTHER, 1001); // someone else is half-way through the first sequence
+    h.syn(ME, 1001);
+    let ds = h.syn(ME, 1002);
+    assert_eq!(opens(&ds), vec![(id, ME)]);
+    assert_eq!(
+        ds.last(),
+        Some(&Decision::SequenceConsumed {
+            door: id,
+            index: 0,
+            remaining: 1
+        })
+    );
+    assert!(h.m.listen_generation() > gen0);
+    let ports: Vec<u16> = h.m.listen_set().iter().map(|l| l.port).collect();
+    assert_eq!(ports, vec![2002, 2001]); // sorted by (proto, port): tcp before udp
+                                         // The used sequence no longer opens, for anyone.
+    assert!(h.syn(OTHER, 1002).is_empty());
+    h.syn(ME, 1001);
+    assert!(opens(&h.syn(ME, 1002)).is_empty());
+    // The second works, once.
+    h.udp(ME, 2001);
+    let ds = h.syn(ME, 2002);
+    assert_eq!(
+        ds.last(),
+        Some(&Decision::SequenceConsumed {
+            door: id,
+            index: 1,
+            remaining: 0
+        })
+    );
+    assert!(h.m.listen_set().is_empty(), "door disabled");
+    assert!(h.udp(ME, 2001).is_empty());
+}
+
+#[test]
+fn cooldown_ignores_the_door_after_an_open() {
+    let d = door("ssh", &[7000, 8000]).with_cooldown(Duration::from_secs(60));
+    let mut h = Harness::new(vec![d]);
+    h.at(0).syn(ME, 7000);
+    assert_eq!(opens(&h.syn(ME, 8000)).len(), 1);
+    assert!(h.at(1_000).syn(ME, 7000).is_empty());
+    assert!(h.syn(ME, 8000).is_empty());
+    h.syn(OTHER, 7000);
+    assert_eq!(opens(&h.syn(OTHER, 8000)).len(), 1, "others unaffected");
+    h.at(60_000).timeout();
+    h.syn(ME, 7000);
+    assert_eq!(opens(&h.syn(ME, 8000)).len(), 1);
+}
+
+#[test]
+fn target_and_source_restrictions() {
+    let other_server: IpAddr = Ipv4Addr::new(198, 18, 0, 99).into();
+    let d = door("t", &[7000]).with_target(Some(other_server));
+    let mut h = Harness::new(vec![d]);
+    assert!(
+        h.syn(ME, 7000).is_empty(),
+        "sent to the host, not the target"
+    );
+    let ev = Event::tcp(ME, other_server, 7000, TcpFlags::SYN, h.now);
+    h.m.handle_event(h.now, &ev);
+    assert_eq!(opens(&h.drain()).len(), 1);
+
+    let d = door("f", &[7000]).with_from(vec!["198.18.0.2/32".parse().unwrap()]);
+    let mut h = Harness::new(vec![d]);
+    assert!(h.syn(OTHER, 7000).is_empty());
+    assert_eq!(opens(&h.syn(ME, 7000)).len(), 1);
+}
+
+#[test]
+fn full_table_evicts_spoofed_first_knocks_before_real_progress() {
+    let limits = Limits::default().with_max_sources(100);
+    let mut h = Harness::with_limits(vec![door("ssh", &[7000, 8000, 9000])], limits);
+    h.syn(ME, 7000);
+    h.syn(ME, 8000); // step 2: worth more than any spoofed first knock
+    for i in 0..10_000u32 {
+        let spoofed = IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i)); // 100.64.0.0/10
+        h.syn(spoofed, 7000);
+        assert!(h.m.stats().sources <= 100);
+    }
+    let st = h.m.stats();
+    assert_eq!(st.sources, 100);
+    assert_eq!(st.evicted, 10_000 - 99);
+    assert_eq!(opens(&h.syn(ME, 9000)).len(), 1);
+    // Among equals the oldest goes first: the last 99 spoofers are still tracked.
+    let newest = IpAddr::V4(Ipv4Addr::from(0x6440_0000 + 9_999));
+    assert_eq!(h.syn(newest, 8000).len(), 1);
+}
+
+#[test]
+fn reload_keeps_unchanged_doors_attempts_and_all_grants() {
+    let keep = door("keep", &[7000, 8000]);
+    let change = door("change", &[1000, 2000]).with_grant_lifetime(Some(Duration::from_secs(30)));
+    let mut h = Harness::new(vec![keep.clone(), change.clone()]);
+    let (keep_id, change_id) = (h.id("keep"), h.id("change"));
+    h.at(0).syn(ME, 1000);
+    let ds = h.syn(ME, 2000);
+    let Decision::Open { grant, .. } = ds[1] else {
+        panic!()
+    };
+    h.syn(ME, 7000);
+    h.syn(OTHER, 1000);
+
+    let changed = door("change", &[1000, 3000]);
+    h.m.replace_doors(vec![keep, changed]).unwrap();
+    assert_eq!(h.id("keep"), keep_id);
+    assert_ne!(h.id("change"), change_id);
+    assert_eq!(
+        h.m.door(change_id).unwrap().name,
+        "change",
+        "retired door still named"
+    );
+    // In-flight attempt of the unchanged door survives.
+    assert_eq!(opens(&h.at(1_000).syn(ME, 8000)), vec![(keep_id, ME)]);
+    // The changed door's attempt is gone: 3000 is now a first... no, not a first step.
+    assert!(h.syn(OTHER, 3000).is_empty());
+    // The grant of the old door still closes on time.
+    assert_eq!(
+        h.at(30_000).timeout(),
+        vec![Decision::Close {
+            door: change_id,
+            src: ME,
+            grant
+        }]
+    );
+}
+
+#[test]
+fn bad_reload_changes_nothing() {
+    let mut h = Harness::new(vec![door("ssh", &[7000, 8000])]);
+    h.syn(ME, 7000);
+    let err =
+        h.m.replace_doors(vec![door("x", &[1]), door("x", &[2])])
+            .unwrap_err();
+    assert_eq!(err, DoorError::DuplicateName { door: "x".into() });
+    assert_eq!(opens(&h.syn(ME, 8000)).len(), 1);
+}
+
+#[test]
+fn time_going_backwards_is_clamped() {
+    let d = door("ssh", &[7000, 8000]).with_seq_timeout(Duration::from_secs(5));
+    let mut h = Harness::new(vec![d]);
+    h.at(10_000).syn(ME, 7000);
+    h.at(0).syn(ME, 8000); // clock jumped back: treated as 10_000
+    assert_eq!(h.m.stats().opens, 1);
+    assert!(h.at(1_000).timeout().is_empty());
+}
+
+#[test]
+fn timers_fire_in_bounded_batches() {
+    let limits = Limits::default().with_max_timers_per_call(10);
+    let d = door("ssh", &[7000, 8000]).with_seq_timeout(Duration::from_secs(1));
+    let mut h = Harness::with_limits(vec![d], limits);
+    for i in 0..25u32 {
+        h.at(0)
+            .syn(IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i)), 7000);
+    }
+    assert_eq!(h.at(2_000).timeout().len(), 10);
+    assert!(h.m.poll_timeout().unwrap() <= h.now, "more is due at once");
+    assert_eq!(h.timeout().len(), 10);
+    assert_eq!(h.timeout().len(), 5);
+    assert_eq!(h.m.poll_timeout(), None);
+}
+
+#[test]
+fn many_doors_on_one_first_step_spill_and_all_open() {
+    let doors: Vec<Door> = (0..5)
+        .map(|i| door(&format!("d{i}"), &[5000, 6000 + i]))
+        .collect();
+    let mut h = Harness::new(doors);
+    assert_eq!(h.syn(ME, 5000).len(), 5);
+    let ds = h.syn(ME, 6003);
+    assert_eq!(opens(&ds), vec![(h.id("d3"), ME)]);
+    assert_eq!(
+        ds.iter()
+            .filter(|d| matches!(d, Decision::Invalidated { .. }))
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn listen_set_reflects_flags_and_target() {
+    let syn = FlagFilter {
+        set: TcpFlags::SYN,
+        clear: TcpFlags::EMPTY,
+    };
+    let d = Door::new("d", vec![Step::tcp(7000), Step::udp(8000)])
+        .with_tcp_flags(syn)
+        .with_target(Some(SERVER));
+    let m = Matcher::new(vec![d], Limits::default()).unwrap();
+    let ls = m.listen_set();
+    assert_eq!(ls.len(), 2);
+    assert_eq!(ls[0], Listen::new(Step::tcp(7000), syn, Some(SERVER)));
+    assert_eq!(ls[1].flags_set, TcpFlags::EMPTY, "udp has no flags");
+    assert!(ls[0].matches(&Event::tcp(
+        ME,
+        SERVER,
+        7000,
+        TcpFlags::SYN,
+        Timestamp::ZERO
+    )));
+    assert!(!ls[0].matches(&Event::tcp(ME, OTHER, 7000, TcpFlags::SYN, Timestamp::ZERO)));
+}
+
+#[test]
+fn restored_grants_close_on_time() {
+    let mut h = Harness::new(vec![door("ssh", &[7000])]);
+    let id = h.id("ssh");
+    let until = h.now + Duration::from_secs(3);
+    let g = h.m.restore_grant(id, ME, until).unwrap();
+    h.now = until;
+    assert_eq!(
+        h.timeout(),
+        vec![Decision::Close {
+            door: id,
+            src: ME,
+            grant: g
+        }]
+    );
+}
