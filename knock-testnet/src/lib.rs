@@ -38,7 +38,10 @@ pub fn run(args: &[&str]) -> io::Result<String> {
     let (prog, rest) = args
         .split_first()
         .ok_or_else(|| io_err("empty command".into()))?;
-    let out = Command::new(prog).args(rest).stdin(Stdio::null()).output()?;
+    let out = Command::new(prog)
+        .args(rest)
+        .stdin(Stdio::null())
+        .output()?;
     check(args, out)
 }
 
@@ -134,6 +137,39 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Listens on TCP `port` (all addresses, IPv4 and IPv6) inside the
+    /// namespace and accepts (and drops) connections on a background thread
+    /// for the rest of the process. Returns the bound address.
+    pub fn tcp_listen(&self, port: u16) -> io::Result<std::net::SocketAddr> {
+        let listener = self.enter(move || {
+            std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))
+        })??;
+        let addr = listener.local_addr()?;
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
+        Ok(addr)
+    }
+
+    /// Whether a TCP connect from this namespace to `addr:port` completes
+    /// within `timeout` (a Rust connect, no `nc` process).
+    pub fn tcp_connect(
+        &self,
+        addr: std::net::IpAddr,
+        port: u16,
+        timeout: std::time::Duration,
+    ) -> bool {
+        self.enter(move || {
+            std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(addr, port), timeout)
+                .is_ok()
+        })
+        .unwrap_or(false)
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Ok(pids) = run(&["ip", "netns", "pids", &self.name]) {
@@ -161,7 +197,16 @@ impl Pair {
         let server = Netns::new("srv")?;
         let client = Netns::new("cli")?;
         server.run(&[
-            "ip", "link", "add", SERVER_IF, "type", "veth", "peer", "name", CLIENT_IF, "netns",
+            "ip",
+            "link",
+            "add",
+            SERVER_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            CLIENT_IF,
+            "netns",
             client.name(),
         ])?;
         for (ns, ifname, v4, v6) in [
@@ -170,7 +215,14 @@ impl Pair {
         ] {
             ns.run(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
             ns.run(&[
-                "ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad",
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifname,
+                "nodad",
             ])?;
             ns.run(&["ip", "link", "set", ifname, "up"])?;
         }
