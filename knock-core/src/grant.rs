@@ -98,7 +98,7 @@ impl Grants {
         let key = (src, door);
         let until = lifetime.map(|l| now + l);
         let cooldown_until = (!cooldown.is_zero()).then(|| now + cooldown);
-        if let Some(state) = self.map.get_mut(&key) {
+        if let Some(state) = self.map.get_mut(&key).filter(|_| until.is_some()) {
             if let (Some(_), Some(until)) = (state.close_at, until) {
                 state.close_at = Some(until);
                 state.cooldown_until = cooldown_until.or(state.cooldown_until);
@@ -123,7 +123,9 @@ impl Grants {
         });
         if until.is_none() && cooldown_until.is_none() {
             // Nothing to remember: knockd's door without a stop command.
-            self.map.remove(&key);
+            if !self.map.is_empty() {
+                self.map.remove(&key);
+            }
             return Opened::New;
         }
         let mut evicted = false;

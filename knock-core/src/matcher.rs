@@ -283,12 +283,13 @@ impl Matcher {
         let key = key_of(event.src);
         let src = addr_of(&key);
         let now_ms = now.as_millis();
-        if let Some(idx) = self.table.find(&key) {
-            if self.advance(idx, src, now_ms, event) {
+        let hash = self.table.hash(&key);
+        if let Some(idx) = self.table.find(hash, &key) {
+            if self.advance(idx, hash, src, now_ms, event) {
                 return;
             }
         }
-        self.start(key, src, now, event);
+        self.start(key, hash, src, now, event);
     }
 
     /// Fires every timer due at `now` (at most `max_timers_per_call`).
@@ -531,14 +532,14 @@ impl Matcher {
 
     /// Applies `event` to the attempts of record `idx`. Returns false if the
     /// record had no live attempt left (the event is then a first knock).
-    fn advance(&mut self, idx: u32, src: IpAddr, now_ms: u64, event: &Event) -> bool {
+    fn advance(&mut self, idx: u32, hash: u64, src: IpAddr, now_ms: u64, event: &Event) -> bool {
         let mut buf = std::mem::take(&mut self.scratch);
         self.table.load(idx, &mut buf);
         let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
         let before = self.deadline_ms(idx, &buf, now_ms);
         self.expire(src, age, &mut buf);
         if buf.is_empty() {
-            self.table.remove(idx);
+            self.table.remove_hashed(idx, hash);
             self.scratch = buf;
             return false;
         }
@@ -586,7 +587,7 @@ impl Matcher {
                 .is_some_and(|t| t.live && t.epoch == a.epoch)
         });
         if buf.is_empty() {
-            self.table.remove(idx);
+            self.table.remove_hashed(idx, hash);
         } else {
             self.table.store(idx, &buf);
             let after = self.deadline_ms(idx, &buf, now_ms);
@@ -601,7 +602,14 @@ impl Matcher {
     }
 
     /// A knock from a source with no attempt: start one per door it begins.
-    fn start(&mut self, key: crate::table::Key, src: IpAddr, now: Timestamp, event: &Event) {
+    fn start(
+        &mut self,
+        key: crate::table::Key,
+        hash: u64,
+        src: IpAddr,
+        now: Timestamp,
+        event: &Event,
+    ) {
         let pk = port_key(event.proto, event.dst_port);
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
@@ -653,7 +661,7 @@ impl Matcher {
                 }
             }
             let now_ms = now.as_millis();
-            let idx = self.table.insert(key, now_ms as u32, &buf);
+            let idx = self.table.insert(hash, key, now_ms as u32, &buf);
             if let Some(d) = self.deadline_ms(idx, &buf, now_ms) {
                 self.timers.push(d, idx);
             }
@@ -698,6 +706,11 @@ impl Matcher {
 
     fn run_timers(&mut self, now: Timestamp) {
         let now_ms = now.as_millis();
+        let source_due = self.timers.peek_ms().is_some_and(|t| t <= now_ms);
+        let grant_due = self.grants.next_deadline().is_some_and(|t| t <= now);
+        if !source_due && !grant_due {
+            return;
+        }
         let mut budget = self.limits.max_timers_per_call;
         let mut buf = std::mem::take(&mut self.scratch);
         while budget > 0 {

@@ -112,8 +112,12 @@ impl SourceTable {
         self.len
     }
 
-    pub(crate) fn find(&self, key: &Key) -> Option<u32> {
-        let hash = self.hasher.hash_one(key);
+    /// The key's hash, to pass to `find`, `insert` and `remove_hashed`.
+    pub(crate) fn hash(&self, key: &Key) -> u64 {
+        self.hasher.hash_one(u128::from_ne_bytes(*key))
+    }
+
+    pub(crate) fn find(&self, hash: u64, key: &Key) -> Option<u32> {
         let slab = &self.slab;
         self.index
             .find(hash, |&i| slab[i as usize].key == *key)
@@ -193,7 +197,13 @@ impl SourceTable {
     }
 
     /// Inserts a new record; the caller made room (`len() < max`).
-    pub(crate) fn insert(&mut self, key: Key, start_ms: u32, attempts: &[Attempt]) -> u32 {
+    pub(crate) fn insert(
+        &mut self,
+        hash: u64,
+        key: Key,
+        start_ms: u32,
+        attempts: &[Attempt],
+    ) -> u32 {
         debug_assert!(!attempts.is_empty());
         let rec = Record {
             key,
@@ -209,28 +219,35 @@ impl SourceTable {
             idx
         } else {
             let idx = u32::try_from(self.slab.len()).unwrap_or(NIL - 1);
+            grow_gently(&mut self.slab);
             self.slab.push(rec);
             idx
         };
         self.write_attempts(idx, attempts);
         let level = self.level_of(idx);
         self.link(idx, level);
-        let hash = self.hasher.hash_one(key);
         let (slab, hasher) = (&self.slab, &self.hasher);
-        self.index
-            .insert_unique(hash, idx, |&i| hasher.hash_one(slab[i as usize].key));
+        self.index.insert_unique(hash, idx, |&i| {
+            hasher.hash_one(u128::from_ne_bytes(slab[i as usize].key))
+        });
         self.len += 1;
         idx
     }
 
     pub(crate) fn remove(&mut self, idx: u32) {
+        if let Some(r) = self.slab.get(idx as usize) {
+            let hash = self.hash(&r.key);
+            self.remove_hashed(idx, hash);
+        }
+    }
+
+    /// `remove`, with the key's hash already known.
+    pub(crate) fn remove_hashed(&mut self, idx: u32, hash: u64) {
         if !self.is_live(idx) {
             return;
         }
         let level = self.level_of(idx);
         self.unlink(idx, level);
-        let key = self.slab[idx as usize].key;
-        let hash = self.hasher.hash_one(key);
         if let Ok(entry) = self.index.find_entry(hash, |&i| i == idx) {
             entry.remove();
         }
@@ -303,6 +320,15 @@ impl SourceTable {
     }
 }
 
+/// Grows a full vector by an eighth instead of doubling it, so that a large
+/// table wastes at most 12.5% of its memory on spare capacity (still
+/// amortized O(1) per push).
+pub(crate) fn grow_gently<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 8).max(64));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,17 +361,17 @@ mod tests {
         let mut t = SourceTable::new();
         let k1 = key_of(Ipv4Addr::new(1, 1, 1, 1).into());
         let k2 = key_of(Ipv4Addr::new(2, 2, 2, 2).into());
-        let i1 = t.insert(k1, 0, &[a(0, 1)]);
-        let i2 = t.insert(k2, 0, &[a(0, 1), a(1, 1), a(2, 1)]);
-        assert_eq!(t.find(&k1), Some(i1));
-        assert_eq!(t.find(&k2), Some(i2));
+        let i1 = t.insert(t.hash(&k1), k1, 0, &[a(0, 1)]);
+        let i2 = t.insert(t.hash(&k2), k2, 0, &[a(0, 1), a(1, 1), a(2, 1)]);
+        assert_eq!(t.find(t.hash(&k1), &k1), Some(i1));
+        assert_eq!(t.find(t.hash(&k2), &k2), Some(i2));
         let mut buf = Vec::new();
         t.load(i2, &mut buf);
         assert_eq!(buf.len(), 3);
         t.remove(i1);
-        assert_eq!(t.find(&k1), None);
+        assert_eq!(t.find(t.hash(&k1), &k1), None);
         assert_eq!(t.len(), 1);
-        let i3 = t.insert(k1, 5, &[a(0, 1)]);
+        let i3 = t.insert(t.hash(&k1), k1, 5, &[a(0, 1)]);
         assert_eq!(i3, i1, "freed slot reused");
         t.remove(i2);
         assert!(t.spill.is_empty());
@@ -357,9 +383,9 @@ mod tests {
         let keys: Vec<Key> = (0..4u8)
             .map(|i| key_of(Ipv4Addr::new(10, 0, 0, i).into()))
             .collect();
-        let i0 = t.insert(keys[0], 0, &[a(0, 1)]);
-        let i1 = t.insert(keys[1], 0, &[a(0, 1)]);
-        let i2 = t.insert(keys[2], 0, &[a(0, 1)]);
+        let i0 = t.insert(t.hash(&keys[0]), keys[0], 0, &[a(0, 1)]);
+        let i1 = t.insert(t.hash(&keys[1]), keys[1], 0, &[a(0, 1)]);
+        let i2 = t.insert(t.hash(&keys[2]), keys[2], 0, &[a(0, 1)]);
         t.store(i0, &[a(0, 2)]);
         assert_eq!(t.eviction_candidate(), Some(i1));
         t.remove(i1);

@@ -53,6 +53,9 @@ pub(crate) struct TimerHeap {
 
 impl TimerHeap {
     pub(crate) fn push(&mut self, deadline_ms: u64, idx: u32) {
+        if self.heap.len() == self.heap.capacity() {
+            self.heap.reserve_exact((self.heap.len() / 8).max(64));
+        }
         self.heap.push(TimerEntry::new(deadline_ms, idx));
     }
 
