@@ -1,1 +1,246 @@
-//! knock-config (under construction).
+//! # knock-config
+//!
+//! Turns a knockd.conf (unchanged: every knockd 0.8 directive) or the typed
+//! TOML format into [`knock_core::Door`]s plus the settings the daemon and
+//! the firewall sinks need, and keeps one-time sequence files up to date,
+//! crash-safely and in knockd's on-disk format.
+//!
+//! ```text
+//!  knockd.conf ──parse_knockd_str──┐                       ┌─► core_doors() ─► knock_core::Matcher
+//!                                  ├─► Config ─load_sequence_files─► Config ─┤
+//!  knock.toml ───parse_toml_str────┘   (pure)        (reads files)          └─► DoorConfig: commands, open,
+//!                                                                                 firewall, grant_prefix, ...
+//! ```
+//!
+//! ## Brief overview
+//! * [`Config`]: [`Options`] (`[options]`) and [`DoorConfig`]s in file order.
+//!   `from_knockd_str`/`from_knockd_file`/`from_toml_str`/`from_toml_file`
+//!   parse and load sequence files; `parse_knockd_str`/`parse_toml_str` only
+//!   parse (no I/O, for fuzzing and conversion). [`Config::core_doors`] gives
+//!   the matcher's doors; [`Config::to_toml_string`] and [`knockd_to_toml`]
+//!   write TOML.
+//! * [`DoorConfig`]: the matcher's part ([`DoorConfig::core_door`]) and the
+//!   actions: knockd's start/stop commands (`%IP%` left in; substituting it is
+//!   the firewall crate's job), `cmd_timeout`, and our native `open` grants.
+//! * [`SequenceFile`]: `sequence = /path` and `one_time_sequences = /path`.
+//!   When the matcher emits `SequenceConsumed { door, index, .. }`, call
+//!   `config.door_mut(name)?.sequence_file_mut()?.mark_used(index)`.
+//! * [`ConfigError`]: one error type; every variant names the file, the line
+//!   (and column where it helps), the offending text and what was expected.
+//!
+//! The knockd.conf dialect, its quirks and our extension keys are described
+//! in [`knockd_conf`]; the TOML schema in [`toml_schema`].
+//!
+//! ## Design
+//! Two stages, as in ripgrep's low/high-level arguments: parsing only looks
+//! at text and validates everything it can there (with line and column);
+//! loading reads the sequence files a configuration names. A configuration
+//! that loads is one the core accepts (every door passes
+//! [`knock_core::Door::validate`]).
+//!
+//! ## Example
+//! ```
+//! use knock_config::{Config, FirewallKind};
+//! use knock_core::Step;
+//! use std::time::Duration;
+//!
+//! let conf = "
+//! [options]
+//!     UseSyslog
+//!     Interface = ens33
+//!
+//! [openSSH]
+//!     sequence    = 7000,8000:udp,9000
+//!     seq_timeout = 5
+//!     tcpflags    = syn
+//!     command     = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+//!
+//! [web]
+//!     sequence = 1111,2222
+//!     open     = tcp/443
+//!     cmd_timeout = 30
+//! ";
+//! let config = Config::from_knockd_str(conf, "/etc/knockd.conf")?;
+//! assert!(config.options.use_syslog);
+//! assert_eq!(config.options.interfaces, ["ens33"]);
+//!
+//! let doors = config.core_doors();
+//! assert_eq!(doors[0].all_sequences()[0], [Step::tcp(7000), Step::udp(8000), Step::tcp(9000)]);
+//! assert_eq!(doors[0].seq_timeout, Duration::from_secs(5));
+//! assert_eq!(doors[0].grant_lifetime, None); // no stop_command: open only
+//! assert_eq!(config.doors[1].firewall, FirewallKind::Nftables);
+//! assert_eq!(doors[1].grant_lifetime, Some(Duration::from_secs(30)));
+//!
+//! // The same doors as TOML, and back.
+//! let toml = config.to_toml_string()?;
+//! assert_eq!(Config::from_toml_str(&toml, "knock.toml")?, config);
+//! # Ok::<(), knock_config::ConfigError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod error;
+mod knockd;
+pub mod knockd_conf;
+mod model;
+mod seqfile;
+mod toml_format;
+pub mod toml_schema;
+mod value;
+
+use std::path::Path;
+
+pub use error::{ConfigError, Location, StepError};
+pub use model::{
+    BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix, Options,
+    SequenceSource, DEFAULT_CMD_TIMEOUT, DEFAULT_INTERFACE, DEFAULT_PID_FILE,
+};
+pub use seqfile::{Marked, SequenceEntry, SequenceFile, MAX_SEQUENCE_FILE_SIZE};
+pub use value::{duration_to_string, parse_duration, parse_open, parse_step, sequence_to_string};
+
+/// The largest configuration file read (4 MiB).
+pub const MAX_CONFIG_FILE_SIZE: u64 = 4 << 20;
+
+impl Config {
+    /// Parses knockd.conf text without reading any file: sequence files
+    /// named by the doors stay unloaded (see
+    /// [`load_sequence_files`](Self::load_sequence_files)). `origin` names the
+    /// text in errors. Never panics.
+    ///
+    /// # Errors
+    /// Any syntax or value error, with its line and column.
+    pub fn parse_knockd_str(text: &str, origin: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        knockd::parse(text, origin.as_ref())
+    }
+
+    /// Parses knockd.conf text and loads the sequence files it names.
+    ///
+    /// # Errors
+    /// As [`parse_knockd_str`](Self::parse_knockd_str), and missing, empty or
+    /// malformed sequence files.
+    pub fn from_knockd_str(text: &str, origin: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let mut c = Self::parse_knockd_str(text, origin.as_ref())?;
+        c.load_sequence_files(origin)?;
+        Ok(c)
+    }
+
+    /// Reads a knockd.conf and the sequence files it names.
+    ///
+    /// # Errors
+    /// As [`from_knockd_str`](Self::from_knockd_str), I/O errors, a file that
+    /// is not UTF-8 or larger than [`MAX_CONFIG_FILE_SIZE`].
+    pub fn from_knockd_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = read_text(path)?;
+        Self::from_knockd_str(&text, path)
+    }
+
+    /// Parses the TOML format without reading any file. Never panics.
+    ///
+    /// # Errors
+    /// TOML syntax, unknown fields, wrong types and every value error of
+    /// the knockd.conf parser.
+    pub fn parse_toml_str(text: &str, origin: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        toml_format::parse(text, origin.as_ref())
+    }
+
+    /// Parses the TOML format and loads the sequence files it names.
+    ///
+    /// # Errors
+    /// As [`parse_toml_str`](Self::parse_toml_str) and
+    /// [`load_sequence_files`](Self::load_sequence_files).
+    pub fn from_toml_str(text: &str, origin: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let mut c = Self::parse_toml_str(text, origin.as_ref())?;
+        c.load_sequence_files(origin)?;
+        Ok(c)
+    }
+
+    /// Reads a TOML configuration and the sequence files it names.
+    ///
+    /// # Errors
+    /// As [`from_toml_str`](Self::from_toml_str) and I/O errors.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = read_text(path)?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Writes the configuration in the TOML format (every door's timeouts
+    /// explicit, other defaults left out). Loaded sequence files are written
+    /// as their paths.
+    ///
+    /// # Errors
+    /// Only if the serializer fails, which the model does not allow.
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        toml_format::to_string(self)
+    }
+
+    /// Loads every sequence file the doors name and are not loaded yet,
+    /// then checks each door as the core would. Relative paths are relative
+    /// to the working directory, as in knockd. `origin` names the
+    /// configuration in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::SequenceFileMissing`], [`ConfigError::EmptySequenceFile`]
+    /// (also for a reusable file whose lines are all commented out),
+    /// malformed lines, and [`ConfigError::Door`].
+    pub fn load_sequence_files(&mut self, origin: impl AsRef<Path>) -> Result<(), ConfigError> {
+        let origin = origin.as_ref();
+        for door in &mut self.doors {
+            let (path, loaded, reusable) = match &mut door.sequence {
+                SequenceSource::File { path, loaded } => (path, loaded, true),
+                SequenceSource::OneTime { path, loaded } => (path, loaded, false),
+                _ => continue,
+            };
+            if loaded.is_some() {
+                continue;
+            }
+            let file = SequenceFile::load(&*path).map_err(|e| match e {
+                ConfigError::Io { source, .. } => ConfigError::SequenceFileMissing {
+                    at: Location::new(origin, 0),
+                    door: door.name.clone(),
+                    path: path.clone(),
+                    source,
+                },
+                e => e,
+            })?;
+            if reusable && file.entries().is_empty() {
+                return Err(ConfigError::EmptySequenceFile { path: path.clone() });
+            }
+            *loaded = Some(file);
+            if let Some(core) = door.core_door() {
+                core.validate().map_err(|source| ConfigError::Door {
+                    at: Location::new(origin, 0),
+                    door: door.name.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Converts knockd.conf text to the TOML format without reading any file
+/// (sequence files stay paths).
+///
+/// # Errors
+/// Whatever [`Config::parse_knockd_str`] rejects (errors name the file
+/// `knockd.conf`).
+pub fn knockd_to_toml(text: &str) -> Result<String, ConfigError> {
+    Config::parse_knockd_str(text, "knockd.conf")?.to_toml_string()
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let bytes = seqfile::read_limited(path, MAX_CONFIG_FILE_SIZE)?;
+    String::from_utf8(bytes).map_err(|e| {
+        let line = e
+            .as_bytes()
+            .get(..e.utf8_error().valid_up_to())
+            .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() + 1);
+        ConfigError::NotText {
+            path: path.to_owned(),
+            line,
+        }
+    })
+}

@@ -1,0 +1,429 @@
+//! Sequence files: `sequence = /path` and `one_time_sequences = /path`.
+//!
+//! knockd's format: one sequence per line (`7000,8000:udp`, usually written
+//! with a leading space), blank lines and lines starting with `#` skipped. In
+//! a one-time file a used line has had its first byte overwritten with `#`.
+//! Unlike knockd, an unparsable line is an error with its line number (knockd
+//! skips it and later marks the wrong line).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use knock_core::Step;
+
+use crate::error::{ConfigError, Location};
+use crate::value::{parse_sequence, sequence_to_string};
+
+/// The largest sequence file read (1 MiB).
+pub const MAX_SEQUENCE_FILE_SIZE: u64 = 1 << 20;
+
+/// One unused sequence line of a file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct SequenceEntry {
+    /// The 1-based line number.
+    pub line: usize,
+    /// The byte offset of the line's first byte.
+    pub offset: usize,
+    /// The sequence.
+    pub steps: Vec<Step>,
+}
+
+/// The result of [`SequenceFile::mark_used`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Marked {
+    /// The line that now starts with `#`.
+    pub line: usize,
+    /// Whether the file had changed on disk and was re-read first.
+    pub reread: bool,
+}
+
+/// A loaded sequence file.
+///
+/// [`sequences`](Self::sequences) is the list the core door gets: index `i`
+/// of a `SequenceConsumed { index: i, .. }` is [`entries()[i]`](Self::entries),
+/// whose line [`mark_used(i)`](Self::mark_used) invalidates on disk. The list
+/// stays as loaded (the core's indices refer to it) until the configuration
+/// is reloaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequenceFile {
+    path: PathBuf,
+    entries: Vec<SequenceEntry>,
+    /// The file as we last read or wrote it.
+    snapshot: Vec<u8>,
+}
+
+impl SequenceFile {
+    /// Reads and parses a sequence file.
+    ///
+    /// # Errors
+    /// I/O errors, a file over [`MAX_SEQUENCE_FILE_SIZE`], a line that does
+    /// not parse (with its number and column), a file without any sequence
+    /// line at all ([`ConfigError::EmptySequenceFile`]). A one-time file
+    /// whose lines are all used parses, with no entry.
+    pub fn load(path: impl AsRef<Path>) -> Result<SequenceFile, ConfigError> {
+        let path = path.as_ref();
+        let bytes = read_limited(path, MAX_SEQUENCE_FILE_SIZE)?;
+        Self::parse_bytes(bytes, path)
+    }
+
+    /// Parses the text of a sequence file (no I/O); `path` names it in
+    /// errors and is where [`mark_used`](Self::mark_used) writes.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load), without the I/O ones.
+    pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<SequenceFile, ConfigError> {
+        Self::parse_bytes(text.as_bytes().to_vec(), path.as_ref())
+    }
+
+    fn parse_bytes(bytes: Vec<u8>, path: &Path) -> Result<SequenceFile, ConfigError> {
+        let (entries, used) = parse_entries(&bytes, path)?;
+        if entries.is_empty() && used == 0 {
+            return Err(ConfigError::EmptySequenceFile {
+                path: path.to_owned(),
+            });
+        }
+        Ok(SequenceFile {
+            path: path.to_owned(),
+            entries,
+            snapshot: bytes,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The unused sequence lines, in file order.
+    pub fn entries(&self) -> &[SequenceEntry] {
+        &self.entries
+    }
+
+    /// The unused sequences, in file order (the core door's list).
+    pub fn sequences(&self) -> Vec<Vec<Step>> {
+        self.entries.iter().map(|e| e.steps.clone()).collect()
+    }
+
+    /// The 1-based line of sequence `index`.
+    pub fn line_of(&self, index: usize) -> Option<usize> {
+        self.entries.get(index).map(|e| e.line)
+    }
+
+    /// Marks sequence `index` used on disk: writes `#` over its line's first
+    /// byte, as knockd does, but crash-safe: the new content goes to a
+    /// temporary file in the same directory, which is fsynced and renamed
+    /// over the original (following a symlink), then the directory is
+    /// fsynced. Permissions (and, where allowed, ownership) are kept.
+    ///
+    /// If the file changed on disk since it was read (an edit, knockd or
+    /// another copy of us), it is re-read and the sequence located again (an
+    /// unused line with the same steps, preferably on the same line number)
+    /// instead of clobbering the edit.
+    ///
+    /// # Errors
+    /// [`ConfigError::NoSuchSequence`] for a bad index,
+    /// [`ConfigError::SequenceGone`] when the sequence is no longer an
+    /// unused line of the file (nothing is written), a changed file that no
+    /// longer parses, and I/O errors.
+    pub fn mark_used(&mut self, index: usize) -> Result<Marked, ConfigError> {
+        let Some(target) = self.entries.get(index) else {
+            return Err(ConfigError::NoSuchSequence {
+                path: self.path.clone(),
+                index,
+                len: self.entries.len(),
+            });
+        };
+        let current = read_limited(&self.path, MAX_SEQUENCE_FILE_SIZE)?;
+        let reread = current != self.snapshot;
+        let (on_disk, _) = parse_entries(&current, &self.path)?;
+        let found = on_disk
+            .iter()
+            .find(|e| e.line == target.line && e.steps == target.steps)
+            .or_else(|| on_disk.iter().find(|e| e.steps == target.steps));
+        let Some(found) = found else {
+            return Err(ConfigError::SequenceGone {
+                path: self.path.clone(),
+                line: target.line,
+                sequence: sequence_to_string(&target.steps),
+            });
+        };
+        let line = found.line;
+        let mut new = current;
+        if let Some(b) = new.get_mut(found.offset) {
+            *b = b'#';
+        }
+        write_atomically(&self.path, &new)?;
+        self.snapshot = new;
+        Ok(Marked { line, reread })
+    }
+}
+
+/// The unused entries and the count of used (`#`) lines.
+fn parse_entries(bytes: &[u8], path: &Path) -> Result<(Vec<SequenceEntry>, usize), ConfigError> {
+    let mut entries = Vec::new();
+    let mut used = 0;
+    let mut offset = 0;
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line_no = i + 1;
+        let start = offset;
+        offset += raw.len() + 1;
+        let Ok(line) = std::str::from_utf8(raw) else {
+            return Err(ConfigError::NotText {
+                path: path.to_owned(),
+                line: line_no,
+            });
+        };
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if trimmed.starts_with('#') {
+            used += 1;
+            continue;
+        }
+        let lead = line.chars().take_while(|c| c.is_whitespace()).count();
+        let at = Location::at(path, line_no, lead + 1);
+        let steps = parse_sequence(trimmed, &at, "sequence file")?;
+        entries.push(SequenceEntry {
+            line: line_no,
+            offset: start,
+            steps,
+        });
+    }
+    Ok((entries, used))
+}
+
+/// Reads a whole file of at most `max` bytes.
+pub(crate) fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, ConfigError> {
+    let io = |source| ConfigError::Io {
+        path: path.to_owned(),
+        action: "cannot read",
+        source,
+    };
+    let meta = fs::metadata(path).map_err(io)?;
+    if meta.len() > max {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+            size: meta.len(),
+            max,
+        });
+    }
+    fs::read(path).map_err(io)
+}
+
+/// Replaces `path`'s content crash-safely: temporary file in the same
+/// directory, fsync, rename over, fsync the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    let io = |action: &'static str, p: &Path| {
+        let p = p.to_owned();
+        move |source| ConfigError::Io {
+            path: p,
+            action,
+            source,
+        }
+    };
+    let target = fs::canonicalize(path).map_err(io("cannot resolve", path))?;
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let meta = fs::metadata(&target).map_err(io("cannot stat", &target))?;
+    let tmp = dir.join(format!(".{name}.knock-rs-{}.tmp", std::process::id()));
+    let open = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+    };
+    let mut file = match open() {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // A leftover of ours from a crash (the name has our pid).
+            fs::remove_file(&tmp).map_err(io("cannot remove stale", &tmp))?;
+            open().map_err(io("cannot create", &tmp))?
+        }
+        Err(e) => return Err(io("cannot create", &tmp)(e)),
+    };
+    let result = (|| {
+        file.write_all(bytes).map_err(io("cannot write", &tmp))?;
+        file.set_permissions(meta.permissions())
+            .map_err(io("cannot chmod", &tmp))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            // Best effort: only root may give the file away.
+            let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
+        }
+        file.sync_all().map_err(io("cannot fsync", &tmp))?;
+        fs::rename(&tmp, &target).map_err(io("cannot rename over", &target))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    // The rename is durable once the directory is.
+    if let Ok(d) = fs::File::open(&dir) {
+        d.sync_all().map_err(io("cannot fsync directory", &dir))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn parses_lines_with_leading_space_and_skips_used_ones() {
+        let f = SequenceFile::parse(
+            "# header\n 80:tcp,443:tcp,53:udp\n\n#2000,3000\n 7000\r\n",
+            "/x",
+        )
+        .unwrap();
+        assert_eq!(
+            f.sequences(),
+            vec![
+                vec![Step::tcp(80), Step::tcp(443), Step::udp(53)],
+                vec![Step::tcp(7000)]
+            ]
+        );
+        assert_eq!(f.line_of(0), Some(2));
+        assert_eq!(f.line_of(1), Some(5));
+        assert_eq!(f.entries()[1].offset, 44);
+    }
+
+    #[test]
+    fn bad_line_names_file_line_and_column() {
+        let err = SequenceFile::parse(" 80:tcp\n 90,0,100\n", "/etc/seq").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/seq:2:5: "), "{msg}");
+        assert!(msg.contains("\"0\"") && msg.contains("port 0"), "{msg}");
+    }
+
+    #[test]
+    fn empty_file_is_an_error_but_all_used_is_not() {
+        let err = SequenceFile::parse("\n# only a comment? no: a used line counts\n", "/s");
+        assert!(err.is_ok());
+        let err = SequenceFile::parse("\n  \n", "/etc/empty").unwrap_err();
+        assert!(matches!(err, ConfigError::EmptySequenceFile { .. }));
+        assert!(err.to_string().contains("/etc/empty"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_it() {
+        let err = SequenceFile::load("/nonexistent/knock-rs/seq").unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/knock-rs/seq"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mark_used_writes_hash_over_first_byte_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "ots", " 1000,2000\n 3000,4000:udp\n 5000\n");
+        let mut f = SequenceFile::load(&p).unwrap();
+        assert_eq!(
+            f.mark_used(0).unwrap(),
+            Marked {
+                line: 1,
+                reread: false
+            }
+        );
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "#1000,2000\n 3000,4000:udp\n 5000\n"
+        );
+        assert_eq!(
+            f.mark_used(1).unwrap(),
+            Marked {
+                line: 2,
+                reread: false
+            }
+        );
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "#1000,2000\n#3000,4000:udp\n 5000\n"
+        );
+        // No temporary file left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Reloading gives the remaining sequence only.
+        assert_eq!(
+            SequenceFile::load(&p).unwrap().sequences(),
+            vec![vec![Step::tcp(5000)]]
+        );
+        assert!(matches!(
+            f.mark_used(7),
+            Err(ConfigError::NoSuchSequence {
+                index: 7,
+                len: 3,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn mark_used_rereads_a_file_changed_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "ots", " 1000\n 2000\n 3000\n");
+        let mut f = SequenceFile::load(&p).unwrap();
+        // An admin prepends a comment and appends a line while we run.
+        fs::write(&p, "# rotated\n 1000\n 2000\n 3000\n 4000\n").unwrap();
+        assert_eq!(
+            f.mark_used(1).unwrap(),
+            Marked {
+                line: 3,
+                reread: true
+            }
+        );
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "# rotated\n 1000\n#2000\n 3000\n 4000\n"
+        );
+        // Someone removes 3000: we refuse to mark anything.
+        fs::write(&p, "# rotated\n 1000\n#2000\n 4000\n").unwrap();
+        let err = f.mark_used(2).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::SequenceGone { line: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "# rotated\n 1000\n#2000\n 4000\n"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn mark_used_keeps_permissions_and_follows_symlinks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "real", " 1000\n");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        let mut f = SequenceFile::load(&link).unwrap();
+        f.mark_used(0).unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(&p).unwrap(), "#1000\n");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! The TOML format. (Documentation only.)
+//!
+//! The same model as knockd.conf, typed, with unknown fields rejected.
+//! Convert an existing knockd.conf with [`knockd_to_toml`](crate::knockd_to_toml).
+//!
+//! ```toml
+//! [options]
+//! use_syslog = true               # default false
+//! log_file = "/var/log/knockd.log"
+//! pid_file = "/var/run/knockd.pid"  # the default
+//! interfaces = ["eth0", "wg0"]    # default ["eth0"]
+//! blacklist = { invalid = 3, window = "60s", block = "180s" }
+//!
+//! [[door]]
+//! name = "openSSH"
+//! sequence = ["7000:tcp", "8000:udp", "9000:tcp"]  # knockd syntax, one step per string
+//! seq_timeout = "5s"              # or 5 (seconds); "500ms", "2m", "1h" also work
+//! tcpflags = ["syn", "!ack"]
+//! start_command = "/sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT"
+//! stop_command = "/sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT"
+//! cmd_timeout = 10
+//! target = "198.18.0.1"
+//!
+//! [[door]]
+//! name = "web"
+//! one_time_sequences = "/etc/knockd/web.seq"   # or sequence_file = "..." (reusable)
+//! open = ["tcp/443", "udp/1194"]
+//! firewall = "nftables"           # "iptables", "nftables" or "command"
+//! grant_prefix = [24, 64]
+//! allow_repeat = true
+//! cooldown = "30s"
+//! from = ["198.18.0.0/15", "2001:db8::/32"]
+//! strict = false
+//!
+//! [[door]]
+//! name = "derived"
+//! sequence_secret_file = "/etc/knock.key"
+//! sequence_length = 4
+//! sequence_period = "30s"
+//! sequence_ports = "10000-60000"
+//! sequence_protocols = ["tcp", "udp"]
+//! ```
+//!
+//! Differences from knockd.conf: doors are `[[door]]` tables with a `name`
+//! (in order); a sequence file is `sequence_file`, not a path in `sequence`;
+//! `grant_prefix` is a two-element array; durations are strings with a unit
+//! or integer seconds. Errors about a door point at its `[[door]]` line.
