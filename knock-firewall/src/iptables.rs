@@ -1,0 +1,450 @@
+//! iptables / ip6tables through the `iptables` crate.
+
+use std::error::Error as StdError;
+use std::io;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use iptables::IPTables;
+
+use crate::error::Error;
+use crate::grant::{unix_secs, Grant};
+use crate::sink::{FirewallSink, Reconciled};
+use knock_core::Step;
+
+/// Configuration of an [`IptablesSink`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IptablesConfig {
+    /// Our chain in the `filter` table (letters, digits, `-`, `_`; at most 28).
+    pub chain: String,
+    /// The built-in chain that jumps to ours (first rule), normally `INPUT`.
+    pub parent: String,
+    /// Manage IPv4 (`iptables`).
+    pub ipv4: bool,
+    /// Manage IPv6 (`ip6tables`).
+    pub ipv6: bool,
+}
+
+impl Default for IptablesConfig {
+    fn default() -> Self {
+        IptablesConfig {
+            chain: "KNOCK".into(),
+            parent: "INPUT".into(),
+            ipv4: true,
+            ipv6: true,
+        }
+    }
+}
+
+const TABLE: &str = "filter";
+
+/// Grants as iptables rules.
+///
+/// * One chain of our own (`KNOCK`), jumped to from the first rule of `INPUT`
+///   (added once). Everything this sink does happens inside that chain.
+/// * One `ACCEPT` rule per grant and port, tagged with the comment
+///   `knock:door=NAME,grant=N,until=UNIXSECS` (`until=never` without expiry;
+///   characters of the door name other than `[A-Za-z0-9_.-]` become `_`).
+/// * `open` checks with `iptables -C` before appending: two opens give one rule.
+/// * Blocks are `DROP` rules inserted at the top of the chain, tagged
+///   `knock-block:until=UNIXSECS`.
+/// * iptables has no expiry of its own: [`reconcile`](FirewallSink::reconcile)
+///   removes grants and blocks whose time is over, and anything else found in
+///   our chain (leftovers). Call it at start-up and then periodically (e.g.
+///   every second); the matcher's `Close` removes grants on time anyway.
+pub struct IptablesSink {
+    cfg: IptablesConfig,
+    v4: Option<IPTables>,
+    v6: Option<IPTables>,
+}
+
+impl std::fmt::Debug for IptablesSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IptablesSink")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn program(v6: bool) -> &'static str {
+    if v6 {
+        "ip6tables"
+    } else {
+        "iptables"
+    }
+}
+
+/// Turns the `iptables` crate's boxed error into ours.
+fn convert(what: String, v6: bool, e: Box<dyn StdError>) -> Error {
+    if let Some(ioe) = e.downcast_ref::<io::Error>() {
+        return Error::from_io(
+            what,
+            program(v6),
+            io::Error::new(ioe.kind(), ioe.to_string()),
+        );
+    }
+    Error::from_program(what, program(v6), e.to_string().trim().to_owned())
+}
+
+fn sanitize(door: &str) -> String {
+    door.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect()
+}
+
+fn until_str(t: Option<SystemTime>) -> String {
+    t.map_or_else(|| "never".to_owned(), |t| unix_secs(t).to_string())
+}
+
+/// What our comment says about a rule.
+#[derive(Debug, PartialEq, Eq)]
+enum Tag {
+    Grant {
+        door: String,
+        grant: u64,
+        until: Option<u64>,
+    },
+    Block {
+        until: u64,
+    },
+}
+
+/// Parses one line of `iptables -S CHAIN` (`-A CHAIN ...`): the rule spec and our tag.
+fn parse_rule(line: &str, chain: &str) -> Option<(String, Option<String>, Option<Tag>)> {
+    let spec = line
+        .strip_prefix("-A ")?
+        .strip_prefix(chain)?
+        .trim()
+        .to_owned();
+    let tokens: Vec<&str> = spec.split_whitespace().collect();
+    let src = tokens
+        .iter()
+        .position(|t| *t == "-s")
+        .and_then(|i| tokens.get(i + 1))
+        .map(|s| (*s).to_owned());
+    let comment = tokens
+        .iter()
+        .position(|t| *t == "--comment")
+        .and_then(|i| tokens.get(i + 1))
+        .map(|c| c.trim_matches('"'));
+    let tag = comment.and_then(parse_tag);
+    Some((spec, src, tag))
+}
+
+fn parse_tag(c: &str) -> Option<Tag> {
+    if let Some(rest) = c.strip_prefix("knock-block:until=") {
+        return rest.parse().ok().map(|until| Tag::Block { until });
+    }
+    let rest = c.strip_prefix("knock:")?;
+    let (mut door, mut grant, mut until) = (None, None, None);
+    for kv in rest.split(',') {
+        match kv.split_once('=')? {
+            ("door", v) => door = Some(v.to_owned()),
+            ("grant", v) => grant = v.parse().ok(),
+            ("until", "never") => until = Some(None),
+            ("until", v) => until = Some(Some(v.parse().ok()?)),
+            _ => return None,
+        }
+    }
+    Some(Tag::Grant {
+        door: door?,
+        grant: grant?,
+        until: until?,
+    })
+}
+
+impl IptablesSink {
+    /// Finds the programs, creates our chain and the jump from `parent` if missing.
+    pub fn new(cfg: IptablesConfig) -> Result<IptablesSink, Error> {
+        let ok = !cfg.chain.is_empty()
+            && cfg.chain.len() <= 28
+            && cfg
+                .chain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return Err(Error::Config(format!(
+                "iptables chain name {:?}: use 1-28 letters, digits, `-` or `_`",
+                cfg.chain
+            )));
+        }
+        let mut sink = IptablesSink {
+            v4: None,
+            v6: None,
+            cfg,
+        };
+        for v6 in [false, true] {
+            if (v6 && !sink.cfg.ipv6) || (!v6 && !sink.cfg.ipv4) {
+                continue;
+            }
+            let what = format!("set up chain {}", sink.cfg.chain);
+            let ipt = iptables::new(v6).map_err(|e| convert(what.clone(), v6, e))?;
+            sink.setup(&ipt, v6)?;
+            if v6 {
+                sink.v6 = Some(ipt);
+            } else {
+                sink.v4 = Some(ipt);
+            }
+        }
+        Ok(sink)
+    }
+
+    fn setup(&self, ipt: &IPTables, v6: bool) -> Result<(), Error> {
+        let chain = &self.cfg.chain;
+        let what = format!("set up chain {chain} ({})", program(v6));
+        let exists = ipt
+            .chain_exists(TABLE, chain)
+            .map_err(|e| convert(what.clone(), v6, e))?;
+        if !exists {
+            ipt.new_chain(TABLE, chain)
+                .map_err(|e| convert(what.clone(), v6, e))?;
+        }
+        let jump = format!("-j {chain}");
+        let jumps = ipt
+            .exists(TABLE, &self.cfg.parent, &jump)
+            .map_err(|e| convert(what.clone(), v6, e))?;
+        if !jumps {
+            ipt.insert(TABLE, &self.cfg.parent, &jump, 1)
+                .map_err(|e| convert(what, v6, e))?;
+        }
+        Ok(())
+    }
+
+    fn family(&self, what: &str, addr: IpAddr) -> Result<(&IPTables, bool), Error> {
+        let v6 = addr.is_ipv6();
+        let ipt = if v6 { &self.v6 } else { &self.v4 };
+        ipt.as_ref()
+            .map(|i| (i, v6))
+            .ok_or_else(|| Error::Unsupported {
+                what: what.to_owned(),
+                sink: if v6 {
+                    "iptables (IPv6 disabled)"
+                } else {
+                    "iptables (IPv4 disabled)"
+                },
+            })
+    }
+
+    /// The rule spec of one port of a grant (what `-C`, `-A` and `-D` take).
+    pub fn rule_spec(grant: &Grant, port: Step) -> String {
+        format!(
+            "-s {cidr} -p {p} -m {p} --dport {port} -m comment --comment knock:door={door},grant={id},until={until} -j ACCEPT",
+            cidr = grant.cidr(),
+            p = port.proto,
+            port = port.port,
+            door = sanitize(&grant.door),
+            id = grant.id.0,
+            until = until_str(grant.expires),
+        )
+    }
+
+    fn list(&self, ipt: &IPTables, v6: bool, what: &str) -> Result<Vec<String>, Error> {
+        ipt.list(TABLE, &self.cfg.chain)
+            .map_err(|e| convert(what.to_owned(), v6, e))
+    }
+
+    /// Deletes the rules of our chain for which `pred` holds. Returns how many.
+    fn delete_where(
+        &self,
+        ipt: &IPTables,
+        v6: bool,
+        what: &str,
+        mut pred: impl FnMut(Option<&str>, Option<&Tag>) -> bool,
+    ) -> Result<usize, Error> {
+        let mut n = 0;
+        for line in self.list(ipt, v6, what)? {
+            let Some((spec, src, tag)) = parse_rule(&line, &self.cfg.chain) else {
+                continue;
+            };
+            if pred(src.as_deref(), tag.as_ref()) {
+                ipt.delete(TABLE, &self.cfg.chain, &spec)
+                    .map_err(|e| convert(what.to_owned(), v6, e))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The rules of our chain, as `iptables -S` prints them (for tests and debugging).
+    pub fn rules(&self, v6: bool) -> Result<Vec<String>, Error> {
+        let ipt = if v6 { &self.v6 } else { &self.v4 };
+        match ipt {
+            Some(ipt) => Ok(self
+                .list(ipt, v6, "list rules")?
+                .into_iter()
+                .filter(|l| l.starts_with("-A "))
+                .collect()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn reconcile_family(
+        &self,
+        ipt: &IPTables,
+        v6: bool,
+        now: u64,
+        out: &mut Reconciled,
+    ) -> Result<(), Error> {
+        let what = format!("reconcile chain {} ({})", self.cfg.chain, program(v6));
+        self.setup(ipt, v6)?;
+        let (mut expired, mut leftovers, mut kept) = (0, 0, 0);
+        self.delete_where(ipt, v6, &what, |_, tag| match tag {
+            Some(Tag::Grant { until: None, .. }) => {
+                kept += 1;
+                false
+            }
+            Some(Tag::Grant { until: Some(u), .. }) | Some(Tag::Block { until: u }) => {
+                if *u <= now {
+                    expired += 1;
+                    true
+                } else {
+                    kept += 1;
+                    false
+                }
+            }
+            None => {
+                leftovers += 1;
+                true
+            }
+        })?;
+        out.expired += expired;
+        out.leftovers += leftovers;
+        out.kept += kept;
+        Ok(())
+    }
+}
+
+impl FirewallSink for IptablesSink {
+    type Error = Error;
+
+    fn open(&mut self, grant: &Grant) -> Result<(), Error> {
+        let what = format!("open {grant}");
+        let (ipt, v6) = self.family(&what, grant.src)?;
+        for &port in &grant.ports {
+            let spec = Self::rule_spec(grant, port);
+            let present = ipt
+                .exists(TABLE, &self.cfg.chain, &spec)
+                .map_err(|e| convert(what.clone(), v6, e))?;
+            if !present {
+                ipt.append(TABLE, &self.cfg.chain, &spec)
+                    .map_err(|e| convert(what.clone(), v6, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn extend(&mut self, grant: &Grant) -> Result<(), Error> {
+        // Add the rules with the new expiry first, then drop the old ones:
+        // the port never closes in between.
+        self.open(grant)?;
+        let what = format!("extend {grant}");
+        let (ipt, v6) = self.family(&what, grant.src)?;
+        let (door, id, cidr) = (sanitize(&grant.door), grant.id.0, grant.cidr());
+        let until = grant.expires.map(unix_secs);
+        self.delete_where(ipt, v6, &what, |src, tag| {
+            matches!(tag, Some(Tag::Grant { door: d, grant: g, until: u })
+                if *d == door && *g == id && *u != until)
+                && src == Some(cidr.as_str())
+        })?;
+        Ok(())
+    }
+
+    fn close(&mut self, grant: &Grant) -> Result<(), Error> {
+        let what = format!("close {grant}");
+        let (ipt, v6) = self.family(&what, grant.src)?;
+        let (door, id, cidr) = (sanitize(&grant.door), grant.id.0, grant.cidr());
+        self.delete_where(ipt, v6, &what, |src, tag| {
+            matches!(tag, Some(Tag::Grant { door: d, grant: g, .. }) if *d == door && *g == id)
+                && src == Some(cidr.as_str())
+        })?;
+        Ok(())
+    }
+
+    fn reconcile(&mut self, now: SystemTime) -> Result<Reconciled, Error> {
+        let now = unix_secs(now);
+        let mut out = Reconciled::default();
+        if let Some(ipt) = &self.v4 {
+            self.reconcile_family(ipt, false, now, &mut out)?;
+        }
+        if let Some(ipt) = &self.v6 {
+            self.reconcile_family(ipt, true, now, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), Error> {
+        let what = format!("block {src}");
+        let (ipt, v6) = self.family(&what, src)?;
+        let cidr = format!("{src}/{}", if v6 { 128 } else { 32 });
+        let until = unix_secs(SystemTime::now() + duration);
+        let spec = format!("-s {cidr} -m comment --comment knock-block:until={until} -j DROP");
+        if ipt
+            .exists(TABLE, &self.cfg.chain, &spec)
+            .map_err(|e| convert(what.clone(), v6, e))?
+        {
+            return Ok(());
+        }
+        ipt.insert(TABLE, &self.cfg.chain, &spec, 1)
+            .map_err(|e| convert(what.clone(), v6, e))?;
+        // An earlier block of the same address is superseded.
+        self.delete_where(ipt, v6, &what, |s, tag| {
+            matches!(tag, Some(Tag::Block { until: u }) if *u != until) && s == Some(cidr.as_str())
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knock_core::GrantId;
+
+    #[test]
+    fn rule_spec_round_trips_through_parse() {
+        let g = Grant::new(
+            "open SSH!",
+            "198.18.0.2".parse().unwrap(),
+            GrantId(4),
+            vec![],
+        )
+        .with_expiry(Some(SystemTime::UNIX_EPOCH + Duration::from_secs(99)));
+        let spec = IptablesSink::rule_spec(&g, Step::tcp(22));
+        assert!(spec.contains("door=open_SSH_,grant=4,until=99"), "{spec}");
+        let line = format!(
+            "-A KNOCK {}",
+            spec.replace("--comment knock", "--comment \"knock") + ""
+        );
+        let line = line.replace(" -j ACCEPT", "\" -j ACCEPT");
+        let (_, src, tag) = parse_rule(&line, "KNOCK").unwrap();
+        assert_eq!(src.as_deref(), Some("198.18.0.2/32"));
+        assert_eq!(
+            tag,
+            Some(Tag::Grant {
+                door: "open_SSH_".into(),
+                grant: 4,
+                until: Some(99)
+            })
+        );
+        assert_eq!(
+            parse_tag("knock-block:until=5"),
+            Some(Tag::Block { until: 5 })
+        );
+        assert_eq!(
+            parse_tag("knock:door=x,grant=1,until=never"),
+            Some(Tag::Grant {
+                door: "x".into(),
+                grant: 1,
+                until: None
+            })
+        );
+        assert_eq!(parse_tag("something else"), None);
+        assert!(parse_rule("-N KNOCK", "KNOCK").is_none());
+    }
+}
