@@ -1,0 +1,47 @@
+//! The crate's error type.
+
+use std::io;
+
+/// Why a source could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaptureError {
+    /// A system call failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done (`"bind kn0"`, `"attach filter"`).
+        op: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// No interface with this name.
+    #[error("no interface named {0:?}")]
+    NoSuchInterface(String),
+    /// The interface's hardware type has no parser here.
+    #[error("interface {name:?} has unsupported hardware type {arphrd}")]
+    UnsupportedInterface {
+        /// The interface.
+        name: String,
+        /// Its `ARPHRD_*` type.
+        arphrd: u16,
+    },
+    /// A capture file could not be read.
+    #[error("capture file: {0}")]
+    File(#[from] pcap_file::PcapError),
+    /// A capture file uses a link type with no parser here.
+    #[error("unsupported capture link type {0}")]
+    UnsupportedLinkType(u32),
+    /// The generated filter is longer than the kernel accepts.
+    #[error("filter too long ({0} instructions)")]
+    FilterTooLong(usize),
+}
+
+impl CaptureError {
+    pub(crate) fn io(op: impl Into<String>, source: io::Error) -> Self {
+        CaptureError::Io {
+            op: op.into(),
+            source,
+        }
+    }
+}

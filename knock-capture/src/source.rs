@@ -1,0 +1,160 @@
+//! The trait every capture source implements, and what it returns.
+
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
+
+use knock_core::{Event, Listen};
+
+use crate::parse::{LinkType, Reject};
+
+/// One knock and where it was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Captured {
+    /// The knock.
+    pub event: Event,
+    /// The link type of the frame it came in.
+    pub link: LinkType,
+    /// The interface index it arrived on (0 when unknown, e.g. in a replay).
+    pub ifindex: u32,
+}
+
+/// What [`Source::next_event`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A knock.
+    Event(Captured),
+    /// The deadline passed with no knock.
+    Deadline,
+    /// The source is exhausted (end of a capture file); later calls return
+    /// `End` again.
+    End,
+}
+
+/// Counters of a source. Kernel counters are cumulative since the source
+/// was opened (the kernel resets `PACKET_STATISTICS` on every read; sources
+/// add up what they read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames read from the socket or file (everything the kernel filter passed).
+    pub received: u64,
+    /// Frames that became events.
+    pub events: u64,
+    /// Frames rejected by the parser, by [`Reject::index`].
+    pub rejects: [u64; Reject::COUNT],
+    /// Frames that parsed but matched no listen entry (the kernel passed
+    /// them as undecidable, or a replay filtered them).
+    pub unmatched: u64,
+    /// Frames on links with no parser (a pcapng interface of another type).
+    pub unsupported_link: u64,
+    /// Frames the kernel filter passed (`tp_packets`, including drops), for
+    /// live sources.
+    pub kernel_packets: u64,
+    /// Frames the kernel dropped for lack of buffer space (`tp_drops`).
+    pub kernel_drops: u64,
+}
+
+impl Stats {
+    /// How many frames were rejected for `reason`.
+    pub fn rejected(&self, reason: Reject) -> u64 {
+        self.rejects.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    /// All rejected frames.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejects.iter().sum()
+    }
+
+    /// Counts one parse outcome.
+    pub(crate) fn count(&mut self, r: &Result<Event, Reject>) {
+        self.received += 1;
+        match r {
+            Ok(_) => self.events += 1,
+            Err(e) => {
+                if let Some(c) = self.rejects.get_mut(e.index()) {
+                    *c += 1;
+                }
+            }
+        }
+    }
+
+    /// Adds another source's counters (for [`crate::MultiSource`]).
+    pub fn add(&mut self, o: &Stats) {
+        self.received += o.received;
+        self.events += o.events;
+        self.unmatched += o.unmatched;
+        self.unsupported_link += o.unsupported_link;
+        for (a, b) in self.rejects.iter_mut().zip(o.rejects.iter()) {
+            *a += b;
+        }
+        self.kernel_packets += o.kernel_packets;
+        self.kernel_drops += o.kernel_drops;
+    }
+}
+
+/// A source of knocks: a live socket or a capture file.
+///
+/// The daemon's loop is: `next_event(core.poll_timeout())`, feed the event
+/// or the timeout to the matcher, and after the matcher's listen set changed
+/// (`Matcher::listen_generation`), call [`Source::set_listen`].
+pub trait Source {
+    /// Blocks until a knock arrives or `deadline` passes (`None`: no
+    /// deadline). Frames that are not knocks are counted in [`Source::stats`]
+    /// and skipped. Live sources wait in `poll(2)`, never spin. A deadline in
+    /// the past still returns a knock that is already queued.
+    ///
+    /// Replays ignore the deadline: their time is the file's.
+    fn next_event(&mut self, deadline: Option<Instant>) -> Result<Next, crate::CaptureError>;
+
+    /// Replaces the kernel filter with one that passes the knocks of `listen`
+    /// (and whatever it cannot decide). An empty set passes nothing. Replays
+    /// filter in user space with [`Listen::matches`].
+    fn set_listen(&mut self, listen: &[Listen]) -> Result<(), crate::CaptureError>;
+
+    /// The counters so far (reads the kernel's counters for live sources).
+    fn stats(&mut self) -> Stats;
+
+    /// The descriptor to wait on, for live sources; `None` for sources that
+    /// are always ready (replays). [`crate::MultiSource`] polls these.
+    fn poll_fd(&self) -> Option<BorrowedFd<'_>>;
+}
+
+impl<S: Source + ?Sized> Source for Box<S> {
+    fn next_event(&mut self, deadline: Option<Instant>) -> Result<Next, crate::CaptureError> {
+        (**self).next_event(deadline)
+    }
+    fn set_listen(&mut self, listen: &[Listen]) -> Result<(), crate::CaptureError> {
+        (**self).set_listen(listen)
+    }
+    fn stats(&mut self) -> Stats {
+        (**self).stats()
+    }
+    fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).poll_fd()
+    }
+}
+
+/// The user-space re-check of the listen set (the kernel filter is only an
+/// optimisation, and cannot decide everything).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct UserFilter {
+    /// `None`: never set, every event passes.
+    listen: Option<Vec<Listen>>,
+}
+
+impl UserFilter {
+    pub(crate) fn set(&mut self, listen: &[Listen]) {
+        self.listen = Some(listen.to_vec());
+    }
+
+    /// Whether `e` is a knock of the listen set; counts it as unmatched if not.
+    pub(crate) fn admits(&self, e: &Event, stats: &mut Stats) -> bool {
+        let ok = match &self.listen {
+            None => true,
+            Some(l) => l.iter().any(|x| x.matches(e)),
+        };
+        if !ok {
+            stats.unmatched += 1;
+        }
+        ok
+    }
+}
