@@ -1,4 +1,5 @@
 //! Replay of pcap and pcapng files written here, one per link type.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic
 
 use std::borrow::Cow;
 use std::io::Cursor;
