@@ -1,0 +1,16 @@
+//! Integration tests of knock-config through its public API.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod errors;
+mod real_world;
+mod roundtrip;
+mod toml_format;
+
+use std::path::{Path, PathBuf};
+
+/// Writes `text` to `name` in `dir` and returns the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
