@@ -10,6 +10,7 @@
 //!         Grant ──► FirewallSink::open / extend / close / reconcile / block
 //!                        ├─ CommandSink   knockd's start/stop commands (/bin/sh -c)
 //!                        ├─ IptablesSink  our chain, one rule per grant and port
+//!                        └─ NftSink       (feature `nftables`) netlink, kernel-side expiry
 //! ```
 //!
 //! ## Brief overview
@@ -24,6 +25,7 @@
 //! * [`IptablesSink`]: `iptables`/`ip6tables` through the `iptables` crate,
 //!   our own chain jumped to from INPUT, expiry in the rule comment so that
 //!   [`FirewallSink::reconcile`] can remove what is over after a restart.
+//! * `NftSink` (cargo feature `nftables`, off by default): a table of our own
 //!   in the `inet` family, one timeout set per door and family, elements
 //!   added over netlink with their own timeout, so the kernel closes the door
 //!   even if the daemon was killed. **The feature pulls in `rustables`, which
@@ -58,6 +60,7 @@
 //! ## Design
 //! Decisions come from a sans-IO matcher with its own clock; sinks keep
 //! wall-clock expiries because firewall state outlives the process. The
+//! nftables sink lets the kernel expire grants (nothing to do on restart);
 //! the iptables and command sinks write the expiry down (rule comment, state
 //! file) and [`FirewallSink::reconcile`] acts on it after a restart.
 #![deny(missing_docs)]
@@ -69,6 +72,8 @@ mod command;
 mod error;
 mod grant;
 mod iptables;
+#[cfg(feature = "nftables")]
+mod nft;
 mod sink;
 mod state;
 
@@ -76,4 +81,6 @@ pub use command::{substitute, CommandConfig, CommandSink, CommandStats, DoorComm
 pub use error::Error;
 pub use grant::{mask, Grant};
 pub use iptables::{IptablesConfig, IptablesSink};
+#[cfg(feature = "nftables")]
+pub use nft::{NftConfig, NftDoor, NftSink};
 pub use sink::{Action, FirewallSink, FnSink, Reconciled, RecordingSink};

@@ -1,0 +1,450 @@
+//! nftables over netlink (cargo feature `nftables`; rustables is GPL-3.0-or-later).
+
+mod netlink;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use knock_core::{Proto, Step};
+use rustables::error::QueryError;
+use rustables::expr::{
+    Bitwise, Cmp, CmpOp, HighLevelPayload, IPv4HeaderField, IPv6HeaderField, Lookup, Meta,
+    MetaType, NetworkHeaderField,
+};
+use rustables::{
+    Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, Protocol, ProtocolFamily, Rule,
+    Set, Table,
+};
+
+use crate::error::Error;
+use crate::grant::{mask, Grant};
+use crate::sink::{FirewallSink, Reconciled};
+use netlink::{ElemOp, NlSocket};
+
+const NFT_SET_TIMEOUT: u32 = 0x10;
+const TYPE_IPV4: u32 = 7;
+const TYPE_IPV6: u32 = 8;
+
+/// One door as the nftables sink needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftDoor {
+    /// The door's name (what [`Grant::door`] says).
+    pub name: String,
+    /// The ports its grants open.
+    pub ports: Vec<Step>,
+    /// The sets' default timeout (the door's grant lifetime); `None`: no default.
+    pub lifetime: Option<Duration>,
+    /// Grants cover the knocker's network of this width (32: the address alone).
+    pub prefix_v4: u8,
+    /// Same for IPv6 (128: the address alone).
+    pub prefix_v6: u8,
+}
+
+impl NftDoor {
+    /// A door opening `ports` for `lifetime`, to single addresses.
+    pub fn new(name: impl Into<String>, ports: Vec<Step>, lifetime: Option<Duration>) -> Self {
+        NftDoor {
+            name: name.into(),
+            ports,
+            lifetime,
+            prefix_v4: 32,
+            prefix_v6: 128,
+        }
+    }
+
+    /// Grants cover the knocker's /`v4` or /`v6`.
+    pub fn with_prefix(mut self, v4: u8, v6: u8) -> Self {
+        self.prefix_v4 = v4.min(32);
+        self.prefix_v6 = v6.min(128);
+        self
+    }
+}
+
+/// Configuration of an [`NftSink`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftConfig {
+    /// Our table in the `inet` family.
+    pub table: String,
+    /// The priority of our `input` base chain (default -5: before `filter`).
+    pub priority: i32,
+    /// Drop new connections to the doors' ports from everyone not in a set
+    /// (established connections pass). In nftables an `accept` in one base
+    /// chain does not override a `drop` in another, so the knock table must
+    /// guard the ports itself; the rest of the ruleset should accept them.
+    pub guard: bool,
+    /// The doors.
+    pub doors: Vec<NftDoor>,
+}
+
+impl Default for NftConfig {
+    fn default() -> Self {
+        NftConfig {
+            table: "knock".into(),
+            priority: -5,
+            guard: true,
+            doors: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct DoorSets {
+    v4: String,
+    v6: String,
+    prefix_v4: u8,
+    prefix_v6: u8,
+}
+
+/// Grants as elements of per-door nftables sets that the kernel expires.
+///
+/// The ruleset (set up once, with rustables, in one transaction):
+///
+/// ```text
+/// table inet knock {
+///   set block4 { type ipv4_addr; flags timeout; }       set block6 { ... }
+///   set d0_ssh_4 { type ipv4_addr; flags timeout; timeout 30s; }   d0_ssh_6 ...
+///   chain input { type filter hook input priority -5; policy accept;
+///     ip saddr @block4 drop;  ip6 saddr @block6 drop
+///     ip saddr & 255.255.255.255 @d0_ssh_4 tcp dport 22 accept   (and ip6)
+///     tcp dport 22 ct state established accept;  tcp dport 22 drop   (guard)
+///   }
+/// }
+/// ```
+///
+/// An open adds the (masked) address to the door's set with the grant's
+/// remaining time as the element's timeout; the kernel deletes it when the
+/// time is up, so a killed daemon never leaves a port open. One netlink
+/// transaction per knock on a socket opened by [`NftSink::new`] (in the
+/// network namespace of the calling thread), no `nft` process.
+#[derive(Debug)]
+pub struct NftSink {
+    cfg: NftConfig,
+    sets: HashMap<String, DoorSets>,
+    sock: NlSocket,
+}
+
+fn set_name(i: usize, door: &str, fam: char) -> String {
+    let clean: String = door
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(16)
+        .collect();
+    format!("d{i}_{clean}_{fam}")
+}
+
+fn query_err(what: String, e: QueryError) -> Error {
+    match e {
+        QueryError::NetlinkError(nle) => Error::from_errno(what, -nle.error),
+        QueryError::NetlinkOpenError(e)
+        | QueryError::NetlinkSendError(e)
+        | QueryError::NetlinkRecvError(e) => Error::from_errno(what, e as i32),
+        other => Error::Kernel {
+            what,
+            source: io::Error::other(other.to_string()),
+        },
+    }
+}
+
+fn proto(p: Proto) -> Protocol {
+    match p {
+        Proto::Tcp => Protocol::TCP,
+        Proto::Udp => Protocol::UDP,
+    }
+}
+
+/// `ip saddr` (or `ip6 saddr`) masked to `prefix`, looked up in `set`.
+fn saddr_in(mut rule: Rule, v6: bool, prefix: u8, set: &Set) -> Result<Rule, Error> {
+    let berr = |e: rustables::error::BuilderError| Error::Config(format!("nftables rule: {e}"));
+    rule.add_expr(Meta::new(MetaType::NfProto));
+    rule.add_expr(Cmp::new(
+        CmpOp::Eq,
+        [if v6 {
+            libc_nfproto_ipv6()
+        } else {
+            libc_nfproto_ipv4()
+        }],
+    ));
+    rule.add_expr(
+        HighLevelPayload::Network(if v6 {
+            NetworkHeaderField::IPv6(IPv6HeaderField::Saddr)
+        } else {
+            NetworkHeaderField::IPv4(IPv4HeaderField::Saddr)
+        })
+        .build(),
+    );
+    let full = if v6 { 128 } else { 32 };
+    if prefix < full {
+        let m = match mask(
+            if v6 {
+                IpAddr::from([0xffu8; 16])
+            } else {
+                IpAddr::from([0xffu8; 4])
+            },
+            prefix,
+        ) {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let zero = vec![0u8; m.len()];
+        rule.add_expr(Bitwise::new(m, zero).map_err(berr)?);
+    }
+    rule.add_expr(Lookup::new(set).map_err(berr)?);
+    Ok(rule)
+}
+
+const fn libc_nfproto_ipv4() -> u8 {
+    2
+}
+const fn libc_nfproto_ipv6() -> u8 {
+    10
+}
+
+impl NftSink {
+    /// Installs (or re-installs) our table, sets and rules, keeping the
+    /// elements of sets that already exist (grants survive a restart), and
+    /// opens the netlink socket. Works in the network namespace of the calling thread.
+    pub fn new(cfg: NftConfig) -> Result<NftSink, Error> {
+        if cfg.table.is_empty()
+            || cfg.table.len() > 32
+            || !cfg
+                .table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(Error::Config(format!(
+                "nftables table name {:?}",
+                cfg.table
+            )));
+        }
+        let sets = cfg
+            .doors
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                (
+                    d.name.clone(),
+                    DoorSets {
+                        v4: set_name(i, &d.name, '4'),
+                        v6: set_name(i, &d.name, '6'),
+                        prefix_v4: d.prefix_v4.min(32),
+                        prefix_v6: d.prefix_v6.min(128),
+                    },
+                )
+            })
+            .collect();
+        let sock = NlSocket::open()
+            .map_err(|e| Error::from_io("open netfilter netlink socket".into(), "netlink", e))?;
+        let sink = NftSink { cfg, sets, sock };
+        if let Err(e) = sink.install(false) {
+            // A set changed shape (new lifetime, ...): start over.
+            tracing::warn!(error = %e, table = %sink.cfg.table, "cannot update the knock table in place, recreating it");
+            sink.install(true)?;
+        }
+        Ok(sink)
+    }
+
+    fn install(&self, recreate: bool) -> Result<(), Error> {
+        let what = format!("install nftables table {}", self.cfg.table);
+        let berr = |e: rustables::error::BuilderError| Error::Config(format!("nftables rule: {e}"));
+        let table = Table::new(ProtocolFamily::Inet).with_name(&self.cfg.table);
+        if recreate {
+            let mut b = Batch::new();
+            b.add(&table, MsgType::Add);
+            b.add(&table, MsgType::Del);
+            b.send().map_err(|e| query_err(what.clone(), e))?;
+        }
+        let mut batch = Batch::new();
+        batch.add(&table, MsgType::Add);
+        let chain = Chain::new(&table)
+            .with_name("input")
+            .with_hook(Hook::new(HookClass::In, self.cfg.priority))
+            .with_type(ChainType::Filter)
+            .with_policy(ChainPolicy::Accept);
+        batch.add(&chain, MsgType::Add);
+        // Flush our chain: the rules are rebuilt from the config below.
+        batch.add(&Rule::new(&chain).map_err(berr)?, MsgType::Del);
+
+        let mut id: u32 = 1;
+        let mut new_set = |name: &str, v6: bool, timeout: Option<Duration>| {
+            let mut s = Set::default()
+                .with_table(&self.cfg.table)
+                .with_name(name)
+                .with_flags(NFT_SET_TIMEOUT)
+                .with_key_type(if v6 { TYPE_IPV6 } else { TYPE_IPV4 })
+                .with_key_len(if v6 { 16u32 } else { 4u32 })
+                .with_id(id);
+            id += 1;
+            s.family = ProtocolFamily::Inet;
+            if let Some(t) = timeout {
+                s.set_timeout(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+            }
+            s
+        };
+        let block4 = new_set("block4", false, None);
+        let block6 = new_set("block6", true, None);
+        batch.add(&block4, MsgType::Add);
+        batch.add(&block6, MsgType::Add);
+        let mut door_sets = Vec::new();
+        for d in &self.cfg.doors {
+            let Some(ds) = self.sets.get(&d.name) else {
+                continue;
+            };
+            let s4 = new_set(&ds.v4, false, d.lifetime);
+            let s6 = new_set(&ds.v6, true, d.lifetime);
+            batch.add(&s4, MsgType::Add);
+            batch.add(&s6, MsgType::Add);
+            door_sets.push((d, ds.clone(), s4, s6));
+        }
+        // Blocks first.
+        for (set, v6) in [(&block4, false), (&block6, true)] {
+            let r = saddr_in(
+                Rule::new(&chain).map_err(berr)?,
+                v6,
+                if v6 { 128 } else { 32 },
+                set,
+            )?
+            .drop();
+            batch.add(&r, MsgType::Add);
+        }
+        let mut guarded = BTreeSet::new();
+        for (d, ds, s4, s6) in &door_sets {
+            for &step in &d.ports {
+                for (set, v6, prefix) in [(s4, false, ds.prefix_v4), (s6, true, ds.prefix_v6)] {
+                    let r = saddr_in(Rule::new(&chain).map_err(berr)?, v6, prefix, set)?
+                        .dport(step.port, proto(step.proto))
+                        .accept();
+                    batch.add(&r, MsgType::Add);
+                }
+                guarded.insert(step);
+            }
+        }
+        if self.cfg.guard {
+            for step in guarded {
+                let est = Rule::new(&chain)
+                    .map_err(berr)?
+                    .dport(step.port, proto(step.proto))
+                    .established()
+                    .map_err(berr)?
+                    .accept();
+                batch.add(&est, MsgType::Add);
+                let drop = Rule::new(&chain)
+                    .map_err(berr)?
+                    .dport(step.port, proto(step.proto))
+                    .drop();
+                batch.add(&drop, MsgType::Add);
+            }
+        }
+        batch.send().map_err(|e| query_err(what, e))
+    }
+
+    /// Deletes our table (and every grant and block in it).
+    pub fn remove(self) -> Result<(), Error> {
+        let table = Table::new(ProtocolFamily::Inet).with_name(&self.cfg.table);
+        let mut b = Batch::new();
+        b.add(&table, MsgType::Add);
+        b.add(&table, MsgType::Del);
+        b.send()
+            .map_err(|e| query_err(format!("remove nftables table {}", self.cfg.table), e))
+    }
+
+    fn target(&self, what: &str, grant: &Grant) -> Result<(String, Vec<u8>), Error> {
+        let ds = self
+            .sets
+            .get(&grant.door)
+            .ok_or_else(|| Error::UnknownDoor {
+                what: what.to_owned(),
+                door: grant.door.clone(),
+            })?;
+        let (set, prefix) = match grant.src {
+            IpAddr::V4(_) => (&ds.v4, ds.prefix_v4),
+            IpAddr::V6(_) => (&ds.v6, ds.prefix_v6),
+        };
+        if grant.prefix_len() != prefix {
+            tracing::debug!(grant = %grant, door_prefix = prefix, "grant prefix differs from the door's set; using the door's");
+        }
+        let key = match mask(grant.src, prefix) {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        Ok((set.clone(), key))
+    }
+
+    fn apply(&mut self, what: String, ops: &[ElemOp<'_>], ok_enoent: bool) -> Result<(), Error> {
+        match self.sock.apply(ops) {
+            Ok(()) => Ok(()),
+            Err(Ok(errno)) if ok_enoent && errno == 2 => Ok(()),
+            Err(Ok(errno)) => Err(Error::from_errno(what, errno)),
+            Err(Err(e)) => Err(Error::from_io(what, "netlink", e)),
+        }
+    }
+}
+
+impl FirewallSink for NftSink {
+    type Error = Error;
+
+    /// Adds (or refreshes) the element: one transaction of add, delete, add,
+    /// so an existing element gets the new timeout.
+    fn open(&mut self, grant: &Grant) -> Result<(), Error> {
+        let what = format!("open {grant}");
+        let (set, key) = self.target(&what, grant)?;
+        let timeout = match grant.remaining(SystemTime::now()) {
+            Some(Duration::ZERO) => return Ok(()), // already over
+            t => t,
+        };
+        let table = self.cfg.table.clone();
+        let op = |delete, timeout| ElemOp {
+            delete,
+            table: &table,
+            set: &set,
+            key: &key,
+            timeout,
+        };
+        let ops = [op(false, None), op(true, None), op(false, timeout)];
+        self.apply(what, &ops, false)
+    }
+
+    fn close(&mut self, grant: &Grant) -> Result<(), Error> {
+        let what = format!("close {grant}");
+        let (set, key) = self.target(&what, grant)?;
+        let table = self.cfg.table.clone();
+        let ops = [ElemOp {
+            delete: true,
+            table: &table,
+            set: &set,
+            key: &key,
+            timeout: None,
+        }];
+        self.apply(what, &ops, true)
+    }
+
+    /// The kernel expires elements itself; this re-installs the ruleset if
+    /// someone removed it, keeping the elements.
+    fn reconcile(&mut self, _now: SystemTime) -> Result<Reconciled, Error> {
+        self.install(false)?;
+        Ok(Reconciled::default())
+    }
+
+    fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), Error> {
+        let what = format!("block {src}");
+        let (set, key) = match src {
+            IpAddr::V4(a) => ("block4", a.octets().to_vec()),
+            IpAddr::V6(a) => ("block6", a.octets().to_vec()),
+        };
+        let table = self.cfg.table.clone();
+        let op = |delete, timeout| ElemOp {
+            delete,
+            table: &table,
+            set,
+            key: &key,
+            timeout,
+        };
+        let ops = [
+            op(false, Some(duration)),
+            op(true, None),
+            op(false, Some(duration)),
+        ];
+        self.apply(what, &ops, false)
+    }
+}

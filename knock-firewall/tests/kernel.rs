@@ -1,0 +1,151 @@
+//! Every sink against the real kernel, inside namespaces the test creates.
+//! Needs root: `cargo test -p knock-firewall --all-features -- --include-ignored`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use knock_core::{GrantId, Step};
+use knock_firewall::{
+    CommandConfig, CommandSink, DoorCommands, FirewallSink, Grant, IptablesConfig, IptablesSink,
+};
+use knock_testnet::{Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
+
+const WAIT: Duration = Duration::from_millis(700);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A pair whose server listens on tcp/22 and drops it in INPUT (iptables and ip6tables).
+fn guarded_pair() -> Pair {
+    let pair = Pair::new().expect("namespaces (root?)");
+    for prog in ["iptables", "ip6tables"] {
+        pair.server
+            .run(&[
+                prog, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP",
+            ])
+            .unwrap();
+    }
+    pair.server.tcp_listen(22).unwrap();
+    pair
+}
+
+fn connects(pair: &Pair, server: &str) -> bool {
+    pair.client.tcp_connect(ip(server), 22, WAIT)
+}
+
+fn ssh_grant(src: &str, id: u64) -> Grant {
+    Grant::new("ssh", ip(src), GrantId(id), vec![Step::tcp(22)])
+}
+
+#[test]
+#[ignore = "needs root"]
+fn iptables_open_close_idempotent_v4_v6() {
+    let pair = guarded_pair();
+    assert!(!connects(&pair, SERVER_V4));
+    assert!(!connects(&pair, SERVER_V6));
+    pair.server
+        .enter(|| {
+            let mut sink = IptablesSink::new(IptablesConfig::default()).unwrap();
+            for (client, server, v6) in
+                [(CLIENT_V4, SERVER_V4, false), (CLIENT_V6, SERVER_V6, true)]
+            {
+                let g = ssh_grant(client, 1)
+                    .with_expiry(Some(SystemTime::now() + Duration::from_secs(60)));
+                sink.open(&g).unwrap();
+                sink.open(&g).unwrap();
+                assert_eq!(sink.rules(v6).unwrap().len(), 1, "{:?}", sink.rules(v6));
+                assert!(connects(&pair, server), "open {client}");
+                sink.close(&g).unwrap();
+                sink.close(&g).unwrap();
+                assert!(sink.rules(v6).unwrap().is_empty());
+                assert!(!connects(&pair, server), "closed {client}");
+            }
+            // A second sink does not add a second jump.
+            let _again = IptablesSink::new(IptablesConfig::default()).unwrap();
+            let input = pair.server.run(&["iptables", "-S", "INPUT"]).unwrap();
+            assert_eq!(input.matches("-j KNOCK").count(), 1, "{input}");
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn iptables_restart_reconciles_expired_and_leftovers() {
+    let pair = guarded_pair();
+    pair.server
+        .enter(|| {
+            let now = SystemTime::now();
+            {
+                let mut sink = IptablesSink::new(IptablesConfig::default()).unwrap();
+                sink.open(&ssh_grant(CLIENT_V4, 1).with_expiry(Some(now + Duration::from_secs(1))))
+                    .unwrap();
+                sink.open(&ssh_grant("198.18.0.9", 2)).unwrap(); // never expires
+                assert!(connects(&pair, SERVER_V4));
+            } // the daemon dies
+            pair.server
+                .run(&["iptables", "-A", "KNOCK", "-s", "192.0.2.1", "-j", "ACCEPT"])
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(2100));
+            let mut sink = IptablesSink::new(IptablesConfig::default()).unwrap();
+            let r = sink.reconcile(SystemTime::now()).unwrap();
+            assert_eq!((r.expired, r.leftovers, r.kept), (1, 1, 1), "{r:?}");
+            assert!(!connects(&pair, SERVER_V4));
+            assert_eq!(sink.rules(false).unwrap().len(), 1);
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn iptables_block_drops_until_reconciled_away() {
+    let pair = guarded_pair();
+    pair.server
+        .enter(|| {
+            let mut sink = IptablesSink::new(IptablesConfig::default()).unwrap();
+            sink.open(&ssh_grant(CLIENT_V4, 1)).unwrap();
+            assert!(connects(&pair, SERVER_V4));
+            sink.block(ip(CLIENT_V4), Duration::from_secs(1)).unwrap();
+            assert!(!connects(&pair, SERVER_V4), "blocked");
+            std::thread::sleep(Duration::from_millis(2100));
+            let r = sink.reconcile(SystemTime::now()).unwrap();
+            assert_eq!(r.expired, 1, "{r:?}");
+            assert!(connects(&pair, SERVER_V4), "unblocked");
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn commands_open_and_close_through_iptables() {
+    let pair = guarded_pair();
+    let ns = pair.server.name();
+    let door = DoorCommands::new(format!(
+        "ip netns exec {ns} iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT"
+    ))
+    .with_stop(format!(
+        "ip netns exec {ns} iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT"
+    ))
+    .with_start6(format!(
+        "ip netns exec {ns} ip6tables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT"
+    ));
+    // No stop_command_6: the IPv4 one runs, and fails (iptables cannot take an IPv6 address).
+    let mut sink = CommandSink::new(CommandConfig::default().door("ssh", door)).unwrap();
+    let g4 = ssh_grant(CLIENT_V4, 1).with_expiry(Some(SystemTime::now() + Duration::from_secs(60)));
+    sink.open(&g4).unwrap();
+    assert!(sink.wait_idle(Duration::from_secs(10)));
+    assert!(connects(&pair, SERVER_V4));
+    sink.close(&g4).unwrap();
+    assert!(sink.wait_idle(Duration::from_secs(10)));
+    assert!(!connects(&pair, SERVER_V4));
+
+    let g6 = ssh_grant(CLIENT_V6, 2).with_expiry(Some(SystemTime::now() + Duration::from_secs(60)));
+    sink.open(&g6).unwrap();
+    assert!(sink.wait_idle(Duration::from_secs(10)));
+    assert!(connects(&pair, SERVER_V6));
+    sink.close(&g6).unwrap();
+    assert!(sink.wait_idle(Duration::from_secs(10)));
+    let s = sink.stats();
+    assert_eq!((s.succeeded, s.failed), (3, 1), "{s:?}");
+}
