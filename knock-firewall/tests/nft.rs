@@ -1,0 +1,182 @@
+//! The nftables sink against the real kernel, inside namespaces the test creates.
+#![cfg(feature = "nftables")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use knock_core::{GrantId, Step};
+use knock_firewall::{FirewallSink, Grant, NftConfig, NftDoor, NftSink};
+use knock_testnet::{Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
+
+const WAIT: Duration = Duration::from_millis(700);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn config(lifetime: Duration, prefix_v4: u8) -> NftConfig {
+    NftConfig {
+        doors: vec![
+            NftDoor::new("ssh", vec![Step::tcp(22)], Some(lifetime)).with_prefix(prefix_v4, 128)
+        ],
+        ..NftConfig::default()
+    }
+}
+
+fn pair() -> Pair {
+    let pair = Pair::new().expect("namespaces (root?)");
+    pair.server.tcp_listen(22).unwrap();
+    pair
+}
+
+fn connects(pair: &Pair, server: &str) -> bool {
+    pair.client.tcp_connect(ip(server), 22, WAIT)
+}
+
+fn ssh_grant(src: &str, id: u64, secs: u64) -> Grant {
+    Grant::new("ssh", ip(src), GrantId(id), vec![Step::tcp(22)])
+        .with_expiry(Some(SystemTime::now() + Duration::from_secs(secs)))
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_open_close_extend_v4_v6() {
+    let pair = pair();
+    pair.server
+        .enter(|| {
+            let mut sink = NftSink::new(config(Duration::from_secs(30), 32)).unwrap();
+            assert!(!connects(&pair, SERVER_V4), "guarded before any open");
+            for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+                let g = ssh_grant(client, 1, 60);
+                sink.open(&g).unwrap();
+                sink.open(&g).unwrap(); // idempotent
+                assert!(connects(&pair, server), "open {client}");
+                sink.close(&g).unwrap();
+                sink.close(&g).unwrap(); // idempotent
+                assert!(!connects(&pair, server), "closed {client}");
+            }
+            // Extending refreshes the element's timeout.
+            let g = ssh_grant(CLIENT_V4, 2, 5);
+            sink.open(&g).unwrap();
+            let set = pair
+                .server
+                .run(&["nft", "list", "set", "inet", "knock", "d0_ssh_4"])
+                .unwrap();
+            assert!(
+                set.contains("198.18.0.2 timeout 4s") || set.contains("198.18.0.2 timeout 5s"),
+                "{set}"
+            );
+            sink.extend(&ssh_grant(CLIENT_V4, 2, 500)).unwrap();
+            let set = pair
+                .server
+                .run(&["nft", "list", "set", "inet", "knock", "d0_ssh_4"])
+                .unwrap();
+            assert!(set.contains("198.18.0.2 timeout 8m"), "{set}");
+            // A restart keeps the element (the kernel owns it).
+            drop(sink);
+            let mut sink = NftSink::new(config(Duration::from_secs(30), 32)).unwrap();
+            assert!(connects(&pair, SERVER_V4), "grant survives a restart");
+            sink.reconcile(SystemTime::now()).unwrap();
+            assert!(connects(&pair, SERVER_V4));
+            sink.remove().unwrap();
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_prefix_grant_covers_the_network() {
+    let pair = pair();
+    pair.server
+        .enter(|| {
+            let mut sink = NftSink::new(config(Duration::from_secs(30), 24)).unwrap();
+            let g = ssh_grant("198.18.0.77", 1, 60).with_prefix(24, 64);
+            sink.open(&g).unwrap();
+            let set = pair
+                .server
+                .run(&["nft", "list", "set", "inet", "knock", "d0_ssh_4"])
+                .unwrap();
+            assert!(set.contains("198.18.0.0"), "{set}");
+            assert!(connects(&pair, SERVER_V4), "198.18.0.2 is in 198.18.0.0/24");
+            sink.close(&g).unwrap();
+            assert!(!connects(&pair, SERVER_V4));
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_block_is_expired_by_the_kernel() {
+    let pair = pair();
+    pair.server
+        .enter(|| {
+            let mut sink = NftSink::new(config(Duration::from_secs(30), 32)).unwrap();
+            sink.open(&ssh_grant(CLIENT_V4, 1, 60)).unwrap();
+            assert!(connects(&pair, SERVER_V4));
+            sink.block(ip(CLIENT_V4), Duration::from_secs(1)).unwrap();
+            assert!(!connects(&pair, SERVER_V4), "blocked");
+            std::thread::sleep(Duration::from_millis(1200));
+            assert!(connects(&pair, SERVER_V4), "block expired");
+        })
+        .unwrap();
+}
+
+/// Not a test on its own: the child process of `nft_kill9_leaves_nothing_open`.
+#[test]
+#[ignore = "needs root"]
+fn nft_child_helper() {
+    if std::env::var_os("KNOCK_NFT_CHILD").is_none() {
+        return;
+    }
+    let mut sink = NftSink::new(config(Duration::from_secs(2), 32)).unwrap();
+    sink.open(&ssh_grant(CLIENT_V4, 1, 2)).unwrap();
+    println!("READY");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_kill9_leaves_nothing_open() {
+    let pair = pair();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = pair
+        .server
+        .command(exe.to_str().unwrap())
+        .args([
+            "--exact",
+            "nft_child_helper",
+            "--include-ignored",
+            "--nocapture",
+        ])
+        .env("KNOCK_NFT_CHILD", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("READY"));
+    assert!(ready, "child did not open the grant");
+    assert!(connects(&pair, SERVER_V4), "open while the child lives");
+    child.kill().unwrap(); // SIGKILL: no clean-up runs
+    child.wait().unwrap();
+    assert!(
+        connects(&pair, SERVER_V4),
+        "the kernel keeps the grant for its lifetime"
+    );
+    std::thread::sleep(Duration::from_millis(2300));
+    assert!(
+        !connects(&pair, SERVER_V4),
+        "the kernel removed the element"
+    );
+    let set = pair
+        .server
+        .run(&["nft", "list", "set", "inet", "knock", "d0_ssh_4"])
+        .unwrap();
+    assert!(!set.contains("198.18.0.2"), "{set}");
+}
