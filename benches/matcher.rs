@@ -12,6 +12,8 @@
 
 // criterion_group! generates undocumented items; the counting allocator needs unsafe.
 #![allow(missing_docs, unsafe_code)]
+// A bench aborts on a broken setup; that is what expect is for here.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -147,7 +149,11 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("baseline_hashmap", n), |b| {
             b.iter(|| {
                 off = (off + CHUNK) % STREAM;
-                run_baseline(&mut map, &events[off..off + CHUNK.min(STREAM - off)], &mut tb)
+                run_baseline(
+                    &mut map,
+                    &events[off..off + CHUNK.min(STREAM - off)],
+                    &mut tb,
+                )
             })
         });
     }

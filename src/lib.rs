@@ -18,3 +18,6 @@ pub use knock_capture as capture;
 pub use knock_config as config;
 #[cfg(feature = "firewall")]
 pub use knock_firewall as firewall;
+
+#[cfg(feature = "daemon")]
+pub mod daemon;

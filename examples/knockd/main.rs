@@ -1,0 +1,201 @@
+//! `knockd`: a drop-in for knockd 0.8, built from the knock-rs crates.
+//!
+//! Same command line as knockd (`-c`, `-i`, `-d`, `-D`, `-v`, `-V`, `-p`,
+//! `-g`, `-l`, `-4`, `-h`), plus `--config-toml`, `--events-json`, `--check`
+//! and `--to-toml`. All the logic lives in `knock::daemon`; this is glue:
+//! arguments, logging, signals, the capture source and the pid file.
+//!
+//! ```text
+//! knockd -c /etc/knockd.conf -i eth0 -D
+//! knockd --check -c /etc/knockd.conf
+//! knockd --to-toml -c /etc/knockd.conf > knock.toml
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use knock::capture::{AfPacketSource, LiveConfig, MultiSource};
+use knock::config::Config;
+use knock::daemon::{Daemon, DaemonOptions, Logger};
+
+/// Port-knock server (knockd-compatible).
+#[derive(Parser, Debug)]
+#[command(name = "knockd", version, disable_version_flag = true)]
+struct Args {
+    /// Use an alternate config file.
+    #[arg(short = 'c', long = "config", default_value = "/etc/knockd.conf")]
+    config: PathBuf,
+    /// Read a TOML config instead of knockd.conf.
+    #[arg(long = "config-toml", conflicts_with = "config")]
+    config_toml: Option<PathBuf>,
+    /// Network interface to listen on (repeatable; `any` for all).
+    #[arg(short = 'i', long = "interface")]
+    interface: Vec<String>,
+    /// Run as a daemon.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Output debug messages.
+    #[arg(short = 'D', long = "debug")]
+    debug: bool,
+    /// Be verbose.
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+    /// Use an alternate pid file.
+    #[arg(short = 'p', long = "pidfile")]
+    pidfile: Option<PathBuf>,
+    /// Use an alternate log file.
+    #[arg(short = 'g', long = "logfile")]
+    logfile: Option<PathBuf>,
+    /// Look up DNS names for log entries (accepted for compatibility; addresses are logged).
+    #[arg(short = 'l', long = "lookup")]
+    lookup: bool,
+    /// Only accept IPv4 knocks.
+    #[arg(short = '4', long = "only-ip-v4")]
+    only_ipv4: bool,
+    /// Display version.
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+    /// Print one JSON object per decision on stdout.
+    #[arg(long = "events-json")]
+    events_json: bool,
+    /// Parse the configuration, print errors and exit.
+    #[arg(long = "check")]
+    check: bool,
+    /// Print the configuration as TOML and exit.
+    #[arg(long = "to-toml")]
+    to_toml: bool,
+    /// Where pending stop commands are kept across restarts.
+    #[arg(long = "state-dir", default_value = "/var/lib/knock-rs")]
+    state_dir: PathBuf,
+    /// Close every open grant at exit instead of keeping it for the next start.
+    #[arg(long = "close-at-exit")]
+    close_at_exit: bool,
+}
+
+fn load(args: &Args) -> anyhow::Result<Config> {
+    let config = match &args.config_toml {
+        Some(p) => Config::from_toml_file(p)?,
+        None => Config::from_knockd_file(&args.config)?,
+    };
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.version {
+        println!("knockd (knock-rs) {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let level = if args.debug {
+        "debug"
+    } else if args.verbose {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("knockd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = load(&args)?;
+    if args.check {
+        println!("configuration OK: {} door(s)", config.doors.len());
+        return Ok(());
+    }
+    if args.to_toml {
+        print!("{}", config.to_toml_string()?);
+        return Ok(());
+    }
+    let interfaces = if args.interface.is_empty() {
+        config.options.interfaces.clone()
+    } else {
+        args.interface.clone()
+    };
+    let log_file = args
+        .logfile
+        .clone()
+        .or_else(|| config.options.log_file.clone());
+    let log = Logger::new(log_file.as_deref(), config.options.use_syslog)?;
+    let mut opts = DaemonOptions::default();
+    opts.events_json = args.events_json;
+    opts.only_ipv4 = args.only_ipv4;
+    opts.verbose = args.verbose;
+    opts.state_dir = args.state_dir.clone();
+    opts.close_at_exit = args.close_at_exit;
+    let pid_file = args
+        .pidfile
+        .clone()
+        .unwrap_or_else(|| config.options.pid_file.clone());
+    if args.daemon {
+        nix::unistd::daemon(false, false).context("daemonize")?;
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("write pid file {}", pid_file.display()))?;
+    }
+    let mut daemon = Daemon::new(config, opts, log).context("start")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
+
+    daemon.log(&format!(
+        "starting up, listening on {}",
+        interfaces.join(", ")
+    ));
+    while !stop.load(Ordering::Relaxed) {
+        let listen = daemon.matcher().listen_set();
+        let opened = if interfaces.iter().any(|i| i == "any") {
+            MultiSource::every_interface(&listen, &LiveConfig::default())
+        } else {
+            let names: Vec<&str> = interfaces.iter().map(String::as_str).collect();
+            MultiSource::<AfPacketSource>::open(&names, &listen, &LiveConfig::default())
+        };
+        let mut source = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                // An interface that is down or gone: wait for it to come back.
+                daemon.log(&format!(
+                    "cannot listen on {}: {e}; retrying",
+                    interfaces.join(", ")
+                ));
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        daemon.force_listen_sync();
+        match daemon.run(&mut source, &stop, &reload, || {
+            load(&args).map_err(|e| format!("{e:#}"))
+        }) {
+            Ok(()) => break,
+            Err(e) => {
+                daemon.log(&format!("capture failed: {e}; reopening"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    daemon.shutdown();
+    if args.daemon {
+        let _ = std::fs::remove_file(Path::new(&pid_file));
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The matcher under an arbitrary stream of events, timeouts and reloads.
+//! Invariants: no panic, the source table stays under its cap, every grant
+//! with a lifetime is closed exactly once and never before its deadline.
+#![no_main]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use knock_core::{Decision, Door, Event, FlagFilter, GrantId, Limits, Matcher, Step, TcpFlags, Timestamp};
+use libfuzzer_sys::fuzz_target;
+
+const CAP: usize = 8;
+
+/// Reads small numbers off the input, yielding zeros when it runs out.
+struct Bytes<'a>(&'a [u8]);
+impl Bytes<'_> {
+    fn u8(&mut self) -> u8 {
+        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
+        self.0 = rest;
+        b
+    }
+    fn more(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+fn doors(b: &mut Bytes) -> Vec<Door> {
+    let n = 1 + b.u8() % 3;
+    (0..n)
+        .map(|i| {
+            let seqs: Vec<Vec<Step>> = (0..1 + b.u8() % 3)
+                .map(|_| {
+                    (0..1 + b.u8() % 5)
+                        .map(|_| {
+                            let x = b.u8();
+                            let port = 1 + u16::from(x % 6);
+                            if x & 0x80 != 0 { Step::udp(port) } else { Step::tcp(port) }
+                        })
+                        .collect()
+                })
+                .collect();
+            let flags = b.u8();
+            let door = if flags & 1 != 0 {
+                Door::one_time(format!("d{i}"), seqs)
+            } else {
+                Door::with_sequences(format!("d{i}"), knock_core::Sequences::Reusable(seqs))
+            };
+            door.with_seq_timeout(Duration::from_millis(1 + u64::from(b.u8()) * 20))
+                .with_grant_lifetime((flags & 2 != 0).then(|| Duration::from_millis(1 + u64::from(b.u8()) * 20)))
+                .with_allow_repeat(flags & 4 != 0)
+                .with_cooldown(Duration::from_millis(if flags & 8 != 0 { u64::from(b.u8()) * 10 } else { 0 }))
+                .with_tcp_flags(if flags & 16 != 0 {
+                    FlagFilter { set: TcpFlags::SYN, clear: TcpFlags::ACK }
+                } else {
+                    FlagFilter::ANY
+                })
+        })
+        .collect()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut b = Bytes(data);
+    let limits = Limits::default().with_max_sources(CAP).with_max_timers_per_call(1 + usize::from(b.u8() % 16));
+    let Ok(mut m) = Matcher::new(doors(&mut b), limits) else { return };
+    let mut pending: BTreeMap<GrantId, Timestamp> = BTreeMap::new();
+    let mut t = 0u64;
+    let server = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+    let mut drain = |m: &mut Matcher, now: Timestamp| {
+        while let Some(d) = m.poll_decision() {
+            match d {
+                Decision::Open { grant, until: Some(u), .. } | Decision::Extended { grant, until: u, .. } => {
+                    pending.insert(grant, u);
+                }
+                Decision::Close { grant, .. } => {
+                    let due = pending.remove(&grant).expect("close of an unknown or closed grant");
+                    assert!(due <= now, "closed early");
+                }
+                _ => {}
+            }
+        }
+        assert!(m.stats().sources <= CAP);
+    };
+    while b.more() {
+        let op = b.u8();
+        t += u64::from(b.u8()) * 7;
+        let now = Timestamp::from_millis(t);
+        match op % 8 {
+            0 => m.handle_timeout(now),
+            1 => {
+                let new = doors(&mut b);
+                let _ = m.replace_doors(new);
+            }
+            _ => {
+                let s = b.u8();
+                let src = if s & 0x80 != 0 {
+                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(s % 16)))
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(198, 18, 1, s % 16))
+                };
+                let port = u16::from(b.u8() % 8);
+                let ev = if op & 0x40 != 0 {
+                    Event::udp(src, server, port, now)
+                } else {
+                    Event::tcp(src, server, port, TcpFlags::from_bits(b.u8()), now)
+                };
+                m.handle_event(now, &ev);
+            }
+        }
+        drain(&mut m, now);
+    }
+    // Run the clock out: every open grant closes exactly once.
+    let mut guard = 0;
+    while let Some(next) = m.poll_timeout() {
+        let now = next.max(Timestamp::from_millis(t));
+        m.handle_timeout(now);
+        drain(&mut m, now);
+        guard += 1;
+        assert!(guard < 100_000, "timers never settle");
+    }
+    assert!(pending.is_empty(), "grants never closed: {pending:?}");
+});
