@@ -458,10 +458,12 @@ pub fn tcpdump_expression(listen: &[Listen]) -> String {
         if e.proto == Proto::Tcp {
             let mask = e.flags_set.bits() | e.flags_clear.bits();
             if mask != 0 {
+                // libpcap's tcp[13] is IPv4-only; for IPv6 (no extension
+                // headers, as in the kernel program) the byte is ip6[53].
+                let want = e.flags_set.bits() & !e.flags_clear.bits();
                 let _ = write!(
                     p,
-                    " and tcp[13] & {mask:#04x} = {:#04x}",
-                    e.flags_set.bits() & !e.flags_clear.bits()
+                    " and ((ip and tcp[13] & {mask:#04x} = {want:#04x}) or (ip6 and ip6[53] & {mask:#04x} = {want:#04x}))"
                 );
             }
         }
@@ -704,7 +706,10 @@ mod tests {
         assert_eq!(prog.to_ddd(), "1\n6 0 0 0\n");
         let e = tcpdump_expression(&listen()[..1]);
         assert!(
-            e.ends_with("(tcp dst port 7000 and tcp[13] & 0x12 = 0x02 and dst host 198.18.0.1)"),
+            e.ends_with(
+                "(tcp dst port 7000 and ((ip and tcp[13] & 0x12 = 0x02) or \
+                 (ip6 and ip6[53] & 0x12 = 0x02)) and dst host 198.18.0.1)"
+            ),
             "{e}"
         );
     }

@@ -53,14 +53,21 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod afpacket;
 pub mod bpf;
 pub mod craft;
 mod error;
+mod multi;
 mod parse;
+mod pnet_source;
 mod replay;
 mod source;
+mod sys;
 
+pub use afpacket::{interface_names, link_of_hw_type, AfPacketSource, LiveConfig};
 pub use error::CaptureError;
+pub use multi::MultiSource;
 pub use parse::{parse, Layer, LinkType, Reject, MAX_EXTENSION_HEADERS, MAX_VLAN_TAGS};
+pub use pnet_source::PnetSource;
 pub use replay::ReplaySource;
 pub use source::{Captured, Next, Source, Stats};

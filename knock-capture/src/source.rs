@@ -37,7 +37,7 @@ pub enum Next {
 pub struct Stats {
     /// Frames read from the socket or file (everything the kernel filter passed).
     pub received: u64,
-    /// Frames that became events.
+    /// Frames returned as events (parsed, and matching the listen set).
     pub events: u64,
     /// Frames rejected by the parser, by [`Reject::index`].
     pub rejects: [u64; Reject::COUNT],
@@ -67,12 +67,9 @@ impl Stats {
     /// Counts one parse outcome.
     pub(crate) fn count(&mut self, r: &Result<Event, Reject>) {
         self.received += 1;
-        match r {
-            Ok(_) => self.events += 1,
-            Err(e) => {
-                if let Some(c) = self.rejects.get_mut(e.index()) {
-                    *c += 1;
-                }
+        if let Err(e) = r {
+            if let Some(c) = self.rejects.get_mut(e.index()) {
+                *c += 1;
             }
         }
     }
@@ -146,13 +143,15 @@ impl UserFilter {
         self.listen = Some(listen.to_vec());
     }
 
-    /// Whether `e` is a knock of the listen set; counts it as unmatched if not.
+    /// Whether `e` is a knock of the listen set; counts it as an event or unmatched.
     pub(crate) fn admits(&self, e: &Event, stats: &mut Stats) -> bool {
         let ok = match &self.listen {
             None => true,
             Some(l) => l.iter().any(|x| x.matches(e)),
         };
-        if !ok {
+        if ok {
+            stats.events += 1;
+        } else {
             stats.unmatched += 1;
         }
         ok

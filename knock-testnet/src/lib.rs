@@ -255,3 +255,46 @@ impl Pair {
         Ok(server_if)
     }
 }
+
+impl Netns {
+    /// Sends raw link-layer frames out of `ifname` from inside the namespace
+    /// (a python3 `AF_PACKET` socket), in order.
+    pub fn send_frames(&self, ifname: &str, frames: &[Vec<u8>]) -> io::Result<()> {
+        const SCRIPT: &str = "import socket,sys\n\
+            s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
+            s.bind((sys.argv[1],0))\n\
+            for h in sys.argv[2:]: s.send(bytes.fromhex(h))\n";
+        let hex: Vec<String> = frames
+            .iter()
+            .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        let mut args = vec!["python3", "-c", SCRIPT, ifname];
+        args.extend(hex.iter().map(String::as_str));
+        self.run(&args).map(drop)
+    }
+
+    /// Knocks like knockd's `knock` client, from inside the namespace: for
+    /// each `(address, port, "tcp"|"udp")`, one SYN (non-blocking connect,
+    /// then close) or one 1-byte UDP datagram, `gap_ms` apart. IPv6
+    /// addresses are written without brackets.
+    pub fn knock(&self, targets: &[(&str, u16, &str)], gap_ms: u32) -> io::Result<()> {
+        const SCRIPT: &str = "import socket,sys,time\n\
+            gap=int(sys.argv[1])/1000\n\
+            for t in sys.argv[2:]:\n\
+            \x20 a,p,k=t.rsplit(',',2)\n\
+            \x20 f=socket.AF_INET6 if ':' in a else socket.AF_INET\n\
+            \x20 if k=='udp':\n\
+            \x20\x20 s=socket.socket(f,socket.SOCK_DGRAM); s.sendto(b'k',(a,int(p)))\n\
+            \x20 else:\n\
+            \x20\x20 s=socket.socket(f,socket.SOCK_STREAM); s.setblocking(False); s.connect_ex((a,int(p)))\n\
+            \x20 s.close(); time.sleep(gap)\n";
+        let gap = gap_ms.to_string();
+        let specs: Vec<String> = targets
+            .iter()
+            .map(|(a, p, k)| format!("{a},{p},{k}"))
+            .collect();
+        let mut args = vec!["python3", "-c", SCRIPT, &gap];
+        args.extend(specs.iter().map(String::as_str));
+        self.run(&args).map(drop)
+    }
+}

@@ -1,0 +1,288 @@
+//! A raw `AF_PACKET` socket with a generated kernel filter.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use knock_core::{Listen, Timestamp};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::bpf::{self, Program};
+use crate::source::{Captured, Next, Source, Stats, UserFilter};
+use crate::{parse, sys, CaptureError, LinkType};
+
+/// Options of a live capture socket.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveConfig {
+    /// Receive buffer size in bytes (`SO_RCVBUFFORCE` as root, else capped
+    /// by `net.core.rmem_max`). Default 8 MiB.
+    pub rcvbuf: usize,
+    /// Largest frame read whole; longer ones are cut (only headers matter).
+    /// Default 65536.
+    pub frame_buf: usize,
+    /// [`knock_core::Event::time`] of live frames is the time since this
+    /// instant. Default: when the config was made; a daemon passes the epoch
+    /// of its own [`Timestamp`]s.
+    pub epoch: Instant,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            rcvbuf: 8 << 20,
+            frame_buf: 65536,
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// The link type of frames an `AF_PACKET` `SOCK_RAW` socket reads on an
+/// interface of `ARPHRD_*` type `hw`.
+pub fn link_of_hw_type(hw: u16) -> Option<LinkType> {
+    match hw {
+        libc::ARPHRD_ETHER | libc::ARPHRD_LOOPBACK => Some(LinkType::Ethernet),
+        // tun and WireGuard (NONE), ppp, raw IP modems, ipip / sit tunnels:
+        // the frame starts at the IP header.
+        libc::ARPHRD_NONE
+        | libc::ARPHRD_PPP
+        | libc::ARPHRD_TUNNEL
+        | libc::ARPHRD_TUNNEL6
+        | libc::ARPHRD_SIT
+        | 519 /* ARPHRD_RAWIP */ => Some(LinkType::RawIp),
+        _ => None,
+    }
+}
+
+/// Timestamp of a live frame: microseconds since `epoch`.
+pub(crate) fn live_time(epoch: Instant) -> Timestamp {
+    Timestamp::from_micros(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds to wait in `poll(2)` until `deadline` (rounded up, so we
+/// never wake just before it); `None` when it has passed.
+pub(crate) fn poll_timeout(deadline: Option<Instant>) -> Option<i32> {
+    match deadline {
+        None => Some(-1),
+        Some(d) => {
+            let left = d.checked_duration_since(Instant::now())?;
+            if left.is_zero() {
+                return None;
+            }
+            let ms = left.as_micros().div_ceil(1000);
+            Some(i32::try_from(ms).unwrap_or(i32::MAX))
+        }
+    }
+}
+
+/// Opens an `AF_PACKET` socket that receives nothing yet (protocol 0), with
+/// outgoing frames ignored, a large buffer and `prog` attached. The caller
+/// binds it, so no frame is ever queued before the filter is in place.
+pub(crate) fn raw_socket(rcvbuf: usize) -> Result<Socket, CaptureError> {
+    let s = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))
+        .map_err(|e| CaptureError::io("socket(AF_PACKET)", e))?;
+    sys::ignore_outgoing(s.as_fd()).map_err(|e| CaptureError::io("PACKET_IGNORE_OUTGOING", e))?;
+    sys::set_rcvbuf(s.as_fd(), rcvbuf).map_err(|e| CaptureError::io("SO_RCVBUF", e))?;
+    Ok(s)
+}
+
+/// Resolves an interface name to (ifindex, link type) in the socket's namespace.
+pub(crate) fn resolve(fd: BorrowedFd<'_>, name: &str) -> Result<(u32, LinkType), CaptureError> {
+    let idx = sys::ifindex(fd, name).map_err(|_| CaptureError::NoSuchInterface(name.into()))?;
+    let hw =
+        sys::hw_type(fd, name).map_err(|e| CaptureError::io(format!("SIOCGIFHWADDR {name}"), e))?;
+    let link = link_of_hw_type(hw).ok_or_else(|| CaptureError::UnsupportedInterface {
+        name: name.into(),
+        arphrd: hw,
+    })?;
+    Ok((idx, link))
+}
+
+/// Compiles and attaches the filter for `listen`. A listen set too large for
+/// one program falls back to passing every frame (user space still filters);
+/// returns whether it did.
+pub(crate) fn install_filter(
+    fd: BorrowedFd<'_>,
+    link: LinkType,
+    listen: &[Listen],
+) -> Result<bool, CaptureError> {
+    let (prog, fallback) = match bpf::compile(link, listen) {
+        Ok(p) => (p, false),
+        Err(CaptureError::FilterTooLong(_)) => (Program::accept_all(), true),
+        Err(e) => return Err(e),
+    };
+    sys::attach_filter(fd, &prog).map_err(|e| CaptureError::io("SO_ATTACH_FILTER", e))?;
+    Ok(fallback)
+}
+
+/// Shared state of the live sources: kernel counters and the user-space re-check.
+#[derive(Debug)]
+pub(crate) struct LiveState {
+    pub(crate) stats: Stats,
+    pub(crate) filter: UserFilter,
+    pub(crate) epoch: Instant,
+    pub(crate) link: LinkType,
+}
+
+impl LiveState {
+    pub(crate) fn new(link: LinkType, listen: &[Listen], epoch: Instant) -> Self {
+        let mut filter = UserFilter::default();
+        filter.set(listen);
+        LiveState {
+            stats: Stats::default(),
+            filter,
+            epoch,
+            link,
+        }
+    }
+
+    /// Parses and re-checks one frame.
+    pub(crate) fn frame(&mut self, bytes: &[u8], ifindex: u32) -> Option<Captured> {
+        let r = parse(self.link, bytes, live_time(self.epoch));
+        self.stats.count(&r);
+        let event = r.ok()?;
+        self.filter
+            .admits(&event, &mut self.stats)
+            .then_some(Captured {
+                event,
+                link: self.link,
+                ifindex,
+            })
+    }
+
+    pub(crate) fn read_kernel_stats(&mut self, fd: BorrowedFd<'_>) {
+        if let Ok((p, d)) = sys::packet_stats(fd) {
+            self.stats.kernel_packets += u64::from(p);
+            self.stats.kernel_drops += u64::from(d);
+        }
+    }
+}
+
+/// A raw `AF_PACKET` socket on one interface, the daemon's default source.
+///
+/// Opening it creates the socket with protocol 0 (nothing is queued),
+/// sets `PACKET_IGNORE_OUTGOING` and a large receive buffer, attaches the
+/// program [`bpf::compile`] makes from the listen set, and only then binds
+/// it to the interface for every protocol. [`Source::set_listen`] attaches a
+/// new program with `SO_ATTACH_FILTER`, which replaces the old one atomically
+/// (frames already queued were passed by the old program; the user-space
+/// re-check with the new set decides them).
+///
+/// Open it inside the network namespace it should capture in (the socket
+/// stays there, whichever thread uses it later).
+#[derive(Debug)]
+pub struct AfPacketSource {
+    sock: Socket,
+    name: String,
+    ifindex: u32,
+    buf: Vec<u8>,
+    state: LiveState,
+    fallback: bool,
+}
+
+impl AfPacketSource {
+    /// Opens a capture on interface `name` for the knocks of `listen`.
+    pub fn open(name: &str, listen: &[Listen]) -> Result<AfPacketSource, CaptureError> {
+        AfPacketSource::open_with(name, listen, &LiveConfig::default())
+    }
+
+    /// [`AfPacketSource::open`] with options.
+    pub fn open_with(
+        name: &str,
+        listen: &[Listen],
+        cfg: &LiveConfig,
+    ) -> Result<AfPacketSource, CaptureError> {
+        let sock = raw_socket(cfg.rcvbuf)?;
+        let (ifindex, link) = resolve(sock.as_fd(), name)?;
+        let fallback = install_filter(sock.as_fd(), link, listen)?;
+        sys::bind_all_protocols(sock.as_fd(), ifindex)
+            .map_err(|e| CaptureError::io(format!("bind {name}"), e))?;
+        sock.set_nonblocking(true)
+            .map_err(|e| CaptureError::io("O_NONBLOCK", e))?;
+        Ok(AfPacketSource {
+            sock,
+            name: name.into(),
+            ifindex,
+            buf: vec![0; cfg.frame_buf.max(128)],
+            state: LiveState::new(link, listen, cfg.epoch),
+            fallback,
+        })
+    }
+
+    /// The interface name.
+    pub fn interface(&self) -> &str {
+        &self.name
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The link type of the frames read.
+    pub fn link_type(&self) -> LinkType {
+        self.state.link
+    }
+
+    /// Whether the listen set was too large for a kernel program, so every
+    /// frame is passed and filtered in user space.
+    pub fn filter_fallback(&self) -> bool {
+        self.fallback
+    }
+
+    /// Gives up the socket (e.g. to hand it to another reader).
+    pub fn into_fd(self) -> OwnedFd {
+        self.sock.into()
+    }
+}
+
+impl Source for AfPacketSource {
+    fn next_event(&mut self, deadline: Option<Instant>) -> Result<Next, CaptureError> {
+        loop {
+            match sys::recv_frame(self.sock.as_fd(), &mut self.buf) {
+                Ok(info) => {
+                    let bytes = self.buf.get(..info.len).unwrap_or(&[]);
+                    if let Some(c) = self.state.frame(bytes, info.ifindex) {
+                        return Ok(Next::Event(c));
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CaptureError::io(format!("recv {}", self.name), e)),
+            }
+            let Some(ms) = poll_timeout(deadline) else {
+                return Ok(Next::Deadline);
+            };
+            sys::poll_readable(&[std::os::fd::AsRawFd::as_raw_fd(&self.sock)], ms)
+                .map_err(|e| CaptureError::io("poll", e))?;
+        }
+    }
+
+    fn set_listen(&mut self, listen: &[Listen]) -> Result<(), CaptureError> {
+        self.fallback = install_filter(self.sock.as_fd(), self.state.link, listen)?;
+        self.state.filter.set(listen);
+        Ok(())
+    }
+
+    fn stats(&mut self) -> Stats {
+        self.state.read_kernel_stats(self.sock.as_fd());
+        self.state.stats
+    }
+
+    fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.sock.as_fd())
+    }
+}
+
+/// The names of the interfaces in the calling thread's network namespace
+/// (`/proc/thread-self/net/dev`).
+pub fn interface_names() -> Result<Vec<String>, CaptureError> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev")
+        .map_err(|e| CaptureError::io("read /proc/thread-self/net/dev", e))?;
+    Ok(text
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string()))
+        .filter(|n| !n.is_empty())
+        .collect())
+}

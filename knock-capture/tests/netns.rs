@@ -1,0 +1,508 @@
+//! Live capture in a namespace pair (root only): real knocks from the client
+//! namespace, captured on the server side through the kernel filter.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use knock_capture::craft::{self, Ext, Frag};
+use knock_capture::{
+    bpf, AfPacketSource, Captured, LinkType, LiveConfig, MultiSource, Next, PnetSource, Reject,
+    ReplaySource, Source, Stats,
+};
+use knock_core::{FlagFilter, Listen, Proto, Step, TcpFlags};
+use knock_testnet::{Netns, Pair, CLIENT_IF, SERVER_IF};
+
+const C4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const S4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const C6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+const S6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const VC4: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 2);
+const VS4: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 1);
+
+fn syn_not_ack() -> FlagFilter {
+    FlagFilter {
+        set: TcpFlags::SYN,
+        clear: TcpFlags::ACK,
+    }
+}
+
+fn listen() -> Vec<Listen> {
+    vec![
+        Listen::new(Step::tcp(7000), syn_not_ack(), Some(S4.into())),
+        Listen::new(Step::tcp(7000), syn_not_ack(), Some(S6.into())),
+        Listen::new(Step::tcp(7001), FlagFilter::ANY, None),
+        Listen::new(Step::udp(9000), FlagFilter::ANY, None),
+        Listen::new(Step::udp(9001), FlagFilter::ANY, Some(S6.into())),
+    ]
+}
+
+/// (proto, src, dst, port, flags) of an event: what the test compares.
+type Key = (Proto, IpAddr, IpAddr, u16, u8);
+
+fn key(c: &Captured) -> Key {
+    let e = c.event;
+    (e.proto, e.src, e.dst, e.dst_port, e.tcp_flags.bits())
+}
+
+fn tcp(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, port: u16) -> Key {
+    (
+        Proto::Tcp,
+        src.into(),
+        dst.into(),
+        port,
+        TcpFlags::SYN.bits(),
+    )
+}
+
+fn udp(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, port: u16) -> Key {
+    (Proto::Udp, src.into(), dst.into(), port, 0)
+}
+
+fn setup() -> Option<Pair> {
+    if !knock_testnet::is_root() {
+        eprintln!("skipped: needs root");
+        return None;
+    }
+    Some(Pair::new().unwrap())
+}
+
+/// VLAN 100 on both sides, when the kernel has 802.1Q devices (some
+/// sandboxes don't: then tagged frames are crafted instead).
+fn try_vlan(pair: &Pair) -> bool {
+    match pair.add_vlan(100) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("no VLAN devices here ({e}); crafted tagged frames only");
+            false
+        }
+    }
+}
+
+/// The real-socket knocks: plain v4 and v6 (and v4 over VLAN 100 if `vlan`).
+fn send_socket_knocks(client: &Netns, vlan: bool) {
+    if vlan {
+        client
+            .knock(
+                &[
+                    ("198.19.100.1", 7000, "tcp"),
+                    ("198.19.100.1", 7001, "tcp"),
+                    ("198.19.100.1", 9000, "udp"),
+                    ("198.19.100.1", 9003, "udp"),
+                ],
+                5,
+            )
+            .unwrap();
+    }
+    client
+        .knock(
+            &[
+                ("198.18.0.1", 7000, "tcp"),
+                ("198.18.0.1", 7001, "tcp"),
+                ("198.18.0.1", 7002, "tcp"),
+                ("198.18.0.1", 9000, "udp"),
+                ("198.18.0.1", 9001, "udp"),
+                ("198.18.0.1", 9002, "udp"),
+                ("2001:db8::1", 7000, "tcp"),
+                ("2001:db8::1", 7002, "tcp"),
+                ("2001:db8::1", 9000, "udp"),
+                ("2001:db8::1", 9001, "udp"),
+                ("2001:db8::1", 9002, "udp"),
+            ],
+            5,
+        )
+        .unwrap();
+}
+
+/// The knocks above that are knocks, as seen on the parent interface.
+fn socket_knocks(vlan: bool) -> Vec<Key> {
+    let mut v = vlan_knocks(vlan);
+    v.extend([
+        tcp(C4, S4, 7000),
+        tcp(C4, S4, 7001),
+        udp(C4, S4, 9000),
+        tcp(C6, S6, 7000),
+        udp(C6, S6, 9000),
+        udp(C6, S6, 9001),
+    ]);
+    v
+}
+
+/// The VLAN socket knocks that are knocks.
+fn vlan_knocks(vlan: bool) -> Vec<Key> {
+    if vlan {
+        vec![tcp(VC4, VS4, 7001), udp(VC4, VS4, 9000)]
+    } else {
+        vec![]
+    }
+}
+
+/// Crafted frames the sockets can't make: wrong flags, IPv6 extension
+/// headers, stacked VLAN, a non-first fragment.
+fn crafted_frames() -> Vec<Vec<u8>> {
+    let eth4 = |ip: &[u8]| craft::ethernet(&[], craft::ETH_IPV4, ip);
+    let eth6 = |ip: &[u8]| craft::ethernet(&[], craft::ETH_IPV6, ip);
+    let d = Frag::default();
+    vec![
+        // SYN|ACK to a syn,!ack port: dropped in the kernel.
+        eth4(&craft::ipv4(
+            C4,
+            S4,
+            6,
+            &[],
+            d,
+            &craft::tcp(1, 7000, TcpFlags::SYN | TcpFlags::ACK),
+        )),
+        // IPv4 with options to a knock port: decided in the kernel.
+        eth4(&craft::ipv4(
+            C4,
+            S4,
+            6,
+            &[1, 1, 1, 0],
+            d,
+            &craft::tcp(2, 7000, TcpFlags::SYN),
+        )),
+        // IPv6 + destination options to a knock port: passed up, a knock.
+        eth6(&craft::ipv6(
+            C6,
+            S6,
+            &[Ext::opts(60, 0)],
+            6,
+            &craft::tcp(3, 7000, TcpFlags::SYN),
+        )),
+        // The same to a non-knock port: passed up, unmatched in user space.
+        eth6(&craft::ipv6(
+            C6,
+            S6,
+            &[Ext::opts(60, 0)],
+            6,
+            &craft::tcp(4, 7002, TcpFlags::SYN),
+        )),
+        // A non-first IPv4 fragment: passed up, rejected as a fragment.
+        eth4(&craft::ipv4(
+            C4,
+            S4,
+            17,
+            &[],
+            Frag {
+                offset: 100,
+                more: false,
+            },
+            &[0; 16],
+        )),
+    ]
+}
+
+/// The crafted frames that are knocks.
+fn crafted_knocks() -> Vec<Key> {
+    vec![tcp(C4, S4, 7000), tcp(C6, S6, 7000)]
+}
+
+/// Tagged frames: one 802.1Q tag (the kernel moves it out of the data
+/// before taps see the frame), and QinQ (the outer tag is moved, the inner
+/// one stays in the data and the filter passes it up). All knocks.
+fn tagged_frames() -> (Vec<Vec<u8>>, Vec<Key>) {
+    let ip = craft::ipv4(
+        C4,
+        S4,
+        6,
+        &[],
+        Frag::default(),
+        &craft::tcp(5, 7000, TcpFlags::SYN),
+    );
+    let ip6 = craft::ipv6(C6, S6, &[], 17, &craft::udp(6, 9000, b"k"));
+    let frames = vec![
+        craft::ethernet(&[(craft::TPID_8021Q, 100)], craft::ETH_IPV4, &ip),
+        craft::ethernet(&[(craft::TPID_8021Q, 100)], craft::ETH_IPV6, &ip6),
+        craft::ethernet(
+            &[(craft::TPID_8021AD, 5), (craft::TPID_8021Q, 6)],
+            craft::ETH_IPV4,
+            &ip,
+        ),
+    ];
+    (
+        frames,
+        vec![tcp(C4, S4, 7000), udp(C6, S6, 9000), tcp(C4, S4, 7000)],
+    )
+}
+
+/// Reads events until `quiet` passes with none.
+fn collect(src: &mut impl Source, quiet: Duration) -> Vec<Captured> {
+    let mut out = Vec::new();
+    loop {
+        match src.next_event(Some(Instant::now() + quiet)).unwrap() {
+            Next::Event(c) => out.push(c),
+            Next::Deadline | Next::End => return out,
+        }
+    }
+}
+
+fn sorted(mut v: Vec<Key>) -> Vec<Key> {
+    v.sort();
+    v
+}
+
+/// Every frame read is accounted for, and the kernel passed exactly those.
+/// Background IPv6 multicast-listener reports (hop-by-hop + ICMPv6) are
+/// passed up as undecidable and rejected as not TCP/UDP: any number of them.
+fn check_accounting(st: &Stats, events: u64, fragments: u64, unmatched: u64) {
+    let background = st.rejected(Reject::NotTcpOrUdp);
+    assert_eq!(st.events, events, "{st:?}");
+    assert_eq!(st.rejected(Reject::Fragment), fragments, "{st:?}");
+    assert_eq!(st.rejected_total(), fragments + background, "{st:?}");
+    assert_eq!(st.unmatched, unmatched, "{st:?}");
+    assert_eq!(
+        st.received,
+        events + fragments + unmatched + background,
+        "{st:?}"
+    );
+    // Non-knock ports never reached user space: the kernel's own count of
+    // frames its filter passed is exactly what we read.
+    assert_eq!(st.kernel_packets, st.received, "{st:?}");
+    assert_eq!(st.kernel_drops, 0, "{st:?}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn af_packet_kernel_filter_v4_v6_vlan_and_multi_interface() {
+    let Some(pair) = setup() else { return };
+    let vlan = try_vlan(&pair);
+    // A second interface on the server: a veth pair inside its namespace.
+    for cmd in [
+        &[
+            "ip", "link", "add", "kx0", "type", "veth", "peer", "name", "kx1",
+        ][..],
+        &["ip", "link", "set", "kx0", "up"],
+        &["ip", "link", "set", "kx1", "up"],
+    ] {
+        pair.server.run(cmd).unwrap();
+    }
+    let mut names = vec![SERVER_IF, "kx0"];
+    if vlan {
+        names.push("kn0.100");
+    }
+    let mut multi = pair
+        .server
+        .enter(|| MultiSource::open(&names, &listen(), &LiveConfig::default()).unwrap())
+        .unwrap();
+    let idx: Vec<u32> = multi.sources().iter().map(|s| s.ifindex()).collect();
+    assert_eq!(multi.sources()[0].link_type(), LinkType::Ethernet);
+
+    send_socket_knocks(&pair.client, vlan);
+    pair.client
+        .send_frames(CLIENT_IF, &crafted_frames())
+        .unwrap();
+    let (tagged, tagged_knocks) = tagged_frames();
+    pair.client.send_frames(CLIENT_IF, &tagged).unwrap();
+    let side = |port| {
+        craft::ethernet(
+            &[],
+            craft::ETH_IPV4,
+            &craft::ipv4(C4, S4, 17, &[], Frag::default(), &craft::udp(7, port, b"k")),
+        )
+    };
+    pair.server
+        .send_frames("kx1", &[side(9000), side(9002)])
+        .unwrap();
+    let got = collect(&mut multi, Duration::from_millis(700));
+
+    let mut by_if: BTreeMap<u32, Vec<Key>> = BTreeMap::new();
+    for c in &got {
+        assert_eq!(c.link, LinkType::Ethernet);
+        by_if.entry(c.ifindex).or_default().push(key(c));
+    }
+    let mut want_parent = socket_knocks(vlan);
+    want_parent.extend(crafted_knocks());
+    want_parent.extend(tagged_knocks);
+    let n_parent = want_parent.len() as u64;
+    assert_eq!(
+        sorted(by_if.remove(&idx[0]).unwrap_or_default()),
+        sorted(want_parent)
+    );
+    assert_eq!(
+        by_if.remove(&idx[1]).unwrap_or_default(),
+        vec![udp(C4, S4, 9000)]
+    );
+    if vlan {
+        assert_eq!(
+            sorted(by_if.remove(&idx[2]).unwrap_or_default()),
+            sorted(vlan_knocks(true))
+        );
+    }
+    assert!(by_if.is_empty(), "{by_if:?}");
+
+    let srcs = multi.sources_mut();
+    check_accounting(&srcs[0].stats(), n_parent, 1, 1);
+    check_accounting(&srcs[1].stats(), 1, 0, 0);
+    let total = multi.stats();
+    assert_eq!(total.events, got.len() as u64);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn filter_swap_takes_effect_and_deadline_returns() {
+    let Some(pair) = setup() else { return };
+    let mut src = pair
+        .server
+        .enter(|| AfPacketSource::open(SERVER_IF, &[]).unwrap())
+        .unwrap();
+    // Nothing listens: a deadline comes back on time, no busy loop.
+    let t = Instant::now();
+    pair.client
+        .knock(&[("198.18.0.1", 7000, "tcp")], 0)
+        .unwrap();
+    assert_eq!(
+        src.next_event(Some(Instant::now() + Duration::from_millis(300)))
+            .unwrap(),
+        Next::Deadline
+    );
+    let el = t.elapsed();
+    assert!(
+        el >= Duration::from_millis(300) && el < Duration::from_secs(3),
+        "{el:?}"
+    );
+    check_accounting(&src.stats(), 0, 0, 0);
+    // A past deadline returns at once.
+    assert_eq!(
+        src.next_event(Some(Instant::now())).unwrap(),
+        Next::Deadline
+    );
+
+    src.set_listen(&[Listen::new(Step::udp(9000), FlagFilter::ANY, None)])
+        .unwrap();
+    pair.client
+        .knock(
+            &[("198.18.0.1", 7000, "tcp"), ("2001:db8::1", 9000, "udp")],
+            0,
+        )
+        .unwrap();
+    let got = collect(&mut src, Duration::from_millis(500));
+    assert_eq!(
+        got.iter().map(key).collect::<Vec<_>>(),
+        vec![udp(C6, S6, 9000)]
+    );
+    check_accounting(&src.stats(), 1, 0, 0);
+
+    // Swap to TCP 7000 only.
+    src.set_listen(&[Listen::new(Step::tcp(7000), syn_not_ack(), None)])
+        .unwrap();
+    pair.client
+        .knock(
+            &[("198.18.0.1", 9000, "udp"), ("198.18.0.1", 7000, "tcp")],
+            0,
+        )
+        .unwrap();
+    let got = collect(&mut src, Duration::from_millis(500));
+    assert_eq!(
+        got.iter().map(key).collect::<Vec<_>>(),
+        vec![tcp(C4, S4, 7000)]
+    );
+    check_accounting(&src.stats(), 2, 0, 0);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn pnet_source_same_filter() {
+    let Some(pair) = setup() else { return };
+    let mut src = pair
+        .server
+        .enter(|| PnetSource::open(SERVER_IF, &listen(), &LiveConfig::default()).unwrap())
+        .unwrap();
+    send_socket_knocks(&pair.client, false);
+    pair.client
+        .send_frames(CLIENT_IF, &crafted_frames())
+        .unwrap();
+    let got = collect(&mut src, Duration::from_millis(700));
+    let mut want = socket_knocks(false);
+    want.extend(crafted_knocks());
+    assert_eq!(sorted(got.iter().map(key).collect()), sorted(want));
+    check_accounting(&src.stats(), 8, 1, 1);
+    // Swap the filter through pnet's descriptor.
+    src.set_listen(&[Listen::new(Step::udp(9002), FlagFilter::ANY, None)])
+        .unwrap();
+    pair.client
+        .knock(
+            &[("198.18.0.1", 9002, "udp"), ("198.18.0.1", 9000, "udp")],
+            0,
+        )
+        .unwrap();
+    let got = collect(&mut src, Duration::from_millis(500));
+    assert_eq!(
+        got.iter().map(key).collect::<Vec<_>>(),
+        vec![udp(C4, S4, 9002)]
+    );
+}
+
+/// Our program and tcpdump's compiled expression accept the same packets
+/// from the same traffic (tcpdump writes a pcap; replayed through `parse`).
+#[test]
+#[ignore = "needs root"]
+fn kernel_filter_agrees_with_tcpdump() {
+    let Some(pair) = setup() else { return };
+    let ls = listen();
+    let expr = bpf::tcpdump_expression(&ls);
+    let dir = std::env::temp_dir().join(format!("knock-capture-tcpdump-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("td.pcap");
+    let mut td = pair
+        .server
+        .command("tcpdump")
+        .args([
+            "-i",
+            SERVER_IF,
+            "-Q",
+            "in",
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-w",
+        ])
+        .arg(&file)
+        .arg(&expr)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until tcpdump is capturing ("listening on" on stderr).
+    let stderr = td.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            let _ = tx.send(line);
+        }
+    });
+    let started = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(started.contains("listening on"), "tcpdump: {started}");
+
+    let mut ours = pair
+        .server
+        .enter(|| AfPacketSource::open(SERVER_IF, &ls).unwrap())
+        .unwrap();
+    send_socket_knocks(&pair.client, false);
+    pair.client
+        .send_frames(CLIENT_IF, &crafted_frames())
+        .unwrap();
+    let got = collect(&mut ours, Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = knock_testnet::run(&["kill", "-INT", &td.id().to_string()]);
+    let status = td.wait().unwrap();
+    assert!(status.success() || status.code().is_none(), "{status:?}");
+
+    let mut replay = ReplaySource::open(&file).unwrap();
+    replay.set_listen(&ls).unwrap();
+    let theirs = collect(&mut replay, Duration::ZERO);
+    assert_eq!(
+        sorted(got.iter().map(key).collect()),
+        sorted(theirs.iter().map(key).collect())
+    );
+    let (a, b) = (ours.stats(), replay.stats());
+    let decided = |s: &Stats| (s.events, s.unmatched, s.rejected(Reject::Fragment));
+    assert_eq!(decided(&a), decided(&b), "ours {a:?}\ntcpdump {b:?}");
+    assert_eq!(decided(&a), (8, 1, 1), "{a:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
