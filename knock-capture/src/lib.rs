@@ -22,7 +22,8 @@
 //!   `pnet_datalink`. [`ReplaySource`]: pcap / pcapng, timestamps from the
 //!   file. [`MultiSource`]: several sources (interfaces) at once.
 //! * [`bpf`]: the classic-BPF generator, with a small interpreter for tests.
-//! * [`craft`]: frame builders for tests, benches and fuzzers.
+//! * [`craft`]: frame builders for tests, benches and fuzzers; [`fuzz::check`]:
+//!   what a fuzz target calls with arbitrary bytes.
 //!
 //! ## Design
 //! The kernel filter is an optimisation, never the decision: it passes every
@@ -57,6 +58,7 @@ mod afpacket;
 pub mod bpf;
 pub mod craft;
 mod error;
+pub mod fuzz;
 mod multi;
 mod parse;
 mod pnet_source;

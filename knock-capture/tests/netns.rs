@@ -506,3 +506,91 @@ fn kernel_filter_agrees_with_tcpdump() {
     assert_eq!(decided(&a), (8, 1, 1), "{a:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Capture throughput: tcpreplay at full speed on the veth, half knocks and
+/// half non-knock ports; reports packets/s handled and kernel drops
+/// (`cargo test -p knock-capture --test netns throughput -- --include-ignored --nocapture`).
+#[test]
+#[ignore = "needs root"]
+fn throughput_with_tcpreplay() {
+    use pcap_file::pcap::{PcapPacket, PcapWriter};
+    let Some(pair) = setup() else { return };
+    const N: usize = 60_000;
+    let dir = std::env::temp_dir().join(format!("knock-capture-tput-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("load.pcap");
+    let mut w = PcapWriter::new(std::fs::File::create(&file).unwrap()).unwrap();
+    let mut knocks = 0u64;
+    for i in 0..N {
+        let src = Ipv4Addr::new(198, 18, 1 + (i / 250 % 200) as u8, (i % 250) as u8 + 1);
+        let port = if i % 2 == 0 { 7000 } else { 7002 };
+        knocks += u64::from(port == 7000);
+        let ip = craft::ipv4(
+            src,
+            S4,
+            6,
+            &[],
+            Frag::default(),
+            &craft::tcp(40000, port, TcpFlags::SYN),
+        );
+        let f = craft::ethernet(&[], craft::ETH_IPV4, &ip);
+        w.write_packet(&PcapPacket::new(
+            Duration::from_micros(i as u64),
+            f.len() as u32,
+            &f,
+        ))
+        .unwrap();
+    }
+    drop(w);
+    let mut src = pair
+        .server
+        .enter(|| AfPacketSource::open(SERVER_IF, &listen()).unwrap())
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut n = 0u64;
+        let (mut first, mut last) = (None, Instant::now());
+        loop {
+            match src
+                .next_event(Some(Instant::now() + Duration::from_millis(1500)))
+                .unwrap()
+            {
+                Next::Event(_) => {
+                    n += 1;
+                    last = Instant::now();
+                    first.get_or_insert(last);
+                }
+                _ => break,
+            }
+        }
+        let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+        (n, secs, src.stats())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let out = pair
+        .client
+        .output(&[
+            "tcpreplay",
+            "-i",
+            CLIENT_IF,
+            "--topspeed",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (events, secs, st) = reader.join().unwrap();
+    eprintln!(
+        "tcpreplay --topspeed: {N} frames ({knocks} knocks); {events} events in {secs:.3}s \
+         = {:.0} events/s; kernel passed {}, dropped {}",
+        events as f64 / secs.max(1e-9),
+        st.kernel_packets,
+        st.kernel_drops
+    );
+    assert!(events <= knocks);
+    assert!(events + st.kernel_drops >= knocks, "{st:?}");
+    assert_eq!(st.unmatched, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
