@@ -549,18 +549,13 @@ fn throughput_with_tcpreplay() {
     let reader = std::thread::spawn(move || {
         let mut n = 0u64;
         let (mut first, mut last) = (None, Instant::now());
-        loop {
-            match src
-                .next_event(Some(Instant::now() + Duration::from_millis(1500)))
-                .unwrap()
-            {
-                Next::Event(_) => {
-                    n += 1;
-                    last = Instant::now();
-                    first.get_or_insert(last);
-                }
-                _ => break,
-            }
+        while let Next::Event(_) = src
+            .next_event(Some(Instant::now() + Duration::from_millis(1500)))
+            .unwrap()
+        {
+            n += 1;
+            last = Instant::now();
+            first.get_or_insert(last);
         }
         let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
         (n, secs, src.stats())
