@@ -32,7 +32,7 @@
 //!   is GPL-3.0-or-later**: a binary built with it is GPL-3.0-or-later as a
 //!   whole. Without the feature this crate is MIT OR Apache-2.0 throughout.
 //! * [`FnSink`] (a closure) and [`RecordingSink`] (records calls) for tests
-//!   and glue; with the `mock` feature, `MockFirewallSink` (mockall).
+//!   and glue.
 //!
 //! ## Example
 //! ```
