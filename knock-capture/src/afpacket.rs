@@ -253,8 +253,12 @@ impl Source for AfPacketSource {
             let Some(ms) = poll_timeout(deadline) else {
                 return Ok(Next::Deadline);
             };
-            sys::poll_readable(&[std::os::fd::AsRawFd::as_raw_fd(&self.sock)], ms)
-                .map_err(|e| CaptureError::io("poll", e))?;
+            match sys::poll_readable(&[std::os::fd::AsRawFd::as_raw_fd(&self.sock)], ms) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(Next::Deadline),
+                r => {
+                    r.map_err(|e| CaptureError::io("poll", e))?;
+                }
+            }
         }
     }
 

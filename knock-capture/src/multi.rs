@@ -119,7 +119,12 @@ impl<S: Source> Source for MultiSource<S> {
                 .iter()
                 .filter_map(|s| s.poll_fd().map(|f| f.as_raw_fd()))
                 .collect();
-            sys::poll_readable(&fds, ms).map_err(|e| CaptureError::io("poll", e))?;
+            match sys::poll_readable(&fds, ms) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(Next::Deadline),
+                r => {
+                    r.map_err(|e| CaptureError::io("poll", e))?;
+                }
+            }
         }
     }
 

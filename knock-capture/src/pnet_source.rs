@@ -113,8 +113,12 @@ impl Source for PnetSource {
             let Some(ms) = poll_timeout(deadline) else {
                 return Ok(Next::Deadline);
             };
-            sys::poll_readable(&[self.fd.borrow().as_raw_fd()], ms)
-                .map_err(|e| CaptureError::io("poll", e))?;
+            match sys::poll_readable(&[self.fd.borrow().as_raw_fd()], ms) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(Next::Deadline),
+                r => {
+                    r.map_err(|e| CaptureError::io("poll", e))?;
+                }
+            }
         }
     }
 

@@ -97,7 +97,9 @@ pub trait Source {
     /// Blocks until a knock arrives or `deadline` passes (`None`: no
     /// deadline). Frames that are not knocks are counted in [`Source::stats`]
     /// and skipped. Live sources wait in `poll(2)`, never spin. A deadline in
-    /// the past still returns a knock that is already queued.
+    /// the past still returns a knock that is already queued. A signal
+    /// delivered while waiting returns [`Next::Deadline`] early, so that the
+    /// caller can look at its signal flags (no periodic wake-ups needed).
     ///
     /// Replays ignore the deadline: their time is the file's.
     fn next_event(&mut self, deadline: Option<Instant>) -> Result<Next, crate::CaptureError>;

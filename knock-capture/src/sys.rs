@@ -184,6 +184,8 @@ pub(crate) fn recv_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Frame
 
 /// `poll(2)` for readability on `fds`; returns which are readable (or in
 /// error, so the caller's read reports it). `timeout_ms` -1 waits forever.
+/// A signal makes it fail with `ErrorKind::Interrupted`, which sources turn
+/// into an early `Next::Deadline` so that a daemon sees its signal flags.
 pub(crate) fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
     let mut p: Vec<libc::pollfd> = fds
         .iter()
@@ -197,7 +199,6 @@ pub(crate) fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bo
     let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
     match check(r) {
         Ok(_) => Ok(p.iter().map(|x| x.revents != 0).collect()),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(vec![false; fds.len()]),
         Err(e) => Err(e),
     }
 }

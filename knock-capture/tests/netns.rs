@@ -589,3 +589,60 @@ fn throughput_with_tcpreplay() {
     assert_eq!(st.unmatched, 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Raw IP links (tun, WireGuard, ppp): a tun device in a namespace, packets
+/// written into it by a python3 writer; the raw-IP program and parser.
+#[test]
+#[ignore = "needs root"]
+fn tun_raw_ip_link() {
+    if !knock_testnet::is_root() {
+        return;
+    }
+    let ns = Netns::new("tun").unwrap();
+    ns.run(&["ip", "tuntap", "add", "dev", "tn0", "mode", "tun"])
+        .unwrap();
+    ns.run(&["ip", "link", "set", "tn0", "up"]).unwrap();
+    let mut src = ns
+        .enter(|| AfPacketSource::open("tn0", &listen()).unwrap())
+        .unwrap();
+    assert_eq!(src.link_type(), LinkType::RawIp);
+    let d = Frag::default();
+    let packets = [
+        craft::ipv4(C4, S4, 6, &[], d, &craft::tcp(1, 7000, TcpFlags::SYN)),
+        craft::ipv4(C4, S4, 6, &[], d, &craft::tcp(1, 7002, TcpFlags::SYN)),
+        craft::ipv4(
+            C4,
+            S4,
+            6,
+            &[1, 1, 1, 0],
+            d,
+            &craft::tcp(1, 7001, TcpFlags::ACK),
+        ),
+        craft::ipv6(C6, S6, &[], 17, &craft::udp(1, 9000, b"k")),
+        craft::ipv6(C6, S6, &[], 17, &craft::udp(1, 9003, b"k")),
+        craft::ipv6(
+            C6,
+            S6,
+            &[Ext::fragment(0, true)],
+            6,
+            &craft::tcp(1, 7000, TcpFlags::SYN),
+        ),
+    ];
+    const WRITER: &str = "import fcntl,struct,os,sys\n\
+        fd=os.open('/dev/net/tun',os.O_RDWR)\n\
+        fcntl.ioctl(fd,0x400454ca,struct.pack('16sH',b'tn0',0x1001))\n\
+        for h in sys.argv[1:]: os.write(fd,bytes.fromhex(h))\n";
+    let hex: Vec<String> = packets
+        .iter()
+        .map(|p| p.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let mut args = vec!["python3", "-c", WRITER];
+    args.extend(hex.iter().map(String::as_str));
+    ns.run(&args).unwrap();
+    let got = collect(&mut src, Duration::from_millis(500));
+    let mut want = vec![tcp(C4, S4, 7000), udp(C6, S6, 9000), tcp(C6, S6, 7000)];
+    want.push((Proto::Tcp, C4.into(), S4.into(), 7001, TcpFlags::ACK.bits()));
+    assert_eq!(sorted(got.iter().map(key).collect()), sorted(want));
+    assert!(got.iter().all(|c| c.link == LinkType::RawIp));
+    check_accounting(&src.stats(), 4, 0, 0);
+}
