@@ -6,8 +6,10 @@
 //! ```
 //!
 //! * A TCP knock is one SYN: a non-blocking `connect` that is closed at
-//!   once. A UDP knock is one 1-byte datagram. `-u` makes ports without a
-//!   `:proto` UDP.
+//!   once. A UDP knock is one 1-byte datagram. As in knock, `-u` makes every
+//!   knock UDP, even one written `port:tcp`. Unlike knock (which knocks TCP
+//!   for anything but exactly `udp`), the protocol is case-insensitive, as
+//!   in knockd.conf, and anything but tcp or udp is a usage error.
 //! * `-d MS` waits between knocks; `--jitter MAX` adds a random 0..=MAX ms
 //!   (from the OS's random source) to every wait.
 //! * `--sequence-file FILE --line N` knocks the sequence written on line `N`
@@ -40,7 +42,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 #[derive(Debug, Parser)]
 #[command(name = "knock", version)]
 struct Args {
-    /// Make every port without `:proto` a UDP knock (default TCP).
+    /// Make every knock UDP, whatever its `:proto` (default TCP).
     #[arg(short = 'u', long = "udp")]
     udp: bool,
 
@@ -107,12 +109,16 @@ impl Args {
         if let (Some(file), Some(line)) = (&self.sequence_file, self.line) {
             return sequence_from_file(file, line);
         }
-        let default = if self.udp { Proto::Udp } else { Proto::Tcp };
         Ok(self
             .ports
             .iter()
             .map(|p| Step {
-                proto: p.proto.unwrap_or(default),
+                // knock's -u: *every* knock is UDP, even one written `:tcp`.
+                proto: if self.udp {
+                    Proto::Udp
+                } else {
+                    p.proto.unwrap_or(Proto::Tcp)
+                },
                 port: p.port,
             })
             .collect())
