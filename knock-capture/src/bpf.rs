@@ -12,7 +12,7 @@
 //! * something the program cannot decide, passed up for [`crate::parse`]:
 //!   IPv4 non-first fragments, IPv6 whose next header is an extension header
 //!   (hop-by-hop, routing, fragment, AH, destination options, mobility, HIP,
-//!   shim6), and Ethernet frames that still carry a VLAN tag in their data
+//!   shim6) not followed directly by ICMPv6 or no-next-header, and Ethernet frames that still carry a VLAN tag in their data
 //!   (the kernel strips the outer tag before taps see a frame, so in-data
 //!   tags are the inner tags of stacked VLANs).
 //!
@@ -38,8 +38,12 @@ pub const MAX_INSNS: usize = 4096;
 /// What an accepting program returns: the number of bytes to keep.
 pub const ACCEPT: u32 = 0x0004_0000;
 
-/// IPv6 next-header values the program passes up to user space.
+/// IPv6 next-header values the program passes up to user space (unless
+/// the header after them is one of [`IPV6_NEVER_KNOCK`]).
 pub const IPV6_EXTENSION_HEADERS: [u8; 8] = [0, 43, 44, 51, 60, 135, 139, 140];
+/// Next headers after a first extension header that end the chain without
+/// TCP or UDP: ICMPv6 (58) and no next header (59).
+pub const IPV6_NEVER_KNOCK: [u8; 2] = [58, 59];
 
 // Opcode parts (linux/filter.h).
 const LD: u16 = 0x00;
@@ -408,7 +412,7 @@ pub fn compile(link: LinkType, listen: &[Listen]) -> Result<Program, CaptureErro
             .iter()
             .filter(|e| usable(e, fam, Proto::Udp))
             .collect();
-        let (tcp_l, udp_l) = (asm.label(), asm.label());
+        let (tcp_l, udp_l, drop_l) = (asm.label(), asm.label(), asm.label());
         match fam {
             Family::V4 => {
                 // Non-first fragments have no ports: user space counts them.
@@ -425,9 +429,21 @@ pub fn compile(link: LinkType, listen: &[Listen]) -> Result<Program, CaptureErro
             asm.jeq_far(u32::from(IPPROTO_UDP), udp_l);
         }
         if fam == Family::V6 {
+            let ext = asm.label();
             for eh in IPV6_EXTENSION_HEADERS {
-                asm.accept_if(JEQ, u32::from(eh));
+                asm.jeq_far(u32::from(eh), ext);
             }
+            asm.ret(0);
+            // An extension header: every kind has its next header in its
+            // first byte. ICMPv6 or no-next-header right after it (MLD
+            // reports, ND with options) cannot be a knock; pass the rest up.
+            asm.here(ext);
+            asm.stmt(LD | B | ABS, l + 40);
+            for nh in IPV6_NEVER_KNOCK {
+                asm.jump(JMP | JEQ | K, u32::from(nh), Tgt::To(drop_l), Tgt::Next);
+            }
+            asm.ret(ACCEPT);
+            asm.here(drop_l);
         }
         asm.ret(0);
         for (lab, entries) in [(tcp_l, tcp), (udp_l, udp)] {
@@ -449,7 +465,10 @@ pub fn tcpdump_expression(listen: &[Listen]) -> String {
         .iter()
         .map(|e| format!("ip6[6] = {e}"))
         .collect();
-    parts.push(format!("(ip6 and ({}))", ehs.join(" or ")));
+    parts.push(format!(
+        "(ip6 and ({}) and ip6[40] != 58 and ip6[40] != 59)",
+        ehs.join(" or ")
+    ));
     for e in listen {
         if e.flags_set.bits() & e.flags_clear.bits() != 0 {
             continue;
@@ -575,6 +594,7 @@ mod tests {
                     &u,
                 ));
                 out.push(craft::ipv6(C6, dst6, &[], 58, &u));
+                out.push(craft::ipv6(C6, dst6, &[Ext::opts(0, 0)], 58, &u));
             }
         }
         out
@@ -609,7 +629,10 @@ mod tests {
                     .unwrap_or(false);
                 let undecidable = match ip[0] >> 4 {
                     4 => u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0,
-                    _ => IPV6_EXTENSION_HEADERS.contains(&ip[6]),
+                    _ => {
+                        IPV6_EXTENSION_HEADERS.contains(&ip[6])
+                            && !IPV6_NEVER_KNOCK.contains(&ip[40])
+                    }
                 };
                 if knock {
                     assert!(verdict, "{link:?} dropped a knock {parsed:?}");
