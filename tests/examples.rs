@@ -614,13 +614,18 @@ impl Tcpdump {
         }
     }
 
-    /// Stops the capture and returns the knocks sent to `server`, in order.
-    fn stop(mut self, server: IpAddr) -> Vec<Seen> {
+    /// Stops the capture (the file stays until `self` is dropped).
+    fn finish(&mut self) {
         // Let the last packets arrive, then stop tcpdump cleanly (it flushes).
         std::thread::sleep(Duration::from_millis(300));
         let pid = self.child.id().to_string();
         run(Command::new("kill").args(["-INT", &pid]));
         self.child.wait().unwrap();
+    }
+
+    /// Stops the capture and returns the knocks sent to `server`, in order.
+    fn stop(mut self, server: IpAddr) -> Vec<Seen> {
+        self.finish();
         let mut src = ReplaySource::open(&self.file).unwrap();
         let mut seen = Vec::new();
         while let Next::Event(c) = src.next_event(None).unwrap() {
@@ -745,4 +750,129 @@ fn knock_sequence_file_line_knocks_that_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(dump.stop(server.parse().unwrap()), vec![]);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn replay_of_a_real_capture_opens_for_both_clients() {
+    // Real knocks (ours, then Debian's) captured by tcpdump as pcap, replayed
+    // against the demo configuration.
+    let pair = knock_testnet::Pair::new().unwrap();
+    let server = knock_testnet::SERVER_V4;
+    let mut dump = Tcpdump::start(&pair.server);
+    let mut clients = vec![example("knock")];
+    if Path::new(DEBIAN_KNOCK).exists() {
+        clients.push(DEBIAN_KNOCK.into());
+    }
+    for client in &clients {
+        let out = pair
+            .client
+            .output(&[client.to_str().unwrap(), server, "7000", "8000", "9000"])
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let args = [
+        "-6",
+        knock_testnet::SERVER_V6,
+        "12345",
+        "54321:udp",
+        "24680",
+    ];
+    let mut ours = vec![example("knock").to_str().unwrap().to_owned()];
+    ours.extend(args.iter().map(|a| a.to_string()));
+    let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
+    assert!(pair.client.output(&ours).unwrap().status.success());
+    dump.finish();
+
+    let out = run(Command::new(example("replay"))
+        .arg("-c")
+        .arg(data("knockd.conf"))
+        .arg(&dump.file));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines = json_lines(&out);
+    let opens: Vec<(String, String)> = story(&lines)
+        .into_iter()
+        .filter(|(e, _, _)| e == "open" || e == "extended")
+        .map(|(e, d, s)| (format!("{e} {d}"), s))
+        .collect();
+    let mut expected = vec![(
+        "open openSSH".to_owned(),
+        knock_testnet::CLIENT_V4.to_owned(),
+    )];
+    if clients.len() == 2 {
+        // The second client's knock extends the open grant.
+        expected.push((
+            "extended openSSH".to_owned(),
+            knock_testnet::CLIENT_V4.to_owned(),
+        ));
+    }
+    expected.push((
+        "open openHTTPS".to_owned(),
+        knock_testnet::CLIENT_V6.to_owned(),
+    ));
+    assert_eq!(opens, expected);
+}
+
+#[test]
+fn replay_one_time_sequences_print_the_line_to_mark_and_leave_the_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let otp = dir.path().join("otp");
+    let otp_text = " 7000,8000\n 9000,8000\n";
+    std::fs::write(&otp, otp_text).unwrap();
+    let conf = dir.path().join("knockd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[otp]\n    one_time_sequences = {}\n    seq_timeout = 5\n    command = true %IP%\n",
+            otp.display()
+        ),
+    )
+    .unwrap();
+    let syn = TcpFlags::SYN;
+    let capture = dir.path().join("otp.pcapng");
+    std::fs::write(
+        &capture,
+        pcapng(&[
+            tcp4(0, ALICE, 7000, syn),
+            tcp4(100, ALICE, 8000, syn),
+            // A replay of the used line does nothing.
+            tcp4(1000, ALICE, 7000, syn),
+            tcp4(1100, ALICE, 8000, syn),
+            // The next line works.
+            tcp4(2000, ALICE, 9000, syn),
+            tcp4(2100, ALICE, 8000, syn),
+        ]),
+    )
+    .unwrap();
+    let out = run(Command::new(example("replay"))
+        .arg("-c")
+        .arg(&conf)
+        .arg(&capture));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines = json_lines(&out);
+    let events: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["event"] != "stage")
+        .map(|l| l["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["open", "sequence_consumed", "open", "sequence_consumed"]
+    );
+    let marks: Vec<String> = lines
+        .iter()
+        .filter(|l| l["event"] == "sequence_consumed")
+        .map(|l| l["would_mark"].as_str().unwrap().to_owned())
+        .collect();
+    let shown = otp.display();
+    assert_eq!(marks, [format!("{shown}:1"), format!("{shown}:2")]);
+    assert_eq!(
+        lines.iter().find(|l| l["event"] == "open").unwrap()["would_run"],
+        "true 198.18.0.2"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&otp).unwrap(),
+        otp_text,
+        "replay never writes"
+    );
 }
