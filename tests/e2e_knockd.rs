@@ -1,0 +1,417 @@
+//! End-to-end: the `knockd` example in a server namespace, real knocks from
+//! Debian's `knock` client in a client namespace, real iptables / nftables
+//! rules, and a TCP connect to port 22 that must (or must not) get through.
+//! Root only; `.ci/run` runs them with `--include-ignored`.
+
+// Test support code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use knock_testnet::{Pair, SERVER_V4, SERVER_V6};
+
+fn knockd_bin() -> PathBuf {
+    // target/<profile>/deps/e2e_knockd-<hash> -> target/<profile>/examples/knockd
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile.join("examples").join("knockd");
+    if !bin.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "--example", "knockd"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build");
+        assert!(st.success());
+    }
+    bin
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+struct Server {
+    pair: Pair,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts knockd with `conf` (`{DIR}` is replaced by a temp dir), with
+    /// tcp/22 dropped by default and a listener on it.
+    fn start(conf: &str) -> Server {
+        Self::start_with(conf, &[])
+    }
+
+    /// `start`, with `files` (name, content) written to the temp dir first.
+    fn start_with(conf: &str, files: &[(&str, &str)]) -> Server {
+        let pair = Pair::new().expect("namespaces");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            fs::write(dir.path().join(name), content).unwrap();
+        }
+        let mut s = Server {
+            pair,
+            dir,
+            child: None,
+        };
+        s.pair
+            .server
+            .run(&[
+                "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP",
+            ])
+            .unwrap();
+        s.pair
+            .server
+            .run(&[
+                "ip6tables",
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                "22",
+                "-j",
+                "DROP",
+            ])
+            .unwrap();
+        s.pair.server.tcp_listen(22).unwrap();
+        s.write_conf(conf);
+        s.spawn();
+        s
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_conf(&self, conf: &str) {
+        let dir = self.dir.path().display().to_string();
+        fs::write(self.path("knockd.conf"), conf.replace("{DIR}", &dir)).unwrap();
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::File::create(self.path("stdout.log")).unwrap();
+        let err = fs::File::create(self.path("stderr.log")).unwrap();
+        let child = self
+            .pair
+            .server
+            .command(knockd_bin().to_str().unwrap())
+            .args([
+                "-c",
+                self.path("knockd.conf").to_str().unwrap(),
+                "-i",
+                "kn0",
+                "-v",
+                "--events-json",
+            ])
+            .args(["-g", self.path("knockd.log").to_str().unwrap()])
+            .args(["--state-dir", self.dir.path().to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for("knockd to start", Duration::from_secs(20), || {
+            self.log().contains("starting up")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.path("knockd.log")).unwrap_or_default()
+            + &fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+
+    /// Knocks with Debian's `knock` client from the client namespace.
+    fn knock(&self, target: &str, ports: &[&str]) {
+        let mut args = vec!["knock", "-d", "100", target];
+        args.extend_from_slice(ports);
+        self.pair.client.run(&args).unwrap();
+    }
+
+    fn connects(&self, addr: &str) -> bool {
+        self.pair.client.tcp_connect(
+            addr.parse::<IpAddr>().unwrap(),
+            22,
+            Duration::from_millis(700),
+        )
+    }
+
+    fn wait_open(&self, addr: &str) {
+        wait_for(
+            &format!("tcp/22 open to {addr}\n{}", self.log()),
+            Duration::from_secs(5),
+            || self.connects(addr),
+        );
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        knock_testnet::run(&["kill", sig, &pid]).unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const CLASSIC: &str = "
+[options]
+    LogFile = {DIR}/ignored.log
+
+[openSSH]
+    sequence    = 7000,8000,9000
+    seq_timeout = 5
+    command     = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+    tcpflags    = syn
+
+[closeSSH]
+    sequence    = 9000,8000,7000
+    seq_timeout = 5
+    command     = /usr/sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+    tcpflags    = syn
+";
+
+#[test]
+#[ignore = "needs root"]
+fn open_door_and_reversed_close_door_with_iptables_commands() {
+    let s = Server::start(CLASSIC);
+    assert!(
+        !s.connects(SERVER_V4),
+        "tcp/22 must be closed before knocking"
+    );
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    let rules = s.pair.server.run(&["iptables", "-S", "INPUT"]).unwrap();
+    assert!(
+        rules.contains("-A INPUT -s 198.18.0.2/32 -p tcp -m tcp --dport 22 -j ACCEPT"),
+        "{rules}"
+    );
+    assert!(
+        s.log().contains("198.18.0.2: openSSH: OPEN SESAME"),
+        "{}",
+        s.log()
+    );
+    s.knock(SERVER_V4, &["9000", "8000", "7000"]);
+    wait_for("the close door", Duration::from_secs(5), || {
+        !s.connects(SERVER_V4)
+    });
+    let rules = s.pair.server.run(&["iptables", "-S", "INPUT"]).unwrap();
+    assert!(!rules.contains("198.18.0.2"), "{rules}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn wrong_order_and_too_slow_do_not_open() {
+    let s = Server::start(CLASSIC);
+    s.knock(SERVER_V4, &["7000", "9000", "8000"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!s.connects(SERVER_V4), "wrong order opened");
+    // Too slow: the sequence must finish within seq_timeout = 5 s.
+    s.knock(SERVER_V4, &["7000", "8000"]);
+    std::thread::sleep(Duration::from_millis(5_500));
+    s.knock(SERVER_V4, &["9000"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!s.connects(SERVER_V4), "slow knock opened");
+    assert!(
+        s.log().contains("sequence timeout (stage 2)"),
+        "{}",
+        s.log()
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn start_and_stop_commands_with_cmd_timeout_and_mixed_protocols() {
+    let s = Server::start(
+        "
+[options]
+    Interface = kn0
+[ssh]
+    sequence      = 7000:tcp,8000:udp,9000:tcp
+    start_command = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+    cmd_timeout   = 2
+    stop_command  = /usr/sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+",
+    );
+    s.knock(SERVER_V4, &["7000", "8000:udp", "9000"]);
+    s.wait_open(SERVER_V4);
+    let opened = Instant::now();
+    wait_for("the stop command", Duration::from_secs(6), || {
+        !s.connects(SERVER_V4)
+    });
+    assert!(
+        opened.elapsed() >= Duration::from_millis(1_000),
+        "closed too early"
+    );
+    assert!(s.log().contains("ssh: command timeout"), "{}", s.log());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn one_time_sequences_work_once_each_over_ipv4_and_ipv6() {
+    let s = Server::start_with(
+        "
+[once]
+    one_time_sequences = {DIR}/once.seq
+    start_command = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+    start_command_6 = /usr/sbin/ip6tables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+",
+        &[("once.seq", " 1001,1002\n 2001:udp,2002\n 3001,3002\n")],
+    );
+    s.knock(SERVER_V4, &["1001", "1002"]);
+    s.wait_open(SERVER_V4);
+    wait_for("line 1 marked", Duration::from_secs(3), || {
+        fs::read_to_string(s.path("once.seq"))
+            .unwrap()
+            .starts_with("#1001,1002\n")
+    });
+    // The used line no longer opens (from IPv6 either).
+    s.knock(SERVER_V6, &["1001", "1002"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!s.connects(SERVER_V6), "a used sequence opened");
+    // The next line works, over IPv6.
+    s.knock(SERVER_V6, &["2001:udp", "2002"]);
+    s.wait_open(SERVER_V6);
+    let file = fs::read_to_string(s.path("once.seq")).unwrap();
+    assert_eq!(file, "#1001,1002\n#2001:udp,2002\n 3001,3002\n");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn native_nftables_door_opens_and_the_kernel_closes_it() {
+    let s = Server::start(
+        "
+[ssh]
+    sequence    = 7000,8000
+    open        = tcp/22
+    firewall    = nftables
+    cmd_timeout = 2
+",
+    );
+    // nftables guards the door's ports itself; drop the iptables rule so the
+    // test sees the nftables decision alone.
+    s.pair.server.run(&["iptables", "-F", "INPUT"]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!s.connects(SERVER_V4), "guard must drop tcp/22");
+    s.knock(SERVER_V4, &["7000", "8000"]);
+    s.wait_open(SERVER_V4);
+    let set = s
+        .pair
+        .server
+        .run(&["nft", "list", "table", "inet", "knock"])
+        .unwrap();
+    assert!(set.contains("198.18.0.2"), "{set}");
+    wait_for("the element to expire", Duration::from_secs(6), || {
+        !s.connects(SERVER_V4)
+    });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn native_iptables_door() {
+    let s = Server::start(
+        "
+[ssh]
+    sequence    = 7000,8000
+    open        = tcp/22
+    firewall    = iptables
+    cmd_timeout = 2
+",
+    );
+    s.knock(SERVER_V4, &["7000", "8000"]);
+    s.wait_open(SERVER_V4);
+    wait_for("the grant to close", Duration::from_secs(6), || {
+        !s.connects(SERVER_V4)
+    });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn sequence_file_of_reusable_sequences() {
+    let s = Server::start_with(
+        "
+[ssh]
+    sequence = {DIR}/ssh.seq
+    command  = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+",
+        &[("ssh.seq", " 1001,1002\n 2001,2002\n")],
+    );
+    s.knock(SERVER_V4, &["2001", "2002"]);
+    s.wait_open(SERVER_V4);
+    s.pair
+        .server
+        .run(&[
+            "iptables",
+            "-D",
+            "INPUT",
+            "-s",
+            "198.18.0.2",
+            "-p",
+            "tcp",
+            "--dport",
+            "22",
+            "-j",
+            "ACCEPT",
+        ])
+        .unwrap();
+    assert!(!s.connects(SERVER_V4));
+    s.knock(SERVER_V4, &["1001", "1002"]);
+    s.wait_open(SERVER_V4);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
+    let mut s = Server::start(CLASSIC);
+    // A broken config: logged, the old doors keep working.
+    s.write_conf("[openSSH]\n sequence = 7000,\n");
+    s.signal("-HUP");
+    wait_for("reload failure logged", Duration::from_secs(3), || {
+        s.log().contains("reload failed")
+    });
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    s.knock(SERVER_V4, &["9000", "8000", "7000"]);
+    wait_for("close", Duration::from_secs(5), || !s.connects(SERVER_V4));
+    // A changed sequence: the new one opens, the old one no longer does.
+    s.write_conf(&CLASSIC.replace("7000,8000,9000", "7100,8100,9100"));
+    s.signal("-HUP");
+    wait_for("reload logged", Duration::from_secs(3), || {
+        s.log().contains("configuration reloaded")
+    });
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!s.connects(SERVER_V4), "the old sequence still opens");
+    // (Its 9000 started an attempt at closeSSH: let that expire first, or
+    // 7100 would only invalidate it, as in knockd.)
+    std::thread::sleep(Duration::from_millis(5_200));
+    s.knock(SERVER_V4, &["7100", "8100", "9100"]);
+    s.wait_open(SERVER_V4);
+    // SIGTERM stops it within a second.
+    s.signal("-TERM");
+    let mut child = s.child.take().unwrap();
+    let t = Instant::now();
+    wait_for("exit", Duration::from_secs(2), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
