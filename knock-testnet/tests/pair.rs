@@ -20,5 +20,8 @@ fn pair_pings_both_families_and_cleans_up() {
         assert!(seen.contains(knock_testnet::SERVER_IF), "{seen}");
     }
     let list = knock_testnet::run(&["ip", "netns", "list"]).unwrap();
-    assert!(!list.contains(&name), "namespace {name} left behind: {list}");
+    assert!(
+        !list.contains(&name),
+        "namespace {name} left behind: {list}"
+    );
 }
