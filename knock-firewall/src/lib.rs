@@ -83,4 +83,6 @@ pub use grant::{mask, Grant};
 pub use iptables::{IptablesConfig, IptablesSink};
 #[cfg(feature = "nftables")]
 pub use nft::{NftConfig, NftDoor, NftSink};
+#[cfg(feature = "mock")]
+pub use sink::MockFirewallSink;
 pub use sink::{Action, FirewallSink, FnSink, Reconciled, RecordingSink};

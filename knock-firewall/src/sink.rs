@@ -31,6 +31,7 @@ pub struct Reconciled {
 /// Every operation is idempotent: opening an open grant or closing a closed
 /// one succeeds and changes nothing. Errors name the grant and the cause;
 /// they are for logging, the sink stays usable.
+#[cfg_attr(feature = "mock", mockall::automock(type Error = crate::Error;))]
 pub trait FirewallSink {
     /// The sink's error ([`crate::Error`] for the backends of this crate).
     type Error;

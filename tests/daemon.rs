@@ -1,0 +1,190 @@
+//! The daemon runtime (`knock::daemon`) against mocked firewall sinks and a
+//! scripted capture source: the seams between crates, no kernel needed.
+
+// Test code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use knock::capture::{CaptureError, Captured, LinkType, Next, Source, Stats};
+use knock::config::{Config, FirewallKind};
+use knock::core::{Event, Listen, Matcher, TcpFlags, Timestamp};
+use knock::daemon::{BoxedSink, Daemon, DaemonOptions, Logger};
+use knock_firewall::{Error, MockFirewallSink};
+use mockall::predicate::function;
+
+const ME: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
+const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+
+/// Knocks handed out one by one; then it waits for deadlines like a live
+/// source would (sleeping until them), `idle_deadlines` times, and ends.
+struct Scripted {
+    knocks: VecDeque<(u16, TcpFlags)>,
+    idle_deadlines: usize,
+    listen: Vec<Listen>,
+}
+
+impl Source for Scripted {
+    fn next_event(&mut self, deadline: Option<Instant>) -> Result<Next, CaptureError> {
+        if let Some((port, flags)) = self.knocks.pop_front() {
+            let event = Event::tcp(ME, SERVER, port, flags, Timestamp::ZERO);
+            return Ok(Next::Event(Captured {
+                event,
+                link: LinkType::Ethernet,
+                ifindex: 1,
+            }));
+        }
+        match (deadline, self.idle_deadlines) {
+            (Some(d), n) if n > 0 => {
+                self.idle_deadlines -= 1;
+                std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                Ok(Next::Deadline)
+            }
+            _ => Ok(Next::End),
+        }
+    }
+    fn set_listen(&mut self, listen: &[Listen]) -> Result<(), CaptureError> {
+        self.listen = listen.to_vec();
+        Ok(())
+    }
+    fn stats(&mut self) -> Stats {
+        Stats::default()
+    }
+    fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}
+
+fn daemon(conf: &str, sinks: Vec<(FirewallKind, BoxedSink)>) -> Daemon {
+    let config = Config::from_knockd_str(conf, "test.conf").unwrap();
+    let matcher = Matcher::new(config.core_doors(), Default::default()).unwrap();
+    let log = Logger::new(None, false).unwrap();
+    let sinks: HashMap<_, _> = sinks.into_iter().collect();
+    Daemon::with_sinks(config, matcher, sinks, DaemonOptions::default(), log)
+}
+
+fn run(d: &mut Daemon, knocks: &[u16], idle_deadlines: usize) -> Vec<Listen> {
+    let mut src = Scripted {
+        knocks: knocks.iter().map(|&p| (p, TcpFlags::SYN)).collect(),
+        idle_deadlines,
+        listen: Vec::new(),
+    };
+    let stop = AtomicBool::new(false);
+    let reload = AtomicBool::new(false);
+    d.run(&mut src, &stop, &reload, || Err("no reload".into()))
+        .unwrap();
+    src.listen
+}
+
+const NATIVE: &str = "
+[ssh]
+    sequence    = 7000,8000
+    open        = tcp/22
+    firewall    = nftables
+    cmd_timeout = 1
+    grant_prefix = 24,64
+";
+
+#[test]
+fn open_then_close_reach_the_sink_with_the_door_s_grant() {
+    let mut sink = MockFirewallSink::new();
+    let is_mine = |g: &knock_firewall::Grant| {
+        g.door == "ssh"
+            && g.src == ME
+            && g.ports == vec![knock::core::Step::tcp(22)]
+            && g.cidr() == "198.18.0.0/24"
+    };
+    let mut seq = mockall::Sequence::new();
+    sink.expect_open()
+        .with(function(is_mine))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|g| {
+            assert!(g.expires.is_some(), "a door with cmd_timeout has an expiry");
+            Ok(())
+        });
+    sink.expect_close()
+        .with(function(is_mine))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(()));
+    let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))]);
+    let t = Instant::now();
+    let listen = run(&mut d, &[7000, 8000], 1);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "closed after cmd_timeout, not before"
+    );
+    assert_eq!(
+        listen.iter().map(|l| l.port).collect::<Vec<_>>(),
+        vec![7000, 8000]
+    );
+    // The mock checks the expectations when the daemon (and the sink) drops.
+}
+
+#[test]
+fn a_failing_sink_is_logged_and_the_daemon_goes_on() {
+    let mut sink = MockFirewallSink::new();
+    sink.expect_open().times(1).returning(|g| {
+        Err(Error::Unsupported {
+            what: format!("open {g}"),
+            sink: "test",
+        })
+    });
+    // The re-knock extends the grant, which gives the sink another chance.
+    sink.expect_extend().times(1).returning(|_| Ok(()));
+    sink.expect_close().times(0..).returning(|_| Ok(()));
+    let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))]);
+    run(&mut d, &[7000, 8000, 7000, 8000], 0);
+    assert_eq!(d.matcher().stats().opens + d.matcher().stats().extended, 2);
+}
+
+#[test]
+fn wrong_order_never_reaches_the_sink() {
+    let mut sink = MockFirewallSink::new();
+    sink.expect_open().times(0);
+    sink.expect_close().times(0);
+    let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))]);
+    run(&mut d, &[8000, 7000, 7000], 0);
+    assert_eq!(d.matcher().stats().invalidated, 1);
+}
+
+#[test]
+fn one_time_sequence_is_marked_in_its_file_and_the_filter_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("once.seq");
+    std::fs::write(&file, " 7000,8000\n 7100,8100\n").unwrap();
+    let conf = format!(
+        "[once]\n one_time_sequences = {}\n open = tcp/22\n firewall = nftables\n cmd_timeout = 5\n",
+        file.display()
+    );
+    let mut sink = MockFirewallSink::new();
+    sink.expect_open().times(1).returning(|_| Ok(()));
+    sink.expect_close().times(0..).returning(|_| Ok(()));
+    let mut config = Config::from_knockd_str(&conf, "test.conf").unwrap();
+    config.load_sequence_files("test.conf").unwrap();
+    let matcher = Matcher::new(config.core_doors(), Default::default()).unwrap();
+    let sinks: HashMap<FirewallKind, BoxedSink> =
+        [(FirewallKind::Nftables, Box::new(sink) as BoxedSink)].into();
+    let mut d = Daemon::with_sinks(
+        config,
+        matcher,
+        sinks,
+        DaemonOptions::default(),
+        Logger::new(None, false).unwrap(),
+    );
+    let listen = run(&mut d, &[7000, 8000, 7000, 8000], 0);
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "#7000,8000\n 7100,8100\n"
+    );
+    assert_eq!(
+        listen.iter().map(|l| l.port).collect::<Vec<_>>(),
+        vec![7100, 8100],
+        "filter swapped"
+    );
+}
