@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use knock::capture::{AfPacketSource, LiveConfig, MultiSource};
+use knock::capture::{AfPacketSource, LiveConfig, MultiSource, Source, Stats};
 use knock::config::Config;
 use knock::daemon::{Daemon, DaemonOptions, Logger};
 
@@ -75,6 +75,10 @@ struct Args {
     /// Close every open grant at exit instead of keeping it for the next start.
     #[arg(long = "close-at-exit")]
     close_at_exit: bool,
+    /// At exit, print the capture and matcher counters (kernel drops
+    /// included) as one JSON object on stdout. They are logged either way.
+    #[arg(long = "stats-json")]
+    stats_json: bool,
 }
 
 fn load(args: &Args) -> anyhow::Result<Config> {
@@ -162,6 +166,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         "starting up, listening on {}",
         interfaces.join(", ")
     ));
+    // Capture counters, added up over every source opened (an interface
+    // that goes away and comes back gets a new socket).
+    let mut capture = Stats::default();
     while !stop.load(Ordering::Relaxed) {
         let listen = daemon.matcher().listen_set();
         let opened = if interfaces.iter().any(|i| i == "any") {
@@ -183,9 +190,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         daemon.force_listen_sync();
-        match daemon.run(&mut source, &stop, &reload, || {
+        let ran = daemon.run(&mut source, &stop, &reload, || {
             load(&args).map_err(|e| format!("{e:#}"))
-        }) {
+        });
+        capture.add(&source.stats());
+        match ran {
             Ok(()) => break,
             Err(e) => {
                 daemon.log(&format!("capture failed: {e}; reopening"));
@@ -193,9 +202,54 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    log_stats(&mut daemon, &capture, args.stats_json);
     daemon.shutdown();
     if args.daemon {
         let _ = std::fs::remove_file(Path::new(&pid_file));
     }
     Ok(())
+}
+
+/// Logs the capture and matcher counters; with `json`, also prints them as
+/// one JSON object on stdout.
+fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
+    let m = daemon.matcher().stats();
+    daemon.log(&format!(
+        "stats: {} frames read, {} knocks, {} rejected, kernel: {} passed, {} dropped; \
+         matcher: {} events, {} sources, {} evicted, {} opens",
+        c.received,
+        c.events,
+        c.rejected_total(),
+        c.kernel_packets,
+        c.kernel_drops,
+        m.events,
+        m.sources,
+        m.evicted,
+        m.opens
+    ));
+    if json {
+        let v = serde_json::json!({
+            "capture": {
+                "received": c.received,
+                "events": c.events,
+                "rejected": c.rejected_total(),
+                "unmatched": c.unmatched,
+                "kernel_packets": c.kernel_packets,
+                "kernel_drops": c.kernel_drops,
+            },
+            "matcher": {
+                "events": m.events,
+                "ignored": m.ignored,
+                "attempts_started": m.attempts_started,
+                "stages": m.stages,
+                "opens": m.opens,
+                "expired": m.expired,
+                "invalidated": m.invalidated,
+                "evicted": m.evicted,
+                "sources": m.sources,
+                "grants": m.grants,
+            },
+        });
+        println!("{v}");
+    }
 }
