@@ -152,52 +152,6 @@ impl Logger {
     }
 }
 
-/// Renders a decision as the JSON object of `--events-json` and the replay tool.
-pub fn decision_json(d: &Decision, door: &str, time: SystemTime) -> serde_json::Value {
-    let secs = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0)
-    };
-    let mut v = serde_json::json!({ "door": door, "time": secs(time) });
-    let (event, extra) = match *d {
-        Decision::Stage { src, step, .. } => {
-            ("stage", serde_json::json!({"src": src, "step": step}))
-        }
-        Decision::Open {
-            src, grant, until, ..
-        } => (
-            "open",
-            serde_json::json!({"src": src, "grant": grant.0, "lifetime_ms": until.map(|u| u.as_millis())}),
-        ),
-        Decision::Extended { src, grant, .. } => (
-            "extended",
-            serde_json::json!({"src": src, "grant": grant.0}),
-        ),
-        Decision::Close { src, grant, .. } => {
-            ("close", serde_json::json!({"src": src, "grant": grant.0}))
-        }
-        Decision::Expired { src, step, .. } => {
-            ("expired", serde_json::json!({"src": src, "step": step}))
-        }
-        Decision::Invalidated { src, step, .. } => {
-            ("invalidated", serde_json::json!({"src": src, "step": step}))
-        }
-        Decision::SequenceConsumed {
-            index, remaining, ..
-        } => (
-            "sequence_consumed",
-            serde_json::json!({"index": index, "remaining": remaining}),
-        ),
-        _ => ("other", serde_json::json!({})),
-    };
-    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-        o.insert("event".into(), event.into());
-        o.extend(e.clone());
-    }
-    v
-}
-
 /// The running daemon.
 pub struct Daemon {
     config: Config,
@@ -405,7 +359,18 @@ impl Daemon {
         while let Some(d) = self.matcher.poll_decision() {
             let name = self.door_name(d.door());
             if self.opts.events_json {
-                println!("{}", decision_json(&d, &name, self.clock.wall(now)));
+                let clock = self.clock;
+                let wall = |t: Timestamp| {
+                    clock
+                        .wall(t)
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64())
+                };
+                let report = crate::report::describe(&d, now, &self.matcher, &self.config, wall);
+                match serde_json::to_string(&report) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => tracing::warn!("cannot render decision: {e}"),
+                }
             }
             match d {
                 Decision::Stage { src, step, .. } => {

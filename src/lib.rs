@@ -21,3 +21,5 @@ pub use knock_firewall as firewall;
 
 #[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod report;

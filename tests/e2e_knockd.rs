@@ -415,3 +415,83 @@ fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
     });
     assert!(t.elapsed() < Duration::from_secs(1));
 }
+
+#[test]
+#[ignore = "needs root"]
+fn ack_knocks_on_a_syn_door_do_not_open() {
+    use knock::capture::craft;
+    use knock::core::TcpFlags;
+    let s = Server::start(CLASSIC);
+    let (client, server) = ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
+    let frames: Vec<Vec<u8>> = [7000u16, 8000, 9000]
+        .iter()
+        .map(|&port| {
+            let tcp = craft::tcp(40000, port, TcpFlags::ACK);
+            let ip = craft::ipv4(client, server, 6, &[], craft::Frag::default(), &tcp);
+            craft::ethernet(&[], craft::ETH_IPV4, &ip)
+        })
+        .collect();
+    s.pair
+        .client
+        .send_frames(knock_testnet::CLIENT_IF, &frames)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!s.connects(SERVER_V4), "ACK knocks opened a syn door");
+    // The same ports as SYNs (Debian's knock) do open it.
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_interface_that_goes_down_and_up_is_reopened() {
+    let s = Server::start(CLASSIC);
+    s.pair
+        .server
+        .run(&["ip", "link", "set", "kn0", "down"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    s.pair
+        .server
+        .run(&["ip", "link", "set", "kn0", "up"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(s.child.as_ref().is_some(), "still running");
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_pending_stop_command_survives_a_restart() {
+    let mut s = Server::start(
+        "
+[ssh]
+    sequence      = 7000,8000
+    start_command = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+    cmd_timeout   = 4
+    stop_command  = /usr/sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+",
+    );
+    s.knock(SERVER_V4, &["7000", "8000"]);
+    s.wait_open(SERVER_V4);
+    let opened = Instant::now();
+    // Stop the daemon (SIGTERM), then start it again: the stop command due 4 s
+    // after the open still runs (knockd forgets it and leaves the port open).
+    s.signal("-TERM");
+    let mut child = s.child.take().unwrap();
+    wait_for("exit", Duration::from_secs(2), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert!(s.connects(SERVER_V4), "still open while the daemon is down");
+    s.spawn();
+    wait_for(
+        "the stop command after the restart",
+        Duration::from_secs(8),
+        || !s.connects(SERVER_V4),
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_secs(3),
+        "closed too early"
+    );
+}

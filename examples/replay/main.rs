@@ -23,17 +23,15 @@
 //! was replayed; 1 an error (configuration, unreadable or damaged capture;
 //! the lines before the damage are printed); 2 a usage error.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use knock::report::{describe, secs};
 use knock_capture::{Next, ReplaySource, Source};
-use knock_config::{Config, DoorConfig, FirewallKind};
-use knock_core::{Decision, Limits, Matcher, Step, Timestamp};
-use knock_firewall::{substitute, Grant};
-use serde::Serialize;
+use knock_config::Config;
+use knock_core::{Limits, Matcher, Timestamp};
 
 /// Replays a capture through a knockd configuration and prints the
 /// decisions as JSON lines.
@@ -59,145 +57,6 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// One output line. Fields that do not apply to an event are left out.
-#[derive(Debug, Default, Serialize)]
-struct Line {
-    event: &'static str,
-    door: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    src: Option<IpAddr>,
-    /// Seconds since the Unix epoch (file time).
-    time: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    step: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grant: Option<u64>,
-    /// `null` on an open that never closes (a door without stop command).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    until: Option<Option<f64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    index: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    remaining: Option<usize>,
-    /// The shell command the command sink would run.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    would_run: Option<String>,
-    /// The firewall a native grant would go to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    firewall: Option<&'static str>,
-    /// The address or network a native grant covers.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cidr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    would_open: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    would_close: Option<Vec<String>>,
-    /// The sequence-file line a one-time sequence would be marked used on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    would_mark: Option<String>,
-}
-
-fn secs(t: Timestamp) -> f64 {
-    // Exact to the microsecond for any date before 2255 (2^53 µs).
-    t.as_micros() as f64 / 1e6
-}
-
-fn ports(steps: &[Step]) -> Vec<String> {
-    steps
-        .iter()
-        .map(|s| format!("{}/{}", s.proto, s.port))
-        .collect()
-}
-
-/// What the sinks of `door` would do on an open (`opening`) or a close.
-fn sink_actions(line: &mut Line, door: &DoorConfig, src: IpAddr, grant: u64, opening: bool) {
-    let v6 = src.is_ipv6();
-    let command = if opening {
-        door.start_command_for(v6)
-    } else {
-        door.stop_command_for(v6)
-    };
-    line.would_run = command.map(|c| substitute(c, src));
-    if door.firewall != FirewallKind::Command && !door.open.is_empty() {
-        let g = Grant::new(
-            door.name.clone(),
-            src,
-            knock_core::GrantId(grant),
-            door.open.clone(),
-        )
-        .with_prefix(door.grant_prefix.v4, door.grant_prefix.v6);
-        line.firewall = Some(door.firewall.as_str());
-        line.cidr = Some(g.cidr());
-        if opening {
-            line.would_open = Some(ports(&door.open));
-        } else {
-            line.would_close = Some(ports(&door.open));
-        }
-    }
-}
-
-/// Turns a decision into its output line.
-fn describe(d: &Decision, now: Timestamp, m: &Matcher, config: &Config) -> Line {
-    let name = m.door(d.door()).map(|x| x.name.clone()).unwrap_or_default();
-    let door = config.door(&name);
-    let mut line = Line {
-        door: name,
-        src: d.src(),
-        time: secs(now),
-        ..Line::default()
-    };
-    match *d {
-        Decision::Stage { step, .. } => {
-            line.event = "stage";
-            line.step = Some(step);
-        }
-        Decision::Open {
-            src, grant, until, ..
-        } => {
-            line.event = "open";
-            line.grant = Some(grant.0);
-            line.until = Some(until.map(secs));
-            if let Some(door) = door {
-                sink_actions(&mut line, door, src, grant.0, true);
-            }
-        }
-        Decision::Extended { grant, until, .. } => {
-            line.event = "extended";
-            line.grant = Some(grant.0);
-            line.until = Some(Some(secs(until)));
-        }
-        Decision::Close { src, grant, .. } => {
-            line.event = "close";
-            line.grant = Some(grant.0);
-            if let Some(door) = door {
-                sink_actions(&mut line, door, src, grant.0, false);
-            }
-        }
-        Decision::Expired { step, .. } => {
-            line.event = "expired";
-            line.step = Some(step);
-        }
-        Decision::Invalidated { step, .. } => {
-            line.event = "invalidated";
-            line.step = Some(step);
-        }
-        Decision::SequenceConsumed {
-            index, remaining, ..
-        } => {
-            line.event = "sequence_consumed";
-            line.index = Some(index);
-            line.remaining = Some(remaining);
-            let file = door.and_then(DoorConfig::sequence_file);
-            line.would_mark = file.and_then(|f| {
-                let at = f.line_of(index)?;
-                Some(format!("{}:{at}", f.path().display()))
-            });
-        }
-        _ => line.event = "unknown",
-    }
-    line
-}
-
 /// Replays a capture, printing decisions as they come.
 struct Replay<'a> {
     config: &'a Config,
@@ -210,7 +69,7 @@ impl Replay<'_> {
     fn drain(&mut self, now: Timestamp) -> Result<()> {
         use std::io::Write;
         while let Some(d) = self.matcher.poll_decision() {
-            let line = describe(&d, now, &self.matcher, self.config);
+            let line = describe(&d, now, &self.matcher, self.config, secs);
             serde_json::to_writer(&mut self.out, &line)?;
             writeln!(self.out)?;
         }
