@@ -14,20 +14,24 @@ use std::time::{Duration, Instant};
 
 use knock_testnet::{Pair, SERVER_V4, SERVER_V6};
 
-fn knockd_bin() -> PathBuf {
-    // target/<profile>/deps/e2e_knockd-<hash> -> target/<profile>/examples/knockd
+/// target/<profile>/deps/e2e_knockd-<hash> -> target/<profile>/examples/<name>
+fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = profile.join("examples").join("knockd");
+    let bin = profile.join("examples").join(name);
     if !bin.exists() {
         let st = Command::new(env!("CARGO"))
-            .args(["build", "--example", "knockd"])
+            .args(["build", "--example", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo build");
         assert!(st.success());
     }
     bin
+}
+
+fn knockd_bin() -> PathBuf {
+    example_bin("knockd")
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -494,4 +498,68 @@ fn a_pending_stop_command_survives_a_restart() {
         opened.elapsed() >= Duration::from_secs(3),
         "closed too early"
     );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn our_client_knocks_lines_of_a_one_time_sequence_file() {
+    let s = Server::start_with(
+        "
+[once]
+    one_time_sequences = {DIR}/once.seq
+    start_command = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+",
+        &[("once.seq", " 1001,1002:udp,1003\n 2001,2002\n")],
+    );
+    let client = example_bin("knock");
+    let seq = s.path("once.seq");
+    let knock = |line: &str| {
+        s.pair
+            .client
+            .command(client.to_str().unwrap())
+            .args([
+                SERVER_V4,
+                "--sequence-file",
+                seq.to_str().unwrap(),
+                "--line",
+                line,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = knock("1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.wait_open(SERVER_V4);
+    wait_for("line 1 marked", Duration::from_secs(3), || {
+        fs::read_to_string(&seq).unwrap().starts_with('#')
+    });
+    // The used line is refused by the client itself, with file and line.
+    let out = knock("1");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("once.seq:1"), "{err}");
+    // The next line is the active one and works.
+    s.pair
+        .server
+        .run(&[
+            "iptables",
+            "-D",
+            "INPUT",
+            "-s",
+            "198.18.0.2",
+            "-p",
+            "tcp",
+            "--dport",
+            "22",
+            "-j",
+            "ACCEPT",
+        ])
+        .unwrap();
+    assert!(!s.connects(SERVER_V4));
+    assert!(knock("2").status.success());
+    s.wait_open(SERVER_V4);
 }
