@@ -23,3 +23,22 @@ pub use knock_firewall as firewall;
 pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod report;
+
+/// An error and its causes on one line (`a: b: c`), without repeating a
+/// cause that an error's own message already includes: what the example
+/// programs print before exiting with an error.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = String::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+        next = err.source();
+    }
+    msg
+}

@@ -232,28 +232,12 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The error and its causes on one line, without repeating a cause that
-/// an error's own message already includes.
-fn report(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !msg.contains(&text) {
-            if !msg.is_empty() {
-                msg.push_str(": ");
-            }
-            msg.push_str(&text);
-        }
-    }
-    msg
-}
-
 fn main() -> ExitCode {
     let args = Args::parse(); // usage errors exit with 2, --help/--version with 0
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("knock: error: {}", report(&e));
+            eprintln!("knock: error: {}", knock::error_line(&*e));
             ExitCode::from(1)
         }
     }

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("knockd: {e:#}");
+            eprintln!("knockd: {}", knock::error_line(&*e));
             ExitCode::from(1)
         }
     }

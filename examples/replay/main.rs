@@ -143,28 +143,12 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The error and its causes on one line, without repeating a cause that
-/// an error's own message already includes.
-fn report(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !msg.contains(&text) {
-            if !msg.is_empty() {
-                msg.push_str(": ");
-            }
-            msg.push_str(&text);
-        }
-    }
-    msg
-}
-
 fn main() -> ExitCode {
     let args = Args::parse(); // usage errors exit with 2
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("replay: error: {}", report(&e));
+            eprintln!("replay: error: {}", knock::error_line(&*e));
             ExitCode::from(1)
         }
     }
