@@ -4,7 +4,8 @@
 //! `SO_ATTACH_FILTER`. It accepts a frame when it is:
 //!
 //! * IPv4, not a fragment other than the first, TCP or UDP, and matches an
-//!   entry: destination port, TCP flags (`flags & (set|clear) == set`) and
+//!   entry: destination port (any port for an `any_port` entry, a strict
+//!   door's), TCP flags (`flags & (set|clear) == set`) and
 //!   destination address when the entry has one. The transport header is
 //!   found through the IHL (`ldxb 4*([L]&0xf)`), so IP options are fine;
 //! * IPv6 with TCP or UDP right after the fixed header, matching an entry the
@@ -309,11 +310,14 @@ fn section(asm: &mut Asm, fam: Family, l: u32, entries: &[&Listen]) {
     for e in entries {
         let next = asm.label();
         let fail = Tgt::To(next);
-        match fam {
-            Family::V4 => asm.stmt(LD | H | IND, l + 2),
-            Family::V6 => asm.stmt(LD | H | ABS, l + 40 + 2),
+        // An `any_port` entry (a strict door) skips the port check.
+        if !e.any_port {
+            match fam {
+                Family::V4 => asm.stmt(LD | H | IND, l + 2),
+                Family::V6 => asm.stmt(LD | H | ABS, l + 40 + 2),
+            }
+            asm.jump(JMP | JEQ | K, u32::from(e.port), Tgt::Next, fail);
         }
-        asm.jump(JMP | JEQ | K, u32::from(e.port), Tgt::Next, fail);
         if e.proto == Proto::Tcp {
             let mask = e.flags_set.bits() | e.flags_clear.bits();
             let want = e.flags_set.bits() & !e.flags_clear.bits();
@@ -473,7 +477,11 @@ pub fn tcpdump_expression(listen: &[Listen]) -> String {
         if e.flags_set.bits() & e.flags_clear.bits() != 0 {
             continue;
         }
-        let mut p = format!("({} dst port {}", e.proto, e.port);
+        let mut p = if e.any_port {
+            format!("({}", e.proto)
+        } else {
+            format!("({} dst port {}", e.proto, e.port)
+        };
         if e.proto == Proto::Tcp {
             let mask = e.flags_set.bits() | e.flags_clear.bits();
             if mask != 0 {
@@ -616,9 +624,38 @@ mod tests {
     /// cannot decide (extension headers, fragments).
     #[test]
     fn program_agrees_with_parse_and_matches() {
-        let ls = listen();
+        agrees(&listen());
+    }
+
+    /// A strict door's entries pass every SYN (not SYN-ACK) and datagram, to
+    /// its target only when it has one.
+    #[test]
+    fn strict_entries_pass_every_syn_and_datagram() {
+        let mut ls = listen();
+        ls.extend(Listen::strict(Some(S6.into())));
+        agrees(&ls);
+        let mut ls = listen();
+        ls.extend(Listen::strict(None));
+        agrees(&ls);
+        let prog = compile(LinkType::Ethernet, &ls).unwrap();
+        let pkt = |port, f| {
+            let t = craft::tcp(40000, port, f);
+            craft::ethernet(
+                &[],
+                craft::ETH_IPV4,
+                &craft::ipv4(C4, O4, 6, &[], Frag::default(), &t),
+            )
+        };
+        assert_eq!(prog.run(&pkt(1, TcpFlags::SYN)), ACCEPT);
+        assert_eq!(prog.run(&pkt(65535, TcpFlags::SYN)), ACCEPT);
+        assert_eq!(prog.run(&pkt(1, TcpFlags::SYN | TcpFlags::ACK)), 0);
+        assert_eq!(prog.run(&pkt(1, TcpFlags::ACK)), 0);
+        assert!(tcpdump_expression(&ls).contains("(tcp and ((ip and tcp[13] & 0x12 = 0x02)"));
+    }
+
+    fn agrees(ls: &[Listen]) {
         for link in [LinkType::Ethernet, LinkType::RawIp] {
-            let prog = compile(link, &ls).unwrap();
+            let prog = compile(link, ls).unwrap();
             for ip in packets() {
                 let f = frame(link, &ip);
                 let verdict = prog.run(&f) != 0;

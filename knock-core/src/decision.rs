@@ -114,6 +114,24 @@ pub enum Decision {
         /// How many unused sequences are left (0: the door is now disabled).
         remaining: usize,
     },
+    /// `src` reached the [`Blacklist`](crate::Blacklist) threshold (its last
+    /// strike was at `door`): block it in the firewall until `until`. The
+    /// matcher ignores its knocks and drops its attempts until then.
+    Blocked {
+        /// The door of the strike that tipped the balance.
+        door: DoorId,
+        /// The scanner.
+        src: IpAddr,
+        /// When the block ends (an [`Unblocked`](Decision::Unblocked) follows then).
+        until: Timestamp,
+    },
+    /// The block of `src` is over: its knocks count again.
+    Unblocked {
+        /// The door named in its [`Blocked`](Decision::Blocked).
+        door: DoorId,
+        /// The source.
+        src: IpAddr,
+    },
 }
 
 impl Decision {
@@ -126,7 +144,9 @@ impl Decision {
             | Decision::Close { door, .. }
             | Decision::Expired { door, .. }
             | Decision::Invalidated { door, .. }
-            | Decision::SequenceConsumed { door, .. } => door,
+            | Decision::SequenceConsumed { door, .. }
+            | Decision::Blocked { door, .. }
+            | Decision::Unblocked { door, .. } => door,
         }
     }
 
@@ -138,7 +158,9 @@ impl Decision {
             | Decision::Extended { src, .. }
             | Decision::Close { src, .. }
             | Decision::Expired { src, .. }
-            | Decision::Invalidated { src, .. } => Some(src),
+            | Decision::Invalidated { src, .. }
+            | Decision::Blocked { src, .. }
+            | Decision::Unblocked { src, .. } => Some(src),
             Decision::SequenceConsumed { .. } => None,
         }
     }

@@ -122,7 +122,27 @@ pub enum Sequences {
         /// The index of the active sequence.
         next: usize,
     },
+    /// Time-derived sequences: `list[i]` is the sequence of time window
+    /// `windows[i]` (at most [`WINDOW_SLOTS`] windows, no two equal modulo
+    /// [`WINDOW_SLOTS`]). Any of them opens the door, each at most once: a
+    /// window whose sequence opened is remembered (the last
+    /// [`USED_WINDOWS`] per door) and refused from then on. The caller
+    /// derives the sequences and replaces them as time passes with
+    /// [`Matcher::set_windows`](crate::Matcher::set_windows); the matcher
+    /// never reads a clock. May be empty (the door is dormant).
+    Windowed {
+        /// The window number of each sequence.
+        windows: Vec<u64>,
+        /// The sequences, one per window.
+        list: Vec<Vec<Step>>,
+    },
 }
+
+/// How many windows a [`Sequences::Windowed`] door holds at once (w-1, w, w+1).
+pub const WINDOW_SLOTS: usize = 3;
+
+/// How many used windows a windowed door remembers.
+pub const USED_WINDOWS: usize = 8;
 
 /// A door: a named set of sequences and the rules for knocking them.
 ///
@@ -164,6 +184,11 @@ pub struct Door {
     pub cooldown: Duration,
     /// Only knocks from these networks count; empty means everyone.
     pub from: Vec<ipnet::IpNet>,
+    /// Sweep-proof matching: while an attempt at this door is in progress,
+    /// any other TCP SYN (without ACK) or UDP datagram from the source (to the
+    /// door's target, if it has one) invalidates it, not only the ports of
+    /// some door. The listen set then asks for every SYN and datagram.
+    pub strict: bool,
 }
 
 impl Door {
@@ -189,7 +214,20 @@ impl Door {
             allow_repeat: false,
             cooldown: Duration::ZERO,
             from: Vec::new(),
+            strict: false,
         }
+    }
+
+    /// A door of time-derived sequences, dormant until
+    /// [`Matcher::set_windows`](crate::Matcher::set_windows) gives it some.
+    pub fn windowed(name: impl Into<String>) -> Self {
+        Self::with_sequences(
+            name,
+            Sequences::Windowed {
+                windows: Vec::new(),
+                list: Vec::new(),
+            },
+        )
     }
 
     /// Sets `seq_timeout`.
@@ -234,11 +272,17 @@ impl Door {
         self
     }
 
+    /// Sets sweep-proof (strict) matching.
+    pub fn with_strict(mut self, yes: bool) -> Self {
+        self.strict = yes;
+        self
+    }
+
     /// The sequences that can currently open the door, with their index in
     /// the door's list.
     pub fn active_sequences(&self) -> impl Iterator<Item = (usize, &[Step])> {
         let (skip, take) = match &self.sequences {
-            Sequences::Reusable(list) => (0, list.len()),
+            Sequences::Reusable(list) | Sequences::Windowed { list, .. } => (0, list.len()),
             Sequences::OneTime { next, .. } => (*next, 1),
         };
         self.all_sequences()
@@ -252,8 +296,50 @@ impl Door {
     /// Every sequence of the door, active or not.
     pub fn all_sequences(&self) -> &[Vec<Step>] {
         match &self.sequences {
-            Sequences::Reusable(list) | Sequences::OneTime { list, .. } => list,
+            Sequences::Reusable(list)
+            | Sequences::OneTime { list, .. }
+            | Sequences::Windowed { list, .. } => list,
         }
+    }
+
+    /// The windows of a windowed door (empty for other doors).
+    pub fn windows(&self) -> &[u64] {
+        match &self.sequences {
+            Sequences::Windowed { windows, .. } => windows,
+            _ => &[],
+        }
+    }
+
+    /// Whether the door has time-derived sequences.
+    pub fn is_windowed(&self) -> bool {
+        matches!(self.sequences, Sequences::Windowed { .. })
+    }
+
+    /// Whether two doors are the same definition, ignoring the current
+    /// windows of time-derived sequences (what a reload compares).
+    pub fn same_definition(&self, other: &Door) -> bool {
+        match (&self.sequences, &other.sequences) {
+            (Sequences::Windowed { .. }, Sequences::Windowed { .. }) => {
+                let strip = |d: &Door| Door {
+                    sequences: Sequences::Reusable(Vec::new()),
+                    ..d.clone()
+                };
+                strip(self) == strip(other)
+            }
+            _ => self == other,
+        }
+    }
+
+    /// Whether `event` is a *touch* of this strict door: a TCP SYN without
+    /// ACK or a UDP datagram, to the door's target (if any), from an allowed
+    /// source. Always false for a door that is not strict.
+    pub fn strict_touch(&self, event: &Event) -> bool {
+        self.strict
+            && (event.proto == Proto::Udp
+                || (event.tcp_flags.contains(TcpFlags::SYN)
+                    && !event.tcp_flags.contains(TcpFlags::ACK)))
+            && self.target.is_none_or(|t| t == event.dst)
+            && (self.from.is_empty() || self.from.iter().any(|n| n.contains(&event.src)))
     }
 
     /// Whether a knock (before looking at its port) is one this door listens to:
@@ -271,7 +357,17 @@ impl Door {
             return Err(DoorError::EmptyName);
         }
         let list = self.all_sequences();
-        if list.is_empty() {
+        if let Sequences::Windowed { windows, list } = &self.sequences {
+            let slots: Vec<u64> = windows.iter().map(|w| w % WINDOW_SLOTS as u64).collect();
+            let clash = (1..slots.len()).any(|i| slots[..i].contains(&slots[i]));
+            if windows.len() != list.len() || windows.len() > WINDOW_SLOTS || clash {
+                return Err(DoorError::BadWindows {
+                    door: door(),
+                    windows: windows.clone(),
+                    sequences: list.len(),
+                });
+            }
+        } else if list.is_empty() {
             return Err(DoorError::NoSequence { door: door() });
         }
         for (index, seq) in list.iter().enumerate() {
@@ -332,8 +428,11 @@ impl Door {
 pub struct Listen {
     /// The protocol.
     pub proto: Proto,
-    /// The destination port.
+    /// The destination port (0 when [`any_port`](Listen::any_port) is set).
     pub port: u16,
+    /// The entry asks for every destination port (a strict door's SYNs and
+    /// datagrams); `port` is then 0.
+    pub any_port: bool,
     /// For TCP: flags that must be set.
     pub flags_set: TcpFlags,
     /// For TCP: flags that must be clear.
@@ -352,16 +451,40 @@ impl Listen {
         Listen {
             proto: step.proto,
             port: step.port,
+            any_port: false,
             flags_set: flags.set,
             flags_clear: flags.clear,
             dst,
         }
     }
 
+    /// The entries of a strict door: every TCP SYN without ACK and every UDP
+    /// datagram, to `dst` if given.
+    pub fn strict(dst: Option<IpAddr>) -> [Self; 2] {
+        [
+            Listen {
+                proto: Proto::Tcp,
+                port: 0,
+                any_port: true,
+                flags_set: TcpFlags::SYN,
+                flags_clear: TcpFlags::ACK,
+                dst,
+            },
+            Listen {
+                proto: Proto::Udp,
+                port: 0,
+                any_port: true,
+                flags_set: TcpFlags::EMPTY,
+                flags_clear: TcpFlags::EMPTY,
+                dst,
+            },
+        ]
+    }
+
     /// Whether `event` is one this entry asks for.
     pub fn matches(&self, event: &Event) -> bool {
         self.proto == event.proto
-            && self.port == event.dst_port
+            && (self.any_port || self.port == event.dst_port)
             && (event.proto == Proto::Udp
                 || FlagFilter {
                     set: self.flags_set,

@@ -89,4 +89,23 @@ pub enum DoorError {
         /// The limit.
         max: usize,
     },
+    /// A windowed door's windows and sequences do not fit: more than
+    /// [`WINDOW_SLOTS`](crate::WINDOW_SLOTS) windows, two equal modulo it,
+    /// or not one sequence per window.
+    #[error("door {door:?}: windows {windows:?} with {sequences} sequences (at most 3 windows, distinct modulo 3, one sequence each)")]
+    BadWindows {
+        /// The door.
+        door: String,
+        /// The windows given.
+        windows: Vec<u64>,
+        /// How many sequences were given.
+        sequences: usize,
+    },
+    /// [`Matcher::set_windows`](crate::Matcher::set_windows) on a door that is
+    /// not windowed (or not active).
+    #[error("door {door:?} has no time-derived sequences")]
+    NotWindowed {
+        /// The door.
+        door: String,
+    },
 }

@@ -69,6 +69,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod blacklist;
 mod decision;
 mod door;
 mod error;
@@ -79,9 +80,11 @@ mod table;
 mod time;
 mod timer;
 
+pub use blacklist::Blacklist;
 pub use decision::{Decision, DoorId, GrantId};
 pub use door::{
     Door, FlagFilter, Listen, Sequences, Step, DEFAULT_SEQ_TIMEOUT, MAX_SEQ_TIMEOUT, MAX_STEPS,
+    USED_WINDOWS, WINDOW_SLOTS,
 };
 pub use error::DoorError;
 pub use event::{Event, Proto, TcpFlags, UnknownName};

@@ -4,8 +4,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
+use crate::blacklist::{Blacklist, Suspects};
 use crate::decision::{Decision, DoorId, GrantId};
-use crate::door::{Door, Listen, Sequences, Step};
+use crate::door::{Door, Listen, Sequences, Step, USED_WINDOWS, WINDOW_SLOTS};
 use crate::error::DoorError;
 use crate::event::{Event, Proto};
 use crate::grant::{Grants, Opened};
@@ -26,6 +27,10 @@ pub struct Limits {
     /// Most timers one `handle_timeout` (or `handle_event`) call fires
     /// (default 4096); `poll_timeout` reports the rest as due at once.
     pub max_timers_per_call: usize,
+    /// Most sources the [`Blacklist`] remembers (with strikes or blocked;
+    /// default 65,536). When full, the oldest entry goes (a blocked one is
+    /// unblocked early).
+    pub max_suspects: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +39,7 @@ impl Default for Limits {
             max_sources: 1_000_000,
             max_grants: 1_000_000,
             max_timers_per_call: 4096,
+            max_suspects: 65_536,
         }
     }
 }
@@ -48,6 +54,12 @@ impl Limits {
     /// Sets `max_grants` (at least 1).
     pub fn with_max_grants(mut self, n: usize) -> Self {
         self.max_grants = n.max(1);
+        self
+    }
+
+    /// Sets `max_suspects` (at least 1).
+    pub fn with_max_suspects(mut self, n: usize) -> Self {
+        self.max_suspects = n.max(1);
         self
     }
 
@@ -88,6 +100,17 @@ pub struct Stats {
     pub sources: usize,
     /// Grants and cooldowns remembered now.
     pub grants: usize,
+    /// Knocks that invalidated an attempt at a strict door only because it
+    /// is strict (a port no door uses).
+    pub strict_invalidations: u64,
+    /// Blacklist strikes.
+    pub strikes: u64,
+    /// Blocked decisions.
+    pub blocked: u64,
+    /// Events ignored because their source was blocked.
+    pub blocked_events: u64,
+    /// Sources the blacklist remembers now.
+    pub suspects: usize,
 }
 
 /// A compiled sequence of one door.
@@ -98,6 +121,8 @@ struct Track {
     timeout_ms: u32,
     epoch: u8,
     live: bool,
+    /// For a windowed door's track: its window.
+    window: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +130,18 @@ struct DoorSlot {
     door: Door,
     /// Retired by a reload (kept so that pending closes can name it).
     active: bool,
+    /// A windowed door's used windows, newest last (at most `USED_WINDOWS`).
+    used: VecDeque<u64>,
+}
+
+impl DoorSlot {
+    fn new(door: Door) -> Self {
+        DoorSlot {
+            door,
+            active: true,
+            used: VecDeque::new(),
+        }
+    }
 }
 
 /// A tiny hasher for the port index, whose keys come from the configuration.
@@ -160,6 +197,11 @@ pub struct Matcher {
     limits: Limits,
     scratch: Vec<Attempt>,
     listen_generation: u64,
+    /// Active strict doors.
+    strict: Vec<DoorId>,
+    suspects: Suspects,
+    /// The lowest door id whose attempt the current event invalidated.
+    invalidated_by_event: Option<DoorId>,
 }
 
 impl Matcher {
@@ -167,10 +209,7 @@ impl Matcher {
     pub fn new(doors: Vec<Door>, limits: Limits) -> Result<Matcher, DoorError> {
         validate_all(&doors)?;
         let mut m = Matcher {
-            doors: doors
-                .into_iter()
-                .map(|door| DoorSlot { door, active: true })
-                .collect(),
+            doors: doors.into_iter().map(DoorSlot::new).collect(),
             tracks: Vec::new(),
             ports: HashMap::default(),
             table: SourceTable::new(),
@@ -182,6 +221,9 @@ impl Matcher {
             limits,
             scratch: Vec::new(),
             listen_generation: 0,
+            strict: Vec::new(),
+            suspects: Suspects::new(limits.max_suspects),
+            invalidated_by_event: None,
         };
         m.tracks = m.compile_tracks(&HashMap::new())?;
         m.rebuild_ports();
@@ -214,6 +256,7 @@ impl Matcher {
         Stats {
             sources: self.table.len(),
             grants: self.grants.len(),
+            suspects: self.suspects.len(),
             ..self.stats
         }
     }
@@ -233,10 +276,19 @@ impl Matcher {
         self.grants.open_grants()
     }
 
+    /// The blacklist rule in force.
+    pub fn blacklist(&self) -> Option<Blacklist> {
+        self.suspects.rule()
+    }
+
     /// Every knock the doors listen to, sorted and without duplicates: what a
     /// capture backend's kernel filter must let through. It changes when a
-    /// one-time sequence is used and on [`replace_doors`](Matcher::replace_doors);
+    /// one-time or time-derived sequence is used, on
+    /// [`set_windows`](Matcher::set_windows) and on
+    /// [`replace_doors`](Matcher::replace_doors);
     /// [`listen_generation`](Matcher::listen_generation) counts the changes.
+    /// A strict door adds the two [`Listen::strict`] entries (every SYN and
+    /// datagram).
     pub fn listen_set(&self) -> Vec<Listen> {
         let mut out: Vec<Listen> = self
             .tracks
@@ -249,6 +301,9 @@ impl Matcher {
                     .map(move |&s| Listen::new(s, door.tcp_flags, door.target))
             })
             .collect();
+        for id in &self.strict {
+            out.extend(Listen::strict(self.doors[id.0 as usize].door.target));
+        }
         out.sort();
         out.dedup();
         out
@@ -267,29 +322,131 @@ impl Matcher {
         self.run_timers(now);
         self.stats.events += 1;
         let pk = port_key(event.proto, event.dst_port);
-        let Some(entry) = self.ports.get(&pk) else {
-            self.stats.ignored += 1;
-            return;
-        };
         let doors = &self.doors;
-        if !entry
-            .doors
-            .iter()
-            .any(|d| doors[d.0 as usize].door.accepts(event))
-        {
+        let relevant = self.ports.get(&pk).is_some_and(|entry| {
+            entry
+                .doors
+                .iter()
+                .any(|d| doors[d.0 as usize].door.accepts(event))
+        });
+        // A strict door this event touches on a port that is not its step.
+        let touched = self.strict.iter().copied().find(|d| {
+            doors[d.0 as usize].door.strict_touch(event)
+                && !self.ports.get(&pk).is_some_and(|e| e.doors.contains(d))
+        });
+        if !relevant && touched.is_none() {
             self.stats.ignored += 1;
             return;
         }
         let key = key_of(event.src);
-        let src = addr_of(&key);
         let now_ms = now.as_millis();
+        if self.suspects.is_blocked(&key, now_ms) {
+            self.stats.blocked_events += 1;
+            return;
+        }
+        let src = addr_of(&key);
         let hash = self.table.hash(&key);
+        self.invalidated_by_event = None;
+        let mut handled = !relevant;
         if let Some(idx) = self.table.find(hash, &key) {
-            if self.advance(idx, hash, src, now_ms, event) {
-                return;
+            if self.advance(idx, hash, src, now_ms, event, relevant) {
+                handled = true;
             }
         }
-        self.start(key, hash, src, now, event);
+        if !handled {
+            self.start(key, hash, src, now, event);
+        } else if !relevant {
+            self.stats.ignored += 1;
+        }
+        if self.suspects.rule().is_none() {
+            return;
+        }
+        let strike = match (self.invalidated_by_event.take(), touched) {
+            (Some(door), _) => Some(door),
+            (None, Some(door)) if self.suspects.touch_counts(&key, pk, now_ms) => Some(door),
+            _ => None,
+        };
+        if let Some(door) = strike {
+            self.stats.strikes += 1;
+            if self
+                .suspects
+                .strike(key, door, pk, now_ms, &mut self.decisions)
+                .is_some()
+            {
+                self.stats.blocked += 1;
+                if let Some(idx) = self.table.find(hash, &key) {
+                    self.table.remove_hashed(idx, hash);
+                }
+            }
+        }
+    }
+
+    /// Sets (or with `None` removes) the scanner blacklist. Removing it
+    /// lifts every block ([`Decision::Unblocked`]); changing it keeps the
+    /// blocks and strikes so far.
+    pub fn set_blacklist(&mut self, rule: Option<Blacklist>) {
+        self.suspects.set_rule(rule, &mut self.decisions);
+    }
+
+    /// Gives windowed door `door` the sequences of these time windows
+    /// (at most [`WINDOW_SLOTS`], distinct modulo it), replacing the ones it
+    /// had; usually w-1, w and w+1 for the current window w, each time w
+    /// changes. A window that keeps its sequence keeps its attempts in
+    /// flight; a window that goes, or changes, drops them. A window whose
+    /// sequence has opened the door is not live again (the door remembers
+    /// its last [`USED_WINDOWS`] used windows). On error nothing changes.
+    pub fn set_windows(
+        &mut self,
+        door: DoorId,
+        windows: Vec<(u64, Vec<Step>)>,
+    ) -> Result<(), DoorError> {
+        let slot = self
+            .doors
+            .get(door.0 as usize)
+            .filter(|s| s.active && s.door.is_windowed())
+            .ok_or_else(|| DoorError::NotWindowed {
+                door: self
+                    .doors
+                    .get(door.0 as usize)
+                    .map_or_else(|| door.to_string(), |s| s.door.name.clone()),
+            })?;
+        let (ws, list): (Vec<u64>, Vec<Vec<Step>>) = windows.into_iter().unzip();
+        let mut new = slot.door.clone();
+        new.sequences = Sequences::Windowed {
+            windows: ws.clone(),
+            list: list.clone(),
+        };
+        new.validate()?;
+        let used = slot.used.clone();
+        self.doors[door.0 as usize].door = new;
+        let tracks = self.tracks.iter_mut().filter(|t| t.door == door);
+        for (k, t) in tracks.enumerate() {
+            let given = ws
+                .iter()
+                .position(|w| (w % WINDOW_SLOTS as u64) as usize == k);
+            match given {
+                None => {
+                    if t.live || !t.steps.is_empty() {
+                        t.live = false;
+                        t.steps = Box::new([]);
+                        t.epoch = t.epoch.wrapping_add(1);
+                    }
+                }
+                Some(i) => {
+                    if t.window == ws[i] && *t.steps == *list[i] && !t.steps.is_empty() {
+                        // Unchanged (live again only if its use was forgotten).
+                        t.live = !used.contains(&ws[i]);
+                        continue;
+                    }
+                    t.window = ws[i];
+                    t.steps = list[i].as_slice().into();
+                    t.epoch = t.epoch.wrapping_add(1);
+                    t.live = !used.contains(&ws[i]);
+                }
+            }
+        }
+        self.rebuild_ports();
+        Ok(())
     }
 
     /// Fires every timer due at `now` (at most `max_timers_per_call`).
@@ -313,7 +470,7 @@ impl Matcher {
             let same = self
                 .doors
                 .iter()
-                .position(|s| s.active && s.door == door)
+                .position(|s| s.active && s.door.same_definition(&door))
                 .filter(|&i| !new_active[i]);
             match same {
                 Some(i) => {
@@ -321,7 +478,18 @@ impl Matcher {
                     kept.insert(i as u32);
                 }
                 None => {
-                    self.doors.push(DoorSlot { door, active: true });
+                    // A changed windowed door keeps the memory of used windows.
+                    let used = self
+                        .doors
+                        .iter()
+                        .find(|s| s.active && s.door.is_windowed() && s.door.name == door.name)
+                        .map(|s| s.used.clone())
+                        .unwrap_or_default();
+                    let mut slot = DoorSlot::new(door);
+                    if slot.door.is_windowed() {
+                        slot.used = used;
+                    }
+                    self.doors.push(slot);
                     new_active.push(true);
                 }
             }
@@ -417,10 +585,8 @@ impl Matcher {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let a = self.timers.peek_ms().map(Timestamp::from_millis);
         let b = self.grants.next_deadline();
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let c = self.suspects.next_deadline();
+        [a, b, c].into_iter().flatten().min()
     }
 
     // ---- internals -----------------------------------------------------
@@ -441,23 +607,52 @@ impl Matcher {
             let id = DoorId(i as u32);
             let timeout_ms = u32::try_from(slot.door.seq_timeout.as_millis()).unwrap_or(u32::MAX);
             let kept = epochs.get(&id);
-            let (n, live_steps): (usize, Vec<&[Step]>) = match &slot.door.sequences {
+            let epoch = |k: usize| kept.and_then(|e| e.get(k)).copied().unwrap_or(0);
+            match &slot.door.sequences {
                 Sequences::Reusable(list) => {
-                    (list.len(), list.iter().map(|s| s.as_slice()).collect())
+                    for (k, steps) in list.iter().enumerate() {
+                        tracks.push(Track {
+                            door: id,
+                            steps: steps.as_slice().into(),
+                            timeout_ms,
+                            epoch: epoch(k),
+                            live: !steps.is_empty(),
+                            window: 0,
+                        });
+                    }
                 }
-                Sequences::OneTime { list, next } => (
-                    1,
-                    vec![list.get(*next).map(|s| s.as_slice()).unwrap_or(&[])],
-                ),
-            };
-            for (k, steps) in live_steps.into_iter().enumerate().take(n) {
-                tracks.push(Track {
-                    door: id,
-                    steps: steps.into(),
-                    timeout_ms,
-                    epoch: kept.and_then(|e| e.get(k)).copied().unwrap_or(0),
-                    live: !steps.is_empty(),
-                });
+                Sequences::OneTime { list, next } => {
+                    let steps = list.get(*next).map(|s| s.as_slice()).unwrap_or(&[]);
+                    tracks.push(Track {
+                        door: id,
+                        steps: steps.into(),
+                        timeout_ms,
+                        epoch: epoch(0),
+                        live: !steps.is_empty(),
+                        window: 0,
+                    });
+                }
+                Sequences::Windowed { windows, list } => {
+                    // One track per slot (window modulo WINDOW_SLOTS), so that
+                    // set_windows can replace one window without moving tracks.
+                    for k in 0..WINDOW_SLOTS {
+                        let given = windows
+                            .iter()
+                            .position(|w| (w % WINDOW_SLOTS as u64) as usize == k);
+                        let (window, steps) = match given {
+                            Some(i) => (windows[i], list.get(i).map_or(&[][..], |s| s.as_slice())),
+                            None => (0, &[][..]),
+                        };
+                        tracks.push(Track {
+                            door: id,
+                            steps: steps.into(),
+                            timeout_ms,
+                            epoch: epoch(k),
+                            live: !steps.is_empty() && !slot.used.contains(&window),
+                            window,
+                        });
+                    }
+                }
             }
         }
         if tracks.len() > Attempt::MAX_TRACK {
@@ -471,6 +666,11 @@ impl Matcher {
 
     fn rebuild_ports(&mut self) {
         self.ports.clear();
+        self.strict = self
+            .doors()
+            .filter(|(_, d)| d.strict)
+            .map(|(id, _)| id)
+            .collect();
         for (ti, t) in self.tracks.iter().enumerate() {
             if !t.live {
                 continue;
@@ -532,7 +732,17 @@ impl Matcher {
 
     /// Applies `event` to the attempts of record `idx`. Returns false if the
     /// record had no live attempt left (the event is then a first knock).
-    fn advance(&mut self, idx: u32, hash: u64, src: IpAddr, now_ms: u64, event: &Event) -> bool {
+    /// An event no door listens to (`relevant` false: a strict door's touch)
+    /// only affects attempts at strict doors.
+    fn advance(
+        &mut self,
+        idx: u32,
+        hash: u64,
+        src: IpAddr,
+        now_ms: u64,
+        event: &Event,
+        relevant: bool,
+    ) -> bool {
         let mut buf = std::mem::take(&mut self.scratch);
         self.table.load(idx, &mut buf);
         let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
@@ -549,7 +759,23 @@ impl Matcher {
             let a = &mut buf[i];
             let t = &self.tracks[a.track as usize];
             let door = &self.doors[t.door.0 as usize].door;
-            if !door.accepts(event) {
+            if !relevant || !door.accepts(event) {
+                // Not a knock this door listens to: only a strict door's
+                // touch matters.
+                if door.strict_touch(event) {
+                    self.stats.invalidated += 1;
+                    self.stats.strict_invalidations += 1;
+                    let d = t.door;
+                    self.invalidated_by_event =
+                        Some(self.invalidated_by_event.map_or(d, |o| o.min(d)));
+                    self.decisions.push_back(Decision::Invalidated {
+                        door: t.door,
+                        src,
+                        step: a.step,
+                    });
+                    buf.swap_remove(i);
+                    continue;
+                }
                 i += 1;
                 continue;
             }
@@ -570,6 +796,8 @@ impl Matcher {
                 }
             } else if !(door.allow_repeat && t.steps[usize::from(a.step) - 1].matches(event)) {
                 self.stats.invalidated += 1;
+                let d = t.door;
+                self.invalidated_by_event = Some(self.invalidated_by_event.map_or(d, |o| o.min(d)));
                 self.decisions.push_back(Decision::Invalidated {
                     door: t.door,
                     src,
@@ -685,7 +913,16 @@ impl Matcher {
                 self.stats.grants_evicted += 1;
             }
         }
-        if let Sequences::OneTime { list, next } = &mut slot.door.sequences {
+        if slot.door.is_windowed() {
+            let t = &mut self.tracks[track as usize];
+            if slot.used.len() >= USED_WINDOWS {
+                slot.used.pop_front();
+            }
+            slot.used.push_back(t.window);
+            t.live = false;
+            t.epoch = t.epoch.wrapping_add(1);
+            self.rebuild_ports();
+        } else if let Sequences::OneTime { list, next } = &mut slot.door.sequences {
             let index = *next;
             *next += 1;
             let remaining = list.len().saturating_sub(*next);
@@ -708,7 +945,8 @@ impl Matcher {
         let now_ms = now.as_millis();
         let source_due = self.timers.peek_ms().is_some_and(|t| t <= now_ms);
         let grant_due = self.grants.next_deadline().is_some_and(|t| t <= now);
-        if !source_due && !grant_due {
+        let suspect_due = self.suspects.next_deadline().is_some_and(|t| t <= now);
+        if !source_due && !grant_due && !suspect_due {
             return;
         }
         let mut budget = self.limits.max_timers_per_call;
@@ -739,6 +977,9 @@ impl Matcher {
             }
         }
         self.scratch = buf;
+        let budget = self
+            .suspects
+            .handle_timeout(now_ms, budget, &mut self.decisions);
         let closes = self.grants.handle_timeout(now, budget, &mut self.decisions);
         self.stats.closes += closes;
     }

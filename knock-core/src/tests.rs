@@ -576,3 +576,264 @@ fn restored_grants_close_on_time() {
         }]
     );
 }
+
+// ---- beyond knockd: strict doors, blacklist, time windows -------------
+
+/// A port-ordered sweep of every port, well within seq_timeout.
+fn sweep(h: &mut Harness, src: IpAddr) -> Vec<Decision> {
+    let mut out = Vec::new();
+    for port in 1..=65535u16 {
+        out.extend(h.syn(src, port));
+    }
+    out
+}
+
+#[test]
+fn knockd_bug_a_port_ordered_sweep_opens_an_ascending_door_unless_strict() {
+    // knockd's behaviour (and ours without `strict`): the sweep opens.
+    let mut h = Harness::new(vec![door("asc", &[7000, 8000, 9000])]);
+    assert_eq!(opens(&sweep(&mut h, OTHER)).len(), 1);
+
+    let mut h = Harness::new(vec![door("asc", &[7000, 8000, 9000]).with_strict(true)]);
+    let ds = sweep(&mut h, OTHER);
+    assert!(opens(&ds).is_empty(), "a sweep opened a strict door");
+    assert!(ds
+        .iter()
+        .any(|d| matches!(d, Decision::Invalidated { step: 1, .. })));
+    assert!(h.m.stats().strict_invalidations >= 1);
+    // The real knocker still gets in, even with the sweep going on around it.
+    h.syn(ME, 7000);
+    h.syn(OTHER, 7000);
+    h.syn(ME, 8000);
+    assert_eq!(opens(&h.syn(ME, 9000)), vec![(h.id("asc"), ME)]);
+}
+
+#[test]
+fn strict_door_is_invalidated_by_any_syn_or_datagram_but_not_by_acks() {
+    let mut h = Harness::new(vec![door("s", &[7000, 8000]).with_strict(true)]);
+    h.syn(ME, 7000);
+    // An ACK (an established connection's traffic) is not a touch.
+    assert!(h.tcp(ME, 22, TcpFlags::ACK).is_empty());
+    assert!(h.tcp(ME, 22, TcpFlags::SYN | TcpFlags::ACK).is_empty());
+    assert_eq!(opens(&h.syn(ME, 8000)).len(), 1);
+    h.syn(ME, 7000);
+    let ds = h.udp(ME, 53);
+    assert!(
+        matches!(ds[..], [Decision::Invalidated { step: 1, .. }]),
+        "{ds:?}"
+    );
+    assert!(opens(&h.syn(ME, 8000)).is_empty());
+    // A non-strict door next to it is not disturbed by ports no door uses.
+    let mut h = Harness::new(vec![
+        door("s", &[7000, 8000]).with_strict(true),
+        door("n", &[7100, 8100]),
+    ]);
+    h.syn(ME, 7100);
+    assert!(h.syn(ME, 22).is_empty());
+    assert_eq!(opens(&h.syn(ME, 8100)).len(), 1);
+}
+
+#[test]
+fn strict_door_listens_to_every_syn_and_datagram() {
+    let m = Matcher::new(
+        vec![door("s", &[7000])
+            .with_strict(true)
+            .with_target(Some(SERVER))],
+        Limits::default(),
+    )
+    .unwrap();
+    let l = m.listen_set();
+    assert!(l
+        .iter()
+        .any(|e| e.any_port && e.proto == Proto::Tcp && e.dst == Some(SERVER)));
+    assert!(l.iter().any(|e| e.any_port && e.proto == Proto::Udp));
+    let syn = Event::tcp(ME, SERVER, 12345, TcpFlags::SYN, Timestamp::ZERO);
+    let ack = Event::tcp(ME, SERVER, 12345, TcpFlags::ACK, Timestamp::ZERO);
+    assert!(l.iter().any(|e| e.matches(&syn)));
+    assert!(!l.iter().any(|e| e.matches(&ack)));
+}
+
+fn blocked(ds: &[Decision]) -> Vec<IpAddr> {
+    ds.iter()
+        .filter_map(|d| match *d {
+            Decision::Blocked { src, .. } => Some(src),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn blacklist_blocks_a_sweeper_until_the_block_expires() {
+    let mut h = Harness::new(vec![door("s", &[7000, 8000, 9000])
+        .with_strict(true)
+        .with_grant_lifetime(Some(Duration::from_secs(5)))]);
+    h.m.set_blacklist(Some(Blacklist::new(
+        3,
+        Duration::from_secs(60),
+        Duration::from_secs(180),
+    )));
+    let ds = sweep(&mut h, OTHER);
+    assert_eq!(blocked(&ds), vec![OTHER]);
+    let until = ds
+        .iter()
+        .find_map(|d| match d {
+            Decision::Blocked { until, .. } => Some(*until),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(until, h.now + Duration::from_secs(180));
+    assert!(h.m.stats().blocked_events > 50_000);
+    // Even the right sequence from the blocked source does nothing.
+    for p in [7000, 8000, 9000] {
+        assert!(h.syn(OTHER, p).is_empty());
+    }
+    // Others are not affected.
+    h.syn(ME, 7000);
+    h.syn(ME, 8000);
+    assert_eq!(opens(&h.syn(ME, 9000)).len(), 1);
+    // The block ends on time, and then the source may knock again.
+    h.at(179_000);
+    assert!(!h
+        .timeout()
+        .iter()
+        .any(|d| matches!(d, Decision::Unblocked { .. })));
+    h.at(181_000);
+    assert!(h
+        .timeout()
+        .iter()
+        .any(|d| matches!(d, Decision::Unblocked { src, .. } if *src == OTHER)));
+    h.syn(OTHER, 7000);
+    h.syn(OTHER, 8000);
+    assert_eq!(opens(&h.syn(OTHER, 9000)).len(), 1);
+    assert_eq!(h.m.stats().suspects, 0);
+}
+
+#[test]
+fn blacklist_counts_invalid_attempts_within_the_window_only() {
+    let mut h = Harness::new(vec![door("d", &[7000, 8000])]);
+    h.m.set_blacklist(Some(Blacklist::new(
+        2,
+        Duration::from_secs(10),
+        Duration::from_secs(30),
+    )));
+    h.syn(ME, 7000);
+    h.syn(ME, 7000); // invalid (no allow_repeat): strike 1
+    h.at(11_000);
+    h.timeout(); // window over: forgotten
+    h.syn(ME, 7000);
+    assert!(
+        blocked(&h.syn(ME, 7000)).is_empty(),
+        "strike 1 of a new window"
+    );
+    h.syn(ME, 7000);
+    assert_eq!(blocked(&h.syn(ME, 7000)), vec![ME]);
+    // Without strict doors, touches of other ports never reach the matcher's
+    // counting, and a blocked source's knocks are ignored.
+    assert!(h.syn(ME, 7000).is_empty());
+    h.m.set_blacklist(None);
+    assert!(matches!(h.drain()[..], [Decision::Unblocked { .. }]));
+}
+
+#[test]
+fn blacklist_table_is_bounded() {
+    let mut h = Harness::with_limits(
+        vec![door("d", &[7000, 8000])],
+        Limits::default().with_max_suspects(16),
+    );
+    h.m.set_blacklist(Some(Blacklist::new(
+        5,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )));
+    for i in 0..1000u32 {
+        let src = IpAddr::V4(Ipv4Addr::from(0xC612_0000 + i));
+        h.syn(src, 7000);
+        h.syn(src, 7000);
+    }
+    assert!(h.m.stats().suspects <= 16);
+    assert_eq!(h.m.stats().strikes, 1000);
+}
+
+fn windowed(h: &mut Harness, base: u64) {
+    let id = h.id("w");
+    let pairs = (base - 1..=base + 1)
+        .map(|w| {
+            (
+                w,
+                vec![Step::tcp(10_000 + w as u16), Step::udp(20_000 + w as u16)],
+            )
+        })
+        .collect();
+    h.m.set_windows(id, pairs).unwrap();
+}
+
+#[test]
+fn derived_windows_each_open_once_and_move_with_time() {
+    let mut h = Harness::new(vec![
+        Door::windowed("w").with_grant_lifetime(Some(Duration::from_secs(5)))
+    ]);
+    // Dormant until windows are set.
+    assert!(h.m.listen_set().is_empty());
+    windowed(&mut h, 100);
+    assert_eq!(h.m.listen_set().len(), 6);
+    // Any of w-1, w, w+1 opens.
+    for (w, src) in [(99u16, ME), (101, ME6)] {
+        h.syn(src, 10_000 + w);
+        assert_eq!(opens(&h.udp(src, 20_000 + w)).len(), 1, "window {w}");
+    }
+    // A replay of a used window's sequence is refused, from anyone.
+    h.syn(OTHER, 10_099);
+    assert!(opens(&h.udp(OTHER, 20_099)).is_empty());
+    h.syn(OTHER, 10_100);
+    assert_eq!(opens(&h.udp(OTHER, 20_100)).len(), 1);
+    assert_eq!(h.m.listen_set().len(), 0, "all three used");
+    // The next window: 100 and 101 stay used, 102 is new.
+    windowed(&mut h, 101);
+    assert_eq!(h.m.listen_set().len(), 2);
+    // An attempt in flight on a window that stays keeps going across the change.
+    windowed(&mut h, 103);
+    let fresh = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
+    h.syn(fresh, 10_104);
+    windowed(&mut h, 104);
+    assert_eq!(opens(&h.udp(fresh, 20_104)).len(), 1);
+    // ... and one on a window that goes is dropped.
+    h.syn(ME6, 10_103);
+    windowed(&mut h, 105);
+    assert!(opens(&h.udp(ME6, 20_103)).is_empty());
+}
+
+#[test]
+fn set_windows_checks_its_input_and_survives_reload() {
+    let mut h = Harness::new(vec![Door::windowed("w"), door("plain", &[1, 2])]);
+    let plain = h.id("plain");
+    assert!(matches!(
+        h.m.set_windows(plain, vec![]),
+        Err(DoorError::NotWindowed { .. })
+    ));
+    let id = h.id("w");
+    assert!(matches!(
+        h.m.set_windows(id, vec![(1, vec![Step::tcp(1)]), (4, vec![Step::tcp(2)])]),
+        Err(DoorError::BadWindows { .. })
+    ));
+    windowed(&mut h, 10);
+    h.syn(ME, 10_010);
+    assert_eq!(opens(&h.udp(ME, 20_010)).len(), 1);
+    // A reload with the same definition keeps the door, its windows and its memory.
+    h.m.replace_doors(vec![Door::windowed("w"), door("plain", &[1, 2])])
+        .unwrap();
+    assert_eq!(h.id("w"), id);
+    h.syn(ME, 10_010);
+    assert!(opens(&h.udp(ME, 20_010)).is_empty());
+    // A changed door (new id) still remembers the used window.
+    h.m.replace_doors(vec![
+        Door::windowed("w").with_seq_timeout(Duration::from_secs(9))
+    ])
+    .unwrap();
+    let id2 = h.id("w");
+    assert_ne!(id2, id);
+    windowed(&mut h, 10);
+    h.syn(ME, 10_010);
+    assert!(opens(&h.udp(ME, 20_010)).is_empty());
+    h.syn(ME, 10_011);
+    assert_eq!(opens(&h.udp(ME, 20_011)).len(), 1);
+}

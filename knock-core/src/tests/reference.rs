@@ -4,7 +4,7 @@
 //! The model keeps a plain list of attempts per source and rescans
 //! everything on every call: slow, unbounded and easy to read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -14,8 +14,21 @@ use crate::*;
 
 struct RefAttempt {
     door: usize,
+    /// The index in the door's list (not used for windowed doors).
     seq: usize,
     step: usize,
+    /// The sequence, as it was when the attempt started.
+    steps: Vec<Step>,
+    /// For a windowed door: the window.
+    window: Option<u64>,
+}
+
+struct RefSuspect {
+    window_start: u64,
+    strikes: u32,
+    recent: VecDeque<(Proto, u16)>,
+    blocked_until: Option<u64>,
+    door: usize,
 }
 
 #[derive(Default)]
@@ -32,6 +45,9 @@ struct Model {
     next_grant: u64,
     now: u64,
     out: Vec<Decision>,
+    used: Vec<VecDeque<u64>>,
+    blacklist: Option<Blacklist>,
+    suspects: BTreeMap<IpAddr, RefSuspect>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -41,12 +57,15 @@ fn ms(d: Duration) -> u64 {
 impl Model {
     fn new(doors: Vec<Door>) -> Self {
         Model {
+            used: vec![VecDeque::new(); doors.len()],
             doors,
             attempts: BTreeMap::new(),
             grants: BTreeMap::new(),
             next_grant: 1,
             now: 0,
             out: Vec::new(),
+            blacklist: None,
+            suspects: BTreeMap::new(),
         }
     }
 
@@ -54,15 +73,90 @@ impl Model {
         DoorId(i as u32)
     }
 
-    fn active(&self, door: usize) -> Vec<(usize, Vec<Step>)> {
-        self.doors[door]
-            .active_sequences()
-            .map(|(i, s)| (i, s.to_vec()))
+    /// The live sequences: (index, steps, window).
+    fn active(&self, door: usize) -> Vec<(usize, Vec<Step>, Option<u64>)> {
+        let d = &self.doors[door];
+        let windows = d.windows();
+        d.active_sequences()
+            .map(|(i, s)| (i, s.to_vec(), windows.get(i).copied()))
+            .filter(|(_, _, w)| w.is_none_or(|w| !self.used[door].contains(&w)))
             .collect()
     }
 
     fn is_live(&self, a: &RefAttempt) -> bool {
-        self.active(a.door).iter().any(|(i, _)| *i == a.seq)
+        self.active(a.door).iter().any(|(i, s, w)| match a.window {
+            Some(aw) => *w == Some(aw) && *s == a.steps,
+            None => *i == a.seq,
+        })
+    }
+
+    fn set_windows(&mut self, d: usize, pairs: Vec<(u64, Vec<Step>)>) {
+        let (windows, list): (Vec<u64>, Vec<Vec<Step>>) = pairs.iter().cloned().unzip();
+        self.doors[d].sequences = Sequences::Windowed { windows, list };
+        for (_, l) in self.attempts.values_mut() {
+            l.retain(|a| {
+                a.door != d
+                    || pairs
+                        .iter()
+                        .any(|(w, s)| Some(*w) == a.window && *s == a.steps)
+            });
+        }
+        self.attempts.retain(|_, (_, l)| !l.is_empty());
+    }
+
+    fn blocked(&self, src: IpAddr, now: u64) -> bool {
+        self.suspects
+            .get(&src)
+            .and_then(|s| s.blocked_until)
+            .is_some_and(|u| u > now)
+    }
+
+    fn touch_counts(&self, src: IpAddr, pk: (Proto, u16), now: u64) -> bool {
+        let Some(rule) = self.blacklist else {
+            return false;
+        };
+        self.suspects.get(&src).is_some_and(|s| {
+            s.blocked_until.is_none()
+                && s.strikes > 0
+                && now - s.window_start < ms(rule.window)
+                && !s.recent.contains(&pk)
+        })
+    }
+
+    fn strike(&mut self, src: IpAddr, door: usize, pk: (Proto, u16), now: u64) {
+        let Some(rule) = self.blacklist else {
+            return;
+        };
+        let s = self.suspects.entry(src).or_insert(RefSuspect {
+            window_start: now,
+            strikes: 0,
+            recent: VecDeque::new(),
+            blocked_until: None,
+            door,
+        });
+        if now - s.window_start >= ms(rule.window) {
+            s.window_start = now;
+            s.strikes = 0;
+            s.recent.clear();
+        }
+        s.strikes += 1;
+        s.door = door;
+        s.recent.push_back(pk);
+        if s.recent.len() > 4 {
+            s.recent.pop_front();
+        }
+        if s.strikes >= rule.strikes {
+            let until = now + ms(rule.block);
+            s.blocked_until = Some(until);
+            s.strikes = 0;
+            s.recent.clear();
+            self.out.push(Decision::Blocked {
+                door: Self::id(door),
+                src,
+                until: Timestamp::from_millis(until),
+            });
+            self.attempts.remove(&src);
+        }
     }
 
     fn tick(&mut self, now: u64) {
@@ -102,30 +196,61 @@ impl Model {
             g.close_ms.is_some() || g.cooldown_ms.is_some()
         });
         self.out.extend(closes);
+        if let Some(rule) = self.blacklist {
+            let mut unblocked = Vec::new();
+            self.suspects.retain(|&src, s| match s.blocked_until {
+                Some(u) if u <= now => {
+                    unblocked.push(Decision::Unblocked {
+                        door: Self::id(s.door),
+                        src,
+                    });
+                    false
+                }
+                Some(_) => true,
+                None => s.window_start + ms(rule.window) > now,
+            });
+            self.out.extend(unblocked);
+        }
     }
 
     fn event(&mut self, now: u64, ev: &Event) {
         self.tick(now);
         let now = self.now;
-        let relevant = (0..self.doors.len()).any(|d| {
-            self.doors[d].accepts(ev)
-                && self
-                    .active(d)
-                    .iter()
-                    .any(|(_, s)| s.iter().any(|st| st.matches(ev)))
-        });
-        if !relevant {
+        let has_step = |m: &Model, d: usize| {
+            m.active(d)
+                .iter()
+                .any(|(_, s, _)| s.iter().any(|st| st.matches(ev)))
+        };
+        let relevant =
+            (0..self.doors.len()).any(|d| self.doors[d].accepts(ev) && has_step(self, d));
+        let touched =
+            (0..self.doors.len()).find(|&d| self.doors[d].strict_touch(ev) && !has_step(self, d));
+        if !relevant && touched.is_none() {
             return;
         }
         let src = ev.src;
+        if self.blocked(src, now) {
+            return;
+        }
+        let pk = (ev.proto, ev.dst_port);
+        let mut invalidated = None;
         if let Some((start, list)) = self.attempts.remove(&src) {
             let mut keep = Vec::new();
             let mut opened = Vec::new();
             for mut a in list {
                 let door = &self.doors[a.door];
-                let seq = door.all_sequences()[a.seq].clone();
-                if !door.accepts(ev) {
-                    keep.push(a);
+                let seq = a.steps.clone();
+                if !relevant || !door.accepts(ev) {
+                    if door.strict_touch(ev) {
+                        invalidated = Some(invalidated.map_or(a.door, |d: usize| d.min(a.door)));
+                        self.out.push(Decision::Invalidated {
+                            door: Self::id(a.door),
+                            src,
+                            step: a.step as u8,
+                        });
+                    } else {
+                        keep.push(a);
+                    }
                 } else if seq[a.step].matches(ev) {
                     a.step += 1;
                     self.out.push(Decision::Stage {
@@ -134,13 +259,14 @@ impl Model {
                         step: a.step as u8,
                     });
                     if a.step == seq.len() {
-                        opened.push(a.door);
+                        opened.push((a.door, a.window));
                     } else {
                         keep.push(a);
                     }
                 } else if door.allow_repeat && seq[a.step - 1].matches(ev) {
                     keep.push(a);
                 } else {
+                    invalidated = Some(invalidated.map_or(a.door, |d: usize| d.min(a.door)));
                     self.out.push(Decision::Invalidated {
                         door: Self::id(a.door),
                         src,
@@ -148,15 +274,27 @@ impl Model {
                     });
                 }
             }
-            for d in opened {
-                self.open(d, src, now);
+            for (d, w) in opened {
+                self.open(d, src, now, w);
             }
             keep.retain(|a| self.is_live(a));
             if !keep.is_empty() {
                 self.attempts.insert(src, (start, keep));
             }
-            return;
+        } else if relevant {
+            self.start(src, now, ev);
         }
+        let strike = match (invalidated, touched) {
+            (Some(d), _) => Some(d),
+            (None, Some(d)) if self.touch_counts(src, pk, now) => Some(d),
+            _ => None,
+        };
+        if let Some(d) = strike {
+            self.strike(src, d, pk, now);
+        }
+    }
+
+    fn start(&mut self, src: IpAddr, now: u64, ev: &Event) {
         let mut list = Vec::new();
         let mut opened = Vec::new();
         for d in 0..self.doors.len() {
@@ -172,7 +310,7 @@ impl Model {
             if cooling {
                 continue;
             }
-            for (i, seq) in self.active(d) {
+            for (i, seq, window) in self.active(d) {
                 if seq[0].matches(ev) {
                     self.out.push(Decision::Stage {
                         door: Self::id(d),
@@ -180,19 +318,21 @@ impl Model {
                         step: 1,
                     });
                     if seq.len() == 1 {
-                        opened.push(d);
+                        opened.push((d, window));
                     } else {
                         list.push(RefAttempt {
                             door: d,
                             seq: i,
                             step: 1,
+                            steps: seq,
+                            window,
                         });
                     }
                 }
             }
         }
-        for d in opened {
-            self.open(d, src, now);
+        for (d, w) in opened {
+            self.open(d, src, now, w);
         }
         list.retain(|a| self.is_live(a));
         if !list.is_empty() {
@@ -200,7 +340,7 @@ impl Model {
         }
     }
 
-    fn open(&mut self, d: usize, src: IpAddr, now: u64) {
+    fn open(&mut self, d: usize, src: IpAddr, now: u64, window: Option<u64>) {
         let door = self.doors[d].clone();
         let until = door.grant_lifetime.map(|l| now + ms(l));
         let cooldown = (!door.cooldown.is_zero()).then(|| now + ms(door.cooldown));
@@ -239,7 +379,17 @@ impl Model {
                 }
             }
         }
-        if let Sequences::OneTime { list, next } = &mut self.doors[d].sequences {
+        if let Some(w) = window {
+            let used = &mut self.used[d];
+            if used.len() >= USED_WINDOWS {
+                used.pop_front();
+            }
+            used.push_back(w);
+            for (_, l) in self.attempts.values_mut() {
+                l.retain(|a| a.door != d || a.window != Some(w));
+            }
+            self.attempts.retain(|_, (_, l)| !l.is_empty());
+        } else if let Sequences::OneTime { list, next } = &mut self.doors[d].sequences {
             let index = *next;
             *next += 1;
             let remaining = list.len() - *next;
@@ -296,31 +446,68 @@ fn door_strategy(i: usize) -> impl Strategy<Value = Door> {
         any::<bool>(),
         prop::option::weighted(0.3, 1u64..=5),
         prop::bool::weighted(0.3),
+        (prop::bool::weighted(0.3), prop::bool::weighted(0.3)),
     )
-        .prop_map(move |(seqs, one_time, t, life, repeat, cooldown, syn)| {
-            let seqs = if one_time {
-                Sequences::OneTime {
-                    list: seqs,
-                    next: 0,
-                }
+        .prop_map(
+            move |(seqs, one_time, t, life, repeat, cooldown, syn, (windowed, strict))| {
+                let seqs = if windowed {
+                    Sequences::Windowed {
+                        windows: Vec::new(),
+                        list: Vec::new(),
+                    }
+                } else if one_time {
+                    Sequences::OneTime {
+                        list: seqs,
+                        next: 0,
+                    }
+                } else {
+                    Sequences::Reusable(seqs)
+                };
+                let flags = if syn {
+                    FlagFilter {
+                        set: TcpFlags::SYN,
+                        clear: TcpFlags::ACK,
+                    }
+                } else {
+                    FlagFilter::ANY
+                };
+                Door::with_sequences(format!("d{i}"), seqs)
+                    .with_seq_timeout(Duration::from_secs(t))
+                    .with_grant_lifetime(life.map(Duration::from_secs))
+                    .with_allow_repeat(repeat)
+                    .with_cooldown(Duration::from_secs(cooldown.unwrap_or(0)))
+                    .with_tcp_flags(flags)
+                    .with_strict(strict)
+            },
+        )
+}
+
+/// The sequence of window `w` for door `d` in the proptests: a fixed
+/// function, as a real derivation is.
+fn window_seq(d: usize, w: u64) -> Vec<Step> {
+    let len = 1 + (w as usize + d) % 3;
+    (0..len)
+        .map(|j| {
+            let port = PORTS[(w as usize * 7 + j * 3 + d) % PORTS.len()];
+            if (w as usize + j) % 4 == 0 {
+                Step::udp(port)
             } else {
-                Sequences::Reusable(seqs)
-            };
-            let flags = if syn {
-                FlagFilter {
-                    set: TcpFlags::SYN,
-                    clear: TcpFlags::ACK,
-                }
-            } else {
-                FlagFilter::ANY
-            };
-            Door::with_sequences(format!("d{i}"), seqs)
-                .with_seq_timeout(Duration::from_secs(t))
-                .with_grant_lifetime(life.map(Duration::from_secs))
-                .with_allow_repeat(repeat)
-                .with_cooldown(Duration::from_secs(cooldown.unwrap_or(0)))
-                .with_tcp_flags(flags)
+                Step::tcp(port)
+            }
         })
+        .collect()
+}
+
+fn window_pairs(d: usize, base: u64) -> Vec<(u64, Vec<Step>)> {
+    (base - 1..=base + 1)
+        .map(|w| (w, window_seq(d, w)))
+        .collect()
+}
+
+fn blacklist() -> impl Strategy<Value = Option<Blacklist>> {
+    prop::option::weighted(0.5, (1u32..=4, 1u64..=3, 1u64..=3)).prop_map(|r| {
+        r.map(|(n, w, b)| Blacklist::new(n, Duration::from_secs(w), Duration::from_secs(b)))
+    })
 }
 
 fn doors() -> impl Strategy<Value = Vec<Door>> {
@@ -336,13 +523,16 @@ enum Op {
         ack: bool,
     },
     Timeout,
+    /// Windows base-1, base, base+1 for every windowed door.
+    SetWindows(u64),
 }
 
 fn ops() -> impl Strategy<Value = Vec<(u64, Op)>> {
     let op = prop_oneof![
-        6 => (0u8..4, 1u16..=6, prop::bool::weighted(0.2), prop::bool::weighted(0.15))
+        6 => (0u8..4, 1u16..=8, prop::bool::weighted(0.2), prop::bool::weighted(0.15))
             .prop_map(|(src, port, udp, ack)| Op::Knock { src, port, udp, ack }),
         1 => Just(Op::Timeout),
+        1 => (1u64..=12).prop_map(Op::SetWindows),
     ];
     prop::collection::vec((0u64..1_500, op), 0..120)
 }
@@ -374,28 +564,59 @@ fn event(op: &Op, now: Timestamp) -> Option<Event> {
     })
 }
 
+/// Applies `op` to the matcher (and the model, if given).
+fn apply(m: &mut Matcher, model: Option<&mut Model>, op: &Op, t: u64) {
+    let now = Timestamp::from_millis(t);
+    match (op, event(op, now)) {
+        (_, Some(ev)) => {
+            m.handle_event(now, &ev);
+            if let Some(model) = model {
+                model.event(t, &ev);
+            }
+        }
+        (Op::SetWindows(base), None) => {
+            // As the daemon does: time first, then the new windows.
+            m.handle_timeout(now);
+            let mut model = model;
+            if let Some(model) = model.as_deref_mut() {
+                model.tick(t);
+            }
+            let ids: Vec<(usize, DoorId)> = m
+                .doors()
+                .filter(|(_, d)| d.is_windowed())
+                .map(|(id, _)| (id.0 as usize, id))
+                .collect();
+            for (d, id) in ids {
+                let pairs = window_pairs(d, *base);
+                m.set_windows(id, pairs.clone()).unwrap();
+                if let Some(model) = model.as_deref_mut() {
+                    model.set_windows(d, pairs);
+                }
+            }
+        }
+        (_, None) => {
+            m.handle_timeout(now);
+            if let Some(model) = model {
+                model.tick(t);
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// The matcher decides exactly what the reference model decides, call by call.
     #[test]
-    fn matcher_agrees_with_reference(doors in doors(), ops in ops()) {
+    fn matcher_agrees_with_reference(doors in doors(), ops in ops(), rule in blacklist()) {
         let mut m = Matcher::new(doors.clone(), Limits::default()).unwrap();
+        m.set_blacklist(rule);
         let mut model = Model::new(doors);
+        model.blacklist = rule;
         let mut t = 0u64;
         for (dt, op) in &ops {
             t += dt;
-            let now = Timestamp::from_millis(t);
-            match event(op, now) {
-                Some(ev) => {
-                    m.handle_event(now, &ev);
-                    model.event(t, &ev);
-                }
-                None => {
-                    m.handle_timeout(now);
-                    model.tick(t);
-                }
-            }
+            apply(&mut m, Some(&mut model), op, t);
             let got: Vec<Decision> = std::iter::from_fn(|| m.poll_decision()).collect();
             let want = std::mem::take(&mut model.out);
             prop_assert_eq!(normalized(got), normalized(want), "after {:?} at {}", op, t);
@@ -405,9 +626,10 @@ proptest! {
     /// Under any stream and a tiny cap: no panic, the cap holds, and every
     /// grant with a lifetime is closed exactly once, at its (last) deadline.
     #[test]
-    fn cap_holds_and_every_grant_closes_once(doors in doors(), ops in ops(), cap in 1usize..4) {
-        let limits = Limits::default().with_max_sources(cap).with_max_grants(1_000);
+    fn cap_holds_and_every_grant_closes_once(doors in doors(), ops in ops(), cap in 1usize..4, rule in blacklist()) {
+        let limits = Limits::default().with_max_sources(cap).with_max_grants(1_000).with_max_suspects(cap);
         let mut m = Matcher::new(doors, limits).unwrap();
+        m.set_blacklist(rule);
         let mut pending: BTreeMap<GrantId, Timestamp> = BTreeMap::new();
         let mut closed: BTreeMap<GrantId, u32> = BTreeMap::new();
         let mut t = 0u64;
@@ -429,15 +651,13 @@ proptest! {
                 }
             }
             prop_assert!(m.stats().sources <= cap);
+            prop_assert!(m.stats().suspects <= cap);
             Ok(())
         };
         for (dt, op) in &ops {
             t += dt;
             let now = Timestamp::from_millis(t);
-            match event(op, now) {
-                Some(ev) => m.handle_event(now, &ev),
-                None => m.handle_timeout(now),
-            }
+            apply(&mut m, None, op, t);
             check(&mut m, now, prev)?;
             prev = now;
         }
@@ -451,22 +671,20 @@ proptest! {
         prop_assert!(pending.is_empty(), "never closed: {:?}", pending);
         prop_assert!(closed.values().all(|&n| n == 1));
         prop_assert_eq!(m.stats().sources, 0);
+        prop_assert_eq!(m.stats().suspects, 0);
     }
 
     /// Replaying the same inputs gives the same decisions.
     #[test]
-    fn deterministic(doors in doors(), ops in ops()) {
+    fn deterministic(doors in doors(), ops in ops(), rule in blacklist()) {
         let run = |doors: Vec<Door>| {
             let mut m = Matcher::new(doors, Limits::default().with_max_sources(2)).unwrap();
+            m.set_blacklist(rule);
             let mut out = Vec::new();
             let mut t = 0;
             for (dt, op) in &ops {
                 t += dt;
-                let now = Timestamp::from_millis(t);
-                match event(op, now) {
-                    Some(ev) => m.handle_event(now, &ev),
-                    None => m.handle_timeout(now),
-                }
+                apply(&mut m, None, op, t);
                 out.extend(std::iter::from_fn(|| m.poll_decision()));
             }
             out
