@@ -314,8 +314,14 @@ impl Daemon {
                     )),
                 }
             }
-            let deadline = self.matcher.poll_timeout().map(|t| self.clock.instant(t));
-            match source.next_event(deadline) {
+            let matcher_deadline = self.matcher.poll_timeout().map(|t| self.clock.instant(t));
+            let deadline = match (matcher_deadline, self.reconcile_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let next = source.next_event(deadline);
+            self.reconcile_due();
+            match next {
                 Ok(Next::Event(c)) => {
                     if !(self.opts.only_ipv4 && c.event.src.is_ipv6()) {
                         if self.opts.verbose {
@@ -335,6 +341,36 @@ impl Daemon {
             self.sync_listen(source)?;
         }
         Ok(())
+    }
+
+    /// When a sink that only expires entries in `reconcile` (iptables after a
+    /// restart, iptables blocks) next needs it.
+    fn reconcile_deadline(&self) -> Option<Instant> {
+        let due = self.sinks.values().filter_map(|s| s.next_expiry()).min()?;
+        let wait = due
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Some(Instant::now() + wait)
+    }
+
+    /// Reconciles the sinks whose next expiry has come.
+    fn reconcile_due(&mut self) {
+        let now = SystemTime::now();
+        let mut lines = Vec::new();
+        for (kind, sink) in &mut self.sinks {
+            if sink.next_expiry().is_some_and(|t| t <= now) {
+                match sink.reconcile(now) {
+                    Ok(r) => lines.push(format!(
+                        "{kind:?} firewall: {} expired entries removed",
+                        r.expired
+                    )),
+                    Err(e) => lines.push(format!("{kind:?} firewall: reconcile failed: {e}")),
+                }
+            }
+        }
+        for l in lines {
+            self.log.log(&l);
+        }
     }
 
     fn sync_listen<S: Source + ?Sized>(&mut self, source: &mut S) -> Result<(), DaemonError> {

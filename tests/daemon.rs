@@ -92,6 +92,7 @@ const NATIVE: &str = "
 #[test]
 fn open_then_close_reach_the_sink_with_the_door_s_grant() {
     let mut sink = MockFirewallSink::new();
+    sink.expect_next_expiry().return_const(None);
     let is_mine = |g: &knock_firewall::Grant| {
         g.door == "ssh"
             && g.src == ME
@@ -129,6 +130,7 @@ fn open_then_close_reach_the_sink_with_the_door_s_grant() {
 #[test]
 fn a_failing_sink_is_logged_and_the_daemon_goes_on() {
     let mut sink = MockFirewallSink::new();
+    sink.expect_next_expiry().return_const(None);
     sink.expect_open().times(1).returning(|g| {
         Err(Error::Unsupported {
             what: format!("open {g}"),
@@ -146,6 +148,7 @@ fn a_failing_sink_is_logged_and_the_daemon_goes_on() {
 #[test]
 fn wrong_order_never_reaches_the_sink() {
     let mut sink = MockFirewallSink::new();
+    sink.expect_next_expiry().return_const(None);
     sink.expect_open().times(0);
     sink.expect_close().times(0);
     let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))]);
@@ -163,6 +166,7 @@ fn one_time_sequence_is_marked_in_its_file_and_the_filter_follows() {
         file.display()
     );
     let mut sink = MockFirewallSink::new();
+    sink.expect_next_expiry().return_const(None);
     sink.expect_open().times(1).returning(|_| Ok(()));
     sink.expect_close().times(0..).returning(|_| Ok(()));
     let mut config = Config::from_knockd_str(&conf, "test.conf").unwrap();

@@ -14,20 +14,29 @@ use std::time::{Duration, Instant};
 
 use knock_testnet::{Pair, SERVER_V4, SERVER_V6};
 
-/// target/<profile>/deps/e2e_knockd-<hash> -> target/<profile>/examples/<name>
+/// target/<profile>/deps/e2e_knockd-<hash> -> target/<profile>/examples/<name>,
+/// built (or brought up to date) once per test run: `cargo test --test
+/// e2e_knockd` alone does not rebuild examples.
 fn example_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test binary path");
     let profile = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = profile.join("examples").join(name);
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|n| n == name) {
+        let release = profile.ends_with("release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--example", name]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo build");
-        assert!(st.success());
+        assert!(st.success(), "cargo build --example {name}");
+        built.push(name.to_owned());
     }
-    bin
+    profile.join("examples").join(name)
 }
 
 fn knockd_bin() -> PathBuf {
@@ -562,4 +571,41 @@ fn our_client_knocks_lines_of_a_one_time_sequence_file() {
     assert!(!s.connects(SERVER_V4));
     assert!(knock("2").status.success());
     s.wait_open(SERVER_V4);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_iptables_grant_left_by_a_restart_still_closes_on_time() {
+    let mut s = Server::start(
+        "
+[ssh]
+    sequence    = 7000,8000
+    open        = tcp/22
+    firewall    = iptables
+    cmd_timeout = 4
+",
+    );
+    s.knock(SERVER_V4, &["7000", "8000"]);
+    s.wait_open(SERVER_V4);
+    let opened = Instant::now();
+    s.signal("-TERM");
+    let mut child = s.child.take().unwrap();
+    wait_for("exit", Duration::from_secs(2), || {
+        child.try_wait().unwrap().is_some()
+    });
+    // The new daemon finds the rule at start-up, keeps it (not expired yet),
+    // and wakes up to remove it when its time is over: no periodic polling.
+    s.spawn();
+    assert!(s.connects(SERVER_V4), "the grant survives the restart");
+    wait_for(
+        "the rule to be reconciled away",
+        Duration::from_secs(8),
+        || !s.connects(SERVER_V4),
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_secs(3),
+        "closed too early"
+    );
+    let rules = s.pair.server.run(&["iptables", "-S", "KNOCK"]).unwrap();
+    assert!(!rules.contains("198.18.0.2"), "{rules}");
 }

@@ -56,6 +56,9 @@ pub struct IptablesSink {
     cfg: IptablesConfig,
     v4: Option<IPTables>,
     v6: Option<IPTables>,
+    /// The earliest expiry (Unix seconds) of a grant or block that only
+    /// `reconcile` will remove.
+    next_expiry: Option<u64>,
 }
 
 impl std::fmt::Debug for IptablesSink {
@@ -179,6 +182,7 @@ impl IptablesSink {
             v4: None,
             v6: None,
             cfg,
+            next_expiry: None,
         };
         for v6 in [false, true] {
             if (v6 && !sink.cfg.ipv6) || (!v6 && !sink.cfg.ipv4) {
@@ -286,7 +290,7 @@ impl IptablesSink {
     }
 
     fn reconcile_family(
-        &self,
+        &mut self,
         ipt: &IPTables,
         v6: bool,
         now: u64,
@@ -295,6 +299,7 @@ impl IptablesSink {
         let what = format!("reconcile chain {} ({})", self.cfg.chain, program(v6));
         self.setup(ipt, v6)?;
         let (mut expired, mut leftovers, mut kept) = (0, 0, 0);
+        let mut next = self.next_expiry;
         self.delete_where(ipt, v6, &what, |_, tag| match tag {
             Some(Tag::Grant { until: None, .. }) => {
                 kept += 1;
@@ -306,6 +311,7 @@ impl IptablesSink {
                     true
                 } else {
                     kept += 1;
+                    next = Some(next.map_or(*u, |n| n.min(*u)));
                     false
                 }
             }
@@ -317,6 +323,7 @@ impl IptablesSink {
         out.expired += expired;
         out.leftovers += leftovers;
         out.kept += kept;
+        self.next_expiry = next;
         Ok(())
     }
 }
@@ -370,13 +377,25 @@ impl FirewallSink for IptablesSink {
     fn reconcile(&mut self, now: SystemTime) -> Result<Reconciled, Error> {
         let now = unix_secs(now);
         let mut out = Reconciled::default();
-        if let Some(ipt) = &self.v4 {
-            self.reconcile_family(ipt, false, now, &mut out)?;
-        }
-        if let Some(ipt) = &self.v6 {
-            self.reconcile_family(ipt, true, now, &mut out)?;
+        self.next_expiry = None;
+        for v6 in [false, true] {
+            let ipt = if v6 { self.v6.take() } else { self.v4.take() };
+            if let Some(ipt) = ipt {
+                let r = self.reconcile_family(&ipt, v6, now, &mut out);
+                if v6 {
+                    self.v6 = Some(ipt);
+                } else {
+                    self.v4 = Some(ipt);
+                }
+                r?;
+            }
         }
         Ok(out)
+    }
+
+    fn next_expiry(&self) -> Option<SystemTime> {
+        self.next_expiry
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
     }
 
     fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), Error> {
@@ -397,6 +416,7 @@ impl FirewallSink for IptablesSink {
         self.delete_where(ipt, v6, &what, |s, tag| {
             matches!(tag, Some(Tag::Block { until: u }) if *u != until) && s == Some(cidr.as_str())
         })?;
+        self.next_expiry = Some(self.next_expiry.map_or(until, |n| n.min(until)));
         Ok(())
     }
 }

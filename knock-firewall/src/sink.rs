@@ -56,6 +56,17 @@ pub trait FirewallSink {
 
     /// Drops all traffic from `src` for `duration`.
     fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), Self::Error>;
+
+    /// When something this sink holds next expires *without* the sink
+    /// removing it by itself: the caller should call
+    /// [`reconcile`](Self::reconcile) then. iptables rules have no expiry of
+    /// their own, so the iptables sink reports the earliest grant or block
+    /// left after a restart or added by [`block`](Self::block); sinks that
+    /// expire entries themselves (nftables in the kernel, commands on their
+    /// own timer) return `None`.
+    fn next_expiry(&self) -> Option<SystemTime> {
+        None
+    }
 }
 
 impl<S: FirewallSink + ?Sized> FirewallSink for Box<S> {
@@ -74,6 +85,9 @@ impl<S: FirewallSink + ?Sized> FirewallSink for Box<S> {
     }
     fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), Self::Error> {
         (**self).block(src, duration)
+    }
+    fn next_expiry(&self) -> Option<SystemTime> {
+        (**self).next_expiry()
     }
 }
 
