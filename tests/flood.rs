@@ -1,0 +1,271 @@
+//! Flood: N first knocks from N distinct spoofed sources (100.64.0.0/10),
+//! then the real sequence from 198.18.0.2, written by the `floodgen` example
+//! and replayed with `tcpreplay --topspeed` into the client side of a veth
+//! while the `knockd` example captures on the server side with a native
+//! nftables door. The real knocker must get its grant (a TCP connect to
+//! port 22 succeeds), the kernel must have dropped nothing, and the daemon's
+//! peak resident memory must stay under [`hwm_bound_kib`].
+//!
+//! `KNOCK_FLOOD_N` sets N (default 200,000; `.ci/run` runs the default).
+//! Root only (namespaces); `.ci/run` runs it with `--include-ignored`.
+//!
+//! The daemon runs without a log file here: knockd-style logs write one
+//! `Stage 1` line per first knock, which is a write(2) per packet (see
+//! benches/RESULTS.md for what that costs under a flood).
+
+// Test support code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use knock_testnet::{Pair, CLIENT_IF, SERVER_IF, SERVER_V4};
+
+/// `target/release/examples/<name>`, built (or brought up to date) with
+/// `cargo build --release`: the flood is about the packet rate a deployed
+/// (release) daemon sustains; a debug build costs about twice the CPU per
+/// packet. `KNOCK_FLOOD_PROFILE=debug` uses the debug build instead.
+fn example_bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/flood-<hash> -> target/
+    let exe = std::env::current_exe().expect("test binary path");
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir");
+    let debug = std::env::var("KNOCK_FLOOD_PROFILE").is_ok_and(|p| p == "debug");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "--example", name]);
+    if !debug {
+        cmd.arg("--release");
+    }
+    let st = cmd
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build");
+    assert!(st.success(), "cargo build --example {name}");
+    let profile = if debug { "debug" } else { "release" };
+    target.join(profile).join("examples").join(name)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// N from `KNOCK_FLOOD_N`, default 200,000.
+fn flood_n() -> u32 {
+    std::env::var("KNOCK_FLOOD_N")
+        .ok()
+        .map(|v| v.replace('_', "").parse().expect("KNOCK_FLOOD_N: a number"))
+        .unwrap_or(200_000)
+}
+
+/// The bound on the daemon's peak resident memory (VmHWM), in KiB: 24 MiB
+/// for the process (binary, allocator, 8 MiB of socket buffer are not
+/// counted, they are kernel memory) plus 256 bytes per tracked source, with
+/// the matcher's default cap of 1M sources. Measured (release build):
+/// 16 MiB at N = 200k.
+fn hwm_bound_kib(n: u32) -> u64 {
+    24 * 1024 + u64::from(n.min(1_000_000)) * 256 / 1024
+}
+
+/// A `/proc/PID/status` field in kB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    ticks / hz
+}
+
+/// The MAC address of `ifname` inside the server namespace.
+fn server_mac(pair: &Pair) -> String {
+    let out = pair
+        .server
+        .run(&["cat", &format!("/sys/class/net/{SERVER_IF}/address")])
+        .unwrap();
+    out.trim().to_string()
+}
+
+/// Whether the process has its capture socket open (a line in its
+/// namespace's /proc/net/packet besides the header).
+fn capturing(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/net/packet"))
+        .map(|s| s.lines().count() > 1)
+        .unwrap_or(false)
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, wait for the exit, and return the `--stats-json` object.
+    fn stop(mut self) -> serde_json::Value {
+        knock_testnet::run(&["kill", "-TERM", &self.pid().to_string()]).unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < end, "knockd did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = fs::read_to_string(self.dir.join("stdout.log")).unwrap();
+        let line = out
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("{\"capture\""))
+            .unwrap_or_else(|| panic!("no stats line in {out:?}"));
+        serde_json::from_str(line).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(pair: &Pair, dir: &Path, conf: &str) -> Daemon {
+    fs::write(dir.join("knockd.conf"), conf).unwrap();
+    let child = pair
+        .server
+        .command(example_bin("knockd").to_str().unwrap())
+        .args(["-c", dir.join("knockd.conf").to_str().unwrap()])
+        .args(["-i", SERVER_IF, "--stats-json"])
+        .args(["--state-dir", dir.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(dir.join("stdout.log")).unwrap())
+        .stderr(fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        dir: dir.to_owned(),
+    };
+    let pid = d.pid();
+    wait_for(
+        "knockd to open its capture socket",
+        Duration::from_secs(20),
+        || capturing(pid),
+    );
+    d
+}
+
+const NFT_DOOR: &str = "
+[openSSH]
+    sequence    = 7000,8000,9000
+    seq_timeout = 60
+    tcpflags    = syn
+    open        = tcp/22
+    firewall    = nftables
+    cmd_timeout = 60
+";
+
+#[test]
+#[ignore = "needs root"]
+fn flood_of_spoofed_first_knocks_does_not_stop_the_real_knocker() {
+    let n = flood_n();
+    let pair = Pair::new().expect("namespaces");
+    let dir = tempfile::tempdir().unwrap();
+    pair.server.tcp_listen(22).unwrap();
+
+    let pcap = dir.path().join("flood.pcap");
+    let st = Command::new(example_bin("floodgen"))
+        .args(["-n", &n.to_string(), "--dst-mac", &server_mac(&pair)])
+        .arg("-o")
+        .arg(&pcap)
+        .status()
+        .unwrap();
+    assert!(st.success(), "floodgen failed");
+
+    let d = start_daemon(&pair, dir.path(), NFT_DOOR);
+    let pid = d.pid();
+    let connects = |t: u64| {
+        pair.client.tcp_connect(
+            SERVER_V4.parse::<IpAddr>().unwrap(),
+            22,
+            Duration::from_millis(t),
+        )
+    };
+    assert!(
+        !connects(300),
+        "the nftables guard must drop tcp/22 before the knock"
+    );
+
+    let started = Instant::now();
+    let out = pair
+        .client
+        .run(&[
+            "tcpreplay",
+            "--topspeed",
+            "-i",
+            CLIENT_IF,
+            pcap.to_str().unwrap(),
+        ])
+        .unwrap();
+    let replay = started.elapsed();
+    wait_for(
+        "tcp/22 to open for the real knocker",
+        Duration::from_secs(30),
+        || connects(700),
+    );
+    let opened_after = started.elapsed();
+    let hwm = status_kib(pid, "VmHWM");
+    let cpu = cpu_seconds(pid);
+    let stats = d.stop();
+    eprintln!(
+        "N = {n}: replay {replay:.2?} ({}), open after {opened_after:.2?}, \
+         daemon CPU {cpu:.2} s, VmHWM {hwm} KiB\nstats: {stats}",
+        out.lines()
+            .find(|l| l.starts_with("Rated:"))
+            .unwrap_or("")
+            .trim()
+    );
+
+    let frames = u64::from(n) + 3;
+    assert_eq!(stats["capture"]["kernel_drops"], 0, "kernel drops: {stats}");
+    assert_eq!(stats["capture"]["kernel_packets"], frames, "{stats}");
+    assert_eq!(stats["capture"]["events"], frames, "{stats}");
+    assert_eq!(stats["matcher"]["opens"], 1, "{stats}");
+    assert!(
+        hwm <= hwm_bound_kib(n),
+        "VmHWM {hwm} KiB over the bound of {} KiB",
+        hwm_bound_kib(n)
+    );
+}
