@@ -415,6 +415,7 @@ impl FirewallSink for CommandSink {
         if let Err(e) = enqueue(shared, &mut g, job) {
             // Keep it; the timer retries it as soon as there is room.
             g.pending.push(Pending { due_ms: 0, ..p });
+            shared.sched.notify_one();
             return Err(e);
         }
         g.dirty = true;
@@ -500,8 +501,14 @@ fn scheduler(shared: &Shared) {
         let wait = match next {
             // Due but the queue is full: retry soon.
             Some(d) if d <= now => Duration::from_millis(20),
+            // Re-read the wall clock at least every minute (it may jump).
             Some(d) => Duration::from_millis(d - now).min(Duration::from_secs(60)),
-            None => Duration::from_secs(60),
+            // Nothing pending: sleep until open/close/reconcile/drop notifies
+            // (no periodic wake-ups when idle).
+            None => {
+                g = shared.sched.wait(g).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
         };
         g = shared
             .sched
