@@ -312,4 +312,17 @@ pub enum ConfigError {
         #[source]
         source: DoorError,
     },
+    /// A `sequence_secret_file` that cannot be used.
+    #[error("{at}: door [{door}]: secret file {}: {source}", path.display())]
+    SecretFile {
+        /// Where `sequence_secret_file` is (line 0 for TOML).
+        at: Location,
+        /// The door.
+        door: String,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::derive::SecretError,
+    },
 }

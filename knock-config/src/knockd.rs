@@ -360,6 +360,7 @@ fn build_door(mut s: Section) -> Result<DoorConfig, ConfigError> {
             ));
         }
     }
+    let mut derived_at = None;
     let source = if let Some(e) = sequence {
         non_empty(&e, "a sequence like 7000,8000:udp or a file path")?;
         if e.value.contains('/') {
@@ -379,6 +380,8 @@ fn build_door(mut s: Section) -> Result<DoorConfig, ConfigError> {
     } else if let Some(e) = secret {
         non_empty(&e, "a file path")?;
         let mut d = DerivedSequence::new(&e.value);
+        d.line = crate::model::KeyLine(e.at.line);
+        derived_at = Some(e.at.with_column(1));
         let [length, period, ports, protocols] = derived_keys;
         if let Some(e) = length {
             d.length = e
@@ -482,6 +485,10 @@ fn build_door(mut s: Section) -> Result<DoorConfig, ConfigError> {
             })?;
             door.from.push(net);
         }
+    }
+    if let (SequenceSource::Derived(d), Some(at)) = (&door.sequence, &derived_at) {
+        d.check(door.seq_timeout)
+            .map_err(|problem| conflict(at, problem))?;
     }
     if let Some(core) = door.core_door() {
         core.validate().map_err(|source| ConfigError::Door {

@@ -45,13 +45,13 @@
 //! | door | `allow_repeat` | `allow_repeat = yes` | a repeated knock (retransmitted SYN) does not kill the attempt | `no` |
 //! | door | `cooldown` | `cooldown = 30` | after an open, ignore the source's knocks on this door this long | `0` |
 //! | door | `from` | `from = 198.18.0.0/15, 2001:db8::/32` | only knocks from these networks (or addresses) count | everyone |
-//! | door | `strict` | `strict = yes` | reserved: stricter matching (parsed, not yet in the core) | `no` |
-//! | door | `sequence_secret_file` | `sequence_secret_file = /etc/knock.key` | time-derived sequences from this secret, instead of `sequence` (parsed, not yet in the core) | |
-//! | door | `sequence_length` | `sequence_length = 4` | steps of a derived sequence, 1-32 | `3` |
-//! | door | `sequence_period` | `sequence_period = 30s` | how long one derived sequence is valid | `30s` |
-//! | door | `sequence_ports` | `sequence_ports = 10000-60000` | where derived ports fall | `1024-65535` |
+//! | door | `strict` | `strict = yes` | sweep-proof: while an attempt is in progress, any other TCP SYN or UDP datagram from the source (to `target`, if set) invalidates it; the kernel filter then passes every SYN and datagram | `no` |
+//! | door | `sequence_secret_file` | `sequence_secret_file = /etc/knock.key` | time-derived sequences from this secret (owner-readable only, not empty), instead of `sequence`; windows w-1, w, w+1 are accepted, each once ([`crate::derive`]) | |
+//! | door | `sequence_length` | `sequence_length = 4` | steps of a derived sequence, 1-32, at most the number of ports in `sequence_ports` | `3` |
+//! | door | `sequence_period` | `sequence_period = 30s` | how long one derived sequence is valid (above 0; `seq_timeout` at most 100 periods) | `30s` |
+//! | door | `sequence_ports` | `sequence_ports = 10000-60000` | where derived ports fall (no port twice in a sequence) | `1024-65535` |
 //! | door | `sequence_protocols` | `sequence_protocols = tcp,udp` | protocols of derived steps | `tcp` |
-//! | options | `blacklist` | `blacklist = 3 invalid in 60s for 180s` | ignore a source after N invalid attempts within a window (parsed, not yet in the core) | none |
+//! | options | `blacklist` | `blacklist = 3 invalid in 60s for 180s` | a source with N strikes within the window is blocked in the firewall for the given time and ignored meanwhile; a strike is a knock that invalidates an attempt or, once the source has one, that touches a new non-step port of a strict door ([`knock_core::Blacklist`]) | none |
 //!
 //! Booleans are `yes`/`no` (also `true`/`false`, `on`/`off`). A door has
 //! exactly one of `sequence`, `one_time_sequences` and

@@ -80,6 +80,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod derive;
 mod error;
 mod knockd;
 pub mod knockd_conf;
@@ -176,18 +177,32 @@ impl Config {
         toml_format::to_string(self)
     }
 
-    /// Loads every sequence file the doors name and are not loaded yet,
-    /// then checks each door as the core would. Relative paths are relative
+    /// Loads every sequence file and secret file the doors name and are not
+    /// loaded yet, then checks each door as the core would. Relative paths are relative
     /// to the working directory, as in knockd. `origin` names the
     /// configuration in errors.
     ///
     /// # Errors
     /// [`ConfigError::SequenceFileMissing`], [`ConfigError::EmptySequenceFile`]
     /// (also for a reusable file whose lines are all commented out),
+    /// [`ConfigError::SecretFile`] (missing, empty or world-readable),
     /// malformed lines, and [`ConfigError::Door`].
     pub fn load_sequence_files(&mut self, origin: impl AsRef<Path>) -> Result<(), ConfigError> {
         let origin = origin.as_ref();
         for door in &mut self.doors {
+            if let SequenceSource::Derived(d) = &mut door.sequence {
+                if d.secret.is_none() {
+                    d.secret = Some(derive::Secret::load(&d.secret_file).map_err(|source| {
+                        ConfigError::SecretFile {
+                            at: Location::new(origin, d.line.0),
+                            door: door.name.clone(),
+                            path: d.secret_file.clone(),
+                            source,
+                        }
+                    })?);
+                }
+                continue;
+            }
             let (path, loaded, reusable) = match &mut door.sequence {
                 SequenceSource::File { path, loaded } => (path, loaded, true),
                 SequenceSource::OneTime { path, loaded } => (path, loaded, false),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use knock_core::{Door, FlagFilter, Proto, Sequences, Step, DEFAULT_SEQ_TIMEOUT};
 
+use crate::derive::Secret;
 use crate::seqfile::SequenceFile;
 
 /// knockd's default `cmd_timeout`.
@@ -58,7 +59,8 @@ impl Default for Options {
 }
 
 /// Extension `blacklist = N invalid in WINDOW for BLOCK`: a source with `N`
-/// invalidated attempts within `window` is ignored for `block`.
+/// strikes (invalidated attempts, or touches of a strict door's non-step
+/// ports) within `window` is blocked for `block` (see [`knock_core::Blacklist`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlacklistRule {
     /// How many invalid attempts trigger the block (at least 1).
@@ -144,8 +146,24 @@ impl GrantPrefix {
     }
 }
 
+/// A line number that every comparison ignores (where a key was written, for
+/// errors found after parsing; equal configurations from both formats stay equal).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KeyLine(pub(crate) usize);
+
+impl PartialEq for KeyLine {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for KeyLine {}
+impl std::hash::Hash for KeyLine {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
 /// Extension: a time-derived sequence (`sequence_secret_file` and friends).
-/// Parsed and validated now; the core will derive the sequences later.
+/// [`crate::derive`] computes the sequence of each time window; the core
+/// door is [`knock_core::Door::windowed`], fed by the daemon.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct DerivedSequence {
@@ -159,6 +177,10 @@ pub struct DerivedSequence {
     pub ports: RangeInclusive<u16>,
     /// `sequence_protocols = tcp,udp` (default tcp).
     pub protocols: Vec<Proto>,
+    /// The secret, once loaded ([`Config::load_sequence_files`]).
+    pub secret: Option<Secret>,
+    /// The line of `sequence_secret_file` (0 for TOML), for errors.
+    pub(crate) line: KeyLine,
 }
 
 impl DerivedSequence {
@@ -175,7 +197,47 @@ impl DerivedSequence {
             period: Self::DEFAULT_PERIOD,
             ports: 1024..=65535,
             protocols: vec![Proto::Tcp],
+            secret: None,
+            line: KeyLine(0),
         }
+    }
+
+    /// The most `seq_timeout` may be, in periods: a window's slot in the
+    /// matcher changes every 3 periods and its 8-bit epoch must not wrap
+    /// while an attempt on it lives.
+    pub const MAX_TIMEOUT_PERIODS: u32 = 100;
+
+    /// Checks the parameters against each other and the door's
+    /// `seq_timeout`; the error is a sentence for [`ConfigError::Conflict`](crate::ConfigError).
+    pub(crate) fn check(&self, seq_timeout: Duration) -> Result<(), String> {
+        let n = usize::from(self.ports.end() - self.ports.start()) + 1;
+        if n < self.length {
+            return Err(format!(
+                "sequence_ports {}-{} has {n} ports, fewer than sequence_length = {} (ports do not repeat within a sequence)",
+                self.ports.start(),
+                self.ports.end(),
+                self.length
+            ));
+        }
+        if self.period.is_zero() {
+            return Err("sequence_period must be above 0".to_owned());
+        }
+        if seq_timeout > self.period * Self::MAX_TIMEOUT_PERIODS {
+            return Err(format!(
+                "seq_timeout ({}) is more than {} times sequence_period ({})",
+                crate::duration_to_string(seq_timeout),
+                Self::MAX_TIMEOUT_PERIODS,
+                crate::duration_to_string(self.period)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sequences of windows w-1, w and w+1 around Unix time `unix`, for
+    /// door `door` (`None` until the secret is loaded).
+    pub fn windows_around(&self, door: &str, unix: Duration) -> Option<Vec<(u64, Vec<Step>)>> {
+        let secret = self.secret.as_ref()?;
+        Some(crate::derive::windows_around(secret, door, self, unix))
     }
 }
 
@@ -199,7 +261,7 @@ pub enum SequenceSource {
         /// Its content, once loaded ([`Config::load_sequence_files`]).
         loaded: Option<SequenceFile>,
     },
-    /// `sequence_secret_file = /path` and friends (not yet in the core).
+    /// `sequence_secret_file = /path` and friends: time-derived sequences.
     Derived(DerivedSequence),
 }
 
@@ -240,7 +302,7 @@ pub struct DoorConfig {
     pub cooldown: Duration,
     /// Extension `from = 198.18.0.0/15, 2001:db8::/32`.
     pub from: Vec<IpNet>,
-    /// Extension `strict = yes` (reserved; not yet in the core).
+    /// Extension `strict = yes`: sweep-proof matching ([`knock_core::Door::strict`]).
     pub strict: bool,
 }
 
@@ -319,9 +381,19 @@ impl DoorConfig {
         }
     }
 
-    /// The core door, or `None` when the core cannot run it yet: a derived
-    /// sequence, a sequence file not loaded, or a one-time file with no
-    /// unused line left (the door is disabled, as in knockd).
+    /// The time-derived sequence parameters, for a derived door.
+    pub fn derived(&self) -> Option<&DerivedSequence> {
+        match &self.sequence {
+            SequenceSource::Derived(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The core door, or `None` when the core cannot run it: a sequence
+    /// file not loaded, or a one-time file with no unused line left (the
+    /// door is disabled, as in knockd). A derived door is a
+    /// [`Door::windowed`] without windows: the daemon gives it the
+    /// sequences of the current windows ([`DerivedSequence::windows_around`]).
     pub fn core_door(&self) -> Option<Door> {
         let sequences = match &self.sequence {
             SequenceSource::Inline(steps) => Sequences::Reusable(vec![steps.clone()]),
@@ -335,7 +407,10 @@ impl DoorConfig {
                 }
                 Sequences::OneTime { list, next: 0 }
             }
-            SequenceSource::Derived(_) => return None,
+            SequenceSource::Derived(_) => Sequences::Windowed {
+                windows: Vec::new(),
+                list: Vec::new(),
+            },
         };
         Some(
             Door::with_sequences(self.name.clone(), sequences)
@@ -345,7 +420,8 @@ impl DoorConfig {
                 .with_grant_lifetime(self.grant_lifetime())
                 .with_allow_repeat(self.allow_repeat)
                 .with_cooldown(self.cooldown)
-                .with_from(self.from.clone()),
+                .with_from(self.from.clone())
+                .with_strict(self.strict),
         )
     }
 }
@@ -357,7 +433,7 @@ impl Config {
     }
 
     /// The doors the core can run, for `knock_core::Matcher::new`, in file
-    /// order. Doors the core cannot run yet (see [`DoorConfig::core_door`])
+    /// order. Doors the core cannot run (see [`DoorConfig::core_door`])
     /// are left out; map the matcher's doors back by name with
     /// [`Config::door`].
     pub fn core_doors(&self) -> Vec<Door> {
@@ -375,6 +451,14 @@ impl Config {
     /// The door with this name, mutably (to mark one-time sequences).
     pub fn door_mut(&mut self, name: &str) -> Option<&mut DoorConfig> {
         self.doors.iter_mut().find(|d| d.name == name)
+    }
+}
+
+impl Options {
+    /// The blacklist rule for the core ([`knock_core::Matcher::set_blacklist`]).
+    pub fn core_blacklist(&self) -> Option<knock_core::Blacklist> {
+        self.blacklist
+            .map(|b| knock_core::Blacklist::new(b.invalid, b.window, b.block))
     }
 }
 

@@ -408,6 +408,10 @@ fn build_door(t: TomlDoor, at: &Location) -> Result<DoorConfig, ConfigError> {
                 expected,
             })?);
     }
+    if let SequenceSource::Derived(d) = &mut door.sequence {
+        d.line = crate::model::KeyLine(at.line);
+        d.check(door.seq_timeout).map_err(conflict)?;
+    }
     if let Some(core) = door.core_door() {
         core.validate().map_err(|source| ConfigError::Door {
             at: at.clone(),

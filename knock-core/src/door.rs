@@ -363,7 +363,7 @@ impl Door {
             if windows.len() != list.len() || windows.len() > WINDOW_SLOTS || clash {
                 return Err(DoorError::BadWindows {
                     door: door(),
-                    windows: windows.clone(),
+                    windows: windows.len(),
                     sequences: list.len(),
                 });
             }

@@ -92,12 +92,12 @@ pub enum DoorError {
     /// A windowed door's windows and sequences do not fit: more than
     /// [`WINDOW_SLOTS`](crate::WINDOW_SLOTS) windows, two equal modulo it,
     /// or not one sequence per window.
-    #[error("door {door:?}: windows {windows:?} with {sequences} sequences (at most 3 windows, distinct modulo 3, one sequence each)")]
+    #[error("door {door:?}: {windows} windows with {sequences} sequences (at most 3 windows, distinct modulo 3, one sequence each)")]
     BadWindows {
         /// The door.
         door: String,
-        /// The windows given.
-        windows: Vec<u64>,
+        /// How many windows were given.
+        windows: usize,
         /// How many sequences were given.
         sequences: usize,
     },

@@ -545,3 +545,92 @@ fn not_utf8_and_missing_config() {
     let e = Config::from_knockd_file(dir.path().join("nope")).unwrap_err();
     says(&e, &["nope", "cannot read"]);
 }
+
+#[test]
+fn derived_ranges_too_small_and_timeouts_too_long() {
+    let e = err(&door(
+        "  sequence_secret_file = /etc/k\n  sequence_length = 5\n  sequence_ports = 2000-2003",
+    ));
+    assert!(matches!(e, ConfigError::Conflict { .. }));
+    says(
+        &e,
+        &[
+            "/etc/knockd.conf:5:1",
+            "sequence_ports 2000-2003 has 4 ports, fewer than sequence_length = 5",
+        ],
+    );
+    let e = err(&door(
+        "  sequence_secret_file = /etc/k\n  sequence_period = 1s\n  seq_timeout = 2m",
+    ));
+    says(
+        &e,
+        &[
+            "/etc/knockd.conf:5:1",
+            "more than 100 times sequence_period",
+        ],
+    );
+    // The same in TOML.
+    let toml = "[[door]]\nname = \"d\"\nsequence_secret_file = \"/etc/k\"\nsequence_length = 3\nsequence_ports = \"2000-2001\"\n";
+    let e = Config::from_toml_str(toml, "k.toml").unwrap_err();
+    says(
+        &e,
+        &["k.toml:", "has 2 ports, fewer than sequence_length = 3"],
+    );
+    let toml =
+        "[[door]]\nname = \"d\"\nsequence_secret_file = \"/etc/k\"\nsequence_period = \"0s\"\n";
+    let e = Config::from_toml_str(toml, "k.toml").unwrap_err();
+    says(&e, &["k.toml:", "sequence_period", "above 0"]);
+}
+
+#[test]
+fn secret_file_missing_empty_or_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let conf =
+        |path: &std::path::Path| door(&format!("  sequence_secret_file = {}", path.display()));
+
+    let missing = dir.path().join("nope.key");
+    let e = err(&conf(&missing));
+    assert!(matches!(e, ConfigError::SecretFile { .. }));
+    says(
+        &e,
+        &[
+            "/etc/knockd.conf:5",
+            "door [door]",
+            "nope.key",
+            "cannot read it",
+        ],
+    );
+
+    let empty = crate::secret(dir.path(), "empty.key", " \n");
+    says(
+        &err(&conf(&empty)),
+        &["/etc/knockd.conf:5", "empty.key", "it is empty"],
+    );
+
+    let open = crate::secret(dir.path(), "open.key", "sesame\n");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    says(
+        &err(&conf(&open)),
+        &[
+            "/etc/knockd.conf:5",
+            "open.key",
+            "readable by everyone (mode 0644)",
+            "chmod 600",
+        ],
+    );
+
+    // A good one loads, and derives.
+    let good = crate::secret(dir.path(), "good.key", "sesame\n");
+    let c = Config::from_knockd_str(&conf(&good), FILE).unwrap();
+    let d = c.doors[0].derived().unwrap();
+    assert_eq!(d.secret.as_ref().unwrap().as_bytes(), b"sesame");
+    let ws = d
+        .windows_around("door", std::time::Duration::from_secs(3_000))
+        .unwrap();
+    assert_eq!(ws.iter().map(|w| w.0).collect::<Vec<_>>(), [99, 100, 101]);
+    assert!(
+        !format!("{c:?}").contains("sesame"),
+        "the secret leaks in Debug"
+    );
+}

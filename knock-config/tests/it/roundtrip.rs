@@ -186,10 +186,12 @@ fn file_backed_and_derived_doors_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let seq = crate::write(dir.path(), "seq", " 1,2\n 3:udp\n");
     let otp = crate::write(dir.path(), "otp", "#5,6\n 7,8\n");
+    let key = crate::secret(dir.path(), "key", "sesame\n");
     let conf = format!(
-        "[options]\n  blacklist = 3 invalid in 60s for 180s\n[a]\n  sequence = {}\n  tcpflags = syn,!ack\n[b]\n  one_time_sequences = {}\n  cmd_timeout = 25\n  stop_command = x\n[c]\n  sequence_secret_file = /etc/k\n  sequence_ports = 2000-3000\n",
+        "[options]\n  blacklist = 3 invalid in 60s for 180s\n[a]\n  sequence = {}\n  tcpflags = syn,!ack\n[b]\n  one_time_sequences = {}\n  cmd_timeout = 25\n  stop_command = x\n[c]\n  sequence_secret_file = {}\n  sequence_ports = 2000-3000\n",
         seq.display(),
-        otp.display()
+        otp.display(),
+        key.display()
     );
     let model = Config::from_knockd_str(&conf, "k.conf").unwrap();
     let toml = model.to_toml_string().unwrap();
@@ -198,5 +200,5 @@ fn file_backed_and_derived_doors_round_trip() {
         model,
         "{toml}"
     );
-    assert_eq!(model.core_doors().len(), 2);
+    assert_eq!(model.core_doors().len(), 3);
 }
