@@ -5,6 +5,13 @@
 //! matcher's next deadline ([`Matcher::poll_timeout`]); there are no periodic
 //! wake-ups when idle. Signals interrupt the wait: the caller's flags for
 //! stop and reload are checked on every wake-up.
+//!
+//! Time-derived doors: the daemon derives the sequences of windows w-1, w and
+//! w+1 from the wall clock ([`knock_config::derive`]) and gives them to the
+//! matcher ([`Matcher::set_windows`]); the next window boundary is one of the
+//! loop's deadlines. The scanner blacklist's [`Decision::Blocked`] goes to the
+//! blocking sink (nftables, else iptables: one is created for the blocklist
+//! when no door uses a native firewall).
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -162,9 +169,12 @@ pub struct Daemon {
     log: Logger,
     opts: DaemonOptions,
     listen_generation: u64,
+    /// For each derived door: the window its sequences were derived for.
+    windows: HashMap<String, u64>,
 }
 
-/// Builds the sinks the config's doors ask for.
+/// Builds the sinks the config's doors ask for (and, with a `blacklist`, a
+/// native sink for the blocklist if no door has one).
 pub fn build_sinks(
     config: &Config,
     opts: &DaemonOptions,
@@ -211,12 +221,18 @@ pub fn build_sinks(
         let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig::default())?;
         sinks.insert(FirewallKind::Iptables, Box::new(sink));
     }
+    let blocklist = config.options.blacklist.is_some();
     #[cfg(feature = "nftables")]
-    if !nft.doors.is_empty() {
+    if !nft.doors.is_empty() || (blocklist && !has_iptables) {
         sinks.insert(
             FirewallKind::Nftables,
             Box::new(knock_firewall::NftSink::new(nft)?),
         );
+    }
+    #[cfg(not(feature = "nftables"))]
+    if blocklist && !has_iptables {
+        let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig::default())?;
+        sinks.insert(FirewallKind::Iptables, Box::new(sink));
     }
     for (kind, sink) in &mut sinks {
         match sink.reconcile(SystemTime::now()) {
@@ -241,6 +257,58 @@ impl Daemon {
         Ok(Daemon::with_sinks(config, matcher, sinks, opts, log))
     }
 
+    /// Derives the sequences of the current windows for every derived door
+    /// whose window changed (all of them with `force`).
+    pub fn update_windows(&mut self, force: bool) {
+        let unix = knock_config::derive::unix_now();
+        let mut lines = Vec::new();
+        for door in &self.config.doors {
+            let Some(d) = door.derived() else { continue };
+            let w = knock_config::derive::window_of(unix, d.period);
+            if !force && self.windows.get(&door.name) == Some(&w) {
+                continue;
+            }
+            let Some(id) = self.matcher.door_id(&door.name) else {
+                continue;
+            };
+            let Some(pairs) = d.windows_around(&door.name, unix) else {
+                lines.push(format!("{}: secret not loaded", door.name));
+                continue;
+            };
+            match self.matcher.set_windows(id, pairs) {
+                Ok(()) => {
+                    self.windows.insert(door.name.clone(), w);
+                    if self.opts.verbose {
+                        lines.push(format!("{}: sequences of window {w} derived", door.name));
+                    }
+                }
+                Err(e) => lines.push(format!("{}: cannot set windows: {e}", door.name)),
+            }
+        }
+        for l in lines {
+            self.log.log(&l);
+        }
+    }
+
+    /// When the next derived door's window begins.
+    fn window_deadline(&self) -> Option<Instant> {
+        let unix = knock_config::derive::unix_now();
+        let next = self
+            .config
+            .doors
+            .iter()
+            .filter_map(|door| {
+                let d = door.derived()?;
+                let w = knock_config::derive::window_of(unix, d.period);
+                Some(knock_config::derive::window_start(
+                    w.saturating_add(1),
+                    d.period,
+                ))
+            })
+            .min()?;
+        Some(Instant::now() + next.saturating_sub(unix))
+    }
+
     /// A daemon with the given sinks (tests use recording or mock sinks).
     pub fn with_sinks(
         config: Config,
@@ -249,7 +317,9 @@ impl Daemon {
         opts: DaemonOptions,
         log: Logger,
     ) -> Daemon {
-        Daemon {
+        let mut matcher = matcher;
+        matcher.set_blacklist(config.options.core_blacklist());
+        let mut d = Daemon {
             config,
             matcher,
             sinks,
@@ -258,7 +328,10 @@ impl Daemon {
             log,
             opts,
             listen_generation: 0,
-        }
+            windows: HashMap::new(),
+        };
+        d.update_windows(true);
+        d
     }
 
     /// Logs a line to the daemon's log.
@@ -281,6 +354,7 @@ impl Daemon {
     /// error the old configuration stays.
     pub fn reload(&mut self, config: Config) -> Result<(), DaemonError> {
         self.matcher.replace_doors(config.core_doors())?;
+        self.matcher.set_blacklist(config.options.core_blacklist());
         let new_sinks = build_sinks(&config, &self.opts)?;
         // Keep the old sink of a kind still in use, so its pending state
         // (scheduled stop commands) survives; add new kinds.
@@ -288,6 +362,7 @@ impl Daemon {
             self.sinks.insert(kind, sink);
         }
         self.config = config;
+        self.update_windows(true);
         self.log.log("configuration reloaded");
         Ok(())
     }
@@ -315,12 +390,17 @@ impl Daemon {
                 }
             }
             let matcher_deadline = self.matcher.poll_timeout().map(|t| self.clock.instant(t));
-            let deadline = match (matcher_deadline, self.reconcile_deadline()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [
+                matcher_deadline,
+                self.reconcile_deadline(),
+                self.window_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let next = source.next_event(deadline);
             self.reconcile_due();
+            self.update_windows(false);
             match next {
                 Ok(Next::Event(c)) => {
                     if !(self.opts.only_ipv4 && c.event.src.is_ipv6()) {
@@ -476,6 +556,17 @@ impl Daemon {
                             .log(&format!("{name}: one-time sequence {index} used (no file)")),
                     }
                 }
+                Decision::Blocked { src, until, .. } => {
+                    let duration = until.saturating_duration_since(now);
+                    self.log.log(&format!(
+                        "{src}: {name}: blacklisted for {} s (too many invalid knocks)",
+                        duration.as_secs()
+                    ));
+                    self.block(src, duration);
+                }
+                Decision::Unblocked { src, .. } => self
+                    .log
+                    .log(&format!("{src}: {name}: blacklist entry expired")),
                 _ => {}
             }
         }
@@ -500,6 +591,23 @@ impl Daemon {
         self.apply(kind, &g, |s, g| s.open(g));
         if until.is_some() {
             self.grants.insert(grant, (kind, g));
+        }
+    }
+
+    /// Blocks `src` through the blocking sink: nftables, else iptables.
+    fn block(&mut self, src: IpAddr, duration: Duration) {
+        let kind = [FirewallKind::Nftables, FirewallKind::Iptables]
+            .into_iter()
+            .find(|k| self.sinks.contains_key(k));
+        let Some(sink) = kind.and_then(|k| self.sinks.get_mut(&k)) else {
+            self.log.log(&format!(
+                "{src}: no firewall sink to block it; knocks ignored only"
+            ));
+            return;
+        };
+        if let Err(e) = sink.block(src, duration) {
+            self.log
+                .log(&format!("{src}: firewall error blocking: {e}"));
         }
     }
 

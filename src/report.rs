@@ -14,7 +14,7 @@ use serde::Serialize;
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Report {
     /// What happened: `stage`, `open`, `extended`, `close`, `expired`,
-    /// `invalidated`, `sequence_consumed`.
+    /// `invalidated`, `sequence_consumed`, `blocked`, `unblocked`.
     pub event: &'static str,
     /// The door's name.
     pub door: String,
@@ -29,8 +29,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     /// The grant's id (open, extended, close).
     pub grant: Option<u64>,
-    /// When the grant closes, in seconds since the Unix epoch; `null` on an
-    /// open that never closes (a door without stop command).
+    /// When the grant closes (or a block ends), in seconds since the Unix
+    /// epoch; `null` on an open that never closes (a door without stop command).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<Option<f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,6 +164,11 @@ pub fn describe(
                 Some(format!("{}:{at}", f.path().display()))
             });
         }
+        Decision::Blocked { until, .. } => {
+            line.event = "blocked";
+            line.until = Some(Some(time(until)));
+        }
+        Decision::Unblocked { .. } => line.event = "unblocked",
         _ => line.event = "unknown",
     }
     line

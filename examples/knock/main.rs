@@ -3,6 +3,9 @@
 //! ```text
 //! knock [-u] [-d delay_ms] [-4|-6] [-v] [-V] host port[:proto]...
 //! knock [-d delay_ms] [-4|-6] [-v] host --sequence-file FILE --line N
+//! knock [-d delay_ms] [-4|-6] [-v] host --secret-file FILE --door NAME
+//!       [-c knockd.conf|knock.toml] [--length N] [--period SECS]
+//!       [--ports LO-HI] [--protocols tcp,udp] [--time UNIX] [--print]
 //! ```
 //!
 //! * A TCP knock is one SYN: a non-blocking `connect` that is closed at
@@ -17,6 +20,19 @@
 //!   `one_time_sequences = /path`), the workflow of the well-known guide's
 //!   client script. A line that is missing, blank, already used (`#`) or
 //!   does not parse is an error naming the file and the line.
+//! * `--secret-file FILE --door NAME` knocks the time-derived sequence of
+//!   the current window (`sequence_secret_file` doors; see
+//!   `knock_config::derive`). The derivation needs the door's
+//!   `sequence_length`, `sequence_period`, `sequence_ports` and
+//!   `sequence_protocols`: give them with `--length`, `--period`, `--ports`
+//!   and `--protocols` (defaults: knock-rs's defaults, 3, 30 s,
+//!   1024-65535, tcp), or read them from a copy of the server's
+//!   configuration with `-c FILE` (a `.toml` file is read as TOML, anything
+//!   else as knockd.conf; flags given as well win; the secret file named
+//!   there is used when `--secret-file` is not given). The secret file must
+//!   not be readable by everyone. `--time UNIX` derives for another time
+//!   (clock skew, tests); `--print` prints the sequence (`port:proto ...`)
+//!   instead of knocking.
 //!
 //! Exit status: 0 every knock was sent; 1 an error (unresolvable host, bad
 //! sequence file line, socket error); 2 a usage error.
@@ -24,6 +40,7 @@
 //! ```text
 //! cargo run --example knock -- -v 198.18.0.1 7000 8000:udp 9000
 //! cargo run --example knock -- 198.18.0.1 --sequence-file /etc/knockd_seq --line 3
+//! cargo run --example knock -- 198.18.0.1 --secret-file ~/.knock/ssh.key --door openSSH -c knockd.conf
 //! ```
 
 use std::io::ErrorKind;
@@ -34,7 +51,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use knock_config::{parse_step, SequenceFile, MAX_SEQUENCE_FILE_SIZE};
+use knock_config::derive::{self, Secret};
+use knock_config::{parse_step, Config, DerivedSequence, SequenceFile, MAX_SEQUENCE_FILE_SIZE};
 use knock_core::{Proto, Step};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -74,14 +92,48 @@ struct Args {
     #[arg(long, value_name = "N", requires = "sequence_file")]
     line: Option<usize>,
 
-    // Room for the derived-sequence client: `--secret-file F --door NAME`
-    // would be a third way to obtain the steps (see `Args::sequence`).
+    /// Knock the time-derived sequence of door --door with this secret.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ports", "sequence_file"])]
+    secret_file: Option<PathBuf>,
+
+    /// The door whose derived sequence to knock (its section name).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["ports", "sequence_file"])]
+    door: Option<String>,
+
+    /// Read the door's sequence_* settings from this knockd.conf (or .toml).
+    #[arg(short = 'c', long = "config", value_name = "FILE", requires = "door")]
+    config: Option<PathBuf>,
+
+    /// Steps of the derived sequence (sequence_length).
+    #[arg(long, value_name = "N", requires = "door")]
+    length: Option<usize>,
+
+    /// Seconds one derived sequence lives (sequence_period).
+    #[arg(long, value_name = "SECS", requires = "door")]
+    period: Option<u64>,
+
+    /// The derived ports' range, `LO-HI` (sequence_ports).
+    #[arg(long = "ports", value_name = "LO-HI", requires = "door")]
+    port_range: Option<String>,
+
+    /// Protocols of derived steps, `tcp`, `udp` or `tcp,udp` (sequence_protocols).
+    #[arg(long, value_name = "LIST", requires = "door")]
+    protocols: Option<String>,
+
+    /// Derive for this Unix time (seconds) instead of now.
+    #[arg(long = "time", value_name = "UNIX", requires = "door")]
+    at: Option<f64>,
+
+    /// Print the derived sequence instead of knocking.
+    #[arg(long, requires = "door")]
+    print: bool,
+
     /// The host to knock (name or address).
     host: String,
 
     /// The knocks: `port[:tcp|udp]`.
     #[arg(value_name = "PORT[:PROTO]", value_parser = parse_port_arg,
-          required_unless_present = "sequence_file")]
+          required_unless_present_any = ["sequence_file", "door"])]
     ports: Vec<PortArg>,
 }
 
@@ -109,6 +161,9 @@ impl Args {
         if let (Some(file), Some(line)) = (&self.sequence_file, self.line) {
             return sequence_from_file(file, line);
         }
+        if let Some(door) = &self.door {
+            return self.derived_sequence(door);
+        }
         Ok(self
             .ports
             .iter()
@@ -122,6 +177,82 @@ impl Args {
                 port: p.port,
             })
             .collect())
+    }
+}
+
+impl Args {
+    /// The derived sequence of `door` for now (or `--time`).
+    fn derived_sequence(&self, door: &str) -> Result<Vec<Step>> {
+        let mut spec = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read configuration", path.display()))?;
+                // Parse only: the server's secret path may not exist here.
+                let config = if path.extension().is_some_and(|e| e == "toml") {
+                    Config::parse_toml_str(&text, path)?
+                } else {
+                    Config::parse_knockd_str(&text, path)?
+                };
+                let d = config
+                    .door(door)
+                    .with_context(|| format!("{}: no door [{door}]", path.display()))?;
+                d.derived()
+                    .with_context(|| {
+                        format!(
+                            "{}: door [{door}] has no sequence_secret_file",
+                            path.display()
+                        )
+                    })?
+                    .clone()
+            }
+            None => DerivedSequence::new(self.secret_file.clone().unwrap_or_default()),
+        };
+        if let Some(f) = &self.secret_file {
+            spec.secret_file = f.clone();
+        }
+        if spec.secret_file.as_os_str().is_empty() {
+            bail!("--door needs --secret-file (or -c with the door's sequence_secret_file)");
+        }
+        if let Some(n) = self.length {
+            spec.length = n;
+        }
+        if let Some(p) = self.period {
+            if p == 0 {
+                bail!("--period must be above 0");
+            }
+            spec.period = Duration::from_secs(p);
+        }
+        if let Some(r) = &self.port_range {
+            let (lo, hi) = r
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .filter(|&(lo, hi): &(u16, u16)| lo >= 1 && lo <= hi)
+                .with_context(|| format!("--ports {r:?}: expected LO-HI, e.g. 20000-60000"))?;
+            spec.ports = lo..=hi;
+        }
+        if let Some(p) = &self.protocols {
+            spec.protocols = p
+                .split(',')
+                .map(|x| x.trim().parse::<Proto>())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--protocols {p:?}"))?;
+        }
+        let secret = Secret::load(&spec.secret_file)
+            .with_context(|| format!("secret file {}", spec.secret_file.display()))?;
+        let unix = match self.at {
+            Some(t) if t.is_finite() && t >= 0.0 => Duration::from_secs_f64(t),
+            Some(t) => bail!("--time {t}: expected seconds since 1970"),
+            None => derive::unix_now(),
+        };
+        let w = derive::window_of(unix, spec.period);
+        derive::derive(&secret, door, &spec, w).with_context(|| {
+            format!(
+                "door [{door}]: cannot derive {} distinct ports from {}-{}",
+                spec.length,
+                spec.ports.start(),
+                spec.ports.end()
+            )
+        })
     }
 }
 
@@ -213,6 +344,11 @@ fn jitter(max: u64) -> Result<u64> {
 
 fn run(args: &Args) -> Result<()> {
     let steps = args.sequence()?;
+    if args.print {
+        let text: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+        println!("{}", text.join(" "));
+        return Ok(());
+    }
     let ip = resolve(&args.host, args.ipv4, args.ipv6)?;
     for (i, step) in steps.iter().enumerate() {
         if i > 0 {
