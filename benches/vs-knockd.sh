@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Debian's knockd vs ours (the `knockd` example, release build) on the same
+# flood: N first knocks from N spoofed sources (100.64.0.0/10) to the door's
+# first port, then the real sequence 7000,8000,9000 from 198.18.0.2, written
+# by the `floodgen` example and replayed with `tcpreplay --topspeed` into the
+# client end of a veth whose server end (kn0) the daemon captures on.
+#
+#   sudo benches/vs-knockd.sh                 # N = 1k 10k 20k 100k 1M
+#   sudo benches/vs-knockd.sh 1000 50000      # other N
+#
+# Both daemons get the same knockd.conf (no log file, command door that
+# touches a marker file). Per run, once the daemon has gone idle (its CPU
+# time unchanged for 1 s, at most SETTLE_MAX seconds after the replay):
+#   opened   the marker file for 198.18.0.2 exists
+#   CPU s    utime + stime from /proc/PID/stat (whole run, start-up included)
+#   µs/pkt   CPU s / frames sent (N + 3)
+#   VmHWM    peak resident memory from /proc/PID/status
+#   drops    the kernel's drop counter of the daemon's packet socket(s),
+#            tp_drops of PACKET_STATISTICS: for knockd read from outside
+#            (pidfd_getfd + getsockopt) before it stops; ours reports the same
+#            counter itself at exit (--stats-json kernel_drops). (`ss -0 -m`'s
+#            sk_drops misses drops in libpcap's TPACKET_V3 ring.)
+# Namespaces are created here (198.18.0.0/15 only) and removed on exit.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SIZES=("$@")
+[ ${#SIZES[@]} -eq 0 ] && SIZES=(1000 10000 20000 100000 1000000)
+SETTLE_MAX=${SETTLE_MAX:-120}
+DEBIAN_KNOCKD=${DEBIAN_KNOCKD:-/usr/sbin/knockd}
+
+[ "$(id -u)" -eq 0 ] || { echo "needs root (namespaces)" >&2; exit 1; }
+for t in tcpreplay ss "$DEBIAN_KNOCKD"; do
+  command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
+done
+
+cargo build --quiet --release --example knockd --example floodgen
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OURS=$TARGET/release/examples/knockd
+FLOODGEN=$TARGET/release/examples/floodgen
+
+S=kvb-srv-$$
+C=kvb-cli-$$
+WORK=$(mktemp -d /tmp/vs-knockd.XXXXXX)
+DPID=
+cleanup() {
+  [ -n "$DPID" ] && kill -9 "$DPID" 2>/dev/null || true
+  ip netns del "$S" 2>/dev/null || true
+  ip netns del "$C" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ip netns add "$S"
+ip netns add "$C"
+ip -n "$S" link set lo up
+ip -n "$C" link set lo up
+ip -n "$S" link add kn0 type veth peer name kn1 netns "$C"
+ip -n "$S" addr add 198.18.0.1/24 dev kn0
+ip -n "$C" addr add 198.18.0.2/24 dev kn1
+ip -n "$S" link set kn0 up
+ip -n "$C" link set kn1 up
+MAC=$(ip netns exec "$S" cat /sys/class/net/kn0/address)
+
+cat >"$WORK/knockd.conf" <<EOF
+[options]
+    Interface = kn0
+
+[openSSH]
+    sequence    = 7000,8000,9000
+    seq_timeout = 30
+    tcpflags    = syn
+    command     = /usr/bin/touch $WORK/opened-%IP%
+EOF
+
+HZ=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo -1; }
+hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+# tp_drops of the packet socket(s) of process $1 (PACKET_STATISTICS, read
+# through a pidfd_getfd(2) duplicate; knockd never reads them itself, so they
+# count since it opened the socket).
+PSTATS=$(cat <<'PY'
+import ctypes, os, socket, struct, sys
+pid = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+with open(f"/proc/{pid}/net/packet") as f:
+    inodes = {l.split()[8] for l in list(f)[1:]}
+pidfd = os.pidfd_open(pid)
+drops = 0
+for fd in os.listdir(f"/proc/{pid}/fd"):
+    try:
+        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        continue
+    if not (link.startswith("socket:[") and link[8:-1] in inodes):
+        continue
+    mine = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+    if mine < 0:
+        sys.exit("pidfd_getfd: " + os.strerror(ctypes.get_errno()))
+    s = socket.socket(fileno=mine)
+    drops += struct.unpack("II", s.getsockopt(263, 6, 12)[:8])[1]  # SOL_PACKET, PACKET_STATISTICS
+    s.detach()
+    os.close(mine)
+print(drops)
+PY
+)
+sock_drops() { python3 -c "$PSTATS" "$1"; }
+capturing() { [ "$(wc -l <"/proc/$1/net/packet" 2>/dev/null || echo 0)" -gt 1 ]; }
+
+# run_one NAME PCAP N -> prints one table row
+run_one() {
+  local name=$1 pcap=$2 n=$3 out="$WORK/$1.out"
+  rm -f "$WORK"/opened-*
+  if [ "$name" = knockd ]; then
+    ip netns exec "$S" "$DEBIAN_KNOCKD" -c "$WORK/knockd.conf" -i kn0 \
+      >"$out" 2>"$WORK/$name.err" &
+  else
+    ip netns exec "$S" "$OURS" -c "$WORK/knockd.conf" -i kn0 --stats-json \
+      --state-dir "$WORK" >"$out" 2>"$WORK/$name.err" &
+  fi
+  DPID=$!
+  for _ in $(seq 200); do capturing "$DPID" && break; sleep 0.05; done
+  capturing "$DPID" || { echo "$name did not start: $(cat "$WORK/$name.err")" >&2; exit 1; }
+  sleep 0.3
+  local rate
+  rate=$(ip netns exec "$C" tcpreplay --topspeed -i kn1 "$pcap" 2>&1 |
+    awk '/^Rated:/ {printf "%.0f", $(NF-1)}')
+  # Settle: wait until the daemon's CPU time stops moving.
+  local last=-2 now t0=$SECONDS busy=""
+  while :; do
+    now=$(ticks "$DPID")
+    [ "$now" = "$last" ] && break
+    if [ $((SECONDS - t0)) -ge "$SETTLE_MAX" ]; then busy=" (still busy after ${SETTLE_MAX} s)"; break; fi
+    last=$now
+    sleep 1
+  done
+  sleep 0.5 # the command sink runs `touch` on a worker
+  local opened=no
+  [ -e "$WORK/opened-198.18.0.2" ] && opened=yes
+  local cpu hwm drops=""
+  cpu=$(ticks "$DPID")
+  hwm=$(hwm_kib "$DPID")
+  # Reading PACKET_STATISTICS resets it: ours reads its own at exit.
+  [ "$name" = knockd ] && drops=$(sock_drops "$DPID")
+  kill -TERM "$DPID"
+  for _ in $(seq 100); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$DPID" 2>/dev/null || true
+  wait "$DPID" 2>/dev/null || true
+  DPID=
+  if [ "$name" != knockd ]; then
+    drops=$(grep -o '"kernel_drops":[0-9]*' "$out" | cut -d: -f2 || echo "?")
+  fi
+  local frames=$((n + 3))
+  awk -v name="$name" -v n="$n" -v opened="$opened" -v cpu="$cpu" -v hz="$HZ" \
+    -v frames="$frames" -v hwm="$hwm" -v drops="$drops" -v rate="$rate" -v busy="$busy" 'BEGIN {
+      printf "| %s | %s | %s%s | %.2f | %.2f | %.1f | %s | %s |\n",
+        n, name, opened, busy, cpu / hz, cpu / hz / frames * 1e6, hwm / 1024, drops, rate }'
+}
+
+echo "| N | daemon | opened | CPU s | CPU µs/pkt | VmHWM MiB | kernel drops | replay pps |"
+echo "|---:|---|---|---:|---:|---:|---:|---:|"
+for n in "${SIZES[@]}"; do
+  "$FLOODGEN" -n "$n" --dst-mac "$MAC" -o "$WORK/flood.pcap" 2>/dev/null
+  run_one knockd "$WORK/flood.pcap" "$n"
+  run_one knock-rs "$WORK/flood.pcap" "$n"
+done
