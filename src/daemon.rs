@@ -560,7 +560,7 @@ impl Daemon {
                     let duration = until.saturating_duration_since(now);
                     self.log.log(&format!(
                         "{src}: {name}: blacklisted for {} s (too many invalid knocks)",
-                        duration.as_secs()
+                        (duration.as_millis() + 500) / 1000
                     ));
                     self.block(src, duration);
                 }

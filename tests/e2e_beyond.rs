@@ -1,0 +1,501 @@
+//! End-to-end tests of what knockd cannot do (issue 8): strict doors against
+//! a port sweep, the scanner blacklist, time-derived sequences with our
+//! `knock` client, per-door `from` and `grant_prefix`. Our `knockd` runs in a
+//! server namespace; knocks come from a client namespace that has a second
+//! address (198.18.0.3), used by the sweeper or the neighbour. Root only;
+//! `.ci/run` runs them with `--include-ignored`.
+
+// Test support code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use knock_testnet::{Pair, CLIENT_V4, SERVER_V4};
+
+/// The client namespace's second address.
+const NEIGHBOUR: &str = "198.18.0.3";
+
+/// target/<profile>/deps/e2e_beyond-<hash> -> target/<profile>/examples/<name>,
+/// built (or brought up to date) once per test run.
+fn example_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile = exe.parent().and_then(Path::parent).expect("target dir");
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|n| n == name) {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--example", name]);
+        if profile.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let st = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build");
+        assert!(st.success(), "cargo build --example {name}");
+        built.push(name.to_owned());
+    }
+    profile.join("examples").join(name)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Sends one SYN from `src` to every port of `lo..=hi` of `dst`, as fast as
+/// a raw socket goes (no handshake: a port-ordered scan).
+const SWEEP: &str = r#"
+import socket, struct, sys
+src, dst, lo, hi = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+s.bind((src, 0))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack('!BBH', 0, 6, 20)
+def csum(b):
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while t >> 16:
+        t = (t & 0xffff) + (t >> 16)
+    return ~t & 0xffff
+for p in range(lo, hi + 1):
+    h = struct.pack('!HHIIBBHHH', 40000, p, 1, 0, 5 << 4, 2, 1024, 0, 0)
+    h = h[:16] + struct.pack('!H', csum(pseudo + h)) + h[18:]
+    while True:
+        try:
+            s.sendto(h, (dst, 0))
+            break
+        except BlockingIOError:
+            pass
+"#;
+
+/// Knocks `port:proto ...` from source address `src` (one SYN or datagram
+/// each, 100 ms apart).
+const KNOCK_FROM: &str = r#"
+import socket, sys, time
+src, dst = sys.argv[1], sys.argv[2]
+for t in sys.argv[3:]:
+    p, k = t.split(':')
+    if k == 'udp':
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((src, 0)); s.sendto(b'k', (dst, int(p)))
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM); s.bind((src, 0)); s.setblocking(False); s.connect_ex((dst, int(p)))
+    s.close(); time.sleep(0.1)
+"#;
+
+/// Exit 0 if a TCP connect from `src` to `dst:22` completes within 0.7 s.
+const CONNECT_FROM: &str = r#"
+import socket, sys
+s = socket.socket(); s.bind((sys.argv[1], 0)); s.settimeout(0.7)
+try:
+    s.connect((sys.argv[2], 22)); sys.exit(0)
+except Exception:
+    sys.exit(1)
+"#;
+
+struct Server {
+    pair: Pair,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts knockd with `conf` (`{DIR}` is the temp dir), tcp/22 dropped
+    /// by iptables (unless `nft_only`) and a listener on it; the client
+    /// namespace gets its second address. `secret` is written to
+    /// `{DIR}/door.key` with mode 0600.
+    fn start(conf: &str, secret: Option<&str>, nft_only: bool) -> Server {
+        let pair = Pair::new().expect("namespaces");
+        let dir = tempfile::tempdir().expect("tempdir");
+        if let Some(text) = secret {
+            let p = dir.path().join("door.key");
+            fs::write(&p, text).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        pair.client
+            .run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{NEIGHBOUR}/24"),
+                "dev",
+                "kn1",
+            ])
+            .unwrap();
+        if !nft_only {
+            pair.server
+                .run(&[
+                    "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP",
+                ])
+                .unwrap();
+        }
+        pair.server.tcp_listen(22).unwrap();
+        let mut s = Server {
+            pair,
+            dir,
+            child: None,
+        };
+        s.write_conf(conf);
+        s.spawn();
+        s
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_conf(&self, conf: &str) {
+        let dir = self.dir.path().display().to_string();
+        fs::write(self.path("knockd.conf"), conf.replace("{DIR}", &dir)).unwrap();
+    }
+
+    fn spawn(&mut self) {
+        let out = fs::File::create(self.path("events.json")).unwrap();
+        let err = fs::File::create(self.path("stderr.log")).unwrap();
+        let child = self
+            .pair
+            .server
+            .command(example_bin("knockd").to_str().unwrap())
+            .args([
+                "-c",
+                self.path("knockd.conf").to_str().unwrap(),
+                "-i",
+                "kn0",
+            ])
+            .arg("--events-json")
+            .args(["-g", self.path("knockd.log").to_str().unwrap()])
+            .args(["--state-dir", self.dir.path().to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for("knockd to start", Duration::from_secs(20), || {
+            self.log().contains("starting up")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.path("knockd.log")).unwrap_or_default()
+            + &fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+
+    fn events(&self) -> String {
+        fs::read_to_string(self.path("events.json")).unwrap_or_default()
+    }
+
+    /// Opens of `door` for `src` so far, from the events.
+    fn opens(&self, src: &str) -> usize {
+        self.events()
+            .lines()
+            .filter(|l| {
+                l.contains("\"event\":\"open\"") && l.contains(&format!("\"src\":\"{src}\""))
+            })
+            .count()
+    }
+
+    /// Knocks with Debian's `knock` client from the client's main address.
+    fn knock(&self, ports: &[&str]) {
+        let mut args = vec!["knock", "-d", "100", SERVER_V4];
+        args.extend_from_slice(ports);
+        self.pair.client.run(&args).unwrap();
+    }
+
+    /// Knocks `port:proto`s from the client namespace's address `src`.
+    fn knock_from(&self, src: &str, ports: &[&str]) {
+        let mut args = vec!["python3", "-c", KNOCK_FROM, src, SERVER_V4];
+        args.extend_from_slice(ports);
+        self.pair.client.run(&args).unwrap();
+    }
+
+    fn sweep_from(&self, src: &str) -> Child {
+        self.pair
+            .client
+            .command("python3")
+            .args(["-c", SWEEP, src, SERVER_V4, "1", "65535"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn connects_from(&self, src: &str) -> bool {
+        self.pair
+            .client
+            .output(&["python3", "-c", CONNECT_FROM, src, SERVER_V4])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    fn wait_open(&self, src: &str) {
+        wait_for(
+            &format!("tcp/22 open to {src}\n{}", self.log()),
+            Duration::from_secs(5),
+            || self.connects_from(src),
+        );
+    }
+
+    fn iptables_accepts(&self) -> String {
+        self.pair.server.run(&["iptables", "-S", "INPUT"]).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const STRICT: &str = "
+[ssh]
+    sequence    = 7000,8000,9000
+    seq_timeout = 25
+    strict      = yes
+    command     = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+";
+
+#[test]
+#[ignore = "needs root"]
+fn a_port_sweep_never_opens_a_strict_door_and_the_real_knocker_still_does() {
+    let s = Server::start(STRICT, None, false);
+    let t = Instant::now();
+    let mut sweep = s.sweep_from(NEIGHBOUR);
+    // The real knocker knocks while the sweep runs.
+    s.knock(&["7000", "8000", "9000"]);
+    assert!(sweep.wait().unwrap().success());
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "the sweep must fit in seq_timeout"
+    );
+    s.wait_open(CLIENT_V4);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.opens(NEIGHBOUR), 0, "the sweep opened:\n{}", s.log());
+    assert!(!s.connects_from(NEIGHBOUR));
+    assert!(
+        s.events().contains(&format!(
+            "\"event\":\"invalidated\",\"door\":\"ssh\",\"src\":\"{NEIGHBOUR}\""
+        )),
+        "{}",
+        s.events()
+    );
+    assert!(!s.iptables_accepts().contains(NEIGHBOUR));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_blacklist_blocks_a_sweeper_others_are_unaffected_and_the_block_expires() {
+    let conf = format!("[options]\n    blacklist = 3 invalid in 60s for 4s\n{STRICT}");
+    let s = Server::start(&conf, None, false);
+    let mut sweep = s.sweep_from(NEIGHBOUR);
+    assert!(sweep.wait().unwrap().success());
+    wait_for(
+        &format!("the block\n{}", s.log()),
+        Duration::from_secs(5),
+        || {
+            s.log()
+                .contains(&format!("{NEIGHBOUR}: ssh: blacklisted for 4 s"))
+        },
+    );
+    let blocked_at = Instant::now();
+    // The blocklist is in nftables (the daemon made a sink for it).
+    let table = s
+        .pair
+        .server
+        .run(&["nft", "list", "set", "inet", "knock", "block4"])
+        .unwrap();
+    assert!(table.contains(NEIGHBOUR), "{table}");
+    // Even the right sequence from the blocked source does nothing...
+    s.knock_from(NEIGHBOUR, &["7000:tcp", "8000:tcp", "9000:tcp"]);
+    // ... while another source opens.
+    s.knock(&["7000", "8000", "9000"]);
+    s.wait_open(CLIENT_V4);
+    assert_eq!(s.opens(NEIGHBOUR), 0, "{}", s.log());
+    assert!(
+        blocked_at.elapsed() < Duration::from_secs(4),
+        "test too slow"
+    );
+    // The block expires; then the same source may knock.
+    wait_for("the block to end", Duration::from_secs(8), || {
+        s.log()
+            .contains(&format!("{NEIGHBOUR}: ssh: blacklist entry expired"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    s.knock_from(NEIGHBOUR, &["7000:tcp", "8000:tcp", "9000:tcp"]);
+    s.wait_open(NEIGHBOUR);
+    assert_eq!(s.opens(NEIGHBOUR), 1);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn time_derived_sequences_open_once_per_window_with_our_client() {
+    let conf = "
+[derived]
+    sequence_secret_file = {DIR}/door.key
+    sequence_length      = 3
+    sequence_period      = 60
+    sequence_ports       = 20000-20999
+    sequence_protocols   = tcp,udp
+    command              = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+";
+    let s = Server::start(conf, Some("a shared secret\n"), false);
+    let knock = example_bin("knock");
+    let knock = knock.to_str().unwrap();
+    let conf_path = s.path("knockd.conf");
+    let conf_path = conf_path.to_str().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // The sequence of this window, as our client computes it.
+    let printed = s
+        .pair
+        .client
+        .run(&[
+            knock,
+            "--door",
+            "derived",
+            "-c",
+            conf_path,
+            "--time",
+            &now.to_string(),
+            "--print",
+            SERVER_V4,
+        ])
+        .unwrap();
+    let steps: Vec<&str> = printed.split_whitespace().collect();
+    assert_eq!(steps.len(), 3, "{printed}");
+    // Knocked with Debian's client: it opens.
+    s.knock(&steps);
+    s.wait_open(CLIENT_V4);
+    assert_eq!(s.opens(CLIENT_V4), 1);
+    // A replay of the same sequence (same window, even from elsewhere) does not.
+    s.pair
+        .server
+        .run(&[
+            "iptables", "-D", "INPUT", "-s", CLIENT_V4, "-p", "tcp", "--dport", "22", "-j",
+            "ACCEPT",
+        ])
+        .unwrap();
+    s.knock(&steps);
+    s.knock_from(NEIGHBOUR, &steps);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(s.opens(CLIENT_V4), 1, "a replay opened:\n{}", s.log());
+    assert_eq!(s.opens(NEIGHBOUR), 0, "a replay opened:\n{}", s.log());
+    assert!(!s.connects_from(CLIENT_V4));
+    // Our client knocking for the next window (a clock 60 s ahead) opens:
+    // w+1 is accepted.
+    s.pair
+        .client
+        .run(&[
+            knock,
+            "-d",
+            "100",
+            "--door",
+            "derived",
+            "--secret-file",
+            s.path("door.key").to_str().unwrap(),
+            "--length",
+            "3",
+            "--period",
+            "60",
+            "--ports",
+            "20000-20999",
+            "--protocols",
+            "udp,tcp",
+            "--time",
+            &(now + 60).to_string(),
+            SERVER_V4,
+        ])
+        .unwrap();
+    s.wait_open(CLIENT_V4);
+    assert_eq!(s.opens(CLIENT_V4), 2);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn bad_secret_files_stop_knockd_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("door.key");
+    let conf = dir.path().join("knockd.conf");
+    fs::write(
+        &conf,
+        format!("[d]\n    sequence_secret_file = {}\n", key.display()),
+    )
+    .unwrap();
+    let check = || {
+        let out = Command::new(example_bin("knockd"))
+            .args(["--check", "-c", conf.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let at = format!("{}:2", conf.display());
+    let msg = check();
+    assert!(msg.contains(&at) && msg.contains("cannot read it"), "{msg}");
+    fs::write(&key, "\n").unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let msg = check();
+    assert!(msg.contains(&at) && msg.contains("it is empty"), "{msg}");
+    fs::write(&key, "secret\n").unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let msg = check();
+    assert!(
+        msg.contains(&at) && msg.contains("readable by everyone"),
+        "{msg}"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn from_restricts_the_knockers_and_grant_prefix_widens_the_grant() {
+    let conf = format!(
+        "
+[ssh]
+    sequence     = 7000,8000
+    from         = {CLIENT_V4}/32
+    open         = tcp/22
+    firewall     = nftables
+    grant_prefix = 24,64
+    cmd_timeout  = 30
+"
+    );
+    let s = Server::start(&conf, None, true);
+    assert!(!s.connects_from(CLIENT_V4), "the guard must drop tcp/22");
+    // A knock from an address outside `from` is ignored.
+    s.knock_from(NEIGHBOUR, &["7000:tcp", "8000:tcp"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.opens(NEIGHBOUR), 0, "{}", s.log());
+    assert!(!s.connects_from(NEIGHBOUR));
+    // The allowed knocker opens for its whole /24: the neighbour gets in too.
+    s.knock(&["7000", "8000"]);
+    s.wait_open(CLIENT_V4);
+    assert!(
+        s.connects_from(NEIGHBOUR),
+        "grant_prefix = 24 must cover {NEIGHBOUR}"
+    );
+    let table = s
+        .pair
+        .server
+        .run(&["nft", "list", "table", "inet", "knock"])
+        .unwrap();
+    assert!(table.contains("198.18.0.0 "), "{table}");
+    assert!(
+        s.events().contains("\"cidr\":\"198.18.0.0/24\""),
+        "{}",
+        s.events()
+    );
+}
