@@ -17,14 +17,20 @@
 //! ## Brief overview
 //! * [`Door`]: a named set of [`Step`] sequences plus knockd's rules
 //!   (`seq_timeout`, `tcpflags`, `target`, one-time sequences) and ours
-//!   (`allow_repeat`, `cooldown`, `from`).
+//!   (`allow_repeat`, `cooldown`, `from`, `strict`, time-derived
+//!   [`Sequences::Windowed`]).
 //! * [`Matcher`]: the per-source state machine. Call order: after every
 //!   `handle_event` or `handle_timeout`, drain `poll_decision` until `None`,
 //!   then wait for the next packet or until `poll_timeout`. Time must only move
 //!   forward (it is clamped otherwise) and is resolved to the millisecond.
 //! * [`Decision`]: `Stage`, `Open`, `Extended`, `Close`, `Expired`,
-//!   `Invalidated`, `SequenceConsumed`. Sinks, not the core, turn them into
-//!   firewall rules or commands.
+//!   `Invalidated`, `SequenceConsumed`, `Blocked`, `Unblocked`. Sinks, not
+//!   the core, turn them into firewall rules or commands.
+//! * [`Blacklist`]: the scanner rule ([`Matcher::set_blacklist`]): a source
+//!   with too many strikes (invalidated attempts, touches of a strict door's
+//!   non-step ports) within a window is [`Decision::Blocked`] and ignored
+//!   until [`Decision::Unblocked`]. Its own bounded table
+//!   ([`Limits::max_suspects`]), O(1) per event.
 //! * [`Listen`]: what a capture backend's kernel filter must let through
 //!   ([`Matcher::listen_set`]).
 //!
@@ -39,6 +45,22 @@
 //! than the next packet, doors sharing a prefix (1,2 and 1,2,3) all fire, a
 //! repeat knock can be tolerated (`allow_repeat`), a re-knock while a grant is
 //! open extends it instead of opening twice, and state is bounded by [`Limits`].
+//!
+//! ## Beyond knockd
+//! * **Strict doors** (`Door::strict`): while an attempt is in progress, any
+//!   TCP SYN (without ACK) or UDP datagram from the source to another port
+//!   invalidates it, not only the ports of some door; [`Matcher::listen_set`]
+//!   then asks for every SYN and datagram ([`Listen::any_port`]), so a
+//!   port-ordered sweep of 1-65535 never opens an ascending sequence.
+//! * **Time-derived sequences** ([`Door::windowed`]): the caller derives the
+//!   sequences of windows w-1, w and w+1 from its clock and a secret
+//!   (knock-config's `derive` module) and hands them over with
+//!   [`Matcher::set_windows`] whenever w changes; the core never reads a
+//!   clock. Each window's sequence opens at most once (the door remembers its
+//!   last [`USED_WINDOWS`] used windows, also across a reload).
+//! * **Scanner blacklist** ([`Blacklist`]), see above.
+//! * **Source allow-lists** (`Door::from`): knocks from elsewhere are not
+//!   seen by the door.
 //!
 //! ## Example
 //! ```
