@@ -15,7 +15,9 @@ use crate::{parse, sys, CaptureError, LinkType};
 #[derive(Clone, Copy, Debug)]
 pub struct LiveConfig {
     /// Receive buffer size in bytes (`SO_RCVBUFFORCE` as root, else capped
-    /// by `net.core.rmem_max`). Default 8 MiB.
+    /// by `net.core.rmem_max`). Default 64 MiB: about 150,000 queued knock
+    /// frames, enough to ride out a pause of the reader (a table growing to
+    /// a million sources) during a flood. The kernel charges only what is queued.
     pub rcvbuf: usize,
     /// Largest frame read whole; longer ones are cut (only headers matter).
     /// Default 65536.
@@ -29,7 +31,7 @@ pub struct LiveConfig {
 impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
-            rcvbuf: 8 << 20,
+            rcvbuf: 64 << 20,
             frame_buf: 65536,
             epoch: Instant::now(),
         }
