@@ -110,9 +110,15 @@ impl Clock {
 }
 
 /// knockd's log: `[YYYY-MM-DD HH:MM] msg` lines in LogFile, syslog, and `tracing`.
+///
+/// Log-file lines are buffered: a flood of first knocks (one `Stage 1` line
+/// each) must not cost a `write(2)` per packet. Buffered lines reach the file
+/// within [`Logger::FLUSH_AFTER`]: the daemon's loop wakes for
+/// [`Logger::flush_deadline`] (once, not periodically) and flushes at exit.
 pub struct Logger {
-    file: Option<std::fs::File>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
     syslog: Option<UnixDatagram>,
+    unflushed_since: Option<Instant>,
 }
 
 impl Logger {
@@ -122,7 +128,8 @@ impl Logger {
         use_syslog: bool,
     ) -> Result<Logger, DaemonError> {
         let file = match log_file {
-            Some(p) => Some(
+            Some(p) => Some(std::io::BufWriter::with_capacity(
+                64 * 1024,
                 OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -131,7 +138,7 @@ impl Logger {
                         path: p.to_owned(),
                         source,
                     })?,
-            ),
+            )),
             None => None,
         };
         let syslog = if use_syslog {
@@ -142,8 +149,15 @@ impl Logger {
         } else {
             None
         };
-        Ok(Logger { file, syslog })
+        Ok(Logger {
+            file,
+            syslog,
+            unflushed_since: None,
+        })
     }
+
+    /// The longest a log-file line waits in the buffer.
+    pub const FLUSH_AFTER: Duration = Duration::from_millis(200);
 
     /// Logs one line.
     pub fn log(&mut self, msg: &str) {
@@ -151,11 +165,43 @@ impl Logger {
         if let Some(f) = &mut self.file {
             let stamp = chrono::Local::now().format("%Y-%m-%d %H:%M");
             let _ = writeln!(f, "[{stamp}] {msg}");
+            match self.unflushed_since {
+                None => self.unflushed_since = Some(Instant::now()),
+                Some(t) if t.elapsed() >= Self::FLUSH_AFTER => self.flush(),
+                Some(_) => {}
+            }
         }
         if let Some(s) = &self.syslog {
             // LOG_DAEMON | LOG_NOTICE
             let _ = s.send(format!("<29>knockd: {msg}").as_bytes());
         }
+    }
+
+    /// When buffered lines must be written (`None`: nothing buffered).
+    pub fn flush_deadline(&self) -> Option<Instant> {
+        self.unflushed_since.map(|t| t + Self::FLUSH_AFTER)
+    }
+
+    /// Writes buffered lines to the log file.
+    pub fn flush(&mut self) {
+        if let Some(f) = &mut self.file {
+            if let Err(e) = f.flush() {
+                tracing::warn!("log file: {e}");
+            }
+        }
+        self.unflushed_since = None;
+    }
+
+    fn flush_if_due(&mut self) {
+        if self.flush_deadline().is_some_and(|t| t <= Instant::now()) {
+            self.flush();
+        }
+    }
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -394,11 +440,13 @@ impl Daemon {
                 matcher_deadline,
                 self.reconcile_deadline(),
                 self.window_deadline(),
+                self.log.flush_deadline(),
             ]
             .into_iter()
             .flatten()
             .min();
             let next = source.next_event(deadline);
+            self.log.flush_if_due();
             self.reconcile_due();
             self.update_windows(false);
             match next {
@@ -639,5 +687,11 @@ impl Daemon {
             }
         }
         self.log.log("shutting down");
+        self.log.flush();
+    }
+
+    /// Writes buffered log lines now (before the caller sleeps outside `run`).
+    pub fn flush_log(&mut self) {
+        self.log.flush();
     }
 }

@@ -10,48 +10,19 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use knock_testnet::{Pair, CLIENT_V4, SERVER_V4};
+use knock_testnet::{wait_for, Pair, CLIENT_V4, SERVER_V4};
+
+/// The example `name`, built in this test's profile (once per run).
+fn example_bin(name: &str) -> PathBuf {
+    knock_testnet::example_bin(name, knock_testnet::Profile::SameAsTest).expect("build example")
+}
 
 /// The client namespace's second address.
 const NEIGHBOUR: &str = "198.18.0.3";
-
-/// target/<profile>/deps/e2e_beyond-<hash> -> target/<profile>/examples/<name>,
-/// built (or brought up to date) once per test run.
-fn example_bin(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile = exe.parent().and_then(Path::parent).expect("target dir");
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|n| n == name) {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--example", name]);
-        if profile.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let st = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build");
-        assert!(st.success(), "cargo build --example {name}");
-        built.push(name.to_owned());
-    }
-    profile.join("examples").join(name)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 /// Sends one SYN from `src` to every port of `lo..=hi` of `dst`, as fast as
 /// a raw socket goes (no handshake: a port-ordered scan).

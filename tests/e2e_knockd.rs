@@ -8,50 +8,19 @@
 
 use std::fs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use knock_testnet::{Pair, SERVER_V4, SERVER_V6};
+use knock_testnet::{wait_for, Pair, SERVER_V4, SERVER_V6};
 
-/// target/<profile>/deps/e2e_knockd-<hash> -> target/<profile>/examples/<name>,
-/// built (or brought up to date) once per test run: `cargo test --test
-/// e2e_knockd` alone does not rebuild examples.
+/// The example `name`, built in this test's profile (once per run).
 fn example_bin(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile = exe.parent().and_then(Path::parent).expect("target dir");
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|n| n == name) {
-        let release = profile.ends_with("release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--example", name]);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build");
-        assert!(st.success(), "cargo build --example {name}");
-        built.push(name.to_owned());
-    }
-    profile.join("examples").join(name)
+    knock_testnet::example_bin(name, knock_testnet::Profile::SameAsTest).expect("build example")
 }
 
 fn knockd_bin() -> PathBuf {
     example_bin("knockd")
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 struct Server {

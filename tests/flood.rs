@@ -22,45 +22,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use knock_testnet::{Pair, CLIENT_IF, SERVER_IF, SERVER_V4};
+use knock_testnet::{wait_for, Pair, CLIENT_IF, SERVER_IF, SERVER_V4};
 
 /// `target/release/examples/<name>`, built (or brought up to date) with
 /// `cargo build --release`: the flood is about the packet rate a deployed
 /// (release) daemon sustains; a debug build costs about twice the CPU per
-/// packet. `KNOCK_FLOOD_PROFILE=debug` uses the debug build instead.
+/// packet. `KNOCK_FLOOD_PROFILE=debug` uses the test's own profile instead.
 fn example_bin(name: &str) -> PathBuf {
-    // target/<profile>/deps/flood-<hash> -> target/
-    let exe = std::env::current_exe().expect("test binary path");
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .expect("target dir");
     let debug = std::env::var("KNOCK_FLOOD_PROFILE").is_ok_and(|p| p == "debug");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "--example", name]);
-    if !debug {
-        cmd.arg("--release");
-    }
-    let st = cmd
-        .env("CARGO_TARGET_DIR", target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build");
-    assert!(st.success(), "cargo build --example {name}");
-    let profile = if debug { "debug" } else { "release" };
-    target.join(profile).join("examples").join(name)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
+    let profile = if debug {
+        knock_testnet::Profile::SameAsTest
+    } else {
+        knock_testnet::Profile::Release
+    };
+    knock_testnet::example_bin(name, profile).expect("build example")
 }
 
 /// N from `KNOCK_FLOOD_N`, default 200,000.
@@ -169,6 +144,9 @@ fn start_daemon(pair: &Pair, dir: &Path, conf: &str) -> Daemon {
         .args(["-c", dir.join("knockd.conf").to_str().unwrap()])
         .args(["-i", SERVER_IF, "--stats-json"])
         .args(["--state-dir", dir.to_str().unwrap()])
+        // A knockd-style log file, as deployments have: one `Stage 1` line
+        // per spoofed knock, which must not cost a write(2) per packet.
+        .args(["-g", dir.join("knockd.log").to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(fs::File::create(dir.join("stdout.log")).unwrap())
         .stderr(fs::File::create(dir.join("stderr.log")).unwrap())
@@ -263,6 +241,10 @@ fn flood_of_spoofed_first_knocks_does_not_stop_the_real_knocker() {
     assert_eq!(stats["capture"]["kernel_packets"], frames, "{stats}");
     assert_eq!(stats["capture"]["events"], frames, "{stats}");
     assert_eq!(stats["matcher"]["opens"], 1, "{stats}");
+    // Every knock was logged (buffered), the open among them.
+    let log = fs::read_to_string(dir.path().join("knockd.log")).unwrap();
+    assert!(log.lines().count() as u64 >= frames, "{} log lines", log.lines().count());
+    assert!(log.contains("198.18.0.2: openSSH: OPEN SESAME"), "no open in the log");
     assert!(
         hwm <= hwm_bound_kib(n),
         "VmHWM {hwm} KiB over the bound of {} KiB",

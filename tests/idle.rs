@@ -13,41 +13,18 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
-use knock_testnet::{Pair, SERVER_IF, SERVER_V4};
+use knock_testnet::{wait_for, Pair, SERVER_IF, SERVER_V4};
 
 /// Wake-ups allowed in a 10 s window, over all threads (a periodic timer of
 /// even 1 Hz would show 10).
 const MAX_WAKEUPS: u64 = 3;
 
 fn knockd_bin() -> PathBuf {
-    // target/<profile>/deps/idle-<hash> -> target/<profile>/examples/knockd
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = profile.join("examples").join("knockd");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "--example", "knockd"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build");
-        assert!(st.success());
-    }
-    bin
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
+    knock_testnet::example_bin("knockd", knock_testnet::Profile::SameAsTest).expect("build example")
 }
 
 /// Voluntary context switches of every thread of `pid`, by "tid name".

@@ -185,6 +185,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     "cannot listen on {}: {e}; retrying",
                     interfaces.join(", ")
                 ));
+                daemon.flush_log();
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
@@ -198,6 +199,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(()) => break,
             Err(e) => {
                 daemon.log(&format!("capture failed: {e}; reopening"));
+                daemon.flush_log();
                 std::thread::sleep(Duration::from_millis(200));
             }
         }

@@ -298,3 +298,69 @@ impl Netns {
         self.run(&args).map(drop)
     }
 }
+
+/// Which build of an example [`example_bin`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// The profile of the running test binary (`target/<profile>/deps/...`).
+    SameAsTest,
+    /// `--release`, whatever the test's profile.
+    Release,
+}
+
+/// The path of example `name` of the package under test, built (or brought
+/// up to date) with `cargo build --example` once per test process: `cargo
+/// test --test X` alone does not rebuild examples. Uses the `CARGO` and
+/// `CARGO_MANIFEST_DIR` variables cargo sets for test binaries.
+pub fn example_bin(name: &str, profile: Profile) -> io::Result<std::path::PathBuf> {
+    use std::sync::Mutex;
+    static BUILT: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>
+    let exe = std::env::current_exe()?;
+    let test_profile = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .ok_or_else(|| io_err(format!("unexpected test binary path {}", exe.display())))?;
+    let target = test_profile
+        .parent()
+        .ok_or_else(|| io_err("no target directory".into()))?;
+    let release = profile == Profile::Release || test_profile.ends_with("release");
+    let dir = if release {
+        target.join("release")
+    } else {
+        test_profile.to_owned()
+    };
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|(n, r)| n == name && *r == release) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+            .ok_or_else(|| io_err("CARGO_MANIFEST_DIR is not set (run under cargo test)".into()))?;
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", name])
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(manifest);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status()?;
+        if !st.success() {
+            return Err(io_err(format!(
+                "cargo build --example {name} failed ({st})"
+            )));
+        }
+        built.push((name.to_owned(), release));
+    }
+    Ok(dir.join("examples").join(name))
+}
+
+/// Polls `f` every 50 ms until it is true; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
