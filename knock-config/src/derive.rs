@@ -42,7 +42,7 @@
 //! happens in practice.)
 //!
 //! Test vectors are in `knock-config/tests/derive_vectors.rs`; a 30-line
-//! Python version is in `docs/beyond-knockd.md`.
+//! Python version is in README.md ("Beyond knockd").
 
 use std::fmt;
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! Test vectors of the time-derived sequence (knock-rs derive v1), computed
-//! with the independent Python version in `docs/beyond-knockd.md`. A change
+//! with the independent Python version in README.md ("Beyond knockd"). A change
 //! here breaks every client: bump the version in the HMAC message instead.
 
 #![allow(clippy::unwrap_used)]
