@@ -185,13 +185,21 @@ fn bytes_per_source(n: usize) -> f64 {
     (after - before) as f64 / n as f64
 }
 
+/// The sizes to run: `KNOCK_BENCH_SIZES=1000,100000` picks some (for profiling one).
+fn sizes() -> Vec<usize> {
+    std::env::var("KNOCK_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| SIZES.to_vec())
+}
+
 fn summary() {
     println!("\nsummary: matcher vs bare HashMap baseline (same stream, same hasher)");
     println!(
         "{:>10} {:>16} {:>16} {:>8} {:>16}",
         "sources", "matcher ev/s", "baseline ev/s", "ratio", "bytes/source"
     );
-    for n in SIZES {
+    for n in sizes() {
         let events = stream(n);
         let mut m = matcher();
         let mut t = 0;
