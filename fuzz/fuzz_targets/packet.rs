@@ -7,14 +7,7 @@ use knock_core::Timestamp;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    for link in [
-        LinkType::Ethernet,
-        LinkType::LinuxSll,
-        LinkType::LinuxSll2,
-        LinkType::RawIp,
-        LinkType::Ipv4,
-        LinkType::Ipv6,
-    ] {
+    for link in LinkType::ALL {
         if parse(link, data, Timestamp::ZERO).is_ok() {
             // IPv4 (20) + UDP (8) is the smallest frame that can carry a knock.
             assert!(data.len() >= 28, "event from {} bytes", data.len());

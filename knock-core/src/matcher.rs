@@ -541,17 +541,8 @@ impl Matcher {
                 let nt = *remap.get(a.track as usize)?;
                 (nt != u16::MAX).then_some(Attempt { track: nt, ..*a })
             }));
-            if buf.is_empty() {
-                self.table.remove(idx);
-            } else {
-                self.table.store(idx, &buf);
-                let after = self.deadline_ms(idx, &buf, now_ms);
-                if after != before {
-                    if let Some(d) = after {
-                        self.timers.push(d, idx);
-                    }
-                }
-            }
+            let hash = self.table.hash(self.table.key(idx));
+            self.store_attempts(idx, hash, &buf, before, now_ms);
         }
         self.scratch = buf;
         self.compact_timers();
@@ -814,19 +805,33 @@ impl Matcher {
                 .get(a.track as usize)
                 .is_some_and(|t| t.live && t.epoch == a.epoch)
         });
-        if buf.is_empty() {
-            self.table.remove_hashed(idx, hash);
-        } else {
-            self.table.store(idx, &buf);
-            let after = self.deadline_ms(idx, &buf, now_ms);
-            if after != before {
-                if let Some(d) = after {
-                    self.timers.push(d, idx);
-                }
-            }
-        }
+        self.store_attempts(idx, hash, &buf, before, now_ms);
         self.scratch = buf;
         true
+    }
+
+    /// Writes back record `idx`'s attempts after a change (removing the
+    /// record if none is left), and schedules its timer if its deadline moved
+    /// from `before`.
+    fn store_attempts(
+        &mut self,
+        idx: u32,
+        hash: u64,
+        buf: &[Attempt],
+        before: Option<u64>,
+        now_ms: u64,
+    ) {
+        if buf.is_empty() {
+            self.table.remove_hashed(idx, hash);
+            return;
+        }
+        self.table.store(idx, buf);
+        let after = self.deadline_ms(idx, buf, now_ms);
+        if after != before {
+            if let Some(d) = after {
+                self.timers.push(d, idx);
+            }
+        }
     }
 
     /// A knock from a source with no attempt: start one per door it begins.
