@@ -10,16 +10,13 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use knock_testnet::{wait_for, Pair, CLIENT_V4, SERVER_V4};
+use knock_testnet::{wait_for, CLIENT_V4, SERVER_V4};
 
-/// The example `name`, built in this test's profile (once per run).
-fn example_bin(name: &str) -> PathBuf {
-    knock_testnet::example_bin(name, knock_testnet::Profile::SameAsTest).expect("build example")
-}
+mod common;
+use common::{example_bin, Server, Setup};
 
 /// The client namespace's second address.
 const NEIGHBOUR: &str = "198.18.0.3";
@@ -73,99 +70,17 @@ except Exception:
     sys.exit(1)
 "#;
 
-struct Server {
-    pair: Pair,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+/// What these tests add to the shared harness.
+trait Beyond {
+    fn opens(&self, src: &str) -> usize;
+    fn knock_from(&self, src: &str, ports: &[&str]);
+    fn sweep_from(&self, src: &str) -> Child;
+    fn connects_from(&self, src: &str) -> bool;
+    fn wait_open_from(&self, src: &str);
+    fn iptables_accepts(&self) -> String;
 }
 
-impl Server {
-    /// Starts knockd with `conf` (`{DIR}` is the temp dir), tcp/22 dropped
-    /// by iptables (unless `nft_only`) and a listener on it; the client
-    /// namespace gets its second address. `secret` is written to
-    /// `{DIR}/door.key` with mode 0600.
-    fn start(conf: &str, secret: Option<&str>, nft_only: bool) -> Server {
-        let pair = Pair::new().expect("namespaces");
-        let dir = tempfile::tempdir().expect("tempdir");
-        if let Some(text) = secret {
-            let p = dir.path().join("door.key");
-            fs::write(&p, text).unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        pair.client
-            .run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{NEIGHBOUR}/24"),
-                "dev",
-                "kn1",
-            ])
-            .unwrap();
-        if !nft_only {
-            pair.server
-                .run(&[
-                    "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP",
-                ])
-                .unwrap();
-        }
-        pair.server.tcp_listen(22).unwrap();
-        let mut s = Server {
-            pair,
-            dir,
-            child: None,
-        };
-        s.write_conf(conf);
-        s.spawn();
-        s
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write_conf(&self, conf: &str) {
-        let dir = self.dir.path().display().to_string();
-        fs::write(self.path("knockd.conf"), conf.replace("{DIR}", &dir)).unwrap();
-    }
-
-    fn spawn(&mut self) {
-        let out = fs::File::create(self.path("events.json")).unwrap();
-        let err = fs::File::create(self.path("stderr.log")).unwrap();
-        let child = self
-            .pair
-            .server
-            .command(example_bin("knockd").to_str().unwrap())
-            .args([
-                "-c",
-                self.path("knockd.conf").to_str().unwrap(),
-                "-i",
-                "kn0",
-            ])
-            .arg("--events-json")
-            .args(["-g", self.path("knockd.log").to_str().unwrap()])
-            .args(["--state-dir", self.dir.path().to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        wait_for("knockd to start", Duration::from_secs(20), || {
-            self.log().contains("starting up")
-        });
-        std::thread::sleep(Duration::from_millis(300));
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.path("knockd.log")).unwrap_or_default()
-            + &fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
-    }
-
-    fn events(&self) -> String {
-        fs::read_to_string(self.path("events.json")).unwrap_or_default()
-    }
-
+impl Beyond for Server {
     /// Opens of `door` for `src` so far, from the events.
     fn opens(&self, src: &str) -> usize {
         self.events()
@@ -174,13 +89,6 @@ impl Server {
                 l.contains("\"event\":\"open\"") && l.contains(&format!("\"src\":\"{src}\""))
             })
             .count()
-    }
-
-    /// Knocks with Debian's `knock` client from the client's main address.
-    fn knock(&self, ports: &[&str]) {
-        let mut args = vec!["knock", "-d", "100", SERVER_V4];
-        args.extend_from_slice(ports);
-        self.pair.client.run(&args).unwrap();
     }
 
     /// Knocks `port:proto`s from the client namespace's address `src`.
@@ -208,7 +116,7 @@ impl Server {
             .unwrap_or(false)
     }
 
-    fn wait_open(&self, src: &str) {
+    fn wait_open_from(&self, src: &str) {
         wait_for(
             &format!("tcp/22 open to {src}\n{}", self.log()),
             Duration::from_secs(5),
@@ -218,15 +126,6 @@ impl Server {
 
     fn iptables_accepts(&self) -> String {
         self.pair.server.run(&["iptables", "-S", "INPUT"]).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -241,17 +140,17 @@ const STRICT: &str = "
 #[test]
 #[ignore = "needs root"]
 fn a_port_sweep_never_opens_a_strict_door_and_the_real_knocker_still_does() {
-    let s = Server::start(STRICT, None, false);
+    let s = Setup::new(STRICT).client_addr("198.18.0.3/24").start();
     let t = Instant::now();
     let mut sweep = s.sweep_from(NEIGHBOUR);
     // The real knocker knocks while the sweep runs.
-    s.knock(&["7000", "8000", "9000"]);
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
     assert!(sweep.wait().unwrap().success());
     assert!(
         t.elapsed() < Duration::from_secs(25),
         "the sweep must fit in seq_timeout"
     );
-    s.wait_open(CLIENT_V4);
+    s.wait_open_from(CLIENT_V4);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(s.opens(NEIGHBOUR), 0, "the sweep opened:\n{}", s.log());
     assert!(!s.connects_from(NEIGHBOUR));
@@ -269,7 +168,7 @@ fn a_port_sweep_never_opens_a_strict_door_and_the_real_knocker_still_does() {
 #[ignore = "needs root"]
 fn the_blacklist_blocks_a_sweeper_others_are_unaffected_and_the_block_expires() {
     let conf = format!("[options]\n    blacklist = 3 invalid in 60s for 4s\n{STRICT}");
-    let s = Server::start(&conf, None, false);
+    let s = Setup::new(&conf).client_addr("198.18.0.3/24").start();
     let mut sweep = s.sweep_from(NEIGHBOUR);
     assert!(sweep.wait().unwrap().success());
     wait_for(
@@ -291,8 +190,8 @@ fn the_blacklist_blocks_a_sweeper_others_are_unaffected_and_the_block_expires() 
     // Even the right sequence from the blocked source does nothing...
     s.knock_from(NEIGHBOUR, &["7000:tcp", "8000:tcp", "9000:tcp"]);
     // ... while another source opens.
-    s.knock(&["7000", "8000", "9000"]);
-    s.wait_open(CLIENT_V4);
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open_from(CLIENT_V4);
     assert_eq!(s.opens(NEIGHBOUR), 0, "{}", s.log());
     assert!(
         blocked_at.elapsed() < Duration::from_secs(4),
@@ -305,7 +204,7 @@ fn the_blacklist_blocks_a_sweeper_others_are_unaffected_and_the_block_expires() 
     });
     std::thread::sleep(Duration::from_millis(300));
     s.knock_from(NEIGHBOUR, &["7000:tcp", "8000:tcp", "9000:tcp"]);
-    s.wait_open(NEIGHBOUR);
+    s.wait_open_from(NEIGHBOUR);
     assert_eq!(s.opens(NEIGHBOUR), 1);
 }
 
@@ -321,7 +220,10 @@ fn time_derived_sequences_open_once_per_window_with_our_client() {
     sequence_protocols   = tcp,udp
     command              = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
 ";
-    let s = Server::start(conf, Some("a shared secret\n"), false);
+    let s = Setup::new(conf)
+        .client_addr("198.18.0.3/24")
+        .file("door.key", "a shared secret\n", 0o600)
+        .start();
     let knock = example_bin("knock");
     let knock = knock.to_str().unwrap();
     let conf_path = s.path("knockd.conf");
@@ -349,8 +251,8 @@ fn time_derived_sequences_open_once_per_window_with_our_client() {
     let steps: Vec<&str> = printed.split_whitespace().collect();
     assert_eq!(steps.len(), 3, "{printed}");
     // Knocked with Debian's client: it opens.
-    s.knock(&steps);
-    s.wait_open(CLIENT_V4);
+    s.knock(SERVER_V4, &steps);
+    s.wait_open_from(CLIENT_V4);
     assert_eq!(s.opens(CLIENT_V4), 1);
     // A replay of the same sequence (same window, even from elsewhere) does not.
     s.pair
@@ -360,7 +262,7 @@ fn time_derived_sequences_open_once_per_window_with_our_client() {
             "ACCEPT",
         ])
         .unwrap();
-    s.knock(&steps);
+    s.knock(SERVER_V4, &steps);
     s.knock_from(NEIGHBOUR, &steps);
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(s.opens(CLIENT_V4), 1, "a replay opened:\n{}", s.log());
@@ -391,7 +293,7 @@ fn time_derived_sequences_open_once_per_window_with_our_client() {
             SERVER_V4,
         ])
         .unwrap();
-    s.wait_open(CLIENT_V4);
+    s.wait_open_from(CLIENT_V4);
     assert_eq!(s.opens(CLIENT_V4), 2);
 }
 
@@ -444,7 +346,10 @@ fn from_restricts_the_knockers_and_grant_prefix_widens_the_grant() {
     cmd_timeout  = 30
 "
     );
-    let s = Server::start(&conf, None, true);
+    let s = Setup::new(&conf)
+        .client_addr("198.18.0.3/24")
+        .no_iptables_drop()
+        .start();
     assert!(!s.connects_from(CLIENT_V4), "the guard must drop tcp/22");
     // A knock from an address outside `from` is ignored.
     s.knock_from(NEIGHBOUR, &["7000:tcp", "8000:tcp"]);
@@ -452,8 +357,8 @@ fn from_restricts_the_knockers_and_grant_prefix_widens_the_grant() {
     assert_eq!(s.opens(NEIGHBOUR), 0, "{}", s.log());
     assert!(!s.connects_from(NEIGHBOUR));
     // The allowed knocker opens for its whole /24: the neighbour gets in too.
-    s.knock(&["7000", "8000"]);
-    s.wait_open(CLIENT_V4);
+    s.knock(SERVER_V4, &["7000", "8000"]);
+    s.wait_open_from(CLIENT_V4);
     assert!(
         s.connects_from(NEIGHBOUR),
         "grant_prefix = 24 must cover {NEIGHBOUR}"

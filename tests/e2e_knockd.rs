@@ -7,153 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::net::IpAddr;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use knock_testnet::{wait_for, Pair, SERVER_V4, SERVER_V6};
+use knock_testnet::{wait_for, SERVER_V4, SERVER_V6};
 
-/// The example `name`, built in this test's profile (once per run).
-fn example_bin(name: &str) -> PathBuf {
-    knock_testnet::example_bin(name, knock_testnet::Profile::SameAsTest).expect("build example")
-}
-
-fn knockd_bin() -> PathBuf {
-    example_bin("knockd")
-}
-
-struct Server {
-    pair: Pair,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Server {
-    /// Starts knockd with `conf` (`{DIR}` is replaced by a temp dir), with
-    /// tcp/22 dropped by default and a listener on it.
-    fn start(conf: &str) -> Server {
-        Self::start_with(conf, &[])
-    }
-
-    /// `start`, with `files` (name, content) written to the temp dir first.
-    fn start_with(conf: &str, files: &[(&str, &str)]) -> Server {
-        let pair = Pair::new().expect("namespaces");
-        let dir = tempfile::tempdir().expect("tempdir");
-        for (name, content) in files {
-            fs::write(dir.path().join(name), content).unwrap();
-        }
-        let mut s = Server {
-            pair,
-            dir,
-            child: None,
-        };
-        s.pair
-            .server
-            .run(&[
-                "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP",
-            ])
-            .unwrap();
-        s.pair
-            .server
-            .run(&[
-                "ip6tables",
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                "22",
-                "-j",
-                "DROP",
-            ])
-            .unwrap();
-        s.pair.server.tcp_listen(22).unwrap();
-        s.write_conf(conf);
-        s.spawn();
-        s
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write_conf(&self, conf: &str) {
-        let dir = self.dir.path().display().to_string();
-        fs::write(self.path("knockd.conf"), conf.replace("{DIR}", &dir)).unwrap();
-    }
-
-    fn spawn(&mut self) {
-        let log = fs::File::create(self.path("stdout.log")).unwrap();
-        let err = fs::File::create(self.path("stderr.log")).unwrap();
-        let child = self
-            .pair
-            .server
-            .command(knockd_bin().to_str().unwrap())
-            .args([
-                "-c",
-                self.path("knockd.conf").to_str().unwrap(),
-                "-i",
-                "kn0",
-                "-v",
-                "--events-json",
-            ])
-            .args(["-g", self.path("knockd.log").to_str().unwrap()])
-            .args(["--state-dir", self.dir.path().to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        wait_for("knockd to start", Duration::from_secs(20), || {
-            self.log().contains("starting up")
-        });
-        std::thread::sleep(Duration::from_millis(300));
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.path("knockd.log")).unwrap_or_default()
-            + &fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
-    }
-
-    /// Knocks with Debian's `knock` client from the client namespace.
-    fn knock(&self, target: &str, ports: &[&str]) {
-        let mut args = vec!["knock", "-d", "100", target];
-        args.extend_from_slice(ports);
-        self.pair.client.run(&args).unwrap();
-    }
-
-    fn connects(&self, addr: &str) -> bool {
-        self.pair.client.tcp_connect(
-            addr.parse::<IpAddr>().unwrap(),
-            22,
-            Duration::from_millis(700),
-        )
-    }
-
-    fn wait_open(&self, addr: &str) {
-        wait_for(
-            &format!("tcp/22 open to {addr}\n{}", self.log()),
-            Duration::from_secs(5),
-            || self.connects(addr),
-        );
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        knock_testnet::run(&["kill", sig, &pid]).unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+mod common;
+use common::{example_bin, Server, Setup};
 
 const CLASSIC: &str = "
 [options]
@@ -250,15 +109,20 @@ fn start_and_stop_commands_with_cmd_timeout_and_mixed_protocols() {
 #[test]
 #[ignore = "needs root"]
 fn one_time_sequences_work_once_each_over_ipv4_and_ipv6() {
-    let s = Server::start_with(
+    let s = Setup::new(
         "
 [once]
     one_time_sequences = {DIR}/once.seq
     start_command = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
     start_command_6 = /usr/sbin/ip6tables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
 ",
-        &[("once.seq", " 1001,1002\n 2001:udp,2002\n 3001,3002\n")],
-    );
+    )
+    .file(
+        "once.seq",
+        " 1001,1002\n 2001:udp,2002\n 3001,3002\n",
+        0o644,
+    )
+    .start();
     s.knock(SERVER_V4, &["1001", "1002"]);
     s.wait_open(SERVER_V4);
     wait_for("line 1 marked", Duration::from_secs(3), || {
@@ -329,14 +193,15 @@ fn native_iptables_door() {
 #[test]
 #[ignore = "needs root"]
 fn sequence_file_of_reusable_sequences() {
-    let s = Server::start_with(
+    let s = Setup::new(
         "
 [ssh]
     sequence = {DIR}/ssh.seq
     command  = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
 ",
-        &[("ssh.seq", " 1001,1002\n 2001,2002\n")],
-    );
+    )
+    .file("ssh.seq", " 1001,1002\n 2001,2002\n", 0o644)
+    .start();
     s.knock(SERVER_V4, &["2001", "2002"]);
     s.wait_open(SERVER_V4);
     s.pair
@@ -481,14 +346,15 @@ fn a_pending_stop_command_survives_a_restart() {
 #[test]
 #[ignore = "needs root"]
 fn our_client_knocks_lines_of_a_one_time_sequence_file() {
-    let s = Server::start_with(
+    let s = Setup::new(
         "
 [once]
     one_time_sequences = {DIR}/once.seq
     start_command = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
 ",
-        &[("once.seq", " 1001,1002:udp,1003\n 2001,2002\n")],
-    );
+    )
+    .file("once.seq", " 1001,1002:udp,1003\n 2001,2002\n", 0o644)
+    .start();
     let client = example_bin("knock");
     let seq = s.path("once.seq");
     let knock = |line: &str| {

@@ -243,8 +243,15 @@ fn flood_of_spoofed_first_knocks_does_not_stop_the_real_knocker() {
     assert_eq!(stats["matcher"]["opens"], 1, "{stats}");
     // Every knock was logged (buffered), the open among them.
     let log = fs::read_to_string(dir.path().join("knockd.log")).unwrap();
-    assert!(log.lines().count() as u64 >= frames, "{} log lines", log.lines().count());
-    assert!(log.contains("198.18.0.2: openSSH: OPEN SESAME"), "no open in the log");
+    assert!(
+        log.lines().count() as u64 >= frames,
+        "{} log lines",
+        log.lines().count()
+    );
+    assert!(
+        log.contains("198.18.0.2: openSSH: OPEN SESAME"),
+        "no open in the log"
+    );
     assert!(
         hwm <= hwm_bound_kib(n),
         "VmHWM {hwm} KiB over the bound of {} KiB",

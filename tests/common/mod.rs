@@ -1,0 +1,210 @@
+//! The end-to-end harness shared by the namespace test files: our `knockd`
+//! example in a server namespace with tcp/22 behind a firewall and a
+//! listener on it, knocks from a client namespace.
+
+// Test support code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unreachable_pub)]
+
+use std::fs;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use knock_testnet::{wait_for, Pair};
+
+/// The example `name`, built in this test's profile (once per run).
+pub fn example_bin(name: &str) -> PathBuf {
+    knock_testnet::example_bin(name, knock_testnet::Profile::SameAsTest).expect("build example")
+}
+
+/// How to set up a [`Server`].
+pub struct Setup<'a> {
+    conf: &'a str,
+    files: Vec<(&'a str, &'a str, u32)>,
+    drop_22: bool,
+    client_addrs: Vec<&'a str>,
+}
+
+impl<'a> Setup<'a> {
+    /// knockd.conf text; `{DIR}` stands for the server's temp dir.
+    pub fn new(conf: &'a str) -> Self {
+        Setup {
+            conf,
+            files: Vec::new(),
+            drop_22: true,
+            client_addrs: Vec::new(),
+        }
+    }
+
+    /// A file written to the temp dir before knockd starts, with `mode`.
+    pub fn file(mut self, name: &'a str, content: &'a str, mode: u32) -> Self {
+        self.files.push((name, content, mode));
+        self
+    }
+
+    /// Leave tcp/22 to the daemon's own firewall (nftables guards its ports).
+    pub fn no_iptables_drop(mut self) -> Self {
+        self.drop_22 = false;
+        self
+    }
+
+    /// Another address for the client namespace (e.g. a neighbour in the /24).
+    pub fn client_addr(mut self, cidr: &'a str) -> Self {
+        self.client_addrs.push(cidr);
+        self
+    }
+
+    /// Creates the namespaces and starts knockd.
+    pub fn start(self) -> Server {
+        let pair = Pair::new().expect("namespaces");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content, mode) in &self.files {
+            let p = dir.path().join(name);
+            fs::write(&p, content).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        for cidr in &self.client_addrs {
+            pair.client
+                .run(&["ip", "addr", "add", cidr, "dev", knock_testnet::CLIENT_IF])
+                .unwrap();
+        }
+        if self.drop_22 {
+            for ipt in ["iptables", "ip6tables"] {
+                pair.server
+                    .run(&[
+                        ipt, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP",
+                    ])
+                    .unwrap();
+            }
+        }
+        pair.server.tcp_listen(22).unwrap();
+        let mut s = Server {
+            pair,
+            dir,
+            child: None,
+        };
+        s.write_conf(self.conf);
+        s.spawn();
+        s
+    }
+}
+
+/// A running knockd in its namespace pair; killed and cleaned up on drop.
+pub struct Server {
+    /// The namespaces.
+    pub pair: Pair,
+    /// knockd.conf, the log, the events and the state live here.
+    pub dir: tempfile::TempDir,
+    /// The daemon (taken when a test stops it itself).
+    pub child: Option<Child>,
+}
+
+impl Server {
+    /// `Setup::new(conf).start()`.
+    pub fn start(conf: &str) -> Server {
+        Setup::new(conf).start()
+    }
+
+    /// A file in the temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Rewrites knockd.conf (`{DIR}` is the temp dir).
+    pub fn write_conf(&self, conf: &str) {
+        let dir = self.dir.path().display().to_string();
+        fs::write(self.path("knockd.conf"), conf.replace("{DIR}", &dir)).unwrap();
+    }
+
+    /// Starts knockd (verbose, events as JSON lines in `events.json`) and
+    /// waits until it listens.
+    pub fn spawn(&mut self) {
+        let out = fs::File::create(self.path("events.json")).unwrap();
+        let err = fs::File::create(self.path("stderr.log")).unwrap();
+        let child = self
+            .pair
+            .server
+            .command(example_bin("knockd").to_str().unwrap())
+            .args([
+                "-c",
+                self.path("knockd.conf").to_str().unwrap(),
+                "-i",
+                "kn0",
+            ])
+            .args(["-v", "--events-json"])
+            .args(["-g", self.path("knockd.log").to_str().unwrap()])
+            .args(["--state-dir", self.dir.path().to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for("knockd to start", Duration::from_secs(20), || {
+            self.log().contains("starting up")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Sends `sig` (e.g. `-HUP`) to the daemon.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        knock_testnet::run(&["kill", sig, &pid]).unwrap();
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it to exit (at most 2 s).
+    pub fn stop(&mut self) {
+        self.signal("-TERM");
+        let mut child = self.child.take().expect("running");
+        wait_for("exit", Duration::from_secs(2), || {
+            child.try_wait().unwrap().is_some()
+        });
+    }
+
+    /// The knockd log and stderr.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("knockd.log")).unwrap_or_default()
+            + &fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+
+    /// The `--events-json` lines so far.
+    pub fn events(&self) -> String {
+        fs::read_to_string(self.path("events.json")).unwrap_or_default()
+    }
+
+    /// Knocks with Debian's `knock` client from the client namespace.
+    pub fn knock(&self, target: &str, ports: &[&str]) {
+        let mut args = vec!["knock", "-d", "100", target];
+        args.extend_from_slice(ports);
+        self.pair.client.run(&args).unwrap();
+    }
+
+    /// Whether a TCP connect from the client's main address to `addr`:22 succeeds.
+    pub fn connects(&self, addr: &str) -> bool {
+        self.pair.client.tcp_connect(
+            addr.parse::<IpAddr>().unwrap(),
+            22,
+            Duration::from_millis(700),
+        )
+    }
+
+    /// Waits until tcp/22 at `addr` accepts the client.
+    pub fn wait_open(&self, addr: &str) {
+        wait_for(
+            &format!("tcp/22 open to {addr}\n{}", self.log()),
+            Duration::from_secs(5),
+            || self.connects(addr),
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
