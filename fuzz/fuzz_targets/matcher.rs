@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use knock_core::{Decision, Door, Event, FlagFilter, GrantId, Limits, Matcher, Step, TcpFlags, Timestamp};
+use knock_core::{
+    Decision, Door, Event, FlagFilter, GrantId, Limits, Matcher, Step, TcpFlags, Timestamp,
+};
 use libfuzzer_sys::fuzz_target;
 
 const CAP: usize = 8;
@@ -35,7 +37,11 @@ fn doors(b: &mut Bytes) -> Vec<Door> {
                         .map(|_| {
                             let x = b.u8();
                             let port = 1 + u16::from(x % 6);
-                            if x & 0x80 != 0 { Step::udp(port) } else { Step::tcp(port) }
+                            if x & 0x80 != 0 {
+                                Step::udp(port)
+                            } else {
+                                Step::tcp(port)
+                            }
                         })
                         .collect()
                 })
@@ -47,11 +53,20 @@ fn doors(b: &mut Bytes) -> Vec<Door> {
                 Door::with_sequences(format!("d{i}"), knock_core::Sequences::Reusable(seqs))
             };
             door.with_seq_timeout(Duration::from_millis(1 + u64::from(b.u8()) * 20))
-                .with_grant_lifetime((flags & 2 != 0).then(|| Duration::from_millis(1 + u64::from(b.u8()) * 20)))
+                .with_grant_lifetime(
+                    (flags & 2 != 0).then(|| Duration::from_millis(1 + u64::from(b.u8()) * 20)),
+                )
                 .with_allow_repeat(flags & 4 != 0)
-                .with_cooldown(Duration::from_millis(if flags & 8 != 0 { u64::from(b.u8()) * 10 } else { 0 }))
+                .with_cooldown(Duration::from_millis(if flags & 8 != 0 {
+                    u64::from(b.u8()) * 10
+                } else {
+                    0
+                }))
                 .with_tcp_flags(if flags & 16 != 0 {
-                    FlagFilter { set: TcpFlags::SYN, clear: TcpFlags::ACK }
+                    FlagFilter {
+                        set: TcpFlags::SYN,
+                        clear: TcpFlags::ACK,
+                    }
                 } else {
                     FlagFilter::ANY
                 })
@@ -61,19 +76,32 @@ fn doors(b: &mut Bytes) -> Vec<Door> {
 
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes(data);
-    let limits = Limits::default().with_max_sources(CAP).with_max_timers_per_call(1 + usize::from(b.u8() % 16));
-    let Ok(mut m) = Matcher::new(doors(&mut b), limits) else { return };
+    let limits = Limits::default()
+        .with_max_sources(CAP)
+        .with_max_timers_per_call(1 + usize::from(b.u8() % 16));
+    let Ok(mut m) = Matcher::new(doors(&mut b), limits) else {
+        return;
+    };
     let mut pending: BTreeMap<GrantId, Timestamp> = BTreeMap::new();
     let mut t = 0u64;
     let server = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
     let mut drain = |m: &mut Matcher, now: Timestamp| {
         while let Some(d) = m.poll_decision() {
             match d {
-                Decision::Open { grant, until: Some(u), .. } | Decision::Extended { grant, until: u, .. } => {
+                Decision::Open {
+                    grant,
+                    until: Some(u),
+                    ..
+                }
+                | Decision::Extended {
+                    grant, until: u, ..
+                } => {
                     pending.insert(grant, u);
                 }
                 Decision::Close { grant, .. } => {
-                    let due = pending.remove(&grant).expect("close of an unknown or closed grant");
+                    let due = pending
+                        .remove(&grant)
+                        .expect("close of an unknown or closed grant");
                     assert!(due <= now, "closed early");
                 }
                 _ => {}
@@ -94,7 +122,16 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 let s = b.u8();
                 let src = if s & 0x80 != 0 {
-                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(s % 16)))
+                    IpAddr::V6(Ipv6Addr::new(
+                        0x2001,
+                        0xdb8,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        u16::from(s % 16),
+                    ))
                 } else {
                     IpAddr::V4(Ipv4Addr::new(198, 18, 1, s % 16))
                 };
