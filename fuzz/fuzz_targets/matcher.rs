@@ -8,7 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use knock_core::{
-    Decision, Door, Event, FlagFilter, GrantId, Limits, Matcher, Step, TcpFlags, Timestamp,
+    Blacklist, Decision, Door, Event, FlagFilter, GrantId, Limits, Matcher, Step, TcpFlags,
+    Timestamp,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -47,7 +48,10 @@ fn doors(b: &mut Bytes) -> Vec<Door> {
                 })
                 .collect();
             let flags = b.u8();
-            let door = if flags & 1 != 0 {
+            let door = if flags & 0x40 != 0 {
+                // Windowed: sequences arrive later through set_windows.
+                Door::windowed(format!("d{i}"))
+            } else if flags & 1 != 0 {
                 Door::one_time(format!("d{i}"), seqs)
             } else {
                 Door::with_sequences(format!("d{i}"), knock_core::Sequences::Reusable(seqs))
@@ -57,6 +61,7 @@ fn doors(b: &mut Bytes) -> Vec<Door> {
                     (flags & 2 != 0).then(|| Duration::from_millis(1 + u64::from(b.u8()) * 20)),
                 )
                 .with_allow_repeat(flags & 4 != 0)
+                .with_strict(flags & 0x20 != 0)
                 .with_cooldown(Duration::from_millis(if flags & 8 != 0 {
                     u64::from(b.u8()) * 10
                 } else {
@@ -82,6 +87,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut m) = Matcher::new(doors(&mut b), limits) else {
         return;
     };
+    let rule = b.u8();
+    if rule & 1 != 0 {
+        m.set_blacklist(Some(Blacklist::new(
+            1 + u32::from(rule >> 5),
+            Duration::from_millis(u64::from(b.u8()) * 20),
+            Duration::from_millis(1 + u64::from(b.u8()) * 20),
+        )));
+    }
     let mut pending: BTreeMap<GrantId, Timestamp> = BTreeMap::new();
     let mut t = 0u64;
     let server = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
@@ -118,6 +131,22 @@ fuzz_target!(|data: &[u8]| {
             1 => {
                 let new = doors(&mut b);
                 let _ = m.replace_doors(new);
+            }
+            2 if b.u8() & 3 == 0 => {
+                // New windows for a windowed door (errors for others are fine).
+                let ids: Vec<_> = m.doors().map(|(id, _)| id).collect();
+                if let Some(&id) = ids.get(usize::from(b.u8()) % ids.len().max(1)) {
+                    let w = u64::from(b.u8());
+                    let windows = (0..1 + b.u8() % 3)
+                        .map(|k| {
+                            (
+                                w + u64::from(k),
+                                vec![Step::tcp(1 + u16::from(b.u8() % 6)), Step::udp(2)],
+                            )
+                        })
+                        .collect();
+                    let _ = m.set_windows(id, windows);
+                }
             }
             _ => {
                 let s = b.u8();
