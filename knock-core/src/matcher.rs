@@ -745,6 +745,7 @@ impl Matcher {
             return false;
         }
         let now = Timestamp::from_millis(now_ms).max(self.now);
+        let mut opened = false;
         let mut i = 0;
         while i < buf.len() {
             let a = &mut buf[i];
@@ -783,6 +784,7 @@ impl Matcher {
                 if done {
                     buf.swap_remove(i);
                     self.open(track, src, now);
+                    opened = true;
                     continue;
                 }
             } else if !(door.allow_repeat && t.steps[usize::from(a.step) - 1].matches(event)) {
@@ -800,11 +802,13 @@ impl Matcher {
             i += 1;
         }
         // An open may have used a one-time sequence that other attempts were on.
-        buf.retain(|a| {
-            self.tracks
-                .get(a.track as usize)
-                .is_some_and(|t| t.live && t.epoch == a.epoch)
-        });
+        if opened {
+            buf.retain(|a| {
+                self.tracks
+                    .get(a.track as usize)
+                    .is_some_and(|t| t.live && t.epoch == a.epoch)
+            });
+        }
         self.store_attempts(idx, hash, &buf, before, now_ms);
         self.scratch = buf;
         true

@@ -189,7 +189,8 @@ impl SourceTable {
         debug_assert!(!attempts.is_empty());
         let old = self.level_of(idx);
         self.write_attempts(idx, attempts);
-        let new = self.level_of(idx);
+        let max = attempts.iter().map(|a| a.step).max().unwrap_or(0);
+        let new = usize::from(max).min(LEVELS - 1);
         if old != new {
             self.unlink(idx, old);
             self.link(idx, new);
