@@ -444,3 +444,59 @@ fn an_iptables_grant_left_by_a_restart_still_closes_on_time() {
     let rules = s.pair.server.run(&["iptables", "-S", "KNOCK"]).unwrap();
     assert!(!rules.contains("198.18.0.2"), "{rules}");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn daemon_mode_writes_its_pid_file_and_listens_on_any_interface() {
+    let pair = knock_testnet::Pair::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("knockd.conf");
+    fs::write(
+        &conf,
+        CLASSIC.replace("{DIR}", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    pair.server
+        .run(&[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP",
+        ])
+        .unwrap();
+    pair.server.tcp_listen(22).unwrap();
+    let pid_file = dir.path().join("knockd.pid");
+    let bin = example_bin("knockd");
+    // -d forks into the background: the command itself returns at once.
+    let st = pair
+        .server
+        .command(bin.to_str().unwrap())
+        .args(["-d", "-i", "any", "-c", conf.to_str().unwrap()])
+        .args([
+            "-p",
+            pid_file.to_str().unwrap(),
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .args(["-g", dir.path().join("knockd.log").to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_for("the pid file", Duration::from_secs(10), || {
+        pid_file.exists()
+    });
+    let pid = fs::read_to_string(&pid_file).unwrap().trim().to_owned();
+    let log = || fs::read_to_string(dir.path().join("knockd.log")).unwrap_or_default();
+    wait_for("start-up", Duration::from_secs(10), || {
+        log().contains("starting up, listening on any")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    pair.client
+        .run(&["knock", "-d", "100", SERVER_V4, "7000", "8000", "9000"])
+        .unwrap();
+    wait_for("tcp/22 open", Duration::from_secs(5), || {
+        pair.client
+            .tcp_connect(SERVER_V4.parse().unwrap(), 22, Duration::from_millis(700))
+    });
+    knock_testnet::run(&["kill", "-TERM", &pid]).unwrap();
+    wait_for("the pid file to go", Duration::from_secs(3), || {
+        !pid_file.exists()
+    });
+}
