@@ -1,7 +1,6 @@
 //! The matcher: the whole per-source state machine.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use crate::blacklist::{Blacklist, Suspects};
@@ -144,30 +143,32 @@ impl DoorSlot {
     }
 }
 
-/// A tiny hasher for the port index, whose keys come from the configuration.
-#[derive(Default)]
-struct PortHasher(u64);
-
-impl Hasher for PortHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 #[derive(Clone, Debug, Default)]
 struct PortEntry {
     /// Tracks whose first step is this port.
     first: Vec<u16>,
     /// Doors with this port anywhere in a live track.
     doors: Vec<DoorId>,
+}
+
+/// The knock ports, sorted by key. A configuration has a handful of them,
+/// so a binary search over a dense vector beats hashing on every event.
+#[derive(Clone, Debug, Default)]
+struct PortIndex {
+    keys: Vec<u32>,
+    entries: Vec<PortEntry>,
+}
+
+impl PortIndex {
+    fn get(&self, key: u32) -> Option<&PortEntry> {
+        let i = self.keys.binary_search(&key).ok()?;
+        self.entries.get(i)
+    }
+
+    fn from_map(map: std::collections::BTreeMap<u32, PortEntry>) -> Self {
+        let (keys, entries) = map.into_iter().unzip();
+        PortIndex { keys, entries }
+    }
 }
 
 fn port_key(proto: Proto, port: u16) -> u32 {
@@ -187,7 +188,7 @@ fn port_key(proto: Proto, port: u16) -> u32 {
 pub struct Matcher {
     doors: Vec<DoorSlot>,
     tracks: Vec<Track>,
-    ports: HashMap<u32, PortEntry, BuildHasherDefault<PortHasher>>,
+    ports: PortIndex,
     table: SourceTable,
     timers: TimerHeap,
     grants: Grants,
@@ -211,7 +212,7 @@ impl Matcher {
         let mut m = Matcher {
             doors: doors.into_iter().map(DoorSlot::new).collect(),
             tracks: Vec::new(),
-            ports: HashMap::default(),
+            ports: PortIndex::default(),
             table: SourceTable::new(),
             timers: TimerHeap::default(),
             grants: Grants::new(limits.max_grants),
@@ -323,7 +324,7 @@ impl Matcher {
         self.stats.events += 1;
         let pk = port_key(event.proto, event.dst_port);
         let doors = &self.doors;
-        let relevant = self.ports.get(&pk).is_some_and(|entry| {
+        let relevant = self.ports.get(pk).is_some_and(|entry| {
             entry
                 .doors
                 .iter()
@@ -332,7 +333,7 @@ impl Matcher {
         // A strict door this event touches on a port that is not its step.
         let touched = self.strict.iter().copied().find(|d| {
             doors[d.0 as usize].door.strict_touch(event)
-                && !self.ports.get(&pk).is_some_and(|e| e.doors.contains(d))
+                && !self.ports.get(pk).is_some_and(|e| e.doors.contains(d))
         });
         if !relevant && touched.is_none() {
             self.stats.ignored += 1;
@@ -344,7 +345,7 @@ impl Matcher {
             self.stats.blocked_events += 1;
             return;
         }
-        let src = addr_of(&key);
+        let src = normalized(event.src);
         let hash = self.table.hash(&key);
         self.invalidated_by_event = None;
         let mut handled = !relevant;
@@ -656,7 +657,7 @@ impl Matcher {
     }
 
     fn rebuild_ports(&mut self) {
-        self.ports.clear();
+        let mut ports: std::collections::BTreeMap<u32, PortEntry> = Default::default();
         self.strict = self
             .doors()
             .filter(|(_, d)| d.strict)
@@ -667,7 +668,7 @@ impl Matcher {
                 continue;
             }
             for (si, s) in t.steps.iter().enumerate() {
-                let e = self.ports.entry(port_key(s.proto, s.port)).or_default();
+                let e = ports.entry(port_key(s.proto, s.port)).or_default();
                 if si == 0 {
                     e.first.push(ti as u16);
                 }
@@ -676,6 +677,7 @@ impl Matcher {
                 }
             }
         }
+        self.ports = PortIndex::from_map(ports);
         self.listen_generation += 1;
     }
 
@@ -853,7 +855,7 @@ impl Matcher {
         let mut opens: [u16; 4] = [0; 4];
         let mut n_opens = 0usize;
         let mut more_opens = Vec::new();
-        if let Some(entry) = self.ports.get(&pk) {
+        if let Some(entry) = self.ports.get(pk) {
             for &ti in &entry.first {
                 let t = &self.tracks[ti as usize];
                 let door = &self.doors[t.door.0 as usize].door;
@@ -1007,6 +1009,15 @@ impl Matcher {
             }
         }
         self.timers.rebuild(entries);
+    }
+}
+
+/// The address the matcher reports for `src`: IPv4-mapped IPv6 addresses
+/// are their IPv4 host (the same key, see `table::key_of`).
+fn normalized(src: IpAddr) -> IpAddr {
+    match src {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(src, IpAddr::V4),
+        v4 => v4,
     }
 }
 
