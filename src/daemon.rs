@@ -399,14 +399,27 @@ impl Daemon {
     /// their in-flight attempts; every grant stays and closes on time. On
     /// error the old configuration stays.
     pub fn reload(&mut self, config: Config) -> Result<(), DaemonError> {
+        // Validate first: after this nothing about the doors can fail.
+        Matcher::new(config.core_doors(), self.opts.limits)?;
+        // The new sinks carry the new doors' commands and ports. Pending
+        // state lives outside the sink objects (the command sink's state
+        // file, nftables elements, iptables rule comments), so drop the old
+        // sinks first: the command sink writes its state file on drop, and
+        // the new one reads it.
+        self.sinks.clear();
+        match build_sinks(&config, &self.opts) {
+            Ok(sinks) => self.sinks = sinks,
+            Err(e) => {
+                // Keep acting on the old configuration's doors.
+                match build_sinks(&self.config, &self.opts) {
+                    Ok(sinks) => self.sinks = sinks,
+                    Err(e2) => self.log.log(&format!("firewall sinks lost: {e2}")),
+                }
+                return Err(e);
+            }
+        }
         self.matcher.replace_doors(config.core_doors())?;
         self.matcher.set_blacklist(config.options.core_blacklist());
-        let new_sinks = build_sinks(&config, &self.opts)?;
-        // Keep the old sink of a kind still in use, so its pending state
-        // (scheduled stop commands) survives; add new kinds.
-        for (kind, sink) in new_sinks {
-            self.sinks.insert(kind, sink);
-        }
         self.config = config;
         self.update_windows(true);
         self.log.log("configuration reloaded");

@@ -500,3 +500,34 @@ fn daemon_mode_writes_its_pid_file_and_listens_on_any_interface() {
         !pid_file.exists()
     });
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_pending_stop_command_survives_a_reload() {
+    let s = Server::start(
+        "
+[ssh]
+    sequence      = 7000,8000
+    start_command = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+    cmd_timeout   = 3
+    stop_command  = /usr/sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+",
+    );
+    s.knock(SERVER_V4, &["7000", "8000"]);
+    s.wait_open(SERVER_V4);
+    let opened = Instant::now();
+    // knockd loses pending stop commands on SIGHUP; ours keeps them.
+    s.signal("-HUP");
+    wait_for("reload", Duration::from_secs(3), || {
+        s.log().contains("configuration reloaded")
+    });
+    wait_for(
+        "the stop command after the reload",
+        Duration::from_secs(6),
+        || !s.connects(SERVER_V4),
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_secs(2),
+        "closed too early"
+    );
+}
