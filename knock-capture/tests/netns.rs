@@ -61,11 +61,14 @@ fn udp(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, port: u16) -> Key {
     (Proto::Udp, src.into(), dst.into(), port, 0)
 }
 
+/// The namespace pair of a test. These tests are `#[ignore = "needs root"]`:
+/// run with `--include-ignored` they must really run, so without root they
+/// fail instead of passing without testing anything.
 fn setup() -> Option<Pair> {
-    if !knock_testnet::is_root() {
-        eprintln!("skipped: needs root");
-        return None;
-    }
+    assert!(
+        knock_testnet::is_root(),
+        "needs root (network namespaces): run as root"
+    );
     Some(Pair::new().unwrap())
 }
 
@@ -590,9 +593,7 @@ fn throughput_with_tcpreplay() {
 #[test]
 #[ignore = "needs root"]
 fn tun_raw_ip_link() {
-    if !knock_testnet::is_root() {
-        return;
-    }
+    assert!(knock_testnet::is_root(), "needs root (tun device)");
     let ns = Netns::new("tun").unwrap();
     ns.run(&["ip", "tuntap", "add", "dev", "tn0", "mode", "tun"])
         .unwrap();
