@@ -204,22 +204,7 @@ fn sequence_file_of_reusable_sequences() {
     .start();
     s.knock(SERVER_V4, &["2001", "2002"]);
     s.wait_open(SERVER_V4);
-    s.pair
-        .server
-        .run(&[
-            "iptables",
-            "-D",
-            "INPUT",
-            "-s",
-            "198.18.0.2",
-            "-p",
-            "tcp",
-            "--dport",
-            "22",
-            "-j",
-            "ACCEPT",
-        ])
-        .unwrap();
+    s.revoke_ssh(knock_testnet::CLIENT_V4);
     assert!(!s.connects(SERVER_V4));
     s.knock(SERVER_V4, &["1001", "1002"]);
     s.wait_open(SERVER_V4);
@@ -387,22 +372,7 @@ fn our_client_knocks_lines_of_a_one_time_sequence_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("once.seq:1"), "{err}");
     // The next line is the active one and works.
-    s.pair
-        .server
-        .run(&[
-            "iptables",
-            "-D",
-            "INPUT",
-            "-s",
-            "198.18.0.2",
-            "-p",
-            "tcp",
-            "--dport",
-            "22",
-            "-j",
-            "ACCEPT",
-        ])
-        .unwrap();
+    s.revoke_ssh(knock_testnet::CLIENT_V4);
     assert!(!s.connects(SERVER_V4));
     assert!(knock("2").status.success());
     s.wait_open(SERVER_V4);

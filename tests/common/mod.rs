@@ -190,6 +190,17 @@ impl Server {
         )
     }
 
+    /// Removes the `iptables -I INPUT -s SRC -p tcp --dport 22 -j ACCEPT`
+    /// rule the test doors' commands add, so that the next open can be seen.
+    pub fn revoke_ssh(&self, src: &str) {
+        self.pair
+            .server
+            .run(&[
+                "iptables", "-D", "INPUT", "-s", src, "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
+            ])
+            .unwrap();
+    }
+
     /// Waits until tcp/22 at `addr` accepts the client.
     pub fn wait_open(&self, addr: &str) {
         wait_for(
