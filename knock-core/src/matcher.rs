@@ -757,16 +757,9 @@ impl Matcher {
                 // Not a knock this door listens to: only a strict door's
                 // touch matters.
                 if door.strict_touch(event) {
-                    self.stats.invalidated += 1;
                     self.stats.strict_invalidations += 1;
-                    let d = t.door;
-                    self.invalidated_by_event =
-                        Some(self.invalidated_by_event.map_or(d, |o| o.min(d)));
-                    self.decisions.push_back(Decision::Invalidated {
-                        door: t.door,
-                        src,
-                        step: a.step,
-                    });
+                    let (d, step) = (t.door, a.step);
+                    self.invalidate(d, src, step);
                     buf.swap_remove(i);
                     continue;
                 }
@@ -790,14 +783,8 @@ impl Matcher {
                     continue;
                 }
             } else if !(door.allow_repeat && t.steps[usize::from(a.step) - 1].matches(event)) {
-                self.stats.invalidated += 1;
-                let d = t.door;
-                self.invalidated_by_event = Some(self.invalidated_by_event.map_or(d, |o| o.min(d)));
-                self.decisions.push_back(Decision::Invalidated {
-                    door: t.door,
-                    src,
-                    step: a.step,
-                });
+                let (d, step) = (t.door, a.step);
+                self.invalidate(d, src, step);
                 buf.swap_remove(i);
                 continue;
             }
@@ -814,6 +801,16 @@ impl Matcher {
         self.store_attempts(idx, hash, &buf, before, now_ms);
         self.scratch = buf;
         true
+    }
+
+    /// An attempt at `door` ended by a wrong knock after `step` steps: count
+    /// it, remember it for the blacklist (the lowest door id of this event)
+    /// and emit `Invalidated`.
+    fn invalidate(&mut self, door: DoorId, src: IpAddr, step: u8) {
+        self.stats.invalidated += 1;
+        self.invalidated_by_event = Some(self.invalidated_by_event.map_or(door, |o| o.min(door)));
+        self.decisions
+            .push_back(Decision::Invalidated { door, src, step });
     }
 
     /// Writes back record `idx`'s attempts after a change (removing the
