@@ -103,6 +103,15 @@ fn bad(entry: &Entry, expected: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The entry of a `key = value` line (`None` for a key without `=`).
+fn entry(key: &str, value: Option<&str>, at: Location) -> Option<Entry> {
+    Some(Entry {
+        key: key.to_owned(),
+        value: value?.to_owned(),
+        at,
+    })
+}
+
 /// Parses knockd.conf text into a [`Config`] whose sequence files are not
 /// loaded yet. Never panics, reads no file.
 pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
@@ -187,18 +196,14 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                 let Some(canonical) = option_key(&lower) else {
                     return Err(unknown_or_syntax(at, key, value, "options", OPTION_KEYS));
                 };
-                let Some(value) = value else {
-                    return Err(ConfigError::Syntax {
-                        at,
-                        text: trimmed.to_owned(),
-                        expected: "key = value",
-                    });
-                };
-                let entry = Entry {
-                    key: key.to_owned(),
-                    value: value.to_owned(),
-                    at: Location::at(file, line_no, value_col),
-                };
+                let entry =
+                    entry(key, value, Location::at(file, line_no, value_col)).ok_or_else(|| {
+                        ConfigError::Syntax {
+                            at,
+                            text: trimmed.to_owned(),
+                            expected: "key = value",
+                        }
+                    })?;
                 if let Some(opts) = options.as_mut() {
                     opts.insert(canonical, entry)?;
                 }
@@ -208,18 +213,14 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                 let Some(canonical) = door_key(&lower) else {
                     return Err(unknown_or_syntax(at, key, value, &name, DOOR_KEYS));
                 };
-                let Some(value) = value else {
-                    return Err(ConfigError::Syntax {
-                        at,
-                        text: trimmed.to_owned(),
-                        expected: "key = value",
-                    });
-                };
-                let entry = Entry {
-                    key: key.to_owned(),
-                    value: value.to_owned(),
-                    at: Location::at(file, line_no, value_col),
-                };
+                let entry =
+                    entry(key, value, Location::at(file, line_no, value_col)).ok_or_else(|| {
+                        ConfigError::Syntax {
+                            at,
+                            text: trimmed.to_owned(),
+                            expected: "key = value",
+                        }
+                    })?;
                 if let Some(s) = doors.get_mut(d) {
                     s.insert(canonical, entry)?;
                 }
