@@ -542,7 +542,7 @@ impl Matcher {
                 let nt = *remap.get(a.track as usize)?;
                 (nt != u16::MAX).then_some(Attempt { track: nt, ..*a })
             }));
-            let hash = self.table.hash(self.table.key(idx));
+            let hash = self.table.hash(&self.table.key(idx));
             self.store_attempts(idx, hash, &buf, before, now_ms);
         }
         self.scratch = buf;
@@ -972,7 +972,7 @@ impl Matcher {
             if self.deadline_ms(idx, &buf, now_ms) != Some(entry.deadline_ms()) {
                 continue; // stale
             }
-            let src = addr_of(self.table.key(idx));
+            let src = addr_of(&self.table.key(idx));
             let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
             self.expire(src, age, &mut buf);
             if buf.is_empty() {

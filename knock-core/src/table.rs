@@ -18,22 +18,37 @@ use hashbrown::HashTable;
 use crate::door::MAX_STEPS;
 
 /// A source address as a table key: IPv6 as is, IPv4 as its IPv4-mapped IPv6
-/// form. (A packet whose IPv6 source is itself IPv4-mapped is therefore the
-/// same knocker as the IPv4 host; such packets are invalid on the wire.)
-pub(crate) type Key = [u8; 16];
+/// form, as one integer (built in registers, compared and hashed as one
+/// value). A packet whose IPv6 source is itself IPv4-mapped is therefore the
+/// same knocker as the IPv4 host; such packets are invalid on the wire.
+pub(crate) type Key = u128;
+
+/// The IPv4-mapped prefix `::ffff:0:0/96`.
+const V4_MAPPED: u128 = 0xffff << 32;
 
 pub(crate) fn key_of(ip: IpAddr) -> Key {
     match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => V4_MAPPED | u128::from(a.to_bits()),
+        IpAddr::V6(a) => a.to_bits(),
     }
 }
 
 pub(crate) fn addr_of(key: &Key) -> IpAddr {
-    let a = Ipv6Addr::from(*key);
+    let a = Ipv6Addr::from_bits(*key);
     match a.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(a),
+    }
+}
+
+/// The hash of `key` under `hasher`: an IPv4 source hashes only its 4 bytes
+/// (fewer SipHash rounds than 16); the input lengths differ, so the two
+/// families cannot collide by construction.
+fn hash_key(hasher: &RandomState, key: Key) -> u64 {
+    if key >> 32 == V4_MAPPED >> 32 {
+        hasher.hash_one(key as u32)
+    } else {
+        hasher.hash_one(key)
     }
 }
 
@@ -68,7 +83,8 @@ const LEVELS: usize = MAX_STEPS + 1;
 
 #[derive(Clone, Debug)]
 struct Record {
-    key: Key,
+    /// The [`Key`], stored as bytes so that a record stays 4-byte aligned.
+    key: [u8; 16],
     /// Start of the attempts, milliseconds, wrapping (ages stay far below 2^31 ms).
     start_ms: u32,
     prev: u32,
@@ -114,18 +130,18 @@ impl SourceTable {
 
     /// The key's hash, to pass to `find`, `insert` and `remove_hashed`.
     pub(crate) fn hash(&self, key: &Key) -> u64 {
-        self.hasher.hash_one(u128::from_ne_bytes(*key))
+        hash_key(&self.hasher, *key)
     }
 
     pub(crate) fn find(&self, hash: u64, key: &Key) -> Option<u32> {
         let slab = &self.slab;
         self.index
-            .find(hash, |&i| slab[i as usize].key == *key)
+            .find(hash, |&i| u128::from_ne_bytes(slab[i as usize].key) == *key)
             .copied()
     }
 
-    pub(crate) fn key(&self, idx: u32) -> &Key {
-        &self.slab[idx as usize].key
+    pub(crate) fn key(&self, idx: u32) -> Key {
+        u128::from_ne_bytes(self.slab[idx as usize].key)
     }
 
     pub(crate) fn start_ms(&self, idx: u32) -> u32 {
@@ -207,7 +223,7 @@ impl SourceTable {
     ) -> u32 {
         debug_assert!(!attempts.is_empty());
         let rec = Record {
-            key,
+            key: key.to_ne_bytes(),
             start_ms,
             prev: NIL,
             next: NIL,
@@ -229,7 +245,7 @@ impl SourceTable {
         self.link(idx, level);
         let (slab, hasher) = (&self.slab, &self.hasher);
         self.index.insert_unique(hash, idx, |&i| {
-            hasher.hash_one(u128::from_ne_bytes(slab[i as usize].key))
+            hash_key(hasher, u128::from_ne_bytes(slab[i as usize].key))
         });
         self.len += 1;
         idx
@@ -237,7 +253,7 @@ impl SourceTable {
 
     pub(crate) fn remove(&mut self, idx: u32) {
         if let Some(r) = self.slab.get(idx as usize) {
-            let hash = self.hash(&r.key);
+            let hash = hash_key(&self.hasher, u128::from_ne_bytes(r.key));
             self.remove_hashed(idx, hash);
         }
     }
