@@ -9,7 +9,7 @@ use core::time::Duration;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
-use crate::decision::{Decision, DoorId};
+use crate::decision::{Decision, DoorId, Queue};
 use crate::table::{addr_of, Key};
 use crate::time::Timestamp;
 
@@ -101,7 +101,7 @@ impl Suspects {
 
     /// Sets the rule; `None` turns the blacklist off and lifts every block
     /// (emitting `Unblocked`).
-    pub(crate) fn set_rule(&mut self, rule: Option<Blacklist>, out: &mut VecDeque<Decision>) {
+    pub(crate) fn set_rule(&mut self, rule: Option<Blacklist>, out: &mut Queue) {
         let rule = rule.filter(|r| r.strikes > 0 && !r.window.is_zero() && !r.block.is_zero());
         if rule.is_none() {
             for (key, s) in self.map.drain() {
@@ -152,7 +152,7 @@ impl Suspects {
         door: DoorId,
         port_key: u32,
         now_ms: u64,
-        out: &mut VecDeque<Decision>,
+        out: &mut Queue,
     ) -> Option<u64> {
         let rule = self.rule?;
         let window_ms = ms(rule.window);
@@ -207,7 +207,7 @@ impl Suspects {
         Some(until)
     }
 
-    fn evict(&mut self, out: &mut VecDeque<Decision>) {
+    fn evict(&mut self, out: &mut Queue) {
         while let Some((key, created)) = self.order.pop_front() {
             if self.map.get(&key).is_some_and(|s| s.created_ms == created) {
                 if let Some(s) = self.map.remove(&key) {
@@ -251,7 +251,7 @@ impl Suspects {
         &mut self,
         now_ms: u64,
         mut budget: usize,
-        out: &mut VecDeque<Decision>,
+        out: &mut Queue,
     ) -> usize {
         let Some(rule) = self.rule else {
             return budget;

@@ -165,3 +165,32 @@ impl Decision {
         }
     }
 }
+
+/// Decisions waiting for `poll_decision`, oldest first: a vector and a read
+/// cursor. A push is a plain `Vec::push` (the decision is written in place,
+/// not built on the stack and copied), and the vector is reset when drained,
+/// which callers do after every call.
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    items: Vec<Decision>,
+    head: usize,
+}
+
+impl Queue {
+    #[inline]
+    pub(crate) fn push_back(&mut self, d: Decision) {
+        self.items.push(d);
+    }
+
+    #[inline]
+    pub(crate) fn pop_front(&mut self) -> Option<Decision> {
+        let d = self.items.get(self.head).copied();
+        if d.is_some() {
+            self.head += 1;
+        } else if self.head > 0 {
+            self.items.clear();
+            self.head = 0;
+        }
+        d
+    }
+}

@@ -1,10 +1,10 @@
 //! Open grants and cooldowns, with their own timer heap.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
 
-use crate::decision::{Decision, DoorId, GrantId};
+use crate::decision::{Decision, DoorId, GrantId, Queue};
 use crate::time::Timestamp;
 
 #[derive(Clone, Copy, Debug)]
@@ -93,7 +93,7 @@ impl Grants {
         now: Timestamp,
         lifetime: Option<core::time::Duration>,
         cooldown: core::time::Duration,
-        out: &mut VecDeque<Decision>,
+        out: &mut Queue,
     ) -> Opened {
         let key = (src, door);
         let until = lifetime.map(|l| now + l);
@@ -149,7 +149,7 @@ impl Grants {
         }
     }
 
-    fn evict_earliest(&mut self, out: &mut VecDeque<Decision>) {
+    fn evict_earliest(&mut self, out: &mut Queue) {
         while let Some(Reverse((t, src, door))) = self.heap.pop() {
             let key = (src, door);
             if self.map.get(&key).and_then(GrantState::next_deadline) == Some(t) {
@@ -177,7 +177,7 @@ impl Grants {
         &mut self,
         now: Timestamp,
         mut budget: usize,
-        out: &mut VecDeque<Decision>,
+        out: &mut Queue,
     ) -> u64 {
         let mut closes = 0;
         while budget > 0 {

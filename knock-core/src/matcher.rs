@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
 use crate::blacklist::{Blacklist, Suspects};
-use crate::decision::{Decision, DoorId, GrantId};
+use crate::decision::{Decision, DoorId, GrantId, Queue};
 use crate::door::{Door, Listen, Sequences, Step, USED_WINDOWS, WINDOW_SLOTS};
 use crate::error::DoorError;
 use crate::event::{Event, Proto};
@@ -192,7 +192,7 @@ pub struct Matcher {
     table: SourceTable,
     timers: TimerHeap,
     grants: Grants,
-    decisions: VecDeque<Decision>,
+    decisions: Queue,
     stats: Stats,
     now: Timestamp,
     limits: Limits,
@@ -216,7 +216,7 @@ impl Matcher {
             table: SourceTable::new(),
             timers: TimerHeap::default(),
             grants: Grants::new(limits.max_grants),
-            decisions: VecDeque::new(),
+            decisions: Queue::default(),
             stats: Stats::default(),
             now: Timestamp::ZERO,
             limits,
@@ -350,7 +350,9 @@ impl Matcher {
         self.invalidated_by_event = None;
         let mut handled = !relevant;
         if let Some(idx) = self.table.find(hash, &key) {
-            if self.advance(idx, hash, src, now_ms, event, relevant) {
+            if (relevant && self.advance_single(idx, hash, src, now, event))
+                || self.advance(idx, hash, src, now_ms, event, relevant)
+            {
                 handled = true;
             }
         }
@@ -800,6 +802,53 @@ impl Matcher {
         }
         self.store_attempts(idx, hash, &buf, before, now_ms);
         self.scratch = buf;
+        true
+    }
+
+    /// The common case of [`advance`](Matcher::advance), without copying
+    /// attempts out and back: record `idx` has one live, unexpired attempt
+    /// and `event` is its next step. Returns false (having changed nothing)
+    /// in every other case.
+    fn advance_single(
+        &mut self,
+        idx: u32,
+        hash: u64,
+        src: IpAddr,
+        now: Timestamp,
+        event: &Event,
+    ) -> bool {
+        let Some(a) = self.table.single(idx) else {
+            return false;
+        };
+        let Some(t) = self.tracks.get(a.track as usize) else {
+            return false;
+        };
+        let age = (now.as_millis() as u32).wrapping_sub(self.table.start_ms(idx));
+        if !t.live
+            || t.epoch != a.epoch
+            || age >= t.timeout_ms
+            || !t
+                .steps
+                .get(usize::from(a.step))
+                .is_some_and(|s| s.matches(event))
+            || !self.doors[t.door.0 as usize].door.accepts(event)
+        {
+            return false;
+        }
+        let step = a.step + 1;
+        self.stats.stages += 1;
+        self.decisions.push_back(Decision::Stage {
+            door: t.door,
+            src,
+            step,
+        });
+        if usize::from(step) == t.steps.len() {
+            self.table.remove_hashed(idx, hash);
+            self.open(a.track, src, now);
+        } else {
+            // Same start and track: the deadline is unchanged.
+            self.table.set_single(idx, Attempt { step, ..a });
+        }
         true
     }
 

@@ -165,6 +165,27 @@ impl SourceTable {
         }
     }
 
+    /// The attempt of `idx` if it is its only one (and inline).
+    pub(crate) fn single(&self, idx: u32) -> Option<Attempt> {
+        let [a, b] = self.slab.get(idx as usize)?.attempts;
+        (b == Attempt::NONE && a != Attempt::NONE && a != Attempt::SPILLED).then_some(a)
+    }
+
+    /// Replaces the only attempt of `idx` (see [`single`](Self::single)),
+    /// moving the record to the tail of its new level's list if its level changed.
+    pub(crate) fn set_single(&mut self, idx: u32, attempt: Attempt) {
+        let Some(r) = self.slab.get_mut(idx as usize) else {
+            return;
+        };
+        let old = usize::from(r.attempts[0].step).min(LEVELS - 1);
+        r.attempts[0] = attempt;
+        let new = usize::from(attempt.step).min(LEVELS - 1);
+        if old != new {
+            self.unlink(idx, old);
+            self.link(idx, new);
+        }
+    }
+
     fn level_of(&self, idx: u32) -> usize {
         let r = &self.slab[idx as usize];
         let max = if r.attempts[0] == Attempt::SPILLED {
