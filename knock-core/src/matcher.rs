@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use crate::blacklist::{Blacklist, Suspects};
 use crate::decision::{Decision, DoorId, GrantId, Queue};
-use crate::door::{Door, Listen, Sequences, Step, USED_WINDOWS, WINDOW_SLOTS};
+use crate::door::{Door, FlagFilter, Listen, Sequences, Step, USED_WINDOWS, WINDOW_SLOTS};
 use crate::error::DoorError;
 use crate::event::{Event, Proto};
 use crate::grant::{Grants, Opened};
@@ -149,25 +149,81 @@ struct PortEntry {
     first: Vec<u16>,
     /// Doors with this port anywhere in a live track.
     doors: Vec<DoorId>,
+    /// Set when one door uses this port and it has no target or source
+    /// restriction: whether it listens then depends on the TCP flags only.
+    only_flags: Option<FlagFilter>,
 }
 
-/// The knock ports, sorted by key. A configuration has a handful of them,
-/// so a binary search over a dense vector beats hashing on every event.
+impl PortEntry {
+    /// Whether any door with this port listens to `event`.
+    #[inline]
+    fn accepts(&self, doors: &[DoorSlot], event: &Event) -> bool {
+        match self.only_flags {
+            Some(f) => event.proto == Proto::Udp || f.accepts(event.tcp_flags),
+            None => self
+                .doors
+                .iter()
+                .any(|d| doors[d.0 as usize].door.accepts(event)),
+        }
+    }
+}
+
+/// The knock ports: a small open-addressing table from port key to entry.
+/// A configuration has a handful of ports, so the table is at most a
+/// quarter full and a lookup is one multiply and usually one probe.
 #[derive(Clone, Debug, Default)]
 struct PortIndex {
-    keys: Vec<u32>,
+    /// `(port key, entry index)`, `EMPTY_PORT` keys unused; length a power of two.
+    slots: Vec<(u32, u32)>,
     entries: Vec<PortEntry>,
 }
 
+const EMPTY_PORT: u32 = u32::MAX;
+
 impl PortIndex {
+    fn slot_of(&self, key: u32) -> usize {
+        // Fibonacci hashing; keys are configured, not chosen by knockers.
+        (key.wrapping_mul(0x9E37_79B1) >> 16) as usize & (self.slots.len() - 1)
+    }
+
+    /// The index of `key`'s entry.
+    #[inline]
+    fn find(&self, key: u32) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mut i = self.slot_of(key);
+        loop {
+            let (k, e) = self.slots[i];
+            if k == key {
+                return Some(e as usize);
+            }
+            if k == EMPTY_PORT {
+                return None;
+            }
+            i = (i + 1) & (self.slots.len() - 1);
+        }
+    }
+
+    #[inline]
     fn get(&self, key: u32) -> Option<&PortEntry> {
-        let i = self.keys.binary_search(&key).ok()?;
-        self.entries.get(i)
+        self.entries.get(self.find(key)?)
     }
 
     fn from_map(map: std::collections::BTreeMap<u32, PortEntry>) -> Self {
-        let (keys, entries) = map.into_iter().unzip();
-        PortIndex { keys, entries }
+        let mut index = PortIndex {
+            slots: vec![(EMPTY_PORT, 0); (map.len() * 4).next_power_of_two().max(8)],
+            entries: Vec::with_capacity(map.len()),
+        };
+        for (key, entry) in map {
+            let mut i = index.slot_of(key);
+            while index.slots[i].0 != EMPTY_PORT {
+                i = (i + 1) & (index.slots.len() - 1);
+            }
+            index.slots[i] = (key, index.entries.len() as u32);
+            index.entries.push(entry);
+        }
+        index
     }
 }
 
@@ -203,6 +259,12 @@ pub struct Matcher {
     suspects: Suspects,
     /// The lowest door id whose attempt the current event invalidated.
     invalidated_by_event: Option<DoorId>,
+    /// The longest `seq_timeout` any track has had, in milliseconds: a
+    /// held record's timer entry is due by its start plus this.
+    tmax_ms: u32,
+    /// No timer is due before this ([`poll_timeout`](Matcher::poll_timeout)
+    /// or earlier), so that an event checks one value, not three queues.
+    wake: Timestamp,
 }
 
 impl Matcher {
@@ -225,8 +287,11 @@ impl Matcher {
             strict: Vec::new(),
             suspects: Suspects::new(limits.max_suspects),
             invalidated_by_event: None,
+            tmax_ms: 0,
+            wake: Timestamp::MAX,
         };
         m.tracks = m.compile_tracks(&HashMap::new())?;
+        m.tmax_ms = max_timeout(&m.tracks);
         m.rebuild_ports();
         Ok(m)
     }
@@ -320,16 +385,16 @@ impl Matcher {
     /// Handles one knock seen at `now`.
     pub fn handle_event(&mut self, now: Timestamp, event: &Event) {
         let now = self.advance_clock(now);
-        self.run_timers(now);
+        if now >= self.wake {
+            self.run_timers(now);
+        }
         self.stats.events += 1;
         let pk = port_key(event.proto, event.dst_port);
         let doors = &self.doors;
-        let relevant = self.ports.get(pk).is_some_and(|entry| {
-            entry
-                .doors
-                .iter()
-                .any(|d| doors[d.0 as usize].door.accepts(event))
-        });
+        let port = self.ports.find(pk);
+        let relevant = port
+            .and_then(|i| self.ports.entries.get(i))
+            .is_some_and(|entry| entry.accepts(doors, event));
         // A strict door this event touches on a port that is not its step.
         let touched = self.strict.iter().copied().find(|d| {
             doors[d.0 as usize].door.strict_touch(event)
@@ -348,16 +413,24 @@ impl Matcher {
         let src = normalized(event.src);
         let hash = self.table.hash(&key);
         self.invalidated_by_event = None;
-        let mut handled = !relevant;
-        if let Some(idx) = self.table.find(hash, &key) {
-            if (relevant && self.advance_single(idx, hash, src, now, event))
-                || self.advance(idx, hash, src, now_ms, event, relevant)
-            {
-                handled = true;
+        let found = self.table.find(hash, &key);
+        let handled = match found {
+            _ if !relevant => {
+                // A strict door's touch: only ends attempts.
+                if let Some(idx) = found {
+                    self.advance(idx, src, now_ms, event, false);
+                }
+                true
             }
-        }
-        if !handled {
-            self.start(key, hash, src, now, event);
+            None => false,
+            Some(idx) if self.table.is_idle(idx) => false,
+            Some(idx) => {
+                self.advance_single(idx, src, now, event)
+                    || self.advance(idx, src, now_ms, event, true)
+            }
+        };
+        if let (false, Some(port)) = (handled, port) {
+            self.start(port, found, key, hash, src, now, event);
         } else if !relevant {
             self.stats.ignored += 1;
         }
@@ -371,14 +444,14 @@ impl Matcher {
         };
         if let Some(door) = strike {
             self.stats.strikes += 1;
-            if self
+            let blocked = self
                 .suspects
-                .strike(key, door, pk, now_ms, &mut self.decisions)
-                .is_some()
-            {
+                .strike(key, door, pk, now_ms, &mut self.decisions);
+            self.rewake();
+            if blocked.is_some() {
                 self.stats.blocked += 1;
                 if let Some(idx) = self.table.find(hash, &key) {
-                    self.table.remove_hashed(idx, hash);
+                    self.table.store(idx, &[]);
                 }
             }
         }
@@ -389,6 +462,7 @@ impl Matcher {
     /// blocks and strikes so far.
     pub fn set_blacklist(&mut self, rule: Option<Blacklist>) {
         self.suspects.set_rule(rule, &mut self.decisions);
+        self.rewake();
     }
 
     /// Gives windowed door `door` the sequences of these time windows
@@ -533,22 +607,20 @@ impl Matcher {
         }
         self.tracks = tracks;
         self.rebuild_ports();
-        let live: Vec<u32> = self.table.live().collect();
-        let now_ms = self.now.as_millis();
+        self.tmax_ms = self.tmax_ms.max(max_timeout(&self.tracks));
+        let held: Vec<u32> = self.table.held_records().collect();
         let mut buf = std::mem::take(&mut self.scratch);
-        for idx in live {
+        for idx in held {
             self.table.load(idx, &mut buf);
-            let before = self.deadline_ms(idx, &buf, now_ms);
             let old = std::mem::take(&mut buf);
             buf.extend(old.iter().filter_map(|a| {
                 let nt = *remap.get(a.track as usize)?;
                 (nt != u16::MAX).then_some(Attempt { track: nt, ..*a })
             }));
-            let hash = self.table.hash(&self.table.key(idx));
-            self.store_attempts(idx, hash, &buf, before, now_ms);
+            // Kept attempts keep their timeouts: no deadline moves earlier.
+            self.table.store(idx, &buf);
         }
         self.scratch = buf;
-        self.compact_timers();
         Ok(())
     }
 
@@ -561,7 +633,9 @@ impl Matcher {
         until: Timestamp,
     ) -> Option<GrantId> {
         self.door(door)?;
-        Some(self.grants.restore(door, src, until))
+        let id = self.grants.restore(door, src, until);
+        self.rewake();
+        Some(id)
     }
 
     // ---- outputs -------------------------------------------------------
@@ -584,6 +658,16 @@ impl Matcher {
     }
 
     // ---- internals -----------------------------------------------------
+
+    /// Recomputes [`wake`](Matcher::wake) from the three queues.
+    fn rewake(&mut self) {
+        self.wake = self.poll_timeout().unwrap_or(Timestamp::MAX);
+    }
+
+    /// Lowers [`wake`](Matcher::wake) to a new source deadline.
+    fn wake_by_ms(&mut self, deadline_ms: u64) {
+        self.wake = self.wake.min(Timestamp::from_millis(deadline_ms));
+    }
 
     fn advance_clock(&mut self, now: Timestamp) -> Timestamp {
         if now > self.now {
@@ -679,20 +763,17 @@ impl Matcher {
                 }
             }
         }
+        for e in ports.values_mut() {
+            e.only_flags = match e.doors[..] {
+                [d] => {
+                    let door = &self.doors[d.0 as usize].door;
+                    (door.target.is_none() && door.from.is_empty()).then_some(door.tcp_flags)
+                }
+                _ => None,
+            };
+        }
         self.ports = PortIndex::from_map(ports);
         self.listen_generation += 1;
-    }
-
-    /// The record's deadline: its start plus the shortest timeout of its live attempts.
-    fn deadline_ms(&self, idx: u32, attempts: &[Attempt], now_ms: u64) -> Option<u64> {
-        let age = u64::from((now_ms as u32).wrapping_sub(self.table.start_ms(idx)));
-        let start = now_ms.saturating_sub(age);
-        attempts
-            .iter()
-            .filter_map(|a| self.tracks.get(a.track as usize))
-            .map(|t| u64::from(t.timeout_ms))
-            .min()
-            .map(|t| start + t)
     }
 
     fn attempt_alive(&self, a: &Attempt) -> bool {
@@ -729,10 +810,12 @@ impl Matcher {
     /// record had no live attempt left (the event is then a first knock).
     /// An event no door listens to (`relevant` false: a strict door's touch)
     /// only affects attempts at strict doors.
+    ///
+    /// Attempts only ever go away here, so the record's deadline can only
+    /// move later and its timer entry stays early enough (see `timer`).
     fn advance(
         &mut self,
         idx: u32,
-        hash: u64,
         src: IpAddr,
         now_ms: u64,
         event: &Event,
@@ -740,11 +823,15 @@ impl Matcher {
     ) -> bool {
         let mut buf = std::mem::take(&mut self.scratch);
         self.table.load(idx, &mut buf);
+        if buf.is_empty() {
+            // Idle.
+            self.scratch = buf;
+            return false;
+        }
         let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
-        let before = self.deadline_ms(idx, &buf, now_ms);
         self.expire(src, age, &mut buf);
         if buf.is_empty() {
-            self.table.remove_hashed(idx, hash);
+            self.table.store(idx, &buf);
             self.scratch = buf;
             return false;
         }
@@ -800,7 +887,7 @@ impl Matcher {
                     .is_some_and(|t| t.live && t.epoch == a.epoch)
             });
         }
-        self.store_attempts(idx, hash, &buf, before, now_ms);
+        self.table.store(idx, &buf);
         self.scratch = buf;
         true
     }
@@ -809,14 +896,7 @@ impl Matcher {
     /// attempts out and back: record `idx` has one live, unexpired attempt
     /// and `event` is its next step. Returns false (having changed nothing)
     /// in every other case.
-    fn advance_single(
-        &mut self,
-        idx: u32,
-        hash: u64,
-        src: IpAddr,
-        now: Timestamp,
-        event: &Event,
-    ) -> bool {
+    fn advance_single(&mut self, idx: u32, src: IpAddr, now: Timestamp, event: &Event) -> bool {
         let Some(a) = self.table.single(idx) else {
             return false;
         };
@@ -843,7 +923,7 @@ impl Matcher {
             step,
         });
         if usize::from(step) == t.steps.len() {
-            self.table.remove_hashed(idx, hash);
+            self.table.store(idx, &[]);
             self.open(a.track, src, now);
         } else {
             // Same start and track: the deadline is unchanged.
@@ -862,46 +942,26 @@ impl Matcher {
             .push_back(Decision::Invalidated { door, src, step });
     }
 
-    /// Writes back record `idx`'s attempts after a change (removing the
-    /// record if none is left), and schedules its timer if its deadline moved
-    /// from `before`.
-    fn store_attempts(
-        &mut self,
-        idx: u32,
-        hash: u64,
-        buf: &[Attempt],
-        before: Option<u64>,
-        now_ms: u64,
-    ) {
-        if buf.is_empty() {
-            self.table.remove_hashed(idx, hash);
-            return;
-        }
-        self.table.store(idx, buf);
-        let after = self.deadline_ms(idx, buf, now_ms);
-        if after != before {
-            if let Some(d) = after {
-                self.timers.push(d, idx);
-            }
-        }
-    }
-
     /// A knock from a source with no attempt: start one per door it begins.
+    /// `port` is the event's entry in the port index, `found` the source's
+    /// (idle) record if it has one.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &mut self,
+        port: usize,
+        found: Option<u32>,
         key: crate::table::Key,
         hash: u64,
         src: IpAddr,
         now: Timestamp,
         event: &Event,
     ) {
-        let pk = port_key(event.proto, event.dst_port);
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         let mut opens: [u16; 4] = [0; 4];
         let mut n_opens = 0usize;
         let mut more_opens = Vec::new();
-        if let Some(entry) = self.ports.get(pk) {
+        if let Some(entry) = self.ports.entries.get(port) {
             for &ti in &entry.first {
                 let t = &self.tracks[ti as usize];
                 let door = &self.doors[t.door.0 as usize].door;
@@ -937,20 +997,43 @@ impl Matcher {
         for &ti in opens[..n_opens].iter().chain(&more_opens) {
             self.open(ti, src, now);
         }
-        buf.retain(|a| self.attempt_alive(a));
+        if n_opens > 0 {
+            buf.retain(|a| self.attempt_alive(a));
+        }
         if !buf.is_empty() {
-            if self.table.len() >= self.limits.max_sources {
-                if let Some(victim) = self.table.eviction_candidate() {
-                    self.table.remove(victim);
-                    self.stats.evicted += 1;
+            let now_ms = now.as_millis();
+            let deadline = now_ms + self.min_timeout(&buf);
+            // A reused slot has a timer entry due by its old start + tmax.
+            let reused = match found {
+                Some(idx) => Some(idx),
+                None if self.table.held() >= self.limits.max_sources => {
+                    self.table.eviction_candidate()
+                }
+                None => None,
+            };
+            match reused {
+                Some(idx) => {
+                    let old_start = self.table.start_ms(idx);
+                    if found.is_some() {
+                        self.table.restart(idx, now_ms as u32, &buf);
+                    } else if self.table.evict_into(idx, hash, key, now_ms as u32, &buf) {
+                        self.stats.evicted += 1;
+                    }
+                    let age = u64::from((now_ms as u32).wrapping_sub(old_start));
+                    let due_by = now_ms.saturating_sub(age) + u64::from(self.tmax_ms);
+                    if due_by > deadline {
+                        self.timers.push(deadline, idx);
+                        self.wake_by_ms(deadline);
+                        self.compact_timers();
+                    }
+                }
+                None => {
+                    let idx = self.table.insert(hash, key, now_ms as u32, &buf);
+                    self.timers.push(deadline, idx);
+                    self.wake_by_ms(deadline);
+                    self.compact_timers();
                 }
             }
-            let now_ms = now.as_millis();
-            let idx = self.table.insert(hash, key, now_ms as u32, &buf);
-            if let Some(d) = self.deadline_ms(idx, &buf, now_ms) {
-                self.timers.push(d, idx);
-            }
-            self.compact_timers();
         }
         self.scratch = buf;
     }
@@ -969,6 +1052,9 @@ impl Matcher {
                 self.stats.opens += 1;
                 self.stats.grants_evicted += 1;
             }
+        }
+        if let Some(t) = self.grants.next_deadline() {
+            self.wake = self.wake.min(t);
         }
         if slot.door.is_windowed() {
             let t = &mut self.tracks[track as usize];
@@ -1004,6 +1090,7 @@ impl Matcher {
         let grant_due = self.grants.next_deadline().is_some_and(|t| t <= now);
         let suspect_due = self.suspects.next_deadline().is_some_and(|t| t <= now);
         if !source_due && !grant_due && !suspect_due {
+            self.rewake();
             return;
         }
         let mut budget = self.limits.max_timers_per_call;
@@ -1014,24 +1101,26 @@ impl Matcher {
             };
             budget -= 1;
             let idx = entry.idx;
-            if !self.table.is_live(idx) {
-                continue;
+            if !self.table.is_held(idx) {
+                continue; // a spare entry of a freed slot
             }
             self.table.load(idx, &mut buf);
-            if self.deadline_ms(idx, &buf, now_ms) != Some(entry.deadline_ms()) {
-                continue; // stale
-            }
             let src = addr_of(&self.table.key(idx));
             let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
+            let before = buf.len();
             self.expire(src, age, &mut buf);
             if buf.is_empty() {
-                self.table.remove(idx);
-            } else {
-                self.table.store(idx, &buf);
-                if let Some(d) = self.deadline_ms(idx, &buf, now_ms) {
-                    self.timers.push(d, idx);
-                }
+                // Idle, or every attempt is over.
+                self.table.free(idx);
+                continue;
             }
+            if buf.len() != before {
+                self.table.store(idx, &buf);
+            }
+            // Early (the record restarted or lost its nearest attempt
+            // since): due again at its real deadline.
+            let deadline = now_ms - u64::from(age) + self.min_timeout(&buf);
+            self.timers.push(deadline, idx);
         }
         self.scratch = buf;
         let budget = self
@@ -1039,23 +1128,49 @@ impl Matcher {
             .handle_timeout(now_ms, budget, &mut self.decisions);
         let closes = self.grants.handle_timeout(now, budget, &mut self.decisions);
         self.stats.closes += closes;
+        self.rewake();
     }
 
+    /// Rebuilds the timer heap with one entry per held record if spare
+    /// entries pile up (they only arise when a reused slot needs an earlier
+    /// entry than the one it has, with doors of different timeouts).
     fn compact_timers(&mut self) {
-        if self.timers.len() <= 2 * self.table.len() + 1024 {
+        if self.timers.len() <= 2 * self.table.slots() + 1024 {
             return;
         }
         let now_ms = self.now.as_millis();
-        let mut buf = Vec::new();
-        let mut entries = Vec::with_capacity(self.table.len());
-        for idx in self.table.live() {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let mut entries = Vec::with_capacity(self.table.held());
+        let held: Vec<u32> = self.table.held_records().collect();
+        for idx in held {
             self.table.load(idx, &mut buf);
-            if let Some(d) = self.deadline_ms(idx, &buf, now_ms) {
-                entries.push(TimerEntry::new(d, idx));
+            if buf.is_empty() {
+                self.table.free(idx);
+                continue;
             }
+            let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
+            let deadline = now_ms - u64::from(age) + self.min_timeout(&buf);
+            entries.push(TimerEntry::new(deadline, idx));
         }
+        self.scratch = buf;
         self.timers.rebuild(entries);
+        self.rewake();
     }
+
+    /// The shortest `seq_timeout` among `attempts`' tracks, in milliseconds.
+    fn min_timeout(&self, attempts: &[Attempt]) -> u64 {
+        attempts
+            .iter()
+            .filter_map(|a| self.tracks.get(a.track as usize))
+            .map(|t| u64::from(t.timeout_ms))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// The longest `seq_timeout` among `tracks`, in milliseconds.
+fn max_timeout(tracks: &[Track]) -> u32 {
+    tracks.iter().map(|t| t.timeout_ms).max().unwrap_or(0)
 }
 
 /// The address the matcher reports for `src`: IPv4-mapped IPv6 addresses

@@ -2,9 +2,17 @@
 //!
 //! Records live in a slab (`Vec<Record>`, stable indices, a free list) and are
 //! found through a `hashbrown::HashTable<u32>` of slab indices, hashed with a
-//! randomly seeded SipHash (sources are spoofable). Every live record is also
+//! randomly seeded SipHash (sources are spoofable). Every held record is also
 //! on one intrusive FIFO list per *level* (the most steps any of its attempts
 //! has done), so that eviction takes the least advanced, oldest record in O(1).
+//!
+//! A record is *active* (attempts in progress), *idle* or *free*. A record
+//! whose attempts are all over (opened, invalidated, expired lazily) turns
+//! idle instead of leaving the index: it sits on level 0, first in line for
+//! eviction, until its timer frees it. A source that knocks again before
+//! then restarts it in place, without a trip through the index and the free
+//! list. Only the timer frees records, so a slot on the free list has no
+//! timer entry left that matters (see `timer`).
 //!
 //! A record is 36 bytes; with the index and the timer heap a tracked source
 //! costs about 60 bytes (measured by `benches/matcher.rs`).
@@ -74,8 +82,19 @@ impl Attempt {
         step: 0,
         epoch: 0,
     };
+    /// Marks an idle record (see the module docs).
+    const IDLE: Attempt = Attempt {
+        track: u16::MAX - 2,
+        step: 0,
+        epoch: 0,
+    };
     /// The largest usable track number.
-    pub(crate) const MAX_TRACK: usize = u16::MAX as usize - 2;
+    pub(crate) const MAX_TRACK: usize = u16::MAX as usize - 3;
+
+    /// Whether this is an attempt, not one of the markers.
+    fn is_real(self) -> bool {
+        usize::from(self.track) <= Self::MAX_TRACK
+    }
 }
 
 const NIL: u32 = u32::MAX;
@@ -89,13 +108,18 @@ struct Record {
     start_ms: u32,
     prev: u32,
     next: u32,
-    /// Up to two attempts inline; `[SPILLED, _]` means they are in `spill`.
+    /// Up to two attempts inline; `[SPILLED, _]` means they are in `spill`,
+    /// `[IDLE, NONE]` that the record is idle, `[NONE, NONE]` that it is free.
     attempts: [Attempt; 2],
 }
 
 impl Record {
     fn is_free(&self) -> bool {
         self.attempts[0] == Attempt::NONE
+    }
+
+    fn is_idle(&self) -> bool {
+        self.attempts[0] == Attempt::IDLE
     }
 }
 
@@ -107,7 +131,9 @@ pub(crate) struct SourceTable {
     spill: HashMap<u32, Vec<Attempt>>,
     heads: [u32; LEVELS],
     tails: [u32; LEVELS],
-    len: usize,
+    /// Records in the index (active and idle).
+    held: usize,
+    idle: usize,
 }
 
 impl SourceTable {
@@ -120,15 +146,27 @@ impl SourceTable {
             spill: HashMap::new(),
             heads: [NIL; LEVELS],
             tails: [NIL; LEVELS],
-            len: 0,
+            held: 0,
+            idle: 0,
         }
     }
 
+    /// Active records: sources with an attempt in progress.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.held - self.idle
     }
 
-    /// The key's hash, to pass to `find`, `insert` and `remove_hashed`.
+    /// Records in the index, active and idle (what the cap bounds).
+    pub(crate) fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Slab slots, held or free.
+    pub(crate) fn slots(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// The key's hash, to pass to `find`, `insert` and `evict_into`.
     pub(crate) fn hash(&self, key: &Key) -> u64 {
         hash_key(&self.hasher, *key)
     }
@@ -148,11 +186,17 @@ impl SourceTable {
         self.slab[idx as usize].start_ms
     }
 
-    pub(crate) fn is_live(&self, idx: u32) -> bool {
+    /// Whether `idx` is held (active or idle).
+    pub(crate) fn is_held(&self, idx: u32) -> bool {
         self.slab.get(idx as usize).is_some_and(|r| !r.is_free())
     }
 
-    /// Copies the attempts of `idx` into `out` (cleared first).
+    /// Whether `idx` is held and idle.
+    pub(crate) fn is_idle(&self, idx: u32) -> bool {
+        self.slab.get(idx as usize).is_some_and(Record::is_idle)
+    }
+
+    /// Copies the attempts of `idx` into `out` (cleared first; none if idle).
     pub(crate) fn load(&self, idx: u32, out: &mut Vec<Attempt>) {
         out.clear();
         let r = &self.slab[idx as usize];
@@ -161,14 +205,14 @@ impl SourceTable {
                 out.extend_from_slice(v);
             }
         } else {
-            out.extend(r.attempts.iter().copied().filter(|a| *a != Attempt::NONE));
+            out.extend(r.attempts.iter().copied().filter(|a| a.is_real()));
         }
     }
 
     /// The attempt of `idx` if it is its only one (and inline).
     pub(crate) fn single(&self, idx: u32) -> Option<Attempt> {
         let [a, b] = self.slab.get(idx as usize)?.attempts;
-        (b == Attempt::NONE && a != Attempt::NONE && a != Attempt::SPILLED).then_some(a)
+        (b == Attempt::NONE && a.is_real()).then_some(a)
     }
 
     /// Replaces the only attempt of `idx` (see [`single`](Self::single)),
@@ -196,7 +240,7 @@ impl SourceTable {
         } else {
             r.attempts
                 .iter()
-                .filter(|a| **a != Attempt::NONE)
+                .filter(|a| a.is_real())
                 .map(|a| a.step)
                 .max()
                 .unwrap_or(0)
@@ -204,14 +248,20 @@ impl SourceTable {
         usize::from(max).min(LEVELS - 1)
     }
 
+    /// Writes the attempts of a held record (none: idle), keeping the idle count.
     fn write_attempts(&mut self, idx: u32, attempts: &[Attempt]) {
         let r = &mut self.slab[idx as usize];
+        self.idle -= usize::from(r.is_idle());
         if attempts.len() <= 2 {
             if r.attempts[0] == Attempt::SPILLED {
                 self.spill.remove(&idx);
             }
             r.attempts = [Attempt::NONE; 2];
             r.attempts[..attempts.len()].copy_from_slice(attempts);
+            if attempts.is_empty() {
+                r.attempts[0] = Attempt::IDLE;
+                self.idle += 1;
+            }
         } else {
             r.attempts = [Attempt::SPILLED, Attempt::SPILLED];
             let v = self.spill.entry(idx).or_default();
@@ -220,10 +270,9 @@ impl SourceTable {
         }
     }
 
-    /// Replaces the attempts of a live record (non-empty), moving it to the
-    /// tail of its new level's list if its level changed.
+    /// Replaces the attempts of a held record (none: it becomes idle),
+    /// moving it to the tail of its new level's list if its level changed.
     pub(crate) fn store(&mut self, idx: u32, attempts: &[Attempt]) {
-        debug_assert!(!attempts.is_empty());
         let old = self.level_of(idx);
         self.write_attempts(idx, attempts);
         let max = attempts.iter().map(|a| a.step).max().unwrap_or(0);
@@ -234,7 +283,15 @@ impl SourceTable {
         }
     }
 
-    /// Inserts a new record; the caller made room (`len() < max`).
+    /// Gives idle record `idx` new attempts started at `start_ms`.
+    pub(crate) fn restart(&mut self, idx: u32, start_ms: u32, attempts: &[Attempt]) {
+        if let Some(r) = self.slab.get_mut(idx as usize) {
+            r.start_ms = start_ms;
+            self.store(idx, attempts);
+        }
+    }
+
+    /// Inserts a new record in a free slot; the caller made room (`held() < max`).
     pub(crate) fn insert(
         &mut self,
         hash: u64,
@@ -261,43 +318,75 @@ impl SourceTable {
             self.slab.push(rec);
             idx
         };
+        self.held += 1;
+        self.idle += 1; // write_attempts counts it out
+        self.slab[idx as usize].attempts = [Attempt::IDLE, Attempt::NONE];
         self.write_attempts(idx, attempts);
-        let level = self.level_of(idx);
-        self.link(idx, level);
+        self.link(idx, self.level_of(idx));
+        self.index_insert(hash, idx);
+        idx
+    }
+
+    fn index_insert(&mut self, hash: u64, idx: u32) {
         let (slab, hasher) = (&self.slab, &self.hasher);
         self.index.insert_unique(hash, idx, |&i| {
             hash_key(hasher, u128::from_ne_bytes(slab[i as usize].key))
         });
-        self.len += 1;
-        idx
     }
 
-    pub(crate) fn remove(&mut self, idx: u32) {
-        if let Some(r) = self.slab.get(idx as usize) {
-            let hash = hash_key(&self.hasher, u128::from_ne_bytes(r.key));
-            self.remove_hashed(idx, hash);
-        }
-    }
-
-    /// `remove`, with the key's hash already known.
-    pub(crate) fn remove_hashed(&mut self, idx: u32, hash: u64) {
-        if !self.is_live(idx) {
-            return;
-        }
-        let level = self.level_of(idx);
-        self.unlink(idx, level);
-        if let Ok(entry) = self.index.find_entry(hash, |&i| i == idx) {
+    /// Takes held record `victim` out of the index and lists, and the spill.
+    fn detach(&mut self, victim: u32) {
+        let r = &self.slab[victim as usize];
+        let hash = hash_key(&self.hasher, u128::from_ne_bytes(r.key));
+        let spilled = r.attempts[0] == Attempt::SPILLED;
+        self.idle -= usize::from(r.is_idle());
+        self.unlink(victim, self.level_of(victim));
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i == victim) {
             entry.remove();
         }
-        if self.slab[idx as usize].attempts[0] == Attempt::SPILLED {
-            self.spill.remove(&idx);
+        if spilled {
+            self.spill.remove(&victim);
         }
+    }
+
+    /// Gives held record `victim`'s slot to a new source (eviction). Returns
+    /// whether the victim was active (not idle).
+    pub(crate) fn evict_into(
+        &mut self,
+        victim: u32,
+        hash: u64,
+        key: Key,
+        start_ms: u32,
+        attempts: &[Attempt],
+    ) -> bool {
+        if !self.is_held(victim) {
+            return false;
+        }
+        let was_active = !self.slab[victim as usize].is_idle();
+        self.detach(victim);
+        let r = &mut self.slab[victim as usize];
+        r.key = key.to_ne_bytes();
+        r.start_ms = start_ms;
+        r.attempts = [Attempt::IDLE, Attempt::NONE];
+        self.idle += 1; // write_attempts counts it out
+        self.write_attempts(victim, attempts);
+        self.link(victim, self.level_of(victim));
+        self.index_insert(hash, victim);
+        was_active
+    }
+
+    /// Frees held record `idx` (its slot goes on the free list).
+    pub(crate) fn free(&mut self, idx: u32) {
+        if !self.is_held(idx) {
+            return;
+        }
+        self.detach(idx);
         let r = &mut self.slab[idx as usize];
         r.attempts = [Attempt::NONE; 2];
         r.next = self.free;
         r.prev = NIL;
         self.free = idx;
-        self.len -= 1;
+        self.held -= 1;
     }
 
     /// The record eviction should take: least advanced, then oldest at that level.
@@ -305,8 +394,8 @@ impl SourceTable {
         self.heads.iter().copied().find(|&h| h != NIL)
     }
 
-    /// The indices of every live record.
-    pub(crate) fn live(&self) -> impl Iterator<Item = u32> + '_ {
+    /// The indices of every held record.
+    pub(crate) fn held_records(&self) -> impl Iterator<Item = u32> + '_ {
         self.slab
             .iter()
             .enumerate()
@@ -406,12 +495,12 @@ mod tests {
         let mut buf = Vec::new();
         t.load(i2, &mut buf);
         assert_eq!(buf.len(), 3);
-        t.remove(i1);
+        t.free(i1);
         assert_eq!(t.find(t.hash(&k1), &k1), None);
         assert_eq!(t.len(), 1);
         let i3 = t.insert(t.hash(&k1), k1, 5, &[a(0, 1)]);
         assert_eq!(i3, i1, "freed slot reused");
-        t.remove(i2);
+        t.free(i2);
         assert!(t.spill.is_empty());
     }
 
@@ -426,11 +515,11 @@ mod tests {
         let i2 = t.insert(t.hash(&keys[2]), keys[2], 0, &[a(0, 1)]);
         t.store(i0, &[a(0, 2)]);
         assert_eq!(t.eviction_candidate(), Some(i1));
-        t.remove(i1);
+        t.free(i1);
         assert_eq!(t.eviction_candidate(), Some(i2));
-        t.remove(i2);
+        t.free(i2);
         assert_eq!(t.eviction_candidate(), Some(i0));
-        t.remove(i0);
+        t.free(i0);
         assert_eq!(t.eviction_candidate(), None);
     }
 }

@@ -444,6 +444,75 @@ fn full_table_evicts_spoofed_first_knocks_before_real_progress() {
     assert_eq!(h.syn(newest, 8000).len(), 1);
 }
 
+/// Doors with different timeouts: a record that takes over a slot (an
+/// eviction, or an idle source knocking again) gets a timer entry early
+/// enough for its own, shorter deadline.
+#[test]
+fn reused_records_expire_on_time_with_mixed_timeouts() {
+    let long = door("long", &[7000, 8000]).with_seq_timeout(Duration::from_secs(60));
+    let short = door("short", &[1000, 2000]).with_seq_timeout(Duration::from_secs(1));
+    let limits = Limits::default().with_max_sources(1);
+    let mut h = Harness::with_limits(vec![long, short], limits);
+    let short_id = h.id("short");
+    // ME's record (due in 60 s) is evicted by OTHER, whose attempt is due in 1 s.
+    h.at(0).syn(ME, 7000);
+    h.at(10).syn(OTHER, 1000);
+    assert_eq!(h.m.stats().evicted, 1);
+    assert!(h.m.poll_timeout() <= Some(h.at(1_010).now));
+    let expired = h.at(1_010).timeout();
+    assert_eq!(
+        expired,
+        vec![Decision::Expired {
+            door: short_id,
+            src: OTHER,
+            step: 1
+        }]
+    );
+    // An idle record (OTHER opens "long"), restarted at "short": also on time.
+    h.at(2_000).syn(OTHER, 7000);
+    assert_eq!(opens(&h.at(2_001).syn(OTHER, 8000)).len(), 1);
+    assert_eq!(h.m.stats().sources, 0, "a finished attempt is forgotten");
+    h.at(2_002).syn(OTHER, 1000);
+    assert!(h.at(3_001).timeout().is_empty());
+    assert_eq!(
+        h.at(3_002).timeout().len(),
+        1,
+        "expired at 1 s, not at 60 s"
+    );
+}
+
+/// Sources that knock again and again leave no garbage behind: the timer
+/// queue holds at most one entry per record, and a record whose source went
+/// quiet is freed by its timer.
+#[test]
+fn repeat_knockers_leave_no_garbage() {
+    let ssh = door("ssh", &[7000, 8000, 9000]).with_seq_timeout(Duration::from_secs(5));
+    let mut h = Harness::new(vec![ssh]);
+    let mut t = 0;
+    let mut knock = |h: &mut Harness, src: IpAddr| {
+        for port in [7000, 8000, 9000] {
+            t += 1;
+            h.at(t).syn(src, port);
+        }
+    };
+    for _ in 0..100 {
+        knock(&mut h, ME);
+        knock(&mut h, OTHER);
+    }
+    let bytes = h.m.source_state_bytes();
+    for _ in 0..10_000 {
+        knock(&mut h, ME);
+        knock(&mut h, OTHER);
+    }
+    assert_eq!(h.m.source_state_bytes(), bytes, "no growth under churn");
+    assert_eq!(h.m.stats().sources, 0);
+    // Quiet sources: their idle records go when their timers fire.
+    let wake = h.m.poll_timeout().expect("idle records have timers");
+    h.now = wake + Duration::from_secs(5);
+    assert!(h.timeout().is_empty(), "idle records expire silently");
+    assert_eq!(h.m.poll_timeout(), None, "nothing left to wake for");
+}
+
 #[test]
 fn reload_keeps_unchanged_doors_attempts_and_all_grants() {
     let keep = door("keep", &[7000, 8000]);

@@ -1,9 +1,15 @@
-//! Source timers: a min-heap of (deadline, slab index) with lazy invalidation.
+//! Source timers: a min-heap of (deadline, slab index), never late.
 //!
-//! A record's deadline is derived from its state (start + the shortest
-//! `seq_timeout` of its live attempts), so an entry is valid only if the
-//! record at its index still has that deadline; stale entries are skipped
-//! when popped and the heap is rebuilt when they outnumber the live ones.
+//! A record's deadline is its start plus the shortest `seq_timeout` of its
+//! attempts. Every held record has an entry due no later than that deadline,
+//! and usually exactly one. During a record's life the deadline only moves
+//! later (attempts only go away), so nothing is pushed then: an entry that
+//! pops early re-arms at the real deadline. A slot that changes hands (an
+//! idle source knocking again, an eviction) keeps its entry when that is
+//! early enough, which it always is when all doors share one timeout;
+//! otherwise the new record gets its own entry and the old one pops early
+//! and harmlessly. The matcher rebuilds the heap if such spare entries ever
+//! outnumber the slots.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
