@@ -44,6 +44,7 @@ impl Step {
     }
 
     /// Whether `event` hits this step's port and protocol.
+    #[inline]
     pub fn matches(&self, event: &Event) -> bool {
         self.port == event.dst_port && self.proto == event.proto
     }
@@ -344,6 +345,7 @@ impl Door {
 
     /// Whether a knock (before looking at its port) is one this door listens to:
     /// the TCP flags pass, the destination is the target, the source is allowed.
+    #[inline]
     pub fn accepts(&self, event: &Event) -> bool {
         (event.proto == Proto::Udp || self.tcp_flags.accepts(event.tcp_flags))
             && self.target.is_none_or(|t| t == event.dst)
@@ -482,6 +484,7 @@ impl Listen {
     }
 
     /// Whether `event` is one this entry asks for.
+    #[inline]
     pub fn matches(&self, event: &Event) -> bool {
         self.proto == event.proto
             && (self.any_port || self.port == event.dst_port)

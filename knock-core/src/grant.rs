@@ -98,7 +98,11 @@ impl Grants {
         let key = (src, door);
         let until = lifetime.map(|l| now + l);
         let cooldown_until = (!cooldown.is_zero()).then(|| now + cooldown);
-        if let Some(state) = self.map.get_mut(&key).filter(|_| until.is_some()) {
+        let existing = match until {
+            Some(_) => self.map.get_mut(&key),
+            None => None,
+        };
+        if let Some(state) = existing {
             if let (Some(_), Some(until)) = (state.close_at, until) {
                 state.close_at = Some(until);
                 state.cooldown_until = cooldown_until.or(state.cooldown_until);

@@ -642,6 +642,7 @@ impl Matcher {
 
     /// The next decision, oldest first.
     #[must_use]
+    #[inline]
     pub fn poll_decision(&mut self) -> Option<Decision> {
         self.decisions.pop_front()
     }

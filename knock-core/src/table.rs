@@ -230,53 +230,57 @@ impl SourceTable {
         }
     }
 
+    /// The record's level: the most steps any of its attempts has done
+    /// (0 when idle; markers have no steps).
     fn level_of(&self, idx: u32) -> usize {
-        let r = &self.slab[idx as usize];
-        let max = if r.attempts[0] == Attempt::SPILLED {
+        let [a, b] = self.slab[idx as usize].attempts;
+        let max = if a == Attempt::SPILLED {
             self.spill
                 .get(&idx)
                 .and_then(|v| v.iter().map(|a| a.step).max())
                 .unwrap_or(0)
         } else {
-            r.attempts
-                .iter()
-                .filter(|a| a.is_real())
-                .map(|a| a.step)
-                .max()
-                .unwrap_or(0)
+            a.step.max(b.step)
         };
         usize::from(max).min(LEVELS - 1)
     }
 
-    /// Writes the attempts of a held record (none: idle), keeping the idle count.
-    fn write_attempts(&mut self, idx: u32, attempts: &[Attempt]) {
+    /// Writes the attempts of a held record (none: idle), keeping the idle
+    /// count. Returns the new level.
+    fn write_attempts(&mut self, idx: u32, attempts: &[Attempt]) -> usize {
+        let inline = match *attempts {
+            [] => Some([Attempt::IDLE, Attempt::NONE]),
+            [a] => Some([a, Attempt::NONE]),
+            [a, b] => Some([a, b]),
+            _ => None,
+        };
         let r = &mut self.slab[idx as usize];
-        self.idle -= usize::from(r.is_idle());
-        if attempts.len() <= 2 {
-            if r.attempts[0] == Attempt::SPILLED {
-                self.spill.remove(&idx);
+        let (was_spilled, was_idle) = (r.attempts[0] == Attempt::SPILLED, r.is_idle());
+        let level = match inline {
+            Some(pair) => {
+                r.attempts = pair;
+                if was_spilled {
+                    self.spill.remove(&idx);
+                }
+                pair[0].step.max(pair[1].step)
             }
-            r.attempts = [Attempt::NONE; 2];
-            r.attempts[..attempts.len()].copy_from_slice(attempts);
-            if attempts.is_empty() {
-                r.attempts[0] = Attempt::IDLE;
-                self.idle += 1;
+            None => {
+                r.attempts = [Attempt::SPILLED, Attempt::SPILLED];
+                let v = self.spill.entry(idx).or_default();
+                v.clear();
+                v.extend_from_slice(attempts);
+                attempts.iter().map(|a| a.step).max().unwrap_or(0)
             }
-        } else {
-            r.attempts = [Attempt::SPILLED, Attempt::SPILLED];
-            let v = self.spill.entry(idx).or_default();
-            v.clear();
-            v.extend_from_slice(attempts);
-        }
+        };
+        self.idle = self.idle + usize::from(attempts.is_empty()) - usize::from(was_idle);
+        usize::from(level).min(LEVELS - 1)
     }
 
     /// Replaces the attempts of a held record (none: it becomes idle),
     /// moving it to the tail of its new level's list if its level changed.
     pub(crate) fn store(&mut self, idx: u32, attempts: &[Attempt]) {
         let old = self.level_of(idx);
-        self.write_attempts(idx, attempts);
-        let max = attempts.iter().map(|a| a.step).max().unwrap_or(0);
-        let new = usize::from(max).min(LEVELS - 1);
+        let new = self.write_attempts(idx, attempts);
         if old != new {
             self.unlink(idx, old);
             self.link(idx, new);
@@ -319,10 +323,8 @@ impl SourceTable {
             idx
         };
         self.held += 1;
-        self.idle += 1; // write_attempts counts it out
-        self.slab[idx as usize].attempts = [Attempt::IDLE, Attempt::NONE];
-        self.write_attempts(idx, attempts);
-        self.link(idx, self.level_of(idx));
+        let level = self.write_attempts(idx, attempts);
+        self.link(idx, level);
         self.index_insert(hash, idx);
         idx
     }
@@ -367,10 +369,9 @@ impl SourceTable {
         let r = &mut self.slab[victim as usize];
         r.key = key.to_ne_bytes();
         r.start_ms = start_ms;
-        r.attempts = [Attempt::IDLE, Attempt::NONE];
-        self.idle += 1; // write_attempts counts it out
-        self.write_attempts(victim, attempts);
-        self.link(victim, self.level_of(victim));
+        r.attempts = [Attempt::NONE; 2];
+        let level = self.write_attempts(victim, attempts);
+        self.link(victim, level);
         self.index_insert(hash, victim);
         was_active
     }
