@@ -924,7 +924,7 @@ impl Matcher {
             step,
         });
         if usize::from(step) == t.steps.len() {
-            self.table.store(idx, &[]);
+            self.table.set_idle(idx);
             self.open(a.track, src, now);
         } else {
             // Same start and track: the deadline is unchanged.
@@ -1015,7 +1015,9 @@ impl Matcher {
             match reused {
                 Some(idx) => {
                     let old_start = self.table.start_ms(idx);
-                    if found.is_some() {
+                    if let (Some(_), [a]) = (found, &buf[..]) {
+                        self.table.restart_single(idx, now_ms as u32, *a);
+                    } else if found.is_some() {
                         self.table.restart(idx, now_ms as u32, &buf);
                     } else if self.table.evict_into(idx, hash, key, now_ms as u32, &buf) {
                         self.stats.evicted += 1;

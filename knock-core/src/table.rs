@@ -61,7 +61,11 @@ fn hash_key(hasher: &RandomState, key: Key) -> u64 {
 }
 
 /// One attempt of one source at one track (a door's sequence).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// `repr(C)` with no padding, so that comparing two (against the markers,
+/// on every event) is one 32-bit compare: see the `PartialEq` impl.
+#[derive(Clone, Copy, Debug, Eq)]
+#[repr(C)]
 pub(crate) struct Attempt {
     pub(crate) track: u16,
     /// Steps done (1..=MAX_STEPS).
@@ -71,7 +75,20 @@ pub(crate) struct Attempt {
     pub(crate) epoch: u8,
 }
 
+impl PartialEq for Attempt {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.bits() == other.bits()
+    }
+}
+
 impl Attempt {
+    /// All fields as one word.
+    #[inline]
+    fn bits(self) -> u32 {
+        u32::from(self.track) | u32::from(self.step) << 16 | u32::from(self.epoch) << 24
+    }
+
     const NONE: Attempt = Attempt {
         track: u16::MAX,
         step: 0,
@@ -218,12 +235,38 @@ impl SourceTable {
     /// Replaces the only attempt of `idx` (see [`single`](Self::single)),
     /// moving the record to the tail of its new level's list if its level changed.
     pub(crate) fn set_single(&mut self, idx: u32, attempt: Attempt) {
+        self.set_inline(idx, [attempt, Attempt::NONE]);
+    }
+
+    /// Makes `idx`, whose only attempt is over, idle.
+    pub(crate) fn set_idle(&mut self, idx: u32) {
+        self.set_inline(idx, [Attempt::IDLE, Attempt::NONE]);
+    }
+
+    /// Gives idle record `idx` one new attempt started at `start_ms`.
+    pub(crate) fn restart_single(&mut self, idx: u32, start_ms: u32, attempt: Attempt) {
+        if let Some(r) = self.slab.get_mut(idx as usize) {
+            r.start_ms = start_ms;
+            self.set_inline(idx, [attempt, Attempt::NONE]);
+        }
+    }
+
+    /// `store` for a record that is not spilled (a lone attempt or idle),
+    /// without the general path's spill handling.
+    fn set_inline(&mut self, idx: u32, pair: [Attempt; 2]) {
         let Some(r) = self.slab.get_mut(idx as usize) else {
             return;
         };
-        let old = usize::from(r.attempts[0].step).min(LEVELS - 1);
-        r.attempts[0] = attempt;
-        let new = usize::from(attempt.step).min(LEVELS - 1);
+        let [a, b] = r.attempts;
+        if a == Attempt::SPILLED {
+            let attempts: Vec<Attempt> = pair.into_iter().filter(|a| a.is_real()).collect();
+            return self.store(idx, &attempts);
+        }
+        r.attempts = pair;
+        self.idle =
+            self.idle + usize::from(pair[0] == Attempt::IDLE) - usize::from(a == Attempt::IDLE);
+        let old = usize::from(a.step.max(b.step)).min(LEVELS - 1);
+        let new = usize::from(pair[0].step.max(pair[1].step)).min(LEVELS - 1);
         if old != new {
             self.unlink(idx, old);
             self.link(idx, new);
