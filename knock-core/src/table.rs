@@ -146,8 +146,6 @@ pub(crate) struct SourceTable {
     index: HashTable<u32>,
     hasher: RandomState,
     spill: HashMap<u32, Vec<Attempt>>,
-    heads: [u32; LEVELS],
-    tails: [u32; LEVELS],
     /// Records in the index (active and idle).
     held: usize,
     idle: usize,
@@ -155,14 +153,22 @@ pub(crate) struct SourceTable {
 
 impl SourceTable {
     pub(crate) fn new() -> Self {
+        // Slots 0..LEVELS are the sentinels of the circular level lists.
+        let slab = (0..LEVELS as u32)
+            .map(|l| Record {
+                key: [0; 16],
+                start_ms: 0,
+                prev: l,
+                next: l,
+                attempts: [Attempt::NONE; 2],
+            })
+            .collect();
         SourceTable {
-            slab: Vec::new(),
+            slab,
             free: NIL,
             index: HashTable::new(),
             hasher: RandomState::new(),
             spill: HashMap::new(),
-            heads: [NIL; LEVELS],
-            tails: [NIL; LEVELS],
             held: 0,
             idle: 0,
         }
@@ -267,8 +273,18 @@ impl SourceTable {
             self.idle + usize::from(pair[0] == Attempt::IDLE) - usize::from(a == Attempt::IDLE);
         let old = usize::from(a.step.max(b.step)).min(LEVELS - 1);
         let new = usize::from(pair[0].step.max(pair[1].step)).min(LEVELS - 1);
-        if old != new {
-            self.unlink(idx, old);
+        self.relevel(idx, old, new);
+    }
+
+    /// Keeps the level lists' invariant after `idx` went from level `old`
+    /// to `new`: a record is on the list of its level or of a lower one.
+    /// Going down moves it at once (an idle record must be first in line);
+    /// going up moves it only when eviction meets it (`eviction_candidate`),
+    /// so that a knock costs no list surgery.
+    #[inline]
+    fn relevel(&mut self, idx: u32, old: usize, new: usize) {
+        if new < old {
+            self.unlink(idx);
             self.link(idx, new);
         }
     }
@@ -324,10 +340,7 @@ impl SourceTable {
     pub(crate) fn store(&mut self, idx: u32, attempts: &[Attempt]) {
         let old = self.level_of(idx);
         let new = self.write_attempts(idx, attempts);
-        if old != new {
-            self.unlink(idx, old);
-            self.link(idx, new);
-        }
+        self.relevel(idx, old, new);
     }
 
     /// Gives idle record `idx` new attempts started at `start_ms`.
@@ -385,7 +398,7 @@ impl SourceTable {
         let hash = hash_key(&self.hasher, u128::from_ne_bytes(r.key));
         let spilled = r.attempts[0] == Attempt::SPILLED;
         self.idle -= usize::from(r.is_idle());
-        self.unlink(victim, self.level_of(victim));
+        self.unlink(victim);
         if let Ok(entry) = self.index.find_entry(hash, |&i| i == victim) {
             entry.remove();
         }
@@ -433,9 +446,26 @@ impl SourceTable {
         self.held -= 1;
     }
 
-    /// The record eviction should take: least advanced, then oldest at that level.
-    pub(crate) fn eviction_candidate(&self) -> Option<u32> {
-        self.heads.iter().copied().find(|&h| h != NIL)
+    /// The record eviction should take: least advanced, then the longest
+    /// on its level's list. Records met on a list below their level (they
+    /// advanced since) move to the tail of their own level's list on the way:
+    /// amortized O(1), one move per level gained.
+    pub(crate) fn eviction_candidate(&mut self) -> Option<u32> {
+        for list in 0..LEVELS as u32 {
+            loop {
+                let head = self.slab[list as usize].next;
+                if head == list {
+                    break; // empty
+                }
+                let level = self.level_of(head);
+                if level <= list as usize {
+                    return Some(head);
+                }
+                self.unlink(head);
+                self.link(head, level);
+            }
+        }
+        None
     }
 
     /// The indices of every held record.
@@ -447,36 +477,25 @@ impl SourceTable {
             .map(|(i, _)| i as u32)
     }
 
+    /// Appends `idx` to level `level`'s circular list (sentinel: slot `level`).
     fn link(&mut self, idx: u32, level: usize) {
-        let tail = self.tails[level];
-        {
-            let r = &mut self.slab[idx as usize];
-            r.prev = tail;
-            r.next = NIL;
-        }
-        if tail == NIL {
-            self.heads[level] = idx;
-        } else {
-            self.slab[tail as usize].next = idx;
-        }
-        self.tails[level] = idx;
+        let sentinel = level.min(LEVELS - 1) as u32;
+        let tail = self.slab[sentinel as usize].prev;
+        let r = &mut self.slab[idx as usize];
+        r.prev = tail;
+        r.next = sentinel;
+        self.slab[tail as usize].next = idx;
+        self.slab[sentinel as usize].prev = idx;
     }
 
-    fn unlink(&mut self, idx: u32, level: usize) {
+    /// Takes `idx` off whichever list it is on.
+    fn unlink(&mut self, idx: u32) {
         let (prev, next) = {
             let r = &self.slab[idx as usize];
             (r.prev, r.next)
         };
-        if prev == NIL {
-            self.heads[level] = next;
-        } else {
-            self.slab[prev as usize].next = next;
-        }
-        if next == NIL {
-            self.tails[level] = prev;
-        } else {
-            self.slab[next as usize].prev = prev;
-        }
+        self.slab[prev as usize].next = next;
+        self.slab[next as usize].prev = prev;
     }
 
     /// Bytes of heap memory the table holds (capacity, not length).
