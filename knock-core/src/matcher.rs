@@ -131,11 +131,17 @@ struct DoorSlot {
     active: bool,
     /// A windowed door's used windows, newest last (at most `USED_WINDOWS`).
     used: VecDeque<u64>,
+    /// Opening it changes nothing in the matcher: reusable sequences, no
+    /// grant lifetime, no cooldown.
+    plain: bool,
 }
 
 impl DoorSlot {
     fn new(door: Door) -> Self {
         DoorSlot {
+            plain: matches!(door.sequences, Sequences::Reusable(_))
+                && door.grant_lifetime.is_none()
+                && door.cooldown.is_zero(),
             door,
             active: true,
             used: VecDeque::new(),
@@ -166,6 +172,16 @@ impl PortEntry {
                 .any(|d| doors[d.0 as usize].door.accepts(event)),
         }
     }
+}
+
+/// What a first knock did for one track.
+enum Begun {
+    /// The door does not take it (flags, target, cooldown, dead track).
+    No,
+    /// An attempt at step 1.
+    Attempt(Attempt),
+    /// A one-step sequence: the door opens.
+    Opens,
 }
 
 /// The knock ports: a small open-addressing table from port key to entry.
@@ -957,93 +973,131 @@ impl Matcher {
         now: Timestamp,
         event: &Event,
     ) {
+        let Some(entry) = self.ports.entries.get(port) else {
+            return;
+        };
+        if let [ti] = entry.first[..] {
+            // One sequence begins on this port (the usual case): no buffer.
+            match self.begin(ti, src, now, event) {
+                Begun::Attempt(a) => self.place(found, key, hash, now, &[a]),
+                Begun::Opens => self.open(ti, src, now),
+                Begun::No => {}
+            }
+            return;
+        }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
-        let mut opens: [u16; 4] = [0; 4];
-        let mut n_opens = 0usize;
-        let mut more_opens = Vec::new();
-        if let Some(entry) = self.ports.entries.get(port) {
-            for &ti in &entry.first {
-                let t = &self.tracks[ti as usize];
-                let door = &self.doors[t.door.0 as usize].door;
-                if !t.live || !door.accepts(event) {
-                    continue;
-                }
-                if !door.cooldown.is_zero() && self.grants.in_cooldown(src, t.door, now) {
-                    continue;
-                }
-                self.stats.attempts_started += 1;
-                self.stats.stages += 1;
-                self.decisions.push_back(Decision::Stage {
-                    door: t.door,
-                    src,
-                    step: 1,
-                });
-                if t.steps.len() == 1 {
-                    if n_opens < opens.len() {
-                        opens[n_opens] = ti;
-                        n_opens += 1;
-                    } else {
-                        more_opens.push(ti);
-                    }
-                } else {
-                    buf.push(Attempt {
-                        track: ti,
-                        step: 1,
-                        epoch: t.epoch,
-                    });
-                }
+        let mut opens = Vec::new();
+        for i in 0..entry.first.len() {
+            let ti = self.ports.entries[port].first[i];
+            match self.begin(ti, src, now, event) {
+                Begun::Attempt(a) => buf.push(a),
+                Begun::Opens => opens.push(ti),
+                Begun::No => {}
             }
         }
-        for &ti in opens[..n_opens].iter().chain(&more_opens) {
+        // Every Stage first, then the opens, as knockd logs them.
+        for &ti in &opens {
             self.open(ti, src, now);
         }
-        if n_opens > 0 {
+        if !opens.is_empty() {
+            // An open may have used a one-time sequence others started on.
             buf.retain(|a| self.attempt_alive(a));
         }
         if !buf.is_empty() {
-            let now_ms = now.as_millis();
-            let deadline = now_ms + self.min_timeout(&buf);
-            // A reused slot has a timer entry due by its old start + tmax.
-            let reused = match found {
-                Some(idx) => Some(idx),
-                None if self.table.held() >= self.limits.max_sources => {
-                    self.table.eviction_candidate()
-                }
-                None => None,
-            };
-            match reused {
-                Some(idx) => {
-                    let old_start = self.table.start_ms(idx);
-                    if let (Some(_), [a]) = (found, &buf[..]) {
-                        self.table.restart_single(idx, now_ms as u32, *a);
-                    } else if found.is_some() {
-                        self.table.restart(idx, now_ms as u32, &buf);
-                    } else if self.table.evict_into(idx, hash, key, now_ms as u32, &buf) {
-                        self.stats.evicted += 1;
-                    }
-                    let age = u64::from((now_ms as u32).wrapping_sub(old_start));
-                    let due_by = now_ms.saturating_sub(age) + u64::from(self.tmax_ms);
-                    if due_by > deadline {
-                        self.timers.push(deadline, idx);
-                        self.wake_by_ms(deadline);
-                        self.compact_timers();
-                    }
-                }
-                None => {
-                    let idx = self.table.insert(hash, key, now_ms as u32, &buf);
-                    self.timers.push(deadline, idx);
-                    self.wake_by_ms(deadline);
-                    self.compact_timers();
+            self.place(found, key, hash, now, &buf);
+        }
+        self.scratch = buf;
+    }
+
+    /// The first knock of track `ti`: if the track's door takes it, counts
+    /// it and emits its `Stage`.
+    fn begin(&mut self, ti: u16, src: IpAddr, now: Timestamp, event: &Event) -> Begun {
+        let Some(t) = self.tracks.get(ti as usize) else {
+            return Begun::No;
+        };
+        let door = &self.doors[t.door.0 as usize].door;
+        if !t.live
+            || !door.accepts(event)
+            || (!door.cooldown.is_zero() && self.grants.in_cooldown(src, t.door, now))
+        {
+            return Begun::No;
+        }
+        self.stats.attempts_started += 1;
+        self.stats.stages += 1;
+        self.decisions.push_back(Decision::Stage {
+            door: t.door,
+            src,
+            step: 1,
+        });
+        if t.steps.len() == 1 {
+            return Begun::Opens;
+        }
+        Begun::Attempt(Attempt {
+            track: ti,
+            step: 1,
+            epoch: t.epoch,
+        })
+    }
+
+    /// Gives the source's new `attempts` a record: its idle one (`found`), a
+    /// free slot, or the eviction candidate's when the table is full; and
+    /// makes sure the record's timer entry is due by its deadline.
+    fn place(
+        &mut self,
+        found: Option<u32>,
+        key: crate::table::Key,
+        hash: u64,
+        now: Timestamp,
+        attempts: &[Attempt],
+    ) {
+        let now_ms = now.as_millis();
+        let start = now_ms as u32;
+        let deadline = now_ms + self.min_timeout(attempts);
+        let reused = match found {
+            Some(idx) => Some(idx),
+            None if self.table.held() >= self.limits.max_sources => self.table.eviction_candidate(),
+            None => None,
+        };
+        let Some(idx) = reused else {
+            let idx = self.table.insert(hash, key, start, attempts);
+            self.arm(idx, deadline);
+            return;
+        };
+        let old_start = self.table.start_ms(idx);
+        match (found, attempts) {
+            (Some(_), [a]) => self.table.restart_single(idx, start, *a),
+            (Some(_), _) => self.table.restart(idx, start, attempts),
+            (None, _) => {
+                if self.table.evict_into(idx, hash, key, start, attempts) {
+                    self.stats.evicted += 1;
                 }
             }
         }
-        self.scratch = buf;
+        // The slot's timer entry is due by its old start + tmax: early
+        // enough unless the new deadline is sooner.
+        let age = u64::from(start.wrapping_sub(old_start));
+        if now_ms.saturating_sub(age) + u64::from(self.tmax_ms) > deadline {
+            self.arm(idx, deadline);
+        }
+    }
+
+    /// Adds a timer entry for record `idx` at `deadline_ms`.
+    fn arm(&mut self, idx: u32, deadline_ms: u64) {
+        self.timers.push(deadline_ms, idx);
+        self.wake_by_ms(deadline_ms);
+        self.compact_timers();
     }
 
     fn open(&mut self, track: u16, src: IpAddr, now: Timestamp) {
         let door_id = self.tracks[track as usize].door;
         let slot = &mut self.doors[door_id.0 as usize];
+        if slot.plain {
+            // knockd's usual door: nothing to remember, nothing to close.
+            self.grants.open_plain(door_id, src, &mut self.decisions);
+            self.stats.opens += 1;
+            return;
+        }
         let (lifetime, cooldown) = (slot.door.grant_lifetime, slot.door.cooldown);
         match self
             .grants

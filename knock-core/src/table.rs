@@ -238,10 +238,15 @@ impl SourceTable {
         (b == Attempt::NONE && a.is_real()).then_some(a)
     }
 
-    /// Replaces the only attempt of `idx` (see [`single`](Self::single)),
-    /// moving the record to the tail of its new level's list if its level changed.
+    /// Advances the only attempt of `idx` (see [`single`](Self::single))
+    /// to `attempt`, one step further: its level only goes up, which the
+    /// lists learn lazily (see `relevel`).
+    #[inline]
     pub(crate) fn set_single(&mut self, idx: u32, attempt: Attempt) {
-        self.set_inline(idx, [attempt, Attempt::NONE]);
+        if let Some(r) = self.slab.get_mut(idx as usize) {
+            debug_assert!(r.attempts[1] == Attempt::NONE && attempt.step > r.attempts[0].step);
+            r.attempts[0] = attempt;
+        }
     }
 
     /// Makes `idx`, whose only attempt is over, idle.
@@ -249,11 +254,17 @@ impl SourceTable {
         self.set_inline(idx, [Attempt::IDLE, Attempt::NONE]);
     }
 
-    /// Gives idle record `idx` one new attempt started at `start_ms`.
+    /// Gives idle record `idx` one new attempt started at `start_ms` (its
+    /// level goes up from 0: lazily, see `relevel`).
+    #[inline]
     pub(crate) fn restart_single(&mut self, idx: u32, start_ms: u32, attempt: Attempt) {
         if let Some(r) = self.slab.get_mut(idx as usize) {
+            debug_assert!(r.is_idle());
+            if r.is_idle() {
+                self.idle -= 1;
+            }
             r.start_ms = start_ms;
-            self.set_inline(idx, [attempt, Attempt::NONE]);
+            r.attempts = [attempt, Attempt::NONE];
         }
     }
 
