@@ -122,6 +122,12 @@ struct Track {
     live: bool,
     /// For a windowed door's track: its window.
     window: u64,
+    /// A knock of this track's first step begins this track and no other
+    /// (it is the only live track that starts there), its door has no
+    /// cooldown, and its timeout is the longest (`Matcher::tmax_ms`), so a
+    /// record's timer entry is early enough for any restart: a record
+    /// parked on it can restart it directly.
+    quick_restart: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -307,7 +313,6 @@ impl Matcher {
             wake: Timestamp::MAX,
         };
         m.tracks = m.compile_tracks(&HashMap::new())?;
-        m.tmax_ms = max_timeout(&m.tracks);
         m.rebuild_ports();
         Ok(m)
     }
@@ -439,7 +444,6 @@ impl Matcher {
                 true
             }
             None => false,
-            Some(idx) if self.table.is_idle(idx) => false,
             Some(idx) => {
                 self.advance_single(idx, src, now, event)
                     || self.advance(idx, src, now_ms, event, true)
@@ -623,7 +627,6 @@ impl Matcher {
         }
         self.tracks = tracks;
         self.rebuild_ports();
-        self.tmax_ms = self.tmax_ms.max(max_timeout(&self.tracks));
         let held: Vec<u32> = self.table.held_records().collect();
         let mut buf = std::mem::take(&mut self.scratch);
         for idx in held {
@@ -713,6 +716,7 @@ impl Matcher {
                             epoch: epoch(k),
                             live: !steps.is_empty(),
                             window: 0,
+                            quick_restart: false,
                         });
                     }
                 }
@@ -725,6 +729,7 @@ impl Matcher {
                         epoch: epoch(0),
                         live: !steps.is_empty(),
                         window: 0,
+                        quick_restart: false,
                     });
                 }
                 Sequences::Windowed { windows, list } => {
@@ -745,6 +750,7 @@ impl Matcher {
                             epoch: epoch(k),
                             live: !steps.is_empty() && !slot.used.contains(&window),
                             window,
+                            quick_restart: false,
                         });
                     }
                 }
@@ -766,6 +772,9 @@ impl Matcher {
             .filter(|(_, d)| d.strict)
             .map(|(id, _)| id)
             .collect();
+        for t in &mut self.tracks {
+            t.quick_restart = false;
+        }
         for (ti, t) in self.tracks.iter().enumerate() {
             if !t.live {
                 continue;
@@ -788,6 +797,14 @@ impl Matcher {
                 }
                 _ => None,
             };
+        }
+        self.tmax_ms = self.tmax_ms.max(max_timeout(&self.tracks));
+        for e in ports.values() {
+            if let [ti] = e.first[..] {
+                let t = &mut self.tracks[ti as usize];
+                t.quick_restart = self.doors[t.door.0 as usize].door.cooldown.is_zero()
+                    && t.timeout_ms == self.tmax_ms;
+            }
         }
         self.ports = PortIndex::from_map(ports);
         self.listen_generation += 1;
@@ -909,10 +926,16 @@ impl Matcher {
         true
     }
 
-    /// The common case of [`advance`](Matcher::advance), without copying
-    /// attempts out and back: record `idx` has one live, unexpired attempt
-    /// and `event` is its next step. Returns false (having changed nothing)
-    /// in every other case.
+    /// The common case, without copying attempts out and back: record
+    /// `idx` has one live, unexpired attempt and `event` is its next step;
+    /// or it is idle, parked at step 0 of a track (`SourceTable::park`) that
+    /// `event` begins, as the only track that begins on its port, at a door
+    /// without a cooldown (`Track::quick_restart`). Returns
+    /// false (having changed nothing) in every other case.
+    ///
+    /// A knocker who starts again and one who carries on take the same
+    /// path: whether the attempt is `fresh` (from step 0) changes values,
+    /// not branches, since it is as random as the knockers.
     fn advance_single(&mut self, idx: u32, src: IpAddr, now: Timestamp, event: &Event) -> bool {
         let Some(a) = self.table.single(idx) else {
             return false;
@@ -920,31 +943,47 @@ impl Matcher {
         let Some(t) = self.tracks.get(a.track as usize) else {
             return false;
         };
-        let age = (now.as_millis() as u32).wrapping_sub(self.table.start_ms(idx));
-        if !t.live
-            || t.epoch != a.epoch
-            || age >= t.timeout_ms
+        let now_ms = now.as_millis();
+        let start_ms = self.table.start_ms(idx);
+        let age = (now_ms as u32).wrapping_sub(start_ms);
+        let fresh = a.step == 0;
+        let door = &self.doors[t.door.0 as usize].door;
+        // `|` and `&`, not `||` and `&&`: one predictable branch, not one
+        // per condition on `fresh`.
+        let dead = !t.live
+            | (t.epoch != a.epoch)
+            | ((age >= t.timeout_ms) & !fresh)
+            | (!t.quick_restart & fresh);
+        if dead
             || !t
                 .steps
                 .get(usize::from(a.step))
                 .is_some_and(|s| s.matches(event))
-            || !self.doors[t.door.0 as usize].door.accepts(event)
+            || !door.accepts(event)
         {
             return false;
         }
         let step = a.step + 1;
+        let (door_id, len) = (t.door, t.steps.len());
         self.stats.stages += 1;
+        self.stats.attempts_started += u64::from(fresh);
         self.decisions.push_back(Decision::Stage {
-            door: t.door,
+            door: door_id,
             src,
             step,
         });
-        if usize::from(step) == t.steps.len() {
-            self.table.set_idle(idx);
+        if usize::from(step) == len {
+            self.table.park(idx, Attempt { step: 0, ..a });
             self.open(a.track, src, now);
         } else {
-            // Same start and track: the deadline is unchanged.
-            self.table.set_single(idx, Attempt { step, ..a });
+            // A mask, not `if`, or the compiler branches on `fresh`.
+            let mask = u32::from(fresh).wrapping_neg();
+            let new_start = (now_ms as u32 & mask) | (start_ms & !mask);
+            self.table
+                .step_single(idx, Attempt { step, ..a }, fresh, new_start);
+            // A fresh attempt's deadline is new, and the slot's timer entry
+            // is due by its old start + tmax (see `place`): early enough,
+            // since a quick restart's track has the longest timeout.
         }
         true
     }

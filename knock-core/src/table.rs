@@ -126,7 +126,8 @@ struct Record {
     prev: u32,
     next: u32,
     /// Up to two attempts inline; `[SPILLED, _]` means they are in `spill`,
-    /// `[IDLE, NONE]` that the record is idle, `[NONE, NONE]` that it is free.
+    /// `[IDLE, NONE]` or `[a, NONE]` with `a.step == 0` that the record is
+    /// idle, `[NONE, NONE]` that it is free.
     attempts: [Attempt; 2],
 }
 
@@ -136,8 +137,15 @@ impl Record {
     }
 
     fn is_idle(&self) -> bool {
-        self.attempts[0] == Attempt::IDLE
+        is_idle_pair(self.attempts)
     }
+}
+
+/// Whether inline attempts `pair` make an idle record: the marker, or a
+/// finished attempt parked at step 0 of its track (see `SourceTable::park`).
+#[inline]
+fn is_idle_pair(pair: [Attempt; 2]) -> bool {
+    pair[0] == Attempt::IDLE || (pair[0].is_real() && pair[0].step == 0)
 }
 
 pub(crate) struct SourceTable {
@@ -214,11 +222,6 @@ impl SourceTable {
         self.slab.get(idx as usize).is_some_and(|r| !r.is_free())
     }
 
-    /// Whether `idx` is held and idle.
-    pub(crate) fn is_idle(&self, idx: u32) -> bool {
-        self.slab.get(idx as usize).is_some_and(Record::is_idle)
-    }
-
     /// Copies the attempts of `idx` into `out` (cleared first; none if idle).
     pub(crate) fn load(&self, idx: u32, out: &mut Vec<Attempt>) {
         out.clear();
@@ -228,30 +231,44 @@ impl SourceTable {
                 out.extend_from_slice(v);
             }
         } else {
-            out.extend(r.attempts.iter().copied().filter(|a| a.is_real()));
+            out.extend(
+                r.attempts
+                    .iter()
+                    .copied()
+                    .filter(|a| a.is_real() && a.step > 0),
+            );
         }
     }
 
-    /// The attempt of `idx` if it is its only one (and inline).
+    /// The attempt of `idx` if it is its only one (and inline), or the one
+    /// it is parked at (step 0) if it is idle.
     pub(crate) fn single(&self, idx: u32) -> Option<Attempt> {
         let [a, b] = self.slab.get(idx as usize)?.attempts;
         (b == Attempt::NONE && a.is_real()).then_some(a)
     }
 
-    /// Advances the only attempt of `idx` (see [`single`](Self::single))
-    /// to `attempt`, one step further: its level only goes up, which the
-    /// lists learn lazily (see `relevel`).
+    /// Moves the lone attempt of `idx` (see [`single`](Self::single)) one
+    /// step on, to `attempt`, starting at `start_ms`. `fresh`: it was parked
+    /// at step 0, so this is a new attempt and `start_ms` is new. The level
+    /// only goes up, which the lists learn lazily (see `relevel`). Written
+    /// without branches on `fresh`, which is as random as the knockers.
     #[inline]
-    pub(crate) fn set_single(&mut self, idx: u32, attempt: Attempt) {
+    pub(crate) fn step_single(&mut self, idx: u32, attempt: Attempt, fresh: bool, start_ms: u32) {
         if let Some(r) = self.slab.get_mut(idx as usize) {
             debug_assert!(r.attempts[1] == Attempt::NONE && attempt.step > r.attempts[0].step);
             r.attempts[0] = attempt;
+            r.start_ms = start_ms;
+            self.idle -= usize::from(fresh);
         }
     }
 
-    /// Makes `idx`, whose only attempt is over, idle.
-    pub(crate) fn set_idle(&mut self, idx: u32) {
-        self.set_inline(idx, [Attempt::IDLE, Attempt::NONE]);
+    /// Makes `idx`, whose only attempt is over, idle, parked at step 0 of
+    /// `track` (the attempt with step 0): if its source knocks that track's
+    /// first step next, `single` and `step_single` start it again without a
+    /// detour through the first-knock path.
+    pub(crate) fn park(&mut self, idx: u32, track: Attempt) {
+        debug_assert!(track.is_real() && track.step == 0);
+        self.set_inline(idx, [track, Attempt::NONE]);
     }
 
     /// Gives idle record `idx` one new attempt started at `start_ms` (its
@@ -276,12 +293,14 @@ impl SourceTable {
         };
         let [a, b] = r.attempts;
         if a == Attempt::SPILLED {
-            let attempts: Vec<Attempt> = pair.into_iter().filter(|a| a.is_real()).collect();
+            let attempts: Vec<Attempt> = pair
+                .into_iter()
+                .filter(|a| a.is_real() && a.step > 0)
+                .collect();
             return self.store(idx, &attempts);
         }
         r.attempts = pair;
-        self.idle =
-            self.idle + usize::from(pair[0] == Attempt::IDLE) - usize::from(a == Attempt::IDLE);
+        self.idle = self.idle + usize::from(is_idle_pair(pair)) - usize::from(is_idle_pair([a, b]));
         let old = usize::from(a.step.max(b.step)).min(LEVELS - 1);
         let new = usize::from(pair[0].step.max(pair[1].step)).min(LEVELS - 1);
         self.relevel(idx, old, new);
