@@ -242,9 +242,42 @@ fn knockd_bug_doors_sharing_a_prefix_both_fire() {
         door("B", &[1001, 1002, 1003]),
     ]);
     let (a, b) = (h.id("A"), h.id("B"));
-    h.syn(ME, 1001);
-    assert_eq!(opens(&h.syn(ME, 1002)), vec![(a, ME)]);
-    assert_eq!(opens(&h.syn(ME, 1003)), vec![(b, ME)]);
+    // Twice: the second time the source's record is parked on a finished
+    // attempt, and its first knock must still begin both doors.
+    for _ in 0..2 {
+        h.syn(ME, 1001);
+        assert_eq!(opens(&h.syn(ME, 1002)), vec![(a, ME)]);
+        assert_eq!(opens(&h.syn(ME, 1003)), vec![(b, ME)]);
+    }
+}
+
+/// A source that opened a door and knocks it again starts a new attempt
+/// (with a new start time for its seq_timeout), as does one that knocks
+/// another door's first step.
+#[test]
+fn knocking_again_after_an_open_starts_afresh() {
+    let ssh = door("ssh", &[7000, 8000]).with_seq_timeout(Duration::from_secs(5));
+    let web = door("web", &[9000, 8000]).with_seq_timeout(Duration::from_secs(5));
+    let mut h = Harness::new(vec![ssh, web]);
+    let (ssh, web) = (h.id("ssh"), h.id("web"));
+    h.at(0).syn(ME, 7000);
+    assert_eq!(opens(&h.at(1).syn(ME, 8000)), vec![(ssh, ME)]);
+    let again = h.at(4_000).syn(ME, 7000);
+    assert_eq!(
+        again,
+        vec![Decision::Stage {
+            door: ssh,
+            src: ME,
+            step: 1
+        }]
+    );
+    assert_eq!(h.m.stats().attempts_started, 2);
+    assert_eq!(h.m.stats().sources, 1);
+    // 4 s after the first start, 1 s after the new one: not expired.
+    assert_eq!(opens(&h.at(8_000).syn(ME, 8000)), vec![(ssh, ME)]);
+    h.at(9_000).syn(ME, 9000);
+    assert_eq!(opens(&h.at(9_001).syn(ME, 8000)), vec![(web, ME)]);
+    assert_eq!(h.m.stats().sources, 0);
 }
 
 #[test]
