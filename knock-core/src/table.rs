@@ -268,7 +268,18 @@ impl SourceTable {
     /// detour through the first-knock path.
     pub(crate) fn park(&mut self, idx: u32, track: Attempt) {
         debug_assert!(track.is_real() && track.step == 0);
-        self.set_inline(idx, [track, Attempt::NONE]);
+        let Some(r) = self.slab.get_mut(idx as usize) else {
+            return;
+        };
+        let old = r.attempts[0];
+        debug_assert!(old.is_real() && r.attempts[1] == Attempt::NONE);
+        r.attempts[0] = track;
+        if old.step != 0 {
+            // Active until now: down to level 0, first in line for eviction.
+            self.idle += 1;
+            self.unlink(idx);
+            self.link(idx, 0);
+        }
     }
 
     /// Gives idle record `idx` one new attempt started at `start_ms` (its
@@ -283,27 +294,6 @@ impl SourceTable {
             r.start_ms = start_ms;
             r.attempts = [attempt, Attempt::NONE];
         }
-    }
-
-    /// `store` for a record that is not spilled (a lone attempt or idle),
-    /// without the general path's spill handling.
-    fn set_inline(&mut self, idx: u32, pair: [Attempt; 2]) {
-        let Some(r) = self.slab.get_mut(idx as usize) else {
-            return;
-        };
-        let [a, b] = r.attempts;
-        if a == Attempt::SPILLED {
-            let attempts: Vec<Attempt> = pair
-                .into_iter()
-                .filter(|a| a.is_real() && a.step > 0)
-                .collect();
-            return self.store(idx, &attempts);
-        }
-        r.attempts = pair;
-        self.idle = self.idle + usize::from(is_idle_pair(pair)) - usize::from(is_idle_pair([a, b]));
-        let old = usize::from(a.step.max(b.step)).min(LEVELS - 1);
-        let new = usize::from(pair[0].step.max(pair[1].step)).min(LEVELS - 1);
-        self.relevel(idx, old, new);
     }
 
     /// Keeps the level lists' invariant after `idx` went from level `old`
