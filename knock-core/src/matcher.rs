@@ -413,9 +413,11 @@ impl Matcher {
         let pk = port_key(event.proto, event.dst_port);
         let doors = &self.doors;
         let port = self.ports.find(pk);
-        let relevant = port
-            .and_then(|i| self.ports.entries.get(i))
-            .is_some_and(|entry| entry.accepts(doors, event));
+        let entry = port.and_then(|i| self.ports.entries.get(i));
+        let relevant = entry.is_some_and(|entry| entry.accepts(doors, event));
+        // The one door that can use this port accepts the event (flags were
+        // its only filter): no need to ask it again.
+        let accepted = relevant && entry.is_some_and(|e| e.only_flags.is_some());
         // A strict door this event touches on a port that is not its step.
         let touched = self.strict.iter().copied().find(|d| {
             doors[d.0 as usize].door.strict_touch(event)
@@ -445,7 +447,7 @@ impl Matcher {
             }
             None => false,
             Some(idx) => {
-                self.advance_single(idx, src, now, event)
+                self.advance_single(idx, src, now, event, accepted)
                     || self.advance(idx, src, now_ms, event, true)
             }
         };
@@ -936,7 +938,16 @@ impl Matcher {
     /// A knocker who starts again and one who carries on take the same
     /// path: whether the attempt is `fresh` (from step 0) changes values,
     /// not branches, since it is as random as the knockers.
-    fn advance_single(&mut self, idx: u32, src: IpAddr, now: Timestamp, event: &Event) -> bool {
+    ///
+    /// `accepted`: every door that could match `event` accepts it.
+    fn advance_single(
+        &mut self,
+        idx: u32,
+        src: IpAddr,
+        now: Timestamp,
+        event: &Event,
+        accepted: bool,
+    ) -> bool {
         let Some(a) = self.table.single(idx) else {
             return false;
         };
@@ -959,7 +970,7 @@ impl Matcher {
                 .steps
                 .get(usize::from(a.step))
                 .is_some_and(|s| s.matches(event))
-            || !door.accepts(event)
+            || !(accepted || door.accepts(event))
         {
             return false;
         }
