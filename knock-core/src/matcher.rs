@@ -434,6 +434,10 @@ impl Matcher {
             return;
         }
         let src = normalized(event.src);
+        // The event's own address when it needs no normalizing (nearly
+        // always): decisions then copy it from the event, not from a value
+        // just assembled on the stack (a store-forwarding stall per event).
+        let src_ref = if src == event.src { &event.src } else { &src };
         let hash = self.table.hash(&key);
         self.invalidated_by_event = None;
         let found = self.table.find(hash, &key);
@@ -447,7 +451,7 @@ impl Matcher {
             }
             None => false,
             Some(idx) => {
-                self.advance_single(idx, src, now, event, accepted)
+                self.advance_single(idx, src_ref, now, event, accepted)
                     || self.advance(idx, src, now_ms, event, true)
             }
         };
@@ -943,7 +947,7 @@ impl Matcher {
     fn advance_single(
         &mut self,
         idx: u32,
-        src: IpAddr,
+        src: &IpAddr,
         now: Timestamp,
         event: &Event,
         accepted: bool,
@@ -980,12 +984,12 @@ impl Matcher {
         self.stats.attempts_started += u64::from(fresh);
         self.decisions.push_back(Decision::Stage {
             door: door_id,
-            src,
+            src: *src,
             step,
         });
         if usize::from(step) == len {
             self.table.park(idx, Attempt { step: 0, ..a });
-            self.open(a.track, src, now);
+            self.open(a.track, *src, now);
         } else {
             // A mask, not `if`, or the compiler branches on `fresh`.
             let mask = u32::from(fresh).wrapping_neg();
