@@ -117,18 +117,22 @@ impl Attempt {
 const NIL: u32 = u32::MAX;
 const LEVELS: usize = MAX_STEPS + 1;
 
+/// `repr(C)`: what every event reads (key, start, attempts) comes first,
+/// in the fewest cache lines; the list links, which eviction and idling
+/// need, last.
 #[derive(Clone, Debug)]
+#[repr(C)]
 struct Record {
     /// The [`Key`], stored as bytes so that a record stays 4-byte aligned.
     key: [u8; 16],
     /// Start of the attempts, milliseconds, wrapping (ages stay far below 2^31 ms).
     start_ms: u32,
-    prev: u32,
-    next: u32,
     /// Up to two attempts inline; `[SPILLED, _]` means they are in `spill`,
     /// `[IDLE, NONE]` or `[a, NONE]` with `a.step == 0` that the record is
     /// idle, `[NONE, NONE]` that it is free.
     attempts: [Attempt; 2],
+    prev: u32,
+    next: u32,
 }
 
 impl Record {
