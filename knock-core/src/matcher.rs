@@ -180,6 +180,16 @@ impl PortEntry {
     }
 }
 
+/// How far [`Matcher::quick_event`] got.
+enum Quick {
+    /// Not the usual knock: nothing looked up.
+    No,
+    /// Handled.
+    Done,
+    /// Not handled, but the source was looked up: its hash and record.
+    Looked(u64, Option<u32>),
+}
+
 /// What a first knock did for one track.
 enum Begun {
     /// The door does not take it (flags, target, cooldown, dead track).
@@ -411,8 +421,16 @@ impl Matcher {
         }
         self.stats.events += 1;
         let pk = port_key(event.proto, event.dst_port);
-        let doors = &self.doors;
         let port = self.ports.find(pk);
+        let mut looked = None;
+        if let Some(i) = port {
+            match self.quick_event(i, now, event) {
+                Quick::Done => return,
+                Quick::Looked(hash, found) => looked = Some((hash, found)),
+                Quick::No => {}
+            }
+        }
+        let doors = &self.doors;
         let entry = port.and_then(|i| self.ports.entries.get(i));
         let relevant = entry.is_some_and(|entry| entry.accepts(doors, event));
         // The one door that can use this port accepts the event (flags were
@@ -438,9 +456,14 @@ impl Matcher {
         // always): decisions then copy it from the event, not from a value
         // just assembled on the stack (a store-forwarding stall per event).
         let src_ref = if src == event.src { &event.src } else { &src };
-        let hash = self.table.hash(&key);
+        let (hash, found) = match looked {
+            Some(done) => done,
+            None => {
+                let hash = self.table.hash(&key);
+                (hash, self.table.find(hash, &key))
+            }
+        };
         self.invalidated_by_event = None;
-        let found = self.table.find(hash, &key);
         let handled = match found {
             _ if !relevant => {
                 // A strict door's touch: only ends attempts.
@@ -480,6 +503,33 @@ impl Matcher {
                     self.table.store(idx, &[]);
                 }
             }
+        }
+    }
+
+    /// The usual knock, start to end, with as little as possible live at
+    /// once: a port that one door uses with a flags-only filter, no strict
+    /// door and no blacklist, and a source whose lone attempt (or parked
+    /// track) this knock advances. Returns false, having changed nothing,
+    /// in every other case.
+    #[inline]
+    fn quick_event(&mut self, port: usize, now: Timestamp, event: &Event) -> Quick {
+        if !self.strict.is_empty() || self.suspects.rule().is_some() {
+            return Quick::No;
+        }
+        let Some(f) = self.ports.entries.get(port).and_then(|e| e.only_flags) else {
+            return Quick::No;
+        };
+        if !(event.proto == Proto::Udp || f.accepts(event.tcp_flags))
+            || normalized(event.src) != event.src
+        {
+            return Quick::No;
+        }
+        let key = key_of(event.src);
+        let hash = self.table.hash(&key);
+        let found = self.table.find(hash, &key);
+        match found {
+            Some(idx) if self.advance_single(idx, &event.src, now, event, true) => Quick::Done,
+            _ => Quick::Looked(hash, found),
         }
     }
 
