@@ -266,10 +266,17 @@ impl SourceTable {
         }
     }
 
-    /// Makes `idx`, whose only attempt is over, idle, parked at step 0 of
-    /// `track` (the attempt with step 0): if its source knocks that track's
-    /// first step next, `single` and `step_single` start it again without a
-    /// detour through the first-knock path.
+    /// Makes `idx`, whose only attempt has just opened its door, idle,
+    /// parked at step 0 of `track` (the attempt with step 0): if its source
+    /// knocks that track's first step next, `single` and `step_single` start
+    /// it again without a detour through the first-knock path.
+    ///
+    /// Unlike any other record that goes idle, it is not moved to the front
+    /// of the eviction order (level 0) but keeps its place on the list it
+    /// is on (see `relevel`): that spares every open two random writes, and
+    /// its source, which has just knocked a whole sequence (no spoofed first
+    /// knock can), may well knock again. Under pressure it may therefore
+    /// outlive fresh attempts filed after it, until its timer frees it.
     pub(crate) fn park(&mut self, idx: u32, track: Attempt) {
         debug_assert!(track.is_real() && track.step == 0);
         let Some(r) = self.slab.get_mut(idx as usize) else {
@@ -278,12 +285,7 @@ impl SourceTable {
         let old = r.attempts[0];
         debug_assert!(old.is_real() && r.attempts[1] == Attempt::NONE);
         r.attempts[0] = track;
-        if old.step != 0 {
-            // Active until now: down to level 0, first in line for eviction.
-            self.idle += 1;
-            self.unlink(idx);
-            self.link(idx, 0);
-        }
+        self.idle += usize::from(old.step != 0);
     }
 
     /// Gives idle record `idx` one new attempt started at `start_ms` (its
@@ -301,10 +303,11 @@ impl SourceTable {
     }
 
     /// Keeps the level lists' invariant after `idx` went from level `old`
-    /// to `new`: a record is on the list of its level or of a lower one.
-    /// Going down moves it at once (an idle record must be first in line);
-    /// going up moves it only when eviction meets it (`eviction_candidate`),
-    /// so that a knock costs no list surgery.
+    /// to `new`: a record is on the list of its level or of a lower one
+    /// (parked records excepted, see `park`). Going down moves it at once
+    /// (an idle record must be first in line); going up moves it only when
+    /// eviction meets it (`eviction_candidate`), so that a knock costs no
+    /// list surgery.
     #[inline]
     fn relevel(&mut self, idx: u32, old: usize, new: usize) {
         if new < old {
@@ -473,7 +476,9 @@ impl SourceTable {
     /// The record eviction should take: least advanced, then the longest
     /// on its level's list. Records met on a list below their level (they
     /// advanced since) move to the tail of their own level's list on the way:
-    /// amortized O(1), one move per level gained.
+    /// amortized O(1), one move per level gained. A parked record (or one
+    /// that restarted from there) is taken when met at the head of the list
+    /// it kept (see `park`).
     pub(crate) fn eviction_candidate(&mut self) -> Option<u32> {
         for list in 0..LEVELS as u32 {
             loop {

@@ -546,6 +546,30 @@ fn repeat_knockers_leave_no_garbage() {
     assert_eq!(h.m.poll_timeout(), None, "nothing left to wake for");
 }
 
+/// A source that has opened a door leaves an idle record; a flood that
+/// fills the table may take it (it holds no attempt, so that is not counted
+/// as an eviction) and the source still opens again.
+#[test]
+fn idle_records_give_way_to_a_flood_uncounted() {
+    let limits = Limits::default().with_max_sources(100);
+    let mut h = Harness::with_limits(vec![door("ssh", &[7000, 8000, 9000])], limits);
+    let ssh = h.id("ssh");
+    for port in [7000, 8000, 9000] {
+        h.syn(ME, port);
+    }
+    for i in 0..10_000u32 {
+        let spoofed = IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i)); // 100.64.0.0/10
+        h.syn(spoofed, 7000);
+    }
+    let st = h.m.stats();
+    assert_eq!(st.sources, 100);
+    assert_eq!(st.evicted, 10_000 - 100, "the idle record went uncounted");
+    for port in [7000, 8000] {
+        h.syn(ME, port);
+    }
+    assert_eq!(opens(&h.syn(ME, 9000)), vec![(ssh, ME)]);
+}
+
 #[test]
 fn reload_keeps_unchanged_doors_attempts_and_all_grants() {
     let keep = door("keep", &[7000, 8000]);
