@@ -17,8 +17,11 @@ use crate::timer::{TimerEntry, TimerHeap};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Most sources with an attempt in progress (default 1,000,000). When
-    /// full, the least advanced attempt goes first, oldest first among equals.
+    /// Most sources with a record (default 1,000,000): an attempt in
+    /// progress, or idle for up to `seq_timeout` after one. When full, the
+    /// least advanced goes first (idle ones before any attempt, except a
+    /// source that just opened a door, which keeps its place), oldest first
+    /// among equals.
     pub max_sources: usize,
     /// Most grants and cooldowns remembered at once (default 1,000,000). When
     /// full, the one due soonest is closed early.
@@ -91,11 +94,12 @@ pub struct Stats {
     pub expired: u64,
     /// Invalidated decisions.
     pub invalidated: u64,
-    /// Sources dropped because the table was full.
+    /// Attempts dropped because the table was full (idle records that gave
+    /// way are not counted).
     pub evicted: u64,
     /// Grants closed early because the grant table was full.
     pub grants_evicted: u64,
-    /// Sources tracked now.
+    /// Sources with an attempt in progress now (idle records not counted).
     pub sources: usize,
     /// Grants and cooldowns remembered now.
     pub grants: usize,

@@ -3,16 +3,21 @@
 //! Records live in a slab (`Vec<Record>`, stable indices, a free list) and are
 //! found through a `hashbrown::HashTable<u32>` of slab indices, hashed with a
 //! randomly seeded SipHash (sources are spoofable). Every held record is also
-//! on one intrusive FIFO list per *level* (the most steps any of its attempts
-//! has done), so that eviction takes the least advanced, oldest record in O(1).
+//! on one of the circular *level* lists (slots `0..LEVELS` of the slab are
+//! their sentinels), so that eviction takes the least advanced, oldest record
+//! in amortized O(1). A record's level is the most steps any of its attempts
+//! has done; it is filed under its level when created and moved down at once
+//! when it loses its progress, but moved up only when an eviction meets it
+//! on a list below its level: no knock pays for list surgery.
 //!
 //! A record is *active* (attempts in progress), *idle* or *free*. A record
-//! whose attempts are all over (opened, invalidated, expired lazily) turns
-//! idle instead of leaving the index: it sits on level 0, first in line for
-//! eviction, until its timer frees it. A source that knocks again before
-//! then restarts it in place, without a trip through the index and the free
-//! list. Only the timer frees records, so a slot on the free list has no
-//! timer entry left that matters (see `timer`).
+//! whose attempts are all over turns idle instead of leaving the index, until
+//! its timer frees it; a source that knocks again before then restarts it in
+//! place. One that has just opened a door is *parked* at step 0 of the
+//! sequence it used (see [`SourceTable::park`]), so that knocking that
+//! sequence again takes the same path as carrying on with it. Only the timer
+//! frees records, so a slot on the free list has no timer entry left that
+//! matters (see `timer`).
 //!
 //! A record is 36 bytes; with the index and the timer heap a tracked source
 //! costs about 60 bytes (measured by `benches/matcher.rs`).
