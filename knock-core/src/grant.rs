@@ -112,6 +112,11 @@ impl Grants {
         cooldown: core::time::Duration,
         out: &mut Queue,
     ) -> Opened {
+        if lifetime.is_none() && cooldown.is_zero() {
+            // Nothing to remember: knockd's door without a stop command.
+            self.open_plain(door, src, out);
+            return Opened::New;
+        }
         let key = (src, door);
         let until = lifetime.map(|l| now + l);
         let cooldown_until = (!cooldown.is_zero()).then(|| now + cooldown);
@@ -142,13 +147,6 @@ impl Grants {
             grant,
             until,
         });
-        if until.is_none() && cooldown_until.is_none() {
-            // Nothing to remember: knockd's door without a stop command.
-            if !self.map.is_empty() {
-                self.map.remove(&key);
-            }
-            return Opened::New;
-        }
         let mut evicted = false;
         if !self.map.contains_key(&key) && self.map.len() >= self.max {
             self.evict_earliest(out);

@@ -273,7 +273,7 @@ fn knocking_again_after_an_open_starts_afresh() {
     );
     assert_eq!(h.m.stats().attempts_started, 2);
     assert_eq!(h.m.stats().sources, 1);
-    // 4 s after the first start, 1 s after the new one: not expired.
+    // 8 s after the first start, 4 s after the new one: not expired (5 s).
     assert_eq!(opens(&h.at(8_000).syn(ME, 8000)), vec![(ssh, ME)]);
     h.at(9_000).syn(ME, 9000);
     assert_eq!(opens(&h.at(9_001).syn(ME, 8000)), vec![(web, ME)]);
