@@ -295,6 +295,48 @@ pub fn build_sinks(
     Ok(sinks)
 }
 
+/// Gives `matcher` the sequences of windows w-1, w and w+1 at Unix time
+/// `unix` for every derived door of `config` whose window is not the one
+/// `windows` remembers (every one with `force`), and remembers it. Returns
+/// what is worth logging: the errors, and with `verbose` each derivation.
+///
+/// The daemon calls it with the wall clock, the replay tool with each
+/// packet's capture time.
+pub fn derive_windows(
+    config: &Config,
+    matcher: &mut Matcher,
+    windows: &mut HashMap<String, u64>,
+    unix: std::time::Duration,
+    force: bool,
+    verbose: bool,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for door in &config.doors {
+        let Some(d) = door.derived() else { continue };
+        let w = knock_config::derive::window_of(unix, d.period);
+        if !force && windows.get(&door.name) == Some(&w) {
+            continue;
+        }
+        let Some(id) = matcher.door_id(&door.name) else {
+            continue;
+        };
+        let Some(pairs) = d.windows_around(&door.name, unix) else {
+            lines.push(format!("{}: secret not loaded", door.name));
+            continue;
+        };
+        match matcher.set_windows(id, pairs) {
+            Ok(()) => {
+                windows.insert(door.name.clone(), w);
+                if verbose {
+                    lines.push(format!("{}: sequences of window {w} derived", door.name));
+                }
+            }
+            Err(e) => lines.push(format!("{}: cannot set windows: {e}", door.name)),
+        }
+    }
+    lines
+}
+
 impl Daemon {
     /// Builds the matcher and the sinks for `config`.
     pub fn new(config: Config, opts: DaemonOptions, log: Logger) -> Result<Daemon, DaemonError> {
@@ -307,30 +349,14 @@ impl Daemon {
     /// whose window changed (all of them with `force`).
     pub fn update_windows(&mut self, force: bool) {
         let unix = knock_config::derive::unix_now();
-        let mut lines = Vec::new();
-        for door in &self.config.doors {
-            let Some(d) = door.derived() else { continue };
-            let w = knock_config::derive::window_of(unix, d.period);
-            if !force && self.windows.get(&door.name) == Some(&w) {
-                continue;
-            }
-            let Some(id) = self.matcher.door_id(&door.name) else {
-                continue;
-            };
-            let Some(pairs) = d.windows_around(&door.name, unix) else {
-                lines.push(format!("{}: secret not loaded", door.name));
-                continue;
-            };
-            match self.matcher.set_windows(id, pairs) {
-                Ok(()) => {
-                    self.windows.insert(door.name.clone(), w);
-                    if self.opts.verbose {
-                        lines.push(format!("{}: sequences of window {w} derived", door.name));
-                    }
-                }
-                Err(e) => lines.push(format!("{}: cannot set windows: {e}", door.name)),
-            }
-        }
+        let lines = derive_windows(
+            &self.config,
+            &mut self.matcher,
+            &mut self.windows,
+            unix,
+            force,
+            self.opts.verbose,
+        );
         for l in lines {
             self.log.log(&l);
         }

@@ -208,10 +208,8 @@ fn the_blacklist_blocks_a_sweeper_others_are_unaffected_and_the_block_expires() 
     assert_eq!(s.opens(NEIGHBOUR), 1);
 }
 
-#[test]
-#[ignore = "needs root"]
-fn time_derived_sequences_open_once_per_window_with_our_client() {
-    let conf = "
+/// A door of time-derived sequences (the secret in `{DIR}/door.key`).
+const DERIVED_CONF: &str = "
 [derived]
     sequence_secret_file = {DIR}/door.key
     sequence_length      = 3
@@ -220,7 +218,11 @@ fn time_derived_sequences_open_once_per_window_with_our_client() {
     sequence_protocols   = tcp,udp
     command              = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
 ";
-    let s = Setup::new(conf)
+
+#[test]
+#[ignore = "needs root"]
+fn time_derived_sequences_open_once_per_window_with_our_client() {
+    let s = Setup::new(DERIVED_CONF)
         .client_addr("198.18.0.3/24")
         .file("door.key", "a shared secret\n", 0o600)
         .start();
@@ -295,6 +297,90 @@ fn time_derived_sequences_open_once_per_window_with_our_client() {
         .unwrap();
     s.wait_open_from(CLIENT_V4);
     assert_eq!(s.opens(CLIENT_V4), 2);
+}
+
+/// A capture of a derived knock, taken with tcpdump while our client knocks,
+/// replays to the same open: the replay tool derives the windows of the
+/// packets' own time. With another secret it opens nothing.
+#[test]
+#[ignore = "needs root"]
+fn a_captured_derived_knock_replays_to_the_same_open() {
+    let s = Setup::new(DERIVED_CONF)
+        .file("door.key", "a shared secret\n", 0o600)
+        .file("other.key", "another secret\n", 0o600)
+        .start();
+    let pcap = s.path("knock.pcap");
+    let dump_log = s.path("tcpdump.log");
+    let mut dump = s
+        .pair
+        .server
+        .command("tcpdump")
+        .args([
+            "-i",
+            knock_testnet::SERVER_IF,
+            "--immediate-mode",
+            "-U",
+            "-w",
+        ])
+        .arg(&pcap)
+        .args(["tcp or udp"])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&dump_log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("tcpdump to listen", Duration::from_secs(10), || {
+        fs::read_to_string(&dump_log).is_ok_and(|l| l.contains("listening on"))
+    });
+    let conf_path = s.path("knockd.conf");
+    s.pair
+        .client
+        .run(&[
+            example_bin("knock").to_str().unwrap(),
+            "--door",
+            "derived",
+            "-c",
+            conf_path.to_str().unwrap(),
+            SERVER_V4,
+        ])
+        .unwrap();
+    s.wait_open_from(CLIENT_V4);
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = Command::new("kill")
+        .args(["-INT", &dump.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    dump.wait().unwrap();
+
+    let replay = |conf: &str| -> String {
+        let out = Command::new(example_bin("replay"))
+            .arg("-c")
+            .arg(s.path(conf))
+            .arg(&pcap)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let opens = |lines: &str| {
+        lines
+            .lines()
+            .filter(|l| l.contains(r#""event":"open""#) && l.contains(CLIENT_V4))
+            .count()
+    };
+    let lines = replay("knockd.conf");
+    assert_eq!(opens(&lines), 1, "{lines}");
+    assert!(lines.contains(r#""door":"derived""#), "{lines}");
+    fs::write(
+        s.path("other.conf"),
+        fs::read_to_string(&conf_path)
+            .unwrap()
+            .replace("door.key", "other.key"),
+    )
+    .unwrap();
+    let lines = replay("other.conf");
+    assert_eq!(opens(&lines), 0, "{lines}");
 }
 
 #[test]

@@ -9,7 +9,10 @@
 //!
 //! Time comes from the file's packet timestamps; timers that fall between
 //! two packets fire at their own time, and at the end of the file the
-//! clock runs on until nothing is pending, so every close is printed. No
+//! clock runs on until nothing is pending, so every close is printed.
+//! Time-derived doors (`sequence_secret_file`) get the sequences of the
+//! windows around each packet's time, as the daemon does with its clock;
+//! with such a door every packet is looked at, since the ports move. No
 //! root is needed and no firewall is touched: `open` and `close` lines say
 //! what each sink would do (`would_run`: a knockd command with `%IP%`
 //! substituted; `would_open` / `would_close`: a native grant's ports).
@@ -23,15 +26,18 @@
 //! was replayed; 1 an error (configuration, unreadable or damaged capture;
 //! the lines before the damage are printed); 2 a usage error.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use knock::daemon::derive_windows;
 use knock::report::{describe, secs};
 use knock_capture::{Next, ReplaySource, Source};
 use knock_config::Config;
-use knock_core::{Limits, Matcher, Timestamp};
+use knock_core::{Limits, Listen, Matcher, Proto, Timestamp};
 
 /// Replays a capture through a knockd configuration and prints the
 /// decisions as JSON lines.
@@ -63,9 +69,47 @@ struct Replay<'a> {
     matcher: Matcher,
     listen_generation: u64,
     out: std::io::StdoutLock<'static>,
+    /// The config has time-derived doors.
+    derived: bool,
+    /// Each derived door's window of the moment.
+    windows: HashMap<String, u64>,
+    /// Warnings already printed (once each).
+    warned: HashSet<String>,
 }
 
 impl Replay<'_> {
+    /// What the source must pass: the doors' knocks, or with derived doors
+    /// everything (their ports change with the clock).
+    fn listen(&self) -> Vec<Listen> {
+        let mut set = self.matcher.listen_set();
+        if self.derived {
+            set.extend([Listen::any(Proto::Tcp), Listen::any(Proto::Udp)]);
+        }
+        set
+    }
+
+    /// Gives derived doors the sequences of the windows around `now` (Unix
+    /// time, as packet timestamps are).
+    fn derive(&mut self, now: Timestamp) {
+        if !self.derived {
+            return;
+        }
+        let unix = Duration::from_micros(now.as_micros());
+        let lines = derive_windows(
+            self.config,
+            &mut self.matcher,
+            &mut self.windows,
+            unix,
+            false,
+            false,
+        );
+        for line in lines {
+            if self.warned.insert(line.clone()) {
+                eprintln!("replay: {line}");
+            }
+        }
+    }
+
     fn drain(&mut self, now: Timestamp) -> Result<()> {
         use std::io::Write;
         while let Some(d) = self.matcher.poll_decision() {
@@ -105,13 +149,16 @@ fn run(args: &Args) -> Result<()> {
     let shown = capture.display();
     let mut source =
         ReplaySource::open(&capture).with_context(|| format!("{shown}: cannot open capture"))?;
-    source.set_listen(&matcher.listen_set())?;
     let mut replay = Replay {
         config: &config,
         listen_generation: matcher.listen_generation(),
         matcher,
         out: std::io::stdout().lock(),
+        derived: config.doors.iter().any(|d| d.derived().is_some()),
+        windows: HashMap::new(),
+        warned: HashSet::new(),
     };
+    source.set_listen(&replay.listen())?;
     loop {
         let next = source
             .next_event(None)
@@ -123,12 +170,13 @@ fn run(args: &Args) -> Result<()> {
         };
         let now = captured.event.time;
         replay.run_timers_until(Some(now))?;
+        replay.derive(now);
         replay.matcher.handle_event(now, &captured.event);
         replay.drain(now)?;
         // A consumed one-time sequence changes what the kernel would pass.
         if replay.matcher.listen_generation() != replay.listen_generation {
             replay.listen_generation = replay.matcher.listen_generation();
-            source.set_listen(&replay.matcher.listen_set())?;
+            source.set_listen(&replay.listen())?;
         }
     }
     replay.run_timers_until(None)?;

@@ -483,6 +483,20 @@ impl Listen {
         ]
     }
 
+    /// Every packet of `proto`, to any port and with any flags: for a source
+    /// that must not filter on the doors of the moment (a replay, whose
+    /// time-derived doors change ports with the capture's clock).
+    pub fn any(proto: Proto) -> Self {
+        Listen {
+            proto,
+            port: 0,
+            any_port: true,
+            flags_set: TcpFlags::EMPTY,
+            flags_clear: TcpFlags::EMPTY,
+            dst: None,
+        }
+    }
+
     /// Whether `event` is one this entry asks for.
     #[inline]
     pub fn matches(&self, event: &Event) -> bool {
