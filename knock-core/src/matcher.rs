@@ -513,8 +513,8 @@ impl Matcher {
     /// The usual knock, start to end, with as little as possible live at
     /// once: a port that one door uses with a flags-only filter, no strict
     /// door and no blacklist, and a source whose lone attempt (or parked
-    /// track) this knock advances. Returns false, having changed nothing,
-    /// in every other case.
+    /// track) this knock advances. Short of [`Quick::Done`] it has changed
+    /// nothing, and hands over what it looked up.
     #[inline]
     fn quick_event(&mut self, port: usize, now: Timestamp, event: &Event) -> Quick {
         if !self.strict.is_empty() || self.suspects.rule().is_some() {
