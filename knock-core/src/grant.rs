@@ -89,17 +89,30 @@ impl Grants {
     /// a cooldown: `open` without the bookkeeping.
     #[inline]
     pub(crate) fn open_plain(&mut self, door: DoorId, src: IpAddr, out: &mut Queue) {
+        self.announce_open(door, src, None, out);
+        if !self.map.is_empty() {
+            self.map.remove(&(src, door));
+        }
+    }
+
+    /// A new grant id, announced with its `Open` decision.
+    #[inline]
+    fn announce_open(
+        &mut self,
+        door: DoorId,
+        src: IpAddr,
+        until: Option<Timestamp>,
+        out: &mut Queue,
+    ) -> GrantId {
         let grant = GrantId(self.next_id);
         self.next_id += 1;
         out.push_back(Decision::Open {
             door,
             src,
             grant,
-            until: None,
+            until,
         });
-        if !self.map.is_empty() {
-            self.map.remove(&(src, door));
-        }
+        grant
     }
 
     /// Opens (or extends) the grant of `src` at `door`.
@@ -139,14 +152,7 @@ impl Grants {
                 return Opened::Extended;
             }
         }
-        let grant = GrantId(self.next_id);
-        self.next_id += 1;
-        out.push_back(Decision::Open {
-            door,
-            src,
-            grant,
-            until,
-        });
+        let grant = self.announce_open(door, src, until, out);
         let mut evicted = false;
         if !self.map.contains_key(&key) && self.map.len() >= self.max {
             self.evict_earliest(out);
