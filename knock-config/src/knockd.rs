@@ -181,6 +181,16 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                 key: key.to_owned(),
             });
         };
+        // `key = value`, or the syntax error (after any unknown-key error).
+        let line_entry = || {
+            entry(key, value, Location::at(file, line_no, value_col)).ok_or_else(|| {
+                ConfigError::Syntax {
+                    at: at.clone(),
+                    text: trimmed.to_owned(),
+                    expected: "key = value",
+                }
+            })
+        };
         match section {
             None => {
                 if lower == "usesyslog" {
@@ -196,14 +206,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                 let Some(canonical) = option_key(&lower) else {
                     return Err(unknown_or_syntax(at, key, value, "options", OPTION_KEYS));
                 };
-                let entry =
-                    entry(key, value, Location::at(file, line_no, value_col)).ok_or_else(|| {
-                        ConfigError::Syntax {
-                            at,
-                            text: trimmed.to_owned(),
-                            expected: "key = value",
-                        }
-                    })?;
+                let entry = line_entry()?;
                 if let Some(opts) = options.as_mut() {
                     opts.insert(canonical, entry)?;
                 }
@@ -213,14 +216,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                 let Some(canonical) = door_key(&lower) else {
                     return Err(unknown_or_syntax(at, key, value, &name, DOOR_KEYS));
                 };
-                let entry =
-                    entry(key, value, Location::at(file, line_no, value_col)).ok_or_else(|| {
-                        ConfigError::Syntax {
-                            at,
-                            text: trimmed.to_owned(),
-                            expected: "key = value",
-                        }
-                    })?;
+                let entry = line_entry()?;
                 if let Some(s) = doors.get_mut(d) {
                     s.insert(canonical, entry)?;
                 }
