@@ -1173,14 +1173,10 @@ impl Matcher {
             return;
         };
         let old_start = self.table.start_ms(idx);
-        match (found, attempts) {
-            (Some(_), [a]) => self.table.restart_single(idx, start, *a),
-            (Some(_), _) => self.table.restart(idx, start, attempts),
-            (None, _) => {
-                if self.table.evict_into(idx, hash, key, start, attempts) {
-                    self.stats.evicted += 1;
-                }
-            }
+        if found.is_some() {
+            self.table.restart(idx, start, attempts);
+        } else if self.table.evict_into(idx, hash, key, start, attempts) {
+            self.stats.evicted += 1;
         }
         // The slot's timer entry is due by its old start + tmax: early
         // enough unless the new deadline is sooner.

@@ -145,16 +145,12 @@ impl Record {
         self.attempts[0] == Attempt::NONE
     }
 
+    /// Idle: the marker, or a finished attempt parked at step 0 of its
+    /// track (see `SourceTable::park`).
     fn is_idle(&self) -> bool {
-        is_idle_pair(self.attempts)
+        let a = self.attempts[0];
+        a == Attempt::IDLE || (a.is_real() && a.step == 0)
     }
-}
-
-/// Whether inline attempts `pair` make an idle record: the marker, or a
-/// finished attempt parked at step 0 of its track (see `SourceTable::park`).
-#[inline]
-fn is_idle_pair(pair: [Attempt; 2]) -> bool {
-    pair[0] == Attempt::IDLE || (pair[0].is_real() && pair[0].step == 0)
 }
 
 pub(crate) struct SourceTable {
@@ -291,20 +287,6 @@ impl SourceTable {
         debug_assert!(old.is_real() && r.attempts[1] == Attempt::NONE);
         r.attempts[0] = track;
         self.idle += usize::from(old.step != 0);
-    }
-
-    /// Gives idle record `idx` one new attempt started at `start_ms` (its
-    /// level goes up from 0: lazily, see `relevel`).
-    #[inline]
-    pub(crate) fn restart_single(&mut self, idx: u32, start_ms: u32, attempt: Attempt) {
-        if let Some(r) = self.slab.get_mut(idx as usize) {
-            debug_assert!(r.is_idle());
-            if r.is_idle() {
-                self.idle -= 1;
-            }
-            r.start_ms = start_ms;
-            r.attempts = [attempt, Attempt::NONE];
-        }
     }
 
     /// Keeps the level lists' invariant after `idx` went from level `old`
