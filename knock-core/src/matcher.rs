@@ -478,7 +478,8 @@ impl Matcher {
             }
             None => false,
             Some(idx) => {
-                self.advance_single(idx, src_ref, now, event, accepted)
+                // quick_event, if it looked the source up, has tried this.
+                (looked.is_none() && self.advance_single(idx, src_ref, now, event, accepted))
                     || self.advance(idx, src, now_ms, event, true)
             }
         };
@@ -520,10 +521,11 @@ impl Matcher {
         if !self.strict.is_empty() || self.suspects.rule().is_some() {
             return Quick::No;
         }
-        let Some(f) = self.ports.entries.get(port).and_then(|e| e.only_flags) else {
+        let Some(entry) = self.ports.entries.get(port) else {
             return Quick::No;
         };
-        if !(event.proto == Proto::Udp || f.accepts(event.tcp_flags))
+        if entry.only_flags.is_none()
+            || !entry.accepts(&self.doors, event)
             || normalized(event.src) != event.src
         {
             return Quick::No;
