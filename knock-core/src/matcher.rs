@@ -955,12 +955,7 @@ impl Matcher {
                 a.step += 1;
                 let (door_id, step, done) = (t.door, a.step, usize::from(a.step) == t.steps.len());
                 let track = a.track;
-                self.stats.stages += 1;
-                self.decisions.push_back(Decision::Stage {
-                    door: door_id,
-                    src,
-                    step,
-                });
+                self.stage(door_id, src, step);
                 if done {
                     buf.swap_remove(i);
                     self.open(track, src, now);
@@ -1036,13 +1031,8 @@ impl Matcher {
         }
         let step = a.step + 1;
         let (door_id, len) = (t.door, t.steps.len());
-        self.stats.stages += 1;
         self.stats.attempts_started += u64::from(fresh);
-        self.decisions.push_back(Decision::Stage {
-            door: door_id,
-            src: *src,
-            step,
-        });
+        self.stage(door_id, *src, step);
         if usize::from(step) == len {
             self.table.park(idx, Attempt { step: 0, ..a });
             self.open(a.track, *src, now);
@@ -1133,21 +1123,25 @@ impl Matcher {
         {
             return Begun::No;
         }
+        let (door_id, one_step, epoch) = (t.door, t.steps.len() == 1, t.epoch);
         self.stats.attempts_started += 1;
-        self.stats.stages += 1;
-        self.decisions.push_back(Decision::Stage {
-            door: t.door,
-            src,
-            step: 1,
-        });
-        if t.steps.len() == 1 {
+        self.stage(door_id, src, 1);
+        if one_step {
             return Begun::Opens;
         }
         Begun::Attempt(Attempt {
             track: ti,
             step: 1,
-            epoch: t.epoch,
+            epoch,
         })
+    }
+
+    /// A correct knock: `src` has done `step` steps of `door`.
+    #[inline]
+    fn stage(&mut self, door: DoorId, src: IpAddr, step: u8) {
+        self.stats.stages += 1;
+        self.decisions
+            .push_back(Decision::Stage { door, src, step });
     }
 
     /// Gives the source's new `attempts` a record: its idle one (`found`), a
