@@ -518,6 +518,18 @@ mod tests {
     const S6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
     const O6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9);
 
+    /// An IPv4 SYN from C4 to S4:7000, the door's first step.
+    fn syn_7000() -> Vec<u8> {
+        craft::ipv4(
+            C4,
+            S4,
+            6,
+            &[],
+            Frag::default(),
+            &craft::tcp(1, 7000, TcpFlags::SYN),
+        )
+    }
+
     fn syn_not_ack() -> FlagFilter {
         FlagFilter {
             set: TcpFlags::SYN,
@@ -687,14 +699,7 @@ mod tests {
         let ls = listen();
         let p4 = compile(LinkType::Ipv4, &ls).unwrap();
         let p6 = compile(LinkType::Ipv6, &ls).unwrap();
-        let syn4 = craft::ipv4(
-            C4,
-            S4,
-            6,
-            &[],
-            Frag::default(),
-            &craft::tcp(1, 7000, TcpFlags::SYN),
-        );
+        let syn4 = syn_7000();
         let syn6 = craft::ipv6(C6, S6, &[], 6, &craft::tcp(1, 7000, TcpFlags::SYN));
         assert_eq!(p4.run(&syn4), ACCEPT);
         assert_eq!(p6.run(&syn6), ACCEPT);
@@ -704,14 +709,7 @@ mod tests {
     #[test]
     fn empty_set_drops_all_but_undecidable() {
         let prog = compile(LinkType::Ethernet, &[]).unwrap();
-        let syn = craft::ipv4(
-            C4,
-            S4,
-            6,
-            &[],
-            Frag::default(),
-            &craft::tcp(1, 7000, TcpFlags::SYN),
-        );
+        let syn = syn_7000();
         assert_eq!(prog.run(&craft::ethernet(&[], craft::ETH_IPV4, &syn)), 0);
         assert_eq!(prog.run(&[]), 0);
         assert_eq!(prog.run(&craft::ethernet(&[], 0x0806, &[0; 28])), 0);
@@ -725,14 +723,7 @@ mod tests {
     #[test]
     fn short_frames_are_dropped_not_misread() {
         let prog = compile(LinkType::Ethernet, &listen()).unwrap();
-        let syn = craft::ipv4(
-            C4,
-            S4,
-            6,
-            &[],
-            Frag::default(),
-            &craft::tcp(1, 7000, TcpFlags::SYN),
-        );
+        let syn = syn_7000();
         let f = craft::ethernet(&[], craft::ETH_IPV4, &syn);
         // The last byte the program reads is the TCP flag byte (14 + 20 + 13).
         for n in 0..48 {
