@@ -9,14 +9,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use knock_core::{GrantId, Step};
+use knock_core::Step;
 use knock_firewall::{
     CommandConfig, CommandSink, DoorCommands, FirewallSink, Grant, IptablesConfig, IptablesSink,
 };
 
 fn grant(i: u32) -> Grant {
     let src = IpAddr::V4(Ipv4Addr::from(0xC612_0000 + 10 + i)); // 198.18.x.y
-    Grant::new("ssh", src, GrantId(u64::from(i)), vec![Step::tcp(22)])
+    Grant::new("ssh", src, u64::from(i), vec![Step::tcp(22)])
         .with_expiry(Some(SystemTime::now() + Duration::from_secs(60)))
 }
 

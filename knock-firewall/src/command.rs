@@ -316,7 +316,7 @@ impl CommandSink {
 }
 
 fn key(grant: &Grant) -> Key {
-    (grant.door.clone(), grant.src, grant.id.0)
+    (grant.door.clone(), grant.src, grant.id)
 }
 
 /// Enqueues a job, or fails if the queue is full.
@@ -363,7 +363,7 @@ impl FirewallSink for CommandSink {
             g.pending.push(Pending {
                 door: grant.door.clone(),
                 src: grant.src,
-                grant: grant.id.0,
+                grant: grant.id,
                 due_ms: unix_millis(due),
                 command: stop,
             });

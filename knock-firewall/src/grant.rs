@@ -4,7 +4,7 @@ use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use knock_core::{GrantId, Step, Timestamp};
+use knock_core::{Step, Timestamp};
 
 /// One grant: open `ports` of door `door` to `src` (or its network, see
 /// [`Grant::with_prefix`]) until `expires`.
@@ -20,8 +20,10 @@ pub struct Grant {
     pub door: String,
     /// The knocker's address, as parsed from the packet header.
     pub src: IpAddr,
-    /// The grant's identity (from [`knock_core::Decision::Open`]).
-    pub id: GrantId,
+    /// The grant's identity, chosen by whoever makes the grant (unique per
+    /// door and source while the grant lasts); written into iptables rule
+    /// comments and shown as `grant#N` in messages.
+    pub id: u64,
     /// The ports to open (the door's `open` ports).
     pub ports: Vec<Step>,
     /// When the grant ends; `None`: never (knockd's door without `stop_command`).
@@ -34,7 +36,7 @@ pub struct Grant {
 
 impl Grant {
     /// A grant for `src` alone (/32 or /128) that never expires.
-    pub fn new(door: impl Into<String>, src: IpAddr, id: GrantId, ports: Vec<Step>) -> Self {
+    pub fn new(door: impl Into<String>, src: IpAddr, id: u64, ports: Vec<Step>) -> Self {
         Grant {
             door: door.into(),
             src,
@@ -93,7 +95,11 @@ impl Grant {
 
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} of door `{}` for {}", self.id, self.door, self.src)
+        write!(
+            f,
+            "grant#{} of door `{}` for {}",
+            self.id, self.door, self.src
+        )
     }
 }
 
@@ -137,13 +143,11 @@ mod tests {
 
     #[test]
     fn prefix_masks_host_bits() {
-        let g = Grant::new("ssh", "198.18.0.77".parse().unwrap(), GrantId(1), vec![])
-            .with_prefix(24, 64);
+        let g = Grant::new("ssh", "198.18.0.77".parse().unwrap(), 1, vec![]).with_prefix(24, 64);
         assert_eq!(g.cidr(), "198.18.0.0/24");
-        let g6 = Grant::new("ssh", "2001:db8::1:2".parse().unwrap(), GrantId(1), vec![])
-            .with_prefix(24, 64);
+        let g6 = Grant::new("ssh", "2001:db8::1:2".parse().unwrap(), 1, vec![]).with_prefix(24, 64);
         assert_eq!(g6.cidr(), "2001:db8::/64");
-        let plain = Grant::new("ssh", "2001:db8::2".parse().unwrap(), GrantId(1), vec![]);
+        let plain = Grant::new("ssh", "2001:db8::2".parse().unwrap(), 1, vec![]);
         assert_eq!(plain.cidr(), "2001:db8::2/128");
         assert_eq!(mask("1.2.3.4".parse().unwrap(), 0).to_string(), "0.0.0.0");
     }
@@ -153,8 +157,7 @@ mod tests {
         let wall = UNIX_EPOCH + Duration::from_secs(1_000);
         let e = Grant::expiry_from(Timestamp::from_secs(15), Timestamp::from_secs(5), wall);
         assert_eq!(unix_secs(e), 1_010);
-        let g =
-            Grant::new("d", "1.2.3.4".parse().unwrap(), GrantId(1), vec![]).with_expiry(Some(e));
+        let g = Grant::new("d", "1.2.3.4".parse().unwrap(), 1, vec![]).with_expiry(Some(e));
         assert_eq!(g.remaining(wall), Some(Duration::from_secs(10)));
         assert_eq!(
             g.remaining(e + Duration::from_secs(3)),

@@ -244,7 +244,7 @@ impl IptablesSink {
             p = port.proto,
             port = port.port,
             door = sanitize(&grant.door),
-            id = grant.id.0,
+            id = grant.id,
             until = until_str(grant.expires),
         )
     }
@@ -353,7 +353,7 @@ impl FirewallSink for IptablesSink {
         self.open(grant)?;
         let what = format!("extend {grant}");
         let (ipt, v6) = self.family(&what, grant.src)?;
-        let (door, id, cidr) = (sanitize(&grant.door), grant.id.0, grant.cidr());
+        let (door, id, cidr) = (sanitize(&grant.door), grant.id, grant.cidr());
         let until = grant.expires.map(unix_secs);
         self.delete_where(ipt, v6, &what, |src, tag| {
             matches!(tag, Some(Tag::Grant { door: d, grant: g, until: u })
@@ -366,7 +366,7 @@ impl FirewallSink for IptablesSink {
     fn close(&mut self, grant: &Grant) -> Result<(), Error> {
         let what = format!("close {grant}");
         let (ipt, v6) = self.family(&what, grant.src)?;
-        let (door, id, cidr) = (sanitize(&grant.door), grant.id.0, grant.cidr());
+        let (door, id, cidr) = (sanitize(&grant.door), grant.id, grant.cidr());
         self.delete_where(ipt, v6, &what, |src, tag| {
             matches!(tag, Some(Tag::Grant { door: d, grant: g, .. }) if *d == door && *g == id)
                 && src == Some(cidr.as_str())
@@ -424,17 +424,11 @@ impl FirewallSink for IptablesSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use knock_core::GrantId;
 
     #[test]
     fn rule_spec_round_trips_through_parse() {
-        let g = Grant::new(
-            "open SSH!",
-            "198.18.0.2".parse().unwrap(),
-            GrantId(4),
-            vec![],
-        )
-        .with_expiry(Some(SystemTime::UNIX_EPOCH + Duration::from_secs(99)));
+        let g = Grant::new("open SSH!", "198.18.0.2".parse().unwrap(), 4, vec![])
+            .with_expiry(Some(SystemTime::UNIX_EPOCH + Duration::from_secs(99)));
         let spec = IptablesSink::rule_spec(&g, Step::tcp(22));
         assert!(spec.contains("door=open_SSH_,grant=4,until=99"), "{spec}");
         let line = format!(

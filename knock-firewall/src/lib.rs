@@ -37,10 +37,10 @@
 //! ## Example
 //! ```
 //! use knock_firewall::{Action, CommandConfig, DoorCommands, FirewallSink, Grant, RecordingSink};
-//! use knock_core::{GrantId, Step};
+//! use knock_core::Step;
 //!
 //! // The daemon builds a Grant from Decision::Open and the door's config ...
-//! let g = Grant::new("openSSH", "2001:db8::2".parse().unwrap(), GrantId(1), vec![Step::tcp(22)])
+//! let g = Grant::new("openSSH", "2001:db8::2".parse().unwrap(), 1, vec![Step::tcp(22)])
 //!     .with_prefix(24, 64);
 //! assert_eq!(g.cidr(), "2001:db8::/64");
 //!

@@ -112,7 +112,7 @@ pub enum Action {
 ///
 /// ```
 /// use knock_firewall::{Action, FirewallSink, FnSink, Grant};
-/// use knock_core::{GrantId, Step};
+/// use knock_core::Step;
 ///
 /// let mut opened = 0;
 /// let mut sink = FnSink::new(|a: Action| -> Result<(), std::io::Error> {
@@ -121,7 +121,7 @@ pub enum Action {
 ///     }
 ///     Ok(())
 /// });
-/// let g = Grant::new("ssh", "198.18.0.2".parse().unwrap(), GrantId(1), vec![Step::tcp(22)]);
+/// let g = Grant::new("ssh", "198.18.0.2".parse().unwrap(), 1, vec![Step::tcp(22)]);
 /// sink.open(&g).unwrap();
 /// drop(sink);
 /// assert_eq!(opened, 1);
@@ -170,11 +170,11 @@ where
 ///
 /// ```
 /// use knock_firewall::{Action, FirewallSink, Grant, RecordingSink};
-/// use knock_core::{GrantId, Step};
+/// use knock_core::Step;
 ///
 /// let rec = RecordingSink::new();
 /// let mut sink = rec.clone();
-/// let g = Grant::new("ssh", "198.18.0.2".parse().unwrap(), GrantId(7), vec![Step::tcp(22)]);
+/// let g = Grant::new("ssh", "198.18.0.2".parse().unwrap(), 7, vec![Step::tcp(22)]);
 /// sink.open(&g).unwrap();
 /// sink.close(&g).unwrap();
 /// assert_eq!(rec.actions(), vec![Action::Open(g.clone()), Action::Close(g)]);

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use knock_core::{GrantId, Step};
+use knock_core::Step;
 use knock_firewall::{CommandConfig, CommandSink, DoorCommands, Error, FirewallSink, Grant};
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -33,16 +33,11 @@ fn substitutes_ip_and_falls_back_to_ipv4_commands() {
         .with_stop(format!("echo stop %IP% >> {l}"))
         .with_start6(format!("echo start6 %IP% >> {l}"));
     let mut sink = CommandSink::new(CommandConfig::default().door("ssh", door)).unwrap();
-    let v4 = Grant::new(
-        "ssh",
-        "198.18.0.2".parse().unwrap(),
-        GrantId(1),
-        vec![Step::tcp(22)],
-    );
+    let v4 = Grant::new("ssh", "198.18.0.2".parse().unwrap(), 1, vec![Step::tcp(22)]);
     let v6 = Grant::new(
         "ssh",
         "2001:db8::2".parse().unwrap(),
-        GrantId(2),
+        2,
         vec![Step::tcp(22)],
     );
     sink.open(&v4).unwrap();
@@ -64,7 +59,7 @@ fn substitutes_ip_and_falls_back_to_ipv4_commands() {
         ]
     );
     assert_eq!(sink.stats().succeeded, 4);
-    let unknown = Grant::new("nope", "198.18.0.2".parse().unwrap(), GrantId(3), vec![]);
+    let unknown = Grant::new("nope", "198.18.0.2".parse().unwrap(), 3, vec![]);
     assert!(matches!(
         sink.open(&unknown),
         Err(Error::UnknownDoor { .. })
@@ -87,9 +82,9 @@ fn stop_runs_at_expiry_and_survives_a_restart() {
         .door("ssh", door)
         .state_file(&state);
     let now = SystemTime::now();
-    let soon = Grant::new("ssh", "198.18.0.2".parse().unwrap(), GrantId(1), vec![])
+    let soon = Grant::new("ssh", "198.18.0.2".parse().unwrap(), 1, vec![])
         .with_expiry(Some(now + Duration::from_millis(300)));
-    let later = Grant::new("ssh", "198.18.0.3".parse().unwrap(), GrantId(2), vec![])
+    let later = Grant::new("ssh", "198.18.0.3".parse().unwrap(), 2, vec![])
         .with_expiry(Some(now + Duration::from_millis(1500)));
     {
         let mut sink = CommandSink::new(cfg.clone()).unwrap();
@@ -135,7 +130,7 @@ fn a_burst_is_bounded_and_failures_are_counted() {
     let mut sink = CommandSink::new(cfg).unwrap();
     let mut results = Vec::new();
     for i in 0..6 {
-        let g = Grant::new("d", "198.18.0.2".parse().unwrap(), GrantId(i), vec![]);
+        let g = Grant::new("d", "198.18.0.2".parse().unwrap(), i, vec![]);
         results.push(sink.open(&g));
     }
     let full = results
@@ -154,7 +149,7 @@ fn a_missing_shell_is_logged_not_a_panic() {
     let mut cfg = CommandConfig::default().door("d", DoorCommands::new("true"));
     cfg.shell = "/nonexistent/sh".into();
     let mut sink = CommandSink::new(cfg).unwrap();
-    let g = Grant::new("d", "198.18.0.2".parse().unwrap(), GrantId(1), vec![]);
+    let g = Grant::new("d", "198.18.0.2".parse().unwrap(), 1, vec![]);
     sink.open(&g).unwrap();
     assert!(sink.wait_idle(Duration::from_secs(5)));
     assert_eq!(sink.stats().failed, 1);

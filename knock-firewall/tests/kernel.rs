@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use knock_core::{GrantId, Step};
+use knock_core::Step;
 use knock_firewall::{
     CommandConfig, CommandSink, DoorCommands, FirewallSink, Grant, IptablesConfig, IptablesSink,
 };
@@ -36,7 +36,7 @@ fn connects(pair: &Pair, server: &str) -> bool {
 }
 
 fn ssh_grant(src: &str, id: u64) -> Grant {
-    Grant::new("ssh", ip(src), GrantId(id), vec![Step::tcp(22)])
+    Grant::new("ssh", ip(src), id, vec![Step::tcp(22)])
 }
 
 #[test]

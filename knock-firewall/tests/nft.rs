@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use knock_core::{GrantId, Step};
+use knock_core::Step;
 use knock_firewall::{FirewallSink, Grant, NftConfig, NftDoor, NftSink};
 use knock_testnet::{Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 
@@ -37,7 +37,7 @@ fn connects(pair: &Pair, server: &str) -> bool {
 }
 
 fn ssh_grant(src: &str, id: u64, secs: u64) -> Grant {
-    Grant::new("ssh", ip(src), GrantId(id), vec![Step::tcp(22)])
+    Grant::new("ssh", ip(src), id, vec![Step::tcp(22)])
         .with_expiry(Some(SystemTime::now() + Duration::from_secs(secs)))
 }
 
