@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use knock_core::Step;
 use knock_firewall::{
-    CommandConfig, CommandSink, DoorCommands, FirewallSink, Grant, IptablesConfig, IptablesSink,
+    CommandRunner, DoorCommands, FirewallSink, Grant, IptablesConfig, IptablesSink, Job,
+    RunnerConfig,
 };
 
 fn grant(i: u32) -> Grant {
@@ -93,16 +94,30 @@ fn run() {
 
     let door = DoorCommands::new("iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT")
         .with_stop("iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT");
-    let mut sink = CommandSink::new(CommandConfig::default().door("ssh", door)).unwrap();
+    let runner = CommandRunner::new(RunnerConfig::default());
+    let run_one = |id, command| {
+        runner
+            .run(Job {
+                id,
+                what: "bench".into(),
+                command,
+            })
+            .unwrap();
+        loop {
+            if let Some(d) = runner.poll_done() {
+                assert!(d.outcome.is_success(), "{d:?}");
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    };
     let times: Vec<_> = (0..n)
         .map(|i| {
-            let g = grant(i);
+            let src = grant(i).src;
             let t = Instant::now();
-            sink.open(&g).unwrap();
-            sink.wait_idle(Duration::from_secs(10)); // the command has run
+            run_one(u64::from(i), door.start_for(src)); // the command has run
             let d = t.elapsed();
-            sink.close(&g).unwrap();
-            sink.wait_idle(Duration::from_secs(10));
+            run_one(u64::from(i), door.stop_for(src).unwrap());
             d
         })
         .collect();

@@ -1,18 +1,22 @@
-//! knockd-compatible shell commands, run by a bounded worker pool.
+//! knockd's shell commands: `%IP%` substitution, and a bounded pool that runs
+//! commands somebody else has rendered and timed.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::fmt;
 use std::io::Read;
 use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 
 use crate::error::Error;
-use crate::grant::{unix_millis, Grant};
-use crate::sink::{FirewallSink, Reconciled};
-use crate::state::{self, Pending};
 
 /// Replaces every `%IP%` in `template` with `ip` (knockd's only variable).
 ///
@@ -30,8 +34,9 @@ pub fn substitute(template: &str, ip: IpAddr) -> String {
     template.replace("%IP%", &ip.to_string())
 }
 
-/// One door's commands (knockd's `start_command`, `start_command_6`,
-/// `stop_command`, `stop_command_6`, `cmd_timeout`).
+/// One door's command templates (knockd's `start_command`,
+/// `start_command_6`, `stop_command`, `stop_command_6`), rendered for one
+/// address with the `_6` fallback. When they run is not their business.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DoorCommands {
     /// Run on open (IPv4, and IPv6 when `start6` is unset).
@@ -42,20 +47,16 @@ pub struct DoorCommands {
     pub stop: Option<String>,
     /// Run on close for IPv6 knockers.
     pub stop6: Option<String>,
-    /// knockd's `cmd_timeout`: how long after the open the stop command runs
-    /// when the grant has no expiry of its own.
-    pub cmd_timeout: Duration,
 }
 
 impl DoorCommands {
-    /// A door that runs `start` and nothing else (knockd's default `cmd_timeout` of 10 s).
+    /// A door that runs `start` and nothing else.
     pub fn new(start: impl Into<String>) -> Self {
         DoorCommands {
             start: start.into(),
             start6: None,
             stop: None,
             stop6: None,
-            cmd_timeout: Duration::from_secs(10),
         }
     }
 
@@ -74,12 +75,6 @@ impl DoorCommands {
     /// Sets `stop_command_6`.
     pub fn with_stop6(mut self, cmd: impl Into<String>) -> Self {
         self.stop6 = Some(cmd.into());
-        self
-    }
-
-    /// Sets `cmd_timeout`.
-    pub fn with_cmd_timeout(mut self, t: Duration) -> Self {
-        self.cmd_timeout = t;
         self
     }
 
@@ -102,77 +97,147 @@ impl DoorCommands {
     }
 }
 
-/// Configuration of a [`CommandSink`].
-#[derive(Clone, Debug)]
-pub struct CommandConfig {
-    /// Commands by door name.
-    pub doors: HashMap<String, DoorCommands>,
-    /// How many commands may run at once (at least 1).
+/// Configuration of a [`CommandRunner`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunnerConfig {
+    /// How many commands may run at once (at least 1; default 4).
     pub workers: usize,
-    /// How many commands may wait; beyond that `open` fails with [`Error::QueueFull`].
+    /// How many commands may wait for a worker (at least 1; default 1024);
+    /// beyond that [`CommandRunner::run`] fails with [`Error::QueueFull`].
     pub queue: usize,
-    /// Where pending stop commands are kept across restarts (`None`: in memory only).
-    pub state_file: Option<PathBuf>,
-    /// The shell (`/bin/sh`, run as `sh -c COMMAND`).
+    /// The shell, run as `SHELL -c COMMAND` (default `/bin/sh`).
     pub shell: PathBuf,
-    /// A command still running after this long is killed.
+    /// A command (with its children) still running after this long is
+    /// killed (default 60 s).
     pub max_run_time: Duration,
 }
 
-impl Default for CommandConfig {
+impl Default for RunnerConfig {
     fn default() -> Self {
-        CommandConfig {
-            doors: HashMap::new(),
+        RunnerConfig {
             workers: 4,
             queue: 1024,
-            state_file: None,
             shell: PathBuf::from("/bin/sh"),
             max_run_time: Duration::from_secs(60),
         }
     }
 }
 
-impl CommandConfig {
-    /// Adds (or replaces) a door's commands.
-    pub fn door(mut self, name: impl Into<String>, cmds: DoorCommands) -> Self {
-        self.doors.insert(name.into(), cmds);
-        self
-    }
+/// A command to run, already rendered (`%IP%` substituted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// The owner's identifier, handed back in [`Done::id`].
+    pub id: u64,
+    /// What the command is for, for messages: `openSSH: start for 198.18.0.2`.
+    pub what: String,
+    /// The shell command line.
+    pub command: String,
+}
 
-    /// Sets the state file.
-    pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.state_file = Some(path.into());
-        self
+/// How a command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It exited with status 0.
+    Succeeded,
+    /// It exited with another status, or a signal it did not get from us
+    /// ended it (`code` is then `None`).
+    Failed {
+        /// The exit status.
+        code: Option<i32>,
+        /// The start of its stderr, trimmed (at most about 200 bytes).
+        stderr: String,
+    },
+    /// It was still running after `max_run_time`; its process group got SIGKILL.
+    Killed {
+        /// How long it had run.
+        after: Duration,
+    },
+    /// The shell could not be started.
+    SpawnFailed {
+        /// Why.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// Whether the command exited with status 0.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Succeeded)
     }
 }
 
-/// Counters of a [`CommandSink`].
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Succeeded => f.write_str("succeeded"),
+            Outcome::Failed {
+                code: Some(c),
+                stderr,
+            } if stderr.is_empty() => {
+                write!(f, "failed with exit status {c}")
+            }
+            Outcome::Failed {
+                code: Some(c),
+                stderr,
+            } => {
+                write!(f, "failed with exit status {c}: {stderr}")
+            }
+            Outcome::Failed { code: None, stderr } if stderr.is_empty() => {
+                f.write_str("ended by a signal")
+            }
+            Outcome::Failed { code: None, stderr } => write!(f, "ended by a signal: {stderr}"),
+            Outcome::Killed { after } => write!(f, "killed after {after:?}"),
+            Outcome::SpawnFailed { error } => write!(f, "could not start: {error}"),
+        }
+    }
+}
+
+/// A finished job, as [`CommandRunner::poll_done`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Done {
+    /// [`Job::id`].
+    pub id: u64,
+    /// [`Job::what`].
+    pub what: String,
+    /// [`Job::command`].
+    pub command: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// From the start of the process to its end (not counting time in the queue).
+    pub took: Duration,
+}
+
+/// Counters of a [`CommandRunner`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CommandStats {
     /// Commands that exited 0.
     pub succeeded: u64,
-    /// Commands that failed to start, exited non-zero or were killed.
+    /// Commands that exited non-zero, died of a signal or could not start.
     pub failed: u64,
-    /// Commands refused because the queue was full.
+    /// Commands killed at `max_run_time`.
+    pub killed: u64,
+    /// Jobs refused because the queue was full, or discarded unstarted when
+    /// the runner was dropped.
     pub dropped: u64,
 }
 
-type Key = (String, IpAddr, u64);
+/// How much of a command's stderr [`Outcome::Failed`] keeps.
+const STDERR_EXCERPT: usize = 200;
+/// The longest pause between two looks at a running command.
+const MAX_NAP: Duration = Duration::from_millis(20);
 
-#[derive(Debug)]
-struct Job {
-    key: Key,
-    what: String,
-    command: String,
-}
+type Notify = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<Job>,
-    running: HashSet<Key>,
-    pending: Vec<Pending>,
-    dirty: bool,
+    done: VecDeque<Done>,
+    running: usize,
+    /// Worker threads started so far (they start on demand).
+    workers: usize,
+    /// Workers waiting for a job.
+    idle: usize,
     shutdown: bool,
     stats: CommandStats,
 }
@@ -180,12 +245,8 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     work: Condvar,
-    sched: Condvar,
-    idle: Condvar,
-    shell: PathBuf,
-    max_run_time: Duration,
-    capacity: usize,
-    state_file: Option<PathBuf>,
+    notify: Mutex<Option<Notify>>,
+    cfg: RunnerConfig,
 }
 
 impl Shared {
@@ -194,433 +255,394 @@ impl Shared {
     }
 }
 
-/// knockd's `start_command`/`stop_command`, done right.
+/// Runs knockd-style shell commands on a bounded pool of worker threads.
 ///
-/// * Commands run on a pool of `workers` threads fed by a queue of at most
-///   `queue` entries: [`open`](FirewallSink::open) only enqueues, so the
-///   capture path never waits for a fork, and a burst never forks without
-///   limit. Commands of the same grant run in order (a stop never overtakes
-///   its start).
-/// * Each command's exit status and stderr are logged with `tracing`.
-/// * The stop command of an open grant is due at the grant's expiry (or
-///   `cmd_timeout` after the open when it has none). It is kept in the state
-///   file (temp file, fsync, rename), so after a restart the ones that are
-///   due run at once and the others are rescheduled. An internal timer runs
-///   due stops by itself; [`close`](FirewallSink::close) runs one early.
-/// * [`block`](FirewallSink::block) is not supported.
-pub struct CommandSink {
+/// The runner decides nothing: the owner (the engine) renders each command
+/// ([`substitute`], [`DoorCommands`]), decides when it is due, hands it over
+/// with [`run`](Self::run), which only enqueues, and collects the outcome with
+/// [`poll_done`](Self::poll_done), woken by the callback of
+/// [`with_notify`](Self::with_notify).
+///
+/// * At most `workers` commands run at once (threads start on demand), at most
+///   `queue` wait; a burst beyond that is refused, never forked without limit.
+/// * Each command runs as `SHELL -c COMMAND`, stdin and stdout on
+///   `/dev/null`, stderr captured (its first 200 bytes are kept), in a process
+///   group of its own: at `max_run_time` the whole group gets SIGKILL, so a
+///   `sleep` under `sh -c` dies with its shell.
+/// * Dropping the runner returns at once: jobs not started are discarded,
+///   running commands finish on their own (or are killed at
+///   `max_run_time`) and their outcome is not reported.
+///
+/// ```
+/// use std::time::Duration;
+/// use knock_firewall::{CommandRunner, Job, Outcome, RunnerConfig};
+///
+/// let runner = CommandRunner::new(RunnerConfig::default());
+/// runner.run(Job { id: 1, what: "test: start for 198.18.0.2".into(), command: "exit 3".into() })?;
+/// let done = loop {
+///     if let Some(d) = runner.poll_done() {
+///         break d;
+///     }
+///     std::thread::sleep(Duration::from_millis(5));
+/// };
+/// assert_eq!(done.id, 1);
+/// assert!(matches!(done.outcome, Outcome::Failed { code: Some(3), .. }));
+/// # Ok::<(), knock_firewall::Error>(())
+/// ```
+pub struct CommandRunner {
     shared: Arc<Shared>,
-    doors: HashMap<String, DoorCommands>,
-    threads: Vec<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for CommandSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommandSink")
-            .field("doors", &self.doors)
-            .field("state_file", &self.shared.state_file)
-            .finish_non_exhaustive()
+impl fmt::Debug for CommandRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = self.shared.lock();
+        f.debug_struct("CommandRunner")
+            .field("cfg", &self.shared.cfg)
+            .field("queued", &g.queue.len())
+            .field("running", &g.running)
+            .field("done", &g.done.len())
+            .field("stats", &g.stats)
+            .finish()
     }
 }
 
-impl CommandSink {
-    /// Starts the workers and the timer, and loads the state file (pending
-    /// stops from an earlier run are rescheduled; due ones run at once).
-    pub fn new(config: CommandConfig) -> Result<CommandSink, Error> {
-        let pending = match &config.state_file {
-            Some(p) => state::load(p)?,
-            None => Vec::new(),
+impl CommandRunner {
+    /// A runner with no thread yet: workers start with the first jobs.
+    pub fn new(cfg: RunnerConfig) -> CommandRunner {
+        let cfg = RunnerConfig {
+            workers: cfg.workers.max(1),
+            queue: cfg.queue.max(1),
+            ..cfg
         };
-        if !pending.is_empty() {
-            tracing::info!(count = pending.len(), "restored pending stop commands");
-        }
-        let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                pending,
-                ..Inner::default()
+        CommandRunner {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner::default()),
+                work: Condvar::new(),
+                notify: Mutex::new(None),
+                cfg,
             }),
-            work: Condvar::new(),
-            sched: Condvar::new(),
-            idle: Condvar::new(),
-            shell: config.shell,
-            max_run_time: config.max_run_time,
-            capacity: config.queue.max(1),
-            state_file: config.state_file,
-        });
-        let mut sink = CommandSink {
-            shared,
-            doors: config.doors,
-            threads: Vec::new(),
-        };
-        for i in 0..config.workers.max(1) {
-            let shared = Arc::clone(&sink.shared);
-            sink.spawn(format!("knock-cmd-{i}"), move || worker(&shared))?;
         }
-        let shared = Arc::clone(&sink.shared);
-        sink.spawn("knock-cmd-timer".into(), move || scheduler(&shared))?;
-        Ok(sink)
     }
 
-    fn spawn(&mut self, name: String, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
-        let h = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(f)
-            .map_err(|source| Error::Io {
-                what: format!("start thread {name}"),
-                source,
-            })?;
-        self.threads.push(h);
+    /// Sets a callback called from a worker thread after each [`Done`] is
+    /// queued, so that the owner can wake its event loop and call
+    /// [`poll_done`](Self::poll_done). It should be quick (write to an
+    /// eventfd, send on a channel).
+    pub fn with_notify(self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        *self
+            .shared
+            .notify
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(f));
+        self
+    }
+
+    /// Queues `job`. Never waits for a command; fails with
+    /// [`Error::QueueFull`] (naming `job.what`) when `queue` jobs are already
+    /// waiting, or [`Error::Io`] when not even one worker thread can start.
+    pub fn run(&self, job: Job) -> Result<(), Error> {
+        let shared = &self.shared;
+        let mut g = shared.lock();
+        if g.queue.len() >= shared.cfg.queue {
+            g.stats.dropped += 1;
+            return Err(Error::QueueFull {
+                what: job.what,
+                capacity: shared.cfg.queue,
+            });
+        }
+        g.queue.push_back(job);
+        if g.queue.len() > g.idle && g.workers < shared.cfg.workers {
+            let n = g.workers;
+            let me = Arc::clone(shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("knock-cmd-{n}"))
+                .spawn(move || worker(&me));
+            match spawned {
+                Ok(_detached) => g.workers += 1,
+                Err(source) if g.workers == 0 => {
+                    let job = g.queue.pop_back();
+                    return Err(Error::Io {
+                        what: format!(
+                            "{}: start a command worker",
+                            job.map(|j| j.what).unwrap_or_default()
+                        ),
+                        source,
+                    });
+                }
+                // The workers already there will get to it.
+                Err(e) => tracing::warn!(error = %e, "cannot start another command worker"),
+            }
+        }
+        shared.work.notify_one();
         Ok(())
+    }
+
+    /// The next finished job, in completion order (`None`: none finished
+    /// since the last call).
+    pub fn poll_done(&self) -> Option<Done> {
+        self.shared.lock().done.pop_front()
+    }
+
+    /// Jobs queued or running.
+    pub fn busy(&self) -> usize {
+        let g = self.shared.lock();
+        g.queue.len() + g.running
     }
 
     /// Counters so far.
     pub fn stats(&self) -> CommandStats {
         self.shared.lock().stats
     }
+}
 
-    /// How many stop commands are waiting for their time.
-    pub fn pending_stops(&self) -> usize {
-        self.shared.lock().pending.len()
-    }
-
-    /// Waits until no command is queued or running (pending stops that are
-    /// not due yet don't count). Returns whether that happened within `timeout`.
-    pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+impl Drop for CommandRunner {
+    /// Returns at once: discards the jobs that have not started and tells the
+    /// workers to stop; running commands are not waited for.
+    fn drop(&mut self) {
         let mut g = self.shared.lock();
-        loop {
-            if g.queue.is_empty() && g.running.is_empty() && !g.dirty {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = self
-                .shared
-                .idle
-                .wait_timeout(g, (deadline - now).min(Duration::from_millis(50)))
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-
-    fn door(&self, what: &str, grant: &Grant) -> Result<&DoorCommands, Error> {
-        self.doors
-            .get(&grant.door)
-            .ok_or_else(|| Error::UnknownDoor {
-                what: what.to_owned(),
-                door: grant.door.clone(),
-            })
-    }
-}
-
-fn key(grant: &Grant) -> Key {
-    (grant.door.clone(), grant.src, grant.id)
-}
-
-/// Enqueues a job, or fails if the queue is full.
-fn enqueue(shared: &Shared, g: &mut Inner, job: Job) -> Result<(), Error> {
-    if g.queue.len() >= shared.capacity {
-        g.stats.dropped += 1;
-        tracing::warn!(what = %job.what, "command queue full, dropping command");
-        return Err(Error::QueueFull {
-            what: job.what,
-            capacity: shared.capacity,
-        });
-    }
-    g.queue.push_back(job);
-    shared.work.notify_one();
-    Ok(())
-}
-
-impl FirewallSink for CommandSink {
-    type Error = Error;
-
-    fn open(&mut self, grant: &Grant) -> Result<(), Error> {
-        let what = format!("open {grant}");
-        let door = self.door(&what, grant)?;
-        let start = door.start_for(grant.src);
-        let stop = door.stop_for(grant.src);
-        let due = grant
-            .expires
-            .unwrap_or_else(|| SystemTime::now() + door.cmd_timeout);
-        let shared = &*self.shared;
-        let mut g = shared.lock();
-        enqueue(
-            shared,
-            &mut g,
-            Job {
-                key: key(grant),
-                what,
-                command: start,
-            },
-        )?;
-        if let Some(stop) = stop {
-            let k = key(grant);
-            g.pending
-                .retain(|p| (p.door.as_str(), p.src, p.grant) != (k.0.as_str(), k.1, k.2));
-            g.pending.push(Pending {
-                door: grant.door.clone(),
-                src: grant.src,
-                grant: grant.id,
-                due_ms: unix_millis(due),
-                command: stop,
-            });
-            g.dirty = true;
-            shared.sched.notify_one();
-        }
-        Ok(())
-    }
-
-    fn extend(&mut self, grant: &Grant) -> Result<(), Error> {
-        let k = key(grant);
-        let shared = &*self.shared;
-        {
-            let mut g = shared.lock();
-            if let Some(p) = g
-                .pending
-                .iter_mut()
-                .find(|p| (p.door.as_str(), p.src, p.grant) == (k.0.as_str(), k.1, k.2))
-            {
-                if let Some(e) = grant.expires {
-                    p.due_ms = unix_millis(e);
-                    g.dirty = true;
-                    shared.sched.notify_one();
-                }
-                return Ok(());
-            }
-        }
-        // Not known (its stop already ran, or another process opened it): open again.
-        self.open(grant)
-    }
-
-    fn close(&mut self, grant: &Grant) -> Result<(), Error> {
-        let k = key(grant);
-        let shared = &*self.shared;
-        let mut g = shared.lock();
-        let Some(i) = g
-            .pending
-            .iter()
-            .position(|p| (p.door.as_str(), p.src, p.grant) == (k.0.as_str(), k.1, k.2))
-        else {
-            return Ok(()); // already closed, or the door has no stop command
-        };
-        let p = g.pending.remove(i);
-        let job = Job {
-            key: k,
-            what: format!("close {grant}"),
-            command: p.command.clone(),
-        };
-        if let Err(e) = enqueue(shared, &mut g, job) {
-            // Keep it; the timer retries it as soon as there is room.
-            g.pending.push(Pending { due_ms: 0, ..p });
-            shared.sched.notify_one();
-            return Err(e);
-        }
-        g.dirty = true;
-        shared.sched.notify_one();
-        Ok(())
-    }
-
-    fn reconcile(&mut self, now: SystemTime) -> Result<Reconciled, Error> {
-        let shared = &*self.shared;
-        let mut g = shared.lock();
-        let expired = run_due(shared, &mut g, unix_millis(now));
-        shared.sched.notify_one();
-        Ok(Reconciled {
-            expired,
-            leftovers: 0,
-            kept: g.pending.len(),
-        })
-    }
-
-    fn block(&mut self, src: IpAddr, _duration: Duration) -> Result<(), Error> {
-        Err(Error::Unsupported {
-            what: format!("block {src}"),
-            sink: "command",
-        })
-    }
-}
-
-/// Moves due pending stops to the queue (as many as fit). Returns how many.
-fn run_due(shared: &Shared, g: &mut Inner, now_ms: u64) -> usize {
-    let mut moved = 0;
-    while g.queue.len() < shared.capacity {
-        let Some(i) = g.pending.iter().position(|p| p.due_ms <= now_ms) else {
-            break;
-        };
-        let p = g.pending.remove(i);
-        let what = format!("stop grant#{} of door `{}` for {}", p.grant, p.door, p.src);
-        g.queue.push_back(Job {
-            key: (p.door, p.src, p.grant),
-            what,
-            command: p.command,
-        });
-        shared.work.notify_one();
-        g.dirty = true;
-        moved += 1;
-    }
-    moved
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// The timer: runs due stops and writes the state file when it changed.
-fn scheduler(shared: &Shared) {
-    let mut g = shared.lock();
-    loop {
-        let now = now_ms();
-        if !g.shutdown {
-            // (Not after shutdown: the workers may be gone; due stops stay in the file.)
-            run_due(shared, &mut g, now);
-        }
-        if g.dirty {
-            g.dirty = false;
-            if let Some(path) = &shared.state_file {
-                let snapshot = g.pending.clone();
-                drop(g);
-                if let Err(e) = state::save(path, &snapshot) {
-                    tracing::error!(error = %e, "cannot write the state file");
-                }
-                g = shared.lock();
-                shared.idle.notify_all();
-                continue; // re-check: things may have changed meanwhile
-            }
-            shared.idle.notify_all();
-        }
-        if g.shutdown {
-            return;
-        }
-        let next = g.pending.iter().map(|p| p.due_ms).min();
-        let wait = match next {
-            // Due but the queue is full: retry soon.
-            Some(d) if d <= now => Duration::from_millis(20),
-            // Re-read the wall clock at least every minute (it may jump).
-            Some(d) => Duration::from_millis(d - now).min(Duration::from_secs(60)),
-            // Nothing pending: sleep until open/close/reconcile/drop notifies
-            // (no periodic wake-ups when idle).
-            None => {
-                g = shared.sched.wait(g).unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-        };
-        g = shared
-            .sched
-            .wait_timeout(g, wait)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
+        g.shutdown = true;
+        g.stats.dropped += g.queue.len() as u64;
+        g.queue.clear();
+        g.done.clear();
+        drop(g);
+        self.shared.work.notify_all();
     }
 }
 
 fn worker(shared: &Shared) {
     let mut g = shared.lock();
     loop {
-        // The first job whose grant has no command running (per-grant order).
-        let pos = g.queue.iter().position(|j| !g.running.contains(&j.key));
-        if let Some(job) = pos.and_then(|i| g.queue.remove(i)) {
-            g.running.insert(job.key.clone());
-            drop(g);
-            let ok = run_command(shared, &job);
-            g = shared.lock();
-            g.running.remove(&job.key);
-            if ok {
-                g.stats.succeeded += 1;
-            } else {
-                g.stats.failed += 1;
-            }
-            shared.work.notify_all();
-            shared.idle.notify_all();
-            continue;
-        }
         if g.shutdown {
             return;
         }
-        g = shared.work.wait(g).unwrap_or_else(PoisonError::into_inner);
+        let Some(job) = g.queue.pop_front() else {
+            g.idle += 1;
+            g = shared.work.wait(g).unwrap_or_else(PoisonError::into_inner);
+            g.idle -= 1;
+            continue;
+        };
+        g.running += 1;
+        drop(g);
+        let (outcome, took) = execute(&shared.cfg, &job.command);
+        g = shared.lock();
+        g.running -= 1;
+        if g.shutdown {
+            return; // nobody will ask
+        }
+        match outcome {
+            Outcome::Succeeded => g.stats.succeeded += 1,
+            Outcome::Failed { .. } | Outcome::SpawnFailed { .. } => g.stats.failed += 1,
+            Outcome::Killed { .. } => g.stats.killed += 1,
+        }
+        g.done.push_back(Done {
+            id: job.id,
+            what: job.what,
+            command: job.command,
+            outcome,
+            took,
+        });
+        drop(g);
+        let notify = shared
+            .notify
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(f) = notify {
+            f();
+        }
+        g = shared.lock();
     }
 }
 
-/// Runs one command through the shell, logs the outcome. Returns success.
-fn run_command(shared: &Shared, job: &Job) -> bool {
+/// The first bytes of a command's stderr; the rest is read and thrown away
+/// so that the command never blocks on a full pipe.
+#[derive(Default)]
+struct Excerpt {
+    kept: Vec<u8>,
+    truncated: bool,
+}
+
+impl Excerpt {
+    fn push(&mut self, data: &[u8]) {
+        let room = STDERR_EXCERPT.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&data[..room.min(data.len())]);
+        self.truncated |= data.len() > room;
+    }
+
+    fn text(&self) -> String {
+        let s = String::from_utf8_lossy(&self.kept);
+        let s = s.trim();
+        if self.truncated {
+            format!("{s}...")
+        } else {
+            s.to_owned()
+        }
+    }
+}
+
+/// What [`read_some`] found on a command's stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pipe {
+    /// Some bytes (added to the excerpt).
+    Data,
+    /// Nothing within the wait.
+    Quiet,
+    /// End of file (or a broken pipe): stop watching it.
+    Closed,
+}
+
+/// Reads what `stderr` has within `wait`.
+fn read_some(stderr: &mut ChildStderr, wait: Duration, out: &mut Excerpt) -> Pipe {
+    let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(stderr.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(0) | Err(nix::errno::Errno::EINTR) => return Pipe::Quiet,
+        Ok(_) => {}
+        Err(_) => return Pipe::Closed,
+    }
+    let mut buf = [0u8; 4096];
+    // poll said readable (data or end of file): this read does not block.
+    match stderr.read(&mut buf) {
+        Ok(0) | Err(_) => Pipe::Closed,
+        Ok(n) => {
+            out.push(&buf[..n]);
+            Pipe::Data
+        }
+    }
+}
+
+/// Runs one command to its end or its kill. Returns how it ended and how long it ran.
+fn execute(cfg: &RunnerConfig, command: &str) -> (Outcome, Duration) {
     let started = Instant::now();
-    let spawned = Command::new(&shared.shell)
+    let spawned = Command::new(&cfg.shell)
         .arg("-c")
-        .arg(&job.command)
+        .arg(command)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // A group of its own (pgid = its pid), so the kill reaches its children.
+        .process_group(0)
         .spawn();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let e = Error::from_io(job.what.clone(), &shared.shell.to_string_lossy(), e);
-            tracing::error!(error = %e, command = %job.command, "cannot run command");
-            return false;
+            let error = format!("{}: {e}", cfg.shell.display());
+            return (Outcome::SpawnFailed { error }, started.elapsed());
         }
     };
-    // Drain stderr on the side so a chatty command cannot block on a full pipe.
-    let reader = child.stderr.take().map(|mut s| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = (&mut s).take(64 * 1024).read_to_end(&mut buf);
-            let _ = std::io::copy(&mut s, &mut std::io::sink());
-            buf
-        })
-    });
+    let mut stderr = child.stderr.take();
+    let mut excerpt = Excerpt::default();
+    let deadline = started + cfg.max_run_time;
+    let mut nap = Duration::from_millis(1);
     let status = loop {
         match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if started.elapsed() >= shared.max_run_time => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            kill_group(&mut child);
+            return (
+                Outcome::Killed {
+                    after: started.elapsed(),
+                },
+                started.elapsed(),
+            );
+        }
+        let wait = nap.min(deadline - now);
+        match stderr.as_mut() {
+            Some(s) => {
+                if read_some(s, wait, &mut excerpt) == Pipe::Closed {
+                    // End of file: the shell is probably exiting; look again soon.
+                    stderr = None;
+                    nap = Duration::from_millis(1);
+                    continue;
+                }
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => {
-                tracing::error!(what = %job.what, error = %e, "waiting for command");
-                break None;
+            None => std::thread::sleep(wait),
+        }
+        nap = (nap * 2).min(MAX_NAP);
+    };
+    let took = started.elapsed();
+    // What is left in the pipe; a background child may keep it open, so
+    // take only what is already there (a bounded number of reads).
+    if let Some(s) = stderr.as_mut() {
+        for _ in 0..64 {
+            if read_some(s, Duration::ZERO, &mut excerpt) != Pipe::Data {
+                break;
+            }
+        }
+    }
+    let outcome = match status {
+        Ok(st) if st.success() => Outcome::Succeeded,
+        Ok(st) => Outcome::Failed {
+            code: st.code(),
+            stderr: with_signal(st, excerpt.text()),
+        },
+        Err(e) => {
+            // Cannot wait for it: make sure it is gone, report why.
+            kill_group(&mut child);
+            Outcome::Failed {
+                code: None,
+                stderr: format!("waiting for the command: {e}"),
             }
         }
     };
-    let stderr = reader
-        .and_then(|h| h.join().ok())
-        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
-        .unwrap_or_default();
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    match status {
-        Some(st) if st.success() => {
-            tracing::info!(what = %job.what, command = %job.command, elapsed_ms, stderr = %stderr, "command succeeded");
-            true
-        }
-        Some(st) => {
-            tracing::warn!(what = %job.what, command = %job.command, status = %st, elapsed_ms, stderr = %stderr, "command failed");
-            false
-        }
-        None => {
-            tracing::warn!(what = %job.what, command = %job.command, elapsed_ms, stderr = %stderr, "command killed after max_run_time");
-            false
-        }
+    (outcome, took)
+}
+
+/// The stderr excerpt, with the signal named when one ended the command.
+fn with_signal(st: ExitStatus, stderr: String) -> String {
+    match st.signal() {
+        Some(sig) if stderr.is_empty() => format!("killed by signal {sig}"),
+        Some(sig) => format!("killed by signal {sig}: {stderr}"),
+        None => stderr,
     }
 }
 
-impl Drop for CommandSink {
-    /// Lets queued and running commands finish, writes the state file and
-    /// stops the threads. Pending stops stay in the state file.
-    fn drop(&mut self) {
-        {
-            let mut g = self.shared.lock();
-            g.shutdown = true;
-            g.dirty = true;
-        }
-        self.shared.work.notify_all();
-        self.shared.sched.notify_all();
-        for h in self.threads.drain(..) {
-            let _ = h.join();
-        }
+/// SIGKILL to the command's process group, then reaps the shell.
+fn kill_group(child: &mut Child) {
+    // The shell has not been reaped yet (try_wait said it runs, or failed),
+    // so its pid, which is also the group id, cannot have been reused.
+    if let Ok(pgid) = i32::try_from(child.id()) {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+    let _ = child.kill(); // in case the group kill failed
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_keeps_the_start() {
+        let mut e = Excerpt::default();
+        e.push(b"  short  ");
+        assert_eq!(e.text(), "short");
+        let mut e = Excerpt::default();
+        e.push(&[b'a'; 150]);
+        e.push(&[b'b'; 150]);
+        let t = e.text();
+        assert!(
+            t.starts_with(&"a".repeat(150)) && t.ends_with("b..."),
+            "{t}"
+        );
+        assert_eq!(t.len(), STDERR_EXCERPT + 3);
+    }
+
+    #[test]
+    fn door_commands_fall_back_to_ipv4() {
+        let d = DoorCommands::new("add %IP%").with_stop("del %IP%");
+        let v6: IpAddr = "2001:db8::2".parse().unwrap();
+        assert_eq!(d.start_for(v6), "add 2001:db8::2");
+        assert_eq!(d.stop_for(v6).as_deref(), Some("del 2001:db8::2"));
+        let d = d.with_start6("add6 %IP%").with_stop6("del6 %IP%");
+        assert_eq!(d.start_for(v6), "add6 2001:db8::2");
+        assert_eq!(d.stop_for(v6).as_deref(), Some("del6 2001:db8::2"));
+        let v4: IpAddr = "198.18.0.2".parse().unwrap();
+        assert_eq!(d.start_for(v4), "add 198.18.0.2");
+        assert_eq!(DoorCommands::new("x").stop_for(v4), None);
     }
 }

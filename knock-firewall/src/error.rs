@@ -1,7 +1,6 @@
 //! Errors of the sinks.
 
 use std::io;
-use std::path::PathBuf;
 
 /// What went wrong, and for which grant, door or address.
 ///
@@ -47,9 +46,9 @@ pub enum Error {
         source: io::Error,
     },
     /// The command queue is full: the burst is larger than the configured bound.
-    #[error("{what}: command queue full ({capacity} pending), command dropped")]
+    #[error("{what}: command queue full ({capacity} waiting), command dropped")]
     QueueFull {
-        /// The operation.
+        /// The job's [`Job::what`](crate::Job::what).
         what: String,
         /// The queue's capacity.
         capacity: usize,
@@ -62,7 +61,7 @@ pub enum Error {
         /// The door's name.
         door: String,
     },
-    /// The sink cannot do this operation at all (e.g. blocking with shell commands).
+    /// The sink cannot do this operation (e.g. an address family it was configured without).
     #[error("{what}: not supported by the {sink} sink")]
     Unsupported {
         /// The operation.
@@ -73,15 +72,6 @@ pub enum Error {
     /// A bad configuration value (e.g. a table or chain name).
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// Reading or writing the state file failed.
-    #[error("state file {}: {source}", path.display())]
-    StateFile {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
     /// Another I/O error (spawning a thread or process, a socket).
     #[error("{what}: {source}")]
     Io {

@@ -10,9 +10,9 @@ use knock_core::{Step, Timestamp};
 /// [`Grant::with_prefix`]) until `expires`.
 ///
 /// Expiry is wall-clock time ([`SystemTime`]) because it outlives the
-/// process: it is written into firewall rule comments and the command sink's
-/// state file, and read back by [`FirewallSink::reconcile`](crate::FirewallSink::reconcile)
-/// after a restart. Use [`Grant::expiry_from`] to turn the matcher's
+/// process: it is written into iptables rule comments (read back by
+/// [`FirewallSink::reconcile`](crate::FirewallSink::reconcile) after a
+/// restart) and becomes the timeout of nftables set elements. Use [`Grant::expiry_from`] to turn the matcher's
 /// [`Timestamp`] into one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Grant {
@@ -127,13 +127,6 @@ pub fn mask(addr: IpAddr, len: u8) -> IpAddr {
 pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch (0 for times before it).
-pub(crate) fn unix_millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 

@@ -36,7 +36,7 @@
 //!
 //! ## Example
 //! ```
-//! use knock_firewall::{Action, CommandConfig, DoorCommands, FirewallSink, Grant, RecordingSink};
+//! use knock_firewall::{Action, DoorCommands, FirewallSink, Grant, RecordingSink};
 //! use knock_core::Step;
 //!
 //! // The daemon builds a Grant from Decision::Open and the door's config ...
@@ -54,7 +54,6 @@
 //! let door = DoorCommands::new("ipset add knock %IP%").with_stop("ipset del knock %IP%");
 //! assert_eq!(door.start_for(g.src), "ipset add knock 2001:db8::2");
 //! assert_eq!(door.stop_for(g.src).as_deref(), Some("ipset del knock 2001:db8::2"));
-//! # let _ = CommandConfig::default().door("openSSH", door);
 //! ```
 //!
 //! ## Design
@@ -75,9 +74,10 @@ mod iptables;
 #[cfg(feature = "nftables")]
 mod nft;
 mod sink;
-mod state;
 
-pub use command::{substitute, CommandConfig, CommandSink, CommandStats, DoorCommands};
+pub use command::{
+    substitute, CommandRunner, CommandStats, Done, DoorCommands, Job, Outcome, RunnerConfig,
+};
 pub use error::Error;
 pub use grant::{mask, Grant};
 pub use iptables::{IptablesConfig, IptablesSink};

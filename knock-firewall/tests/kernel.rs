@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use knock_core::Step;
 use knock_firewall::{
-    CommandConfig, CommandSink, DoorCommands, FirewallSink, Grant, IptablesConfig, IptablesSink,
+    CommandRunner, Done, DoorCommands, FirewallSink, Grant, IptablesConfig, IptablesSink, Job,
+    Outcome, RunnerConfig,
 };
 use knock_testnet::{Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 
@@ -116,6 +117,22 @@ fn iptables_block_drops_until_reconciled_away() {
         .unwrap();
 }
 
+/// Runs one job to its end.
+fn run_one(runner: &CommandRunner, job: Job) -> Done {
+    runner.run(job).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(d) = runner.poll_done() {
+            return d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "command still running"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 #[test]
 #[ignore = "needs root"]
 fn commands_open_and_close_through_iptables() {
@@ -130,22 +147,35 @@ fn commands_open_and_close_through_iptables() {
     .with_start6(format!(
         "ip netns exec {ns} ip6tables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT"
     ));
-    // No stop_command_6: the IPv4 one runs, and fails (iptables cannot take an IPv6 address).
-    let mut sink = CommandSink::new(CommandConfig::default().door("ssh", door)).unwrap();
-    let g4 = ssh_grant(CLIENT_V4, 1).with_expiry(Some(SystemTime::now() + Duration::from_secs(60)));
-    sink.open(&g4).unwrap();
-    assert!(sink.wait_idle(Duration::from_secs(10)));
+    let runner = CommandRunner::new(RunnerConfig::default());
+    let job = |id, what: &str, command| Job {
+        id,
+        what: what.to_owned(),
+        command,
+    };
+    let (v4, v6) = (ip(CLIENT_V4), ip(CLIENT_V6));
+    let d = run_one(&runner, job(1, "ssh: start for v4", door.start_for(v4)));
+    assert_eq!(d.outcome, Outcome::Succeeded, "{d:?}");
     assert!(connects(&pair, SERVER_V4));
-    sink.close(&g4).unwrap();
-    assert!(sink.wait_idle(Duration::from_secs(10)));
+    let d = run_one(
+        &runner,
+        job(2, "ssh: stop for v4", door.stop_for(v4).unwrap()),
+    );
+    assert_eq!(d.outcome, Outcome::Succeeded, "{d:?}");
     assert!(!connects(&pair, SERVER_V4));
 
-    let g6 = ssh_grant(CLIENT_V6, 2).with_expiry(Some(SystemTime::now() + Duration::from_secs(60)));
-    sink.open(&g6).unwrap();
-    assert!(sink.wait_idle(Duration::from_secs(10)));
+    let d = run_one(&runner, job(3, "ssh: start for v6", door.start_for(v6)));
+    assert_eq!(d.outcome, Outcome::Succeeded, "{d:?}");
     assert!(connects(&pair, SERVER_V6));
-    sink.close(&g6).unwrap();
-    assert!(sink.wait_idle(Duration::from_secs(10)));
-    let s = sink.stats();
+    // No stop_command_6: the IPv4 one is rendered, and iptables refuses an IPv6 address.
+    let d = run_one(
+        &runner,
+        job(4, "ssh: stop for v6", door.stop_for(v6).unwrap()),
+    );
+    assert!(
+        matches!(&d.outcome, Outcome::Failed { code: Some(c), stderr } if *c != 0 && !stderr.is_empty()),
+        "{d:?}"
+    );
+    let s = runner.stats();
     assert_eq!((s.succeeded, s.failed), (3, 1), "{s:?}");
 }
