@@ -3,7 +3,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use iptables::IPTables;
 
@@ -47,18 +47,17 @@ const TABLE: &str = "filter";
 ///   characters of the door name other than `[A-Za-z0-9_.-]` become `_`).
 /// * `open` checks with `iptables -C` before appending: two opens give one rule.
 /// * Blocks are `DROP` rules inserted at the top of the chain, tagged
-///   `knock-block:until=UNIXSECS`.
-/// * iptables has no expiry of its own: [`reconcile`](FirewallSink::reconcile)
-///   removes grants and blocks whose time is over, and anything else found in
-///   our chain (leftovers). Call it at start-up and then periodically (e.g.
-///   every second); the matcher's `Close` removes grants on time anyway.
+///   `knock-block:until=UNIXSECS`; [`unblock`](FirewallSink::unblock)
+///   deletes them.
+/// * iptables rules have no expiry of their own and this sink keeps no timer:
+///   the engine closes grants and unblocks addresses on time. The `until` in
+///   the comments is for [`reconcile`](FirewallSink::reconcile) at the next
+///   start-up, which removes the grants and blocks whose time is over (a
+///   daemon that died left them) and anything else found in our chain.
 pub struct IptablesSink {
     cfg: IptablesConfig,
     v4: Option<IPTables>,
     v6: Option<IPTables>,
-    /// The earliest expiry (Unix seconds) of a grant or block that only
-    /// `reconcile` will remove.
-    next_expiry: Option<u64>,
 }
 
 impl std::fmt::Debug for IptablesSink {
@@ -182,7 +181,6 @@ impl IptablesSink {
             v4: None,
             v6: None,
             cfg,
-            next_expiry: None,
         };
         for v6 in [false, true] {
             if (v6 && !sink.cfg.ipv6) || (!v6 && !sink.cfg.ipv4) {
@@ -290,7 +288,7 @@ impl IptablesSink {
     }
 
     fn reconcile_family(
-        &mut self,
+        &self,
         ipt: &IPTables,
         v6: bool,
         now: u64,
@@ -299,7 +297,6 @@ impl IptablesSink {
         let what = format!("reconcile chain {} ({})", self.cfg.chain, program(v6));
         self.setup(ipt, v6)?;
         let (mut expired, mut leftovers, mut kept) = (0, 0, 0);
-        let mut next = self.next_expiry;
         self.delete_where(ipt, v6, &what, |_, tag| match tag {
             Some(Tag::Grant { until: None, .. }) => {
                 kept += 1;
@@ -311,7 +308,6 @@ impl IptablesSink {
                     true
                 } else {
                     kept += 1;
-                    next = Some(next.map_or(*u, |n| n.min(*u)));
                     false
                 }
             }
@@ -323,7 +319,6 @@ impl IptablesSink {
         out.expired += expired;
         out.leftovers += leftovers;
         out.kept += kept;
-        self.next_expiry = next;
         Ok(())
     }
 }
@@ -377,32 +372,19 @@ impl FirewallSink for IptablesSink {
     fn reconcile(&mut self, now: SystemTime) -> Result<Reconciled, Error> {
         let now = unix_secs(now);
         let mut out = Reconciled::default();
-        self.next_expiry = None;
-        for v6 in [false, true] {
-            let ipt = if v6 { self.v6.take() } else { self.v4.take() };
+        for (ipt, v6) in [(&self.v4, false), (&self.v6, true)] {
             if let Some(ipt) = ipt {
-                let r = self.reconcile_family(&ipt, v6, now, &mut out);
-                if v6 {
-                    self.v6 = Some(ipt);
-                } else {
-                    self.v4 = Some(ipt);
-                }
-                r?;
+                self.reconcile_family(ipt, v6, now, &mut out)?;
             }
         }
         Ok(out)
     }
 
-    fn next_expiry(&self) -> Option<SystemTime> {
-        self.next_expiry
-            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-    }
-
-    fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), Error> {
+    fn block(&mut self, src: IpAddr, until: SystemTime) -> Result<(), Error> {
         let what = format!("block {src}");
         let (ipt, v6) = self.family(&what, src)?;
         let cidr = format!("{src}/{}", if v6 { 128 } else { 32 });
-        let until = unix_secs(SystemTime::now() + duration);
+        let until = unix_secs(until);
         let spec = format!("-s {cidr} -m comment --comment knock-block:until={until} -j DROP");
         if ipt
             .exists(TABLE, &self.cfg.chain, &spec)
@@ -416,7 +398,20 @@ impl FirewallSink for IptablesSink {
         self.delete_where(ipt, v6, &what, |s, tag| {
             matches!(tag, Some(Tag::Block { until: u }) if *u != until) && s == Some(cidr.as_str())
         })?;
-        self.next_expiry = Some(self.next_expiry.map_or(until, |n| n.min(until)));
+        Ok(())
+    }
+
+    /// Deletes every block rule of `src`. An address of a family this sink
+    /// does not manage cannot be blocked here, so that succeeds too.
+    fn unblock(&mut self, src: IpAddr) -> Result<(), Error> {
+        let what = format!("unblock {src}");
+        let Ok((ipt, v6)) = self.family(&what, src) else {
+            return Ok(());
+        };
+        let cidr = format!("{src}/{}", if v6 { 128 } else { 32 });
+        self.delete_where(ipt, v6, &what, |s, tag| {
+            matches!(tag, Some(Tag::Block { .. })) && s == Some(cidr.as_str())
+        })?;
         Ok(())
     }
 }
@@ -424,6 +419,7 @@ impl FirewallSink for IptablesSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn rule_spec_round_trips_through_parse() {

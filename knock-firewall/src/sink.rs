@@ -3,40 +3,50 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::grant::Grant;
 
-/// What [`FirewallSink::reconcile`] did.
+/// What [`FirewallSink::reconcile`] did at start-up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Reconciled {
-    /// Grants or blocks whose time was over and that were removed (or whose
-    /// stop command was run).
+    /// Grants or blocks whose end (written down by the sink) had passed and
+    /// that were removed.
     pub expired: usize,
     /// Entries that were not ours or could not be read, and were removed.
     pub leftovers: usize,
-    /// Entries still valid, kept (and rescheduled where the sink schedules).
+    /// Entries still valid, kept.
     pub kept: usize,
 }
 
-/// Something that turns grants into firewall state.
+/// Something that applies grants and blocks to the firewall.
 ///
-/// The daemon maps [`knock_core::Decision::Open`] to [`open`](Self::open),
-/// `Extended` to [`extend`](Self::extend) and `Close` to
-/// [`close`](Self::close), calls [`reconcile`](Self::reconcile) once at
-/// start-up (and may call it periodically: the iptables sink removes expired
-/// rules there), and [`block`](Self::block) for the scanner blocklist.
+/// Sinks only apply; they keep no timers. The engine that drives them decides
+/// when every grant and block ends and calls [`close`](Self::close) or
+/// [`unblock`](Self::unblock) then: `Open` maps to [`open`](Self::open),
+/// `Extended` to [`extend`](Self::extend), the end of a grant to
+/// [`close`](Self::close), a scanner to [`block`](Self::block) and the end of
+/// its block to [`unblock`](Self::unblock). [`reconcile`](Self::reconcile)
+/// runs once, at start-up.
 ///
-/// Every operation is idempotent: opening an open grant or closing a closed
-/// one succeeds and changes nothing. Errors name the grant and the cause;
-/// they are for logging, the sink stays usable.
+/// The end of a grant ([`Grant::expires`]) or block (`until`) is still
+/// handed to the sink, as a safety net for when the daemon dies: iptables
+/// writes it into the rule comment for the next start-up's `reconcile`, and
+/// nftables makes it the set element's kernel-side timeout.
+///
+/// Every operation is idempotent: opening an open grant, closing a closed
+/// one or unblocking an address that is not blocked succeeds and changes
+/// nothing. Errors name the grant or address and the cause; they are for
+/// logging, the sink stays usable.
 #[cfg_attr(feature = "mock", mockall::automock(type Error = crate::Error;))]
 pub trait FirewallSink {
     /// The sink's error ([`crate::Error`] for the backends of this crate).
     type Error;
 
-    /// Opens `grant.ports` to `grant.src` (or its network) until `grant.expires`.
+    /// Opens `grant.ports` to `grant.src` (or its network). `grant.expires`
+    /// is only the safety net described above: closing on time is the
+    /// caller's job.
     fn open(&mut self, grant: &Grant) -> Result<(), Self::Error>;
 
     /// The grant lasts longer (`grant.expires` is the new end). The default
@@ -50,23 +60,20 @@ pub trait FirewallSink {
     /// never opened) succeeds.
     fn close(&mut self, grant: &Grant) -> Result<(), Self::Error>;
 
-    /// Brings the firewall in line with `now`: removes grants and blocks whose
-    /// time is over, and the daemon's leftovers; runs due stop commands.
+    /// Called once at start-up, before anything else: removes what an
+    /// earlier run left behind and whose end (as the sink wrote it down) is
+    /// before `now`, grants and blocks alike, and entries that are not ours.
+    /// Entries still valid are kept; the caller decides about them.
     fn reconcile(&mut self, now: SystemTime) -> Result<Reconciled, Self::Error>;
 
-    /// Drops all traffic from `src` for `duration`.
-    fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), Self::Error>;
+    /// Drops all traffic from `src`. The caller calls
+    /// [`unblock`](Self::unblock) at `until`; the sink records `until` as its
+    /// safety net (blocking an already blocked address moves its end).
+    fn block(&mut self, src: IpAddr, until: SystemTime) -> Result<(), Self::Error>;
 
-    /// When something this sink holds next expires *without* the sink
-    /// removing it by itself: the caller should call
-    /// [`reconcile`](Self::reconcile) then. iptables rules have no expiry of
-    /// their own, so the iptables sink reports the earliest grant or block
-    /// left after a restart or added by [`block`](Self::block); sinks that
-    /// expire entries themselves (nftables in the kernel, commands on their
-    /// own timer) return `None`.
-    fn next_expiry(&self) -> Option<SystemTime> {
-        None
-    }
+    /// Lets traffic from `src` through again. Unblocking an address that is
+    /// not blocked succeeds.
+    fn unblock(&mut self, src: IpAddr) -> Result<(), Self::Error>;
 }
 
 impl<S: FirewallSink + ?Sized> FirewallSink for Box<S> {
@@ -83,11 +90,11 @@ impl<S: FirewallSink + ?Sized> FirewallSink for Box<S> {
     fn reconcile(&mut self, now: SystemTime) -> Result<Reconciled, Self::Error> {
         (**self).reconcile(now)
     }
-    fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), Self::Error> {
-        (**self).block(src, duration)
+    fn block(&mut self, src: IpAddr, until: SystemTime) -> Result<(), Self::Error> {
+        (**self).block(src, until)
     }
-    fn next_expiry(&self) -> Option<SystemTime> {
-        (**self).next_expiry()
+    fn unblock(&mut self, src: IpAddr) -> Result<(), Self::Error> {
+        (**self).unblock(src)
     }
 }
 
@@ -104,8 +111,10 @@ pub enum Action {
     Close(Grant),
     /// [`FirewallSink::reconcile`].
     Reconcile(SystemTime),
-    /// [`FirewallSink::block`].
-    Block(IpAddr, Duration),
+    /// [`FirewallSink::block`]: the address and when its block ends.
+    Block(IpAddr, SystemTime),
+    /// [`FirewallSink::unblock`].
+    Unblock(IpAddr),
 }
 
 /// A sink made of one closure that receives every [`Action`].
@@ -158,8 +167,11 @@ where
     fn reconcile(&mut self, now: SystemTime) -> Result<Reconciled, E> {
         (self.0)(Action::Reconcile(now)).map(|()| Reconciled::default())
     }
-    fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), E> {
-        (self.0)(Action::Block(src, duration))
+    fn block(&mut self, src: IpAddr, until: SystemTime) -> Result<(), E> {
+        (self.0)(Action::Block(src, until))
+    }
+    fn unblock(&mut self, src: IpAddr) -> Result<(), E> {
+        (self.0)(Action::Unblock(src))
     }
 }
 
@@ -179,6 +191,13 @@ where
 /// sink.close(&g).unwrap();
 /// assert_eq!(rec.actions(), vec![Action::Open(g.clone()), Action::Close(g)]);
 /// assert!(rec.open_grants().is_empty());
+///
+/// let scanner = "198.18.0.66".parse().unwrap();
+/// let until = std::time::SystemTime::now() + std::time::Duration::from_secs(600);
+/// sink.block(scanner, until).unwrap();
+/// assert_eq!(rec.blocked(), vec![(scanner, until)]);
+/// sink.unblock(scanner).unwrap();
+/// assert!(rec.blocked().is_empty());
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct RecordingSink {
@@ -220,6 +239,23 @@ impl RecordingSink {
         open
     }
 
+    /// Addresses blocked and not unblocked since, with the end of their
+    /// latest block, in the order they were (last) blocked.
+    pub fn blocked(&self) -> Vec<(IpAddr, SystemTime)> {
+        let mut blocked: Vec<(IpAddr, SystemTime)> = Vec::new();
+        for a in self.actions() {
+            match a {
+                Action::Block(ip, until) => {
+                    blocked.retain(|(b, _)| *b != ip);
+                    blocked.push((ip, until));
+                }
+                Action::Unblock(ip) => blocked.retain(|(b, _)| *b != ip),
+                _ => {}
+            }
+        }
+        blocked
+    }
+
     fn push(&self, a: Action) {
         self.actions
             .lock()
@@ -246,8 +282,36 @@ impl FirewallSink for RecordingSink {
         self.push(Action::Reconcile(now));
         Ok(Reconciled::default())
     }
-    fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), Infallible> {
-        self.push(Action::Block(src, duration));
+    fn block(&mut self, src: IpAddr, until: SystemTime) -> Result<(), Infallible> {
+        self.push(Action::Block(src, until));
         Ok(())
+    }
+    fn unblock(&mut self, src: IpAddr) -> Result<(), Infallible> {
+        self.push(Action::Unblock(src));
+        Ok(())
+    }
+}
+
+#[cfg(all(test, feature = "mock"))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_mock_has_block_until_and_unblock() {
+        let src: IpAddr = "198.18.0.66".parse().unwrap();
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut mock = MockFirewallSink::new();
+        mock.expect_block()
+            .withf(move |s, u| *s == src && *u == until)
+            .times(1)
+            .returning(|_, _| Ok(()));
+        mock.expect_unblock()
+            .withf(move |s| *s == src)
+            .times(1)
+            .returning(|_| Ok(()));
+        let mut sink: Box<dyn FirewallSink<Error = crate::Error>> = Box::new(mock);
+        sink.block(src, until).unwrap();
+        sink.unblock(src).unwrap();
     }
 }

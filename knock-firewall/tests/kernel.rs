@@ -78,41 +78,76 @@ fn iptables_restart_reconciles_expired_and_leftovers() {
     pair.server
         .enter(|| {
             let now = SystemTime::now();
+            let in_a_minute = now + Duration::from_secs(60);
             {
                 let mut sink = IptablesSink::new(IptablesConfig::default()).unwrap();
-                sink.open(&ssh_grant(CLIENT_V4, 1).with_expiry(Some(now + Duration::from_secs(1))))
+                sink.open(&ssh_grant(CLIENT_V4, 1).with_expiry(Some(in_a_minute)))
                     .unwrap();
                 sink.open(&ssh_grant("198.18.0.9", 2)).unwrap(); // never expires
+                sink.block(ip("198.18.0.7"), in_a_minute).unwrap();
+                sink.block(ip("2001:db8::7"), now + Duration::from_secs(3600))
+                    .unwrap();
                 assert!(connects(&pair, SERVER_V4));
             } // the daemon dies
             pair.server
                 .run(&["iptables", "-A", "KNOCK", "-s", "192.0.2.1", "-j", "ACCEPT"])
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(2100));
+            // Restarted two minutes later (as far as reconcile can tell).
+            let later = now + Duration::from_secs(120);
             let mut sink = IptablesSink::new(IptablesConfig::default()).unwrap();
-            let r = sink.reconcile(SystemTime::now()).unwrap();
-            assert_eq!((r.expired, r.leftovers, r.kept), (1, 1, 1), "{r:?}");
+            let r = sink.reconcile(later).unwrap();
+            // Expired: the grant and the IPv4 block; kept: the endless grant
+            // and the IPv6 block; the untagged rule is a leftover.
+            assert_eq!((r.expired, r.leftovers, r.kept), (2, 1, 2), "{r:?}");
             assert!(!connects(&pair, SERVER_V4));
-            assert_eq!(sink.rules(false).unwrap().len(), 1);
+            let v4 = sink.rules(false).unwrap();
+            assert_eq!(v4.len(), 1, "{v4:?}");
+            assert!(v4[0].contains("198.18.0.9"), "{v4:?}");
+            let v6 = sink.rules(true).unwrap();
+            assert_eq!(v6.len(), 1, "{v6:?}");
+            assert!(v6[0].contains("knock-block:until="), "{v6:?}");
         })
         .unwrap();
 }
 
 #[test]
 #[ignore = "needs root"]
-fn iptables_block_drops_until_reconciled_away() {
+fn iptables_block_until_then_unblock_v4_v6() {
     let pair = guarded_pair();
     pair.server
         .enter(|| {
             let mut sink = IptablesSink::new(IptablesConfig::default()).unwrap();
-            sink.open(&ssh_grant(CLIENT_V4, 1)).unwrap();
-            assert!(connects(&pair, SERVER_V4));
-            sink.block(ip(CLIENT_V4), Duration::from_secs(1)).unwrap();
-            assert!(!connects(&pair, SERVER_V4), "blocked");
-            std::thread::sleep(Duration::from_millis(2100));
-            let r = sink.reconcile(SystemTime::now()).unwrap();
-            assert_eq!(r.expired, 1, "{r:?}");
-            assert!(connects(&pair, SERVER_V4), "unblocked");
+            for (client, server, v6) in
+                [(CLIENT_V4, SERVER_V4, false), (CLIENT_V6, SERVER_V6, true)]
+            {
+                sink.open(&ssh_grant(client, 1)).unwrap();
+                assert!(connects(&pair, server), "granted {client}");
+                let until = SystemTime::now() + Duration::from_secs(60);
+                sink.block(ip(client), until).unwrap();
+                sink.block(ip(client), until).unwrap(); // idempotent
+                assert!(!connects(&pair, server), "blocked {client}");
+                let blocks = |sink: &IptablesSink| {
+                    sink.rules(v6)
+                        .unwrap()
+                        .into_iter()
+                        .filter(|r| r.contains("knock-block:until="))
+                        .count()
+                };
+                assert_eq!(blocks(&sink), 1, "{:?}", sink.rules(v6));
+                // A later end replaces the rule, it does not add one.
+                sink.block(ip(client), until + Duration::from_secs(60))
+                    .unwrap();
+                assert_eq!(blocks(&sink), 1, "{:?}", sink.rules(v6));
+                assert!(!connects(&pair, server), "still blocked {client}");
+                sink.unblock(ip(client)).unwrap();
+                assert_eq!(blocks(&sink), 0, "{:?}", sink.rules(v6));
+                assert!(connects(&pair, server), "unblocked {client}");
+                sink.unblock(ip(client)).unwrap(); // absent: still fine
+                sink.unblock(ip(if v6 { "2001:db8::99" } else { "198.18.0.99" }))
+                    .unwrap(); // never blocked
+                               // The grant was untouched all along.
+                assert_eq!(sink.rules(v6).unwrap().len(), 1);
+            }
         })
         .unwrap();
 }

@@ -107,6 +107,50 @@ fn nft_prefix_grant_covers_the_network() {
         .unwrap();
 }
 
+fn block_set(pair: &Pair, v6: bool) -> String {
+    let set = if v6 { "block6" } else { "block4" };
+    pair.server
+        .run(&["nft", "list", "set", "inet", "knock", set])
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_block_until_then_unblock_v4_v6() {
+    let pair = pair();
+    pair.server
+        .enter(|| {
+            let mut sink = NftSink::new(config(Duration::from_secs(30), 32)).unwrap();
+            for (client, server, v6) in
+                [(CLIENT_V4, SERVER_V4, false), (CLIENT_V6, SERVER_V6, true)]
+            {
+                sink.open(&ssh_grant(client, 1, 600)).unwrap();
+                assert!(connects(&pair, server), "granted {client}");
+                let until = SystemTime::now() + Duration::from_secs(300);
+                sink.block(ip(client), until).unwrap();
+                sink.block(ip(client), until).unwrap(); // idempotent
+                assert!(!connects(&pair, server), "blocked {client}");
+                let set = block_set(&pair, v6);
+                // The element's timeout is until - now: the kernel's safety net.
+                assert!(set.contains(&format!("{client} timeout 5m")), "{set}");
+                sink.unblock(ip(client)).unwrap();
+                assert!(!block_set(&pair, v6).contains(client));
+                assert!(connects(&pair, server), "unblocked {client}");
+                sink.unblock(ip(client)).unwrap(); // absent: still fine
+            }
+            // An end already past still blocks for the minimum of 1 s.
+            sink.block(ip(CLIENT_V4), SystemTime::now() - Duration::from_secs(10))
+                .unwrap();
+            let set = block_set(&pair, false);
+            assert!(set.contains(&format!("{CLIENT_V4} timeout 1s")), "{set}");
+            // nftables has nothing to reconcile: the kernel expires elements.
+            let r = sink.reconcile(SystemTime::now()).unwrap();
+            assert_eq!((r.expired, r.leftovers, r.kept), (0, 0, 0));
+            sink.remove().unwrap();
+        })
+        .unwrap();
+}
+
 #[test]
 #[ignore = "needs root"]
 fn nft_block_is_expired_by_the_kernel() {
@@ -116,7 +160,9 @@ fn nft_block_is_expired_by_the_kernel() {
             let mut sink = NftSink::new(config(Duration::from_secs(30), 32)).unwrap();
             sink.open(&ssh_grant(CLIENT_V4, 1, 60)).unwrap();
             assert!(connects(&pair, SERVER_V4));
-            sink.block(ip(CLIENT_V4), Duration::from_secs(1)).unwrap();
+            // The engine would unblock at `until`; if it is gone, the kernel does.
+            sink.block(ip(CLIENT_V4), SystemTime::now() + Duration::from_secs(1))
+                .unwrap();
             assert!(!connects(&pair, SERVER_V4), "blocked");
             std::thread::sleep(Duration::from_millis(1200));
             assert!(connects(&pair, SERVER_V4), "block expired");

@@ -194,6 +194,14 @@ fn saddr_in(mut rule: Rule, v6: bool, prefix: u8, set: &Set) -> Result<Rule, Err
     Ok(rule)
 }
 
+/// The block set of `src`'s family and its key.
+fn block_target(src: IpAddr) -> (&'static str, Vec<u8>) {
+    match src {
+        IpAddr::V4(a) => ("block4", a.octets().to_vec()),
+        IpAddr::V6(a) => ("block6", a.octets().to_vec()),
+    }
+}
+
 const fn libc_nfproto_ipv4() -> u8 {
     2
 }
@@ -419,19 +427,25 @@ impl FirewallSink for NftSink {
         self.apply(what, &ops, true)
     }
 
-    /// The kernel expires elements itself; this re-installs the ruleset if
-    /// someone removed it, keeping the elements.
+    /// Nothing to do: the kernel has expired what was over, and
+    /// [`NftSink::new`] installed the ruleset keeping the elements still
+    /// valid.
     fn reconcile(&mut self, _now: SystemTime) -> Result<Reconciled, Error> {
-        self.install(false)?;
         Ok(Reconciled::default())
     }
 
-    fn block(&mut self, src: IpAddr, duration: Duration) -> Result<(), Error> {
+    /// Adds (or refreshes) the address in `block4`/`block6` with `until - now`,
+    /// rounded up to whole seconds and at least 1 s, as the element's timeout:
+    /// the kernel lifts the block by itself if nobody calls
+    /// [`unblock`](FirewallSink::unblock).
+    fn block(&mut self, src: IpAddr, until: SystemTime) -> Result<(), Error> {
         let what = format!("block {src}");
-        let (set, key) = match src {
-            IpAddr::V4(a) => ("block4", a.octets().to_vec()),
-            IpAddr::V6(a) => ("block6", a.octets().to_vec()),
-        };
+        let (set, key) = block_target(src);
+        let left = until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let duration = Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+            .max(Duration::from_secs(1));
         let table = self.cfg.table.clone();
         let op = |delete, timeout| ElemOp {
             delete,
@@ -446,5 +460,20 @@ impl FirewallSink for NftSink {
             op(false, Some(duration)),
         ];
         self.apply(what, &ops, false)
+    }
+
+    /// Deletes the address from `block4`/`block6` (absent: fine).
+    fn unblock(&mut self, src: IpAddr) -> Result<(), Error> {
+        let what = format!("unblock {src}");
+        let (set, key) = block_target(src);
+        let table = self.cfg.table.clone();
+        let ops = [ElemOp {
+            delete: true,
+            table: &table,
+            set,
+            key: &key,
+            timeout: None,
+        }];
+        self.apply(what, &ops, true)
     }
 }
