@@ -114,10 +114,13 @@ struct DoorSets {
 /// ```
 ///
 /// An open adds the (masked) address to the door's set with the grant's
-/// remaining time as the element's timeout; the kernel deletes it when the
-/// time is up, so a killed daemon never leaves a port open. One netlink
-/// transaction per knock on a socket opened by [`NftSink::new`] (in the
-/// network namespace of the calling thread), no `nft` process.
+/// remaining time as the element's timeout, a block adds the address to
+/// `block4`/`block6` until its end; [`close`](FirewallSink::close) and
+/// [`unblock`](FirewallSink::unblock) delete the element. The engine calls
+/// those on time; the kernel timeouts are the safety net that deletes the
+/// element anyway if the daemon was killed, so a port never stays open. One
+/// netlink transaction per call on a socket opened by [`NftSink::new`] (in
+/// the network namespace of the calling thread), no `nft` process.
 #[derive(Debug)]
 pub struct NftSink {
     cfg: NftConfig,
