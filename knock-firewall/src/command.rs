@@ -617,6 +617,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_runner_can_be_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<CommandRunner>();
+        send_sync::<Done>();
+    }
+
+    #[test]
     fn excerpt_keeps_the_start() {
         let mut e = Excerpt::default();
         e.push(b"  short  ");
