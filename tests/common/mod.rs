@@ -121,8 +121,34 @@ impl Server {
     /// Starts knockd (verbose, events as JSON lines in `events.json`) and
     /// waits until it listens.
     pub fn spawn(&mut self) {
-        let out = fs::File::create(self.path("events.json")).unwrap();
-        let err = fs::File::create(self.path("stderr.log")).unwrap();
+        self.launch(&[], false);
+    }
+
+    /// Starts knockd again after a test stopped it (see [`Server::kill`] and
+    /// [`Server::stop`]): the same temp dir, so the same knockd.conf, log and
+    /// `--state-dir`, with `extra` arguments after the usual ones.
+    /// `events.json` and `stderr.log` are appended to, not truncated, so
+    /// [`Server::log`] shows both runs. Waits until the new daemon listens.
+    /// (`--state-dir` is always the temp dir; knockd rejects it given twice.)
+    pub fn restart(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "restart: the daemon still runs");
+        self.launch(extra, true);
+    }
+
+    fn launch(&mut self, extra: &[&str], append: bool) {
+        let open = |name: &str| {
+            fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(self.path(name))
+                .unwrap()
+        };
+        let out = open("events.json");
+        let err = open("stderr.log");
+        // Where this run's stderr begins: "starting up" must be this run's.
+        let from = err.metadata().unwrap().len();
         let child = self
             .pair
             .server
@@ -136,14 +162,24 @@ impl Server {
             .args(["-v", "--events-json"])
             .args(["-g", self.path("knockd.log").to_str().unwrap()])
             .args(["--state-dir", self.dir.path().to_str().unwrap()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .unwrap();
         self.child = Some(child);
+        let stderr_tail = || {
+            let all = fs::read(self.path("stderr.log")).unwrap_or_default();
+            let from = usize::try_from(from).unwrap().min(all.len());
+            String::from_utf8_lossy(&all[from..]).into_owned()
+        };
         wait_for("knockd to start", Duration::from_secs(20), || {
-            self.log().contains("starting up")
+            if append {
+                stderr_tail().contains("starting up")
+            } else {
+                self.log().contains("starting up")
+            }
         });
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -161,6 +197,21 @@ impl Server {
         wait_for("exit", Duration::from_secs(2), || {
             child.try_wait().unwrap().is_some()
         });
+    }
+
+    /// Kills the daemon with SIGKILL (no clean-up of its own) and waits for
+    /// it to be gone (at most 2 s).
+    pub fn kill(&mut self) {
+        self.signal("-KILL");
+        let mut child = self.child.take().expect("running");
+        wait_for("exit after SIGKILL", Duration::from_secs(2), || {
+            child.try_wait().unwrap().is_some()
+        });
+    }
+
+    /// `iptables -S <chain>` in the server namespace.
+    pub fn iptables_s(&self, chain: &str) -> String {
+        self.pair.server.run(&["iptables", "-S", chain]).unwrap()
     }
 
     /// The knockd log and stderr.
@@ -188,6 +239,16 @@ impl Server {
             22,
             Duration::from_millis(700),
         )
+    }
+
+    /// Whether a TCP connect from the client's main address to `addr`:22
+    /// completes within `timeout` (short timeouts suit polling: the veth
+    /// pair answers in well under a millisecond when tcp/22 is open, and a
+    /// dropped SYN is not retried within a second).
+    pub fn connects_within(&self, addr: &str, timeout: Duration) -> bool {
+        self.pair
+            .client
+            .tcp_connect(addr.parse::<IpAddr>().unwrap(), 22, timeout)
     }
 
     /// Removes the `iptables -I INPUT -s SRC -p tcp --dport 22 -j ACCEPT`
