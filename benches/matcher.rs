@@ -3,7 +3,8 @@
 //! For 1 door and 1k, 100k and 1M distinct sources knocking in random order,
 //! compares `Matcher::handle_event` (plus draining decisions) with a bare
 //! `HashMap<IpAddr, (u16, u8, u64)>` doing one entry update per event on the
-//! same stream with the same (randomly seeded SipHash) hasher: the practical
+//! same stream with the same hasher (the matcher's keyed SipHash-1-3,
+//! [`SourceHasher`], with the same seed): the practical
 //! limit for any per-source state. Criterion reports both; the summary at the
 //! end prints the matcher's rate as a ratio of the baseline's and the bytes
 //! of state per tracked source (counted by a global allocator).
@@ -17,14 +18,13 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
-use std::hash::RandomState;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use knock_core::{Door, Event, Limits, Matcher, Step, TcpFlags, Timestamp};
+use knock_core::{Door, Event, Limits, Matcher, SourceHasher, Step, TcpFlags, Timestamp};
 
 struct Counting;
 
@@ -57,6 +57,8 @@ const SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
 const STREAM: usize = 2_000_000;
 const PORTS: [u16; 3] = [7000, 8000, 9000];
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+/// The seed of the matcher's hasher and of the baseline's.
+const SEED: u64 = 0x5eed;
 
 /// A small deterministic PRNG (xorshift64*), so every run sees the same stream.
 struct Rng(u64);
@@ -93,7 +95,7 @@ fn stream(n: usize) -> Vec<Event> {
 fn matcher() -> Matcher {
     let door = Door::new("ssh", PORTS.iter().map(|&p| Step::tcp(p)).collect())
         .with_seq_timeout(Duration::from_secs(3600));
-    Matcher::new(vec![door], Limits::default()).expect("valid door")
+    Matcher::with_seed(vec![door], Limits::default(), SEED).expect("valid door")
 }
 
 /// Runs the matcher over `events`; time advances 1 µs per event from `t`.
@@ -110,7 +112,11 @@ fn run_matcher(m: &mut Matcher, events: &[Event], t: &mut u64) -> usize {
     n
 }
 
-type Baseline = HashMap<IpAddr, (u16, u8, u64), RandomState>;
+type Baseline = HashMap<IpAddr, (u16, u8, u64), SourceHasher>;
+
+fn baseline() -> Baseline {
+    Baseline::with_hasher(SourceHasher::new(SEED))
+}
 
 fn run_baseline(map: &mut Baseline, events: &[Event], t: &mut u64) -> usize {
     for ev in events {
@@ -143,7 +149,7 @@ fn bench(c: &mut Criterion) {
                 run_matcher(&mut m, &events[off..off + CHUNK.min(STREAM - off)], &mut t)
             })
         });
-        let mut map = Baseline::default();
+        let mut map = baseline();
         let mut tb = 0;
         run_baseline(&mut map, &events, &mut tb);
         g.bench_function(BenchmarkId::new("baseline_hashmap", n), |b| {
@@ -204,7 +210,7 @@ fn summary() {
         let mut m = matcher();
         let mut t = 0;
         run_matcher(&mut m, &events, &mut t); // warm: fill the table
-        let mut map = Baseline::default();
+        let mut map = baseline();
         let mut tb = 0;
         run_baseline(&mut map, &events, &mut tb);
         let (mut ours, mut base) = (0f64, 0f64);

@@ -1,4 +1,5 @@
-//! The matcher under an arbitrary stream of events, timeouts and reloads.
+//! The matcher under an arbitrary stream of events, timeouts, reloads and
+//! restored state (grants, blocks, used windows).
 //! Invariants: no panic, the source table stays under its cap, every grant
 //! with a lifetime is closed exactly once and never before its deadline.
 #![no_main]
@@ -84,21 +85,21 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits::default()
         .with_max_sources(CAP)
         .with_max_timers_per_call(1 + usize::from(b.u8() % 16));
-    let Ok(mut m) = Matcher::new(doors(&mut b), limits) else {
+    let seed = u64::from(b.u8());
+    let Ok(mut m) = Matcher::with_seed(doors(&mut b), limits, seed) else {
         return;
     };
     let rule = b.u8();
-    if rule & 1 != 0 {
-        m.set_blacklist(Some(Blacklist::new(
-            1 + u32::from(rule >> 5),
-            Duration::from_millis(u64::from(b.u8()) * 20),
-            Duration::from_millis(1 + u64::from(b.u8()) * 20),
-        )));
-    }
+    let rule = Blacklist::new(
+        1 + u32::from(rule >> 5),
+        Duration::from_millis(u64::from(b.u8()) * 20),
+        Duration::from_millis(1 + u64::from(b.u8()) * 20),
+    );
+    m.set_blacklist(Some(rule).filter(|_| b.u8() & 1 != 0));
     let mut pending: BTreeMap<GrantId, Timestamp> = BTreeMap::new();
     let mut t = 0u64;
     let server = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
-    let mut drain = |m: &mut Matcher, now: Timestamp| {
+    let drain = |m: &mut Matcher, pending: &mut BTreeMap<GrantId, Timestamp>, now: Timestamp| {
         while let Some(d) = m.poll_decision() {
             match d {
                 Decision::Open {
@@ -126,8 +127,40 @@ fuzz_target!(|data: &[u8]| {
         let op = b.u8();
         t += u64::from(b.u8()) * 7;
         let now = Timestamp::from_millis(t);
-        match op % 8 {
+        let door = |m: &Matcher, x: u8| {
+            let ids: Vec<_> = m.doors().map(|(id, _)| id).collect();
+            ids.get(usize::from(x) % ids.len().max(1)).copied()
+        };
+        let src = |s: u8| IpAddr::V4(Ipv4Addr::new(198, 18, 1, s % 16));
+        match op % 12 {
             0 => m.handle_timeout(now),
+            3 => {
+                let (d, s, secs, id) = (b.u8(), b.u8(), b.u8(), b.u8());
+                if let Some(d) = door(&m, d) {
+                    let until = Timestamp::from_millis(t + u64::from(secs) * 20);
+                    if let Some(g) = m.restore_grant(d, src(s), until, u64::from(id)) {
+                        assert_eq!(g.get(), u64::from(id));
+                        assert!(m.next_grant_id() > g.get());
+                        pending.insert(g, until);
+                    }
+                }
+            }
+            4 => {
+                let (d, s, ms) = (b.u8(), b.u8(), b.u8());
+                if let Some(d) = door(&m, d) {
+                    let until = Timestamp::from_millis(t + u64::from(ms) * 20);
+                    m.restore_block(d, src(s), until);
+                }
+            }
+            5 => m.set_blacklist(Some(rule).filter(|_| b.u8() & 1 != 0)),
+            6 => {
+                let (d, w) = (b.u8(), b.u8());
+                if let Some(d) = door(&m, d) {
+                    let used = m.used_windows(d);
+                    m.restore_used_windows(d, &[u64::from(w), u64::from(w) + 1]);
+                    assert!(m.used_windows(d).len() >= used.len().min(knock_core::USED_WINDOWS));
+                }
+            }
             1 => {
                 let new = doors(&mut b);
                 let _ = m.replace_doors(new);
@@ -173,14 +206,14 @@ fuzz_target!(|data: &[u8]| {
                 m.handle_event(now, &ev);
             }
         }
-        drain(&mut m, now);
+        drain(&mut m, &mut pending, now);
     }
     // Run the clock out: every open grant closes exactly once.
     let mut guard = 0;
     while let Some(next) = m.poll_timeout() {
         let now = next.max(Timestamp::from_millis(t));
         m.handle_timeout(now);
-        drain(&mut m, now);
+        drain(&mut m, &mut pending, now);
         guard += 1;
         assert!(guard < 100_000, "timers never settle");
     }

@@ -8,8 +8,10 @@
 use core::time::Duration;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::IpAddr;
 
 use crate::decision::{Decision, DoorId, Queue};
+use crate::hasher::SourceHasher;
 use crate::table::{addr_of, Key};
 use crate::time::Timestamp;
 
@@ -74,7 +76,7 @@ impl Suspect {
 
 pub(crate) struct Suspects {
     rule: Option<Blacklist>,
-    map: HashMap<Key, Suspect>,
+    map: HashMap<Key, Suspect, SourceHasher>,
     order: VecDeque<(Key, u64)>,
     heap: BinaryHeap<Reverse<(u64, Key)>>,
     max: usize,
@@ -85,10 +87,10 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Suspects {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, hasher: SourceHasher) -> Self {
         Suspects {
             rule: None,
-            map: HashMap::new(),
+            map: HashMap::with_hasher(hasher),
             order: VecDeque::new(),
             heap: BinaryHeap::new(),
             max: max.max(1),
@@ -100,22 +102,74 @@ impl Suspects {
     }
 
     /// Sets the rule; `None` turns the blacklist off and lifts every block
-    /// (emitting `Unblocked`).
+    /// (emitting `Unblocked`, by block end, then address).
     pub(crate) fn set_rule(&mut self, rule: Option<Blacklist>, out: &mut Queue) {
         let rule = rule.filter(|r| r.strikes > 0 && !r.window.is_zero() && !r.block.is_zero());
         if rule.is_none() {
-            for (key, s) in self.map.drain() {
-                if s.blocked_until_ms.is_some() {
-                    out.push_back(Decision::Unblocked {
-                        door: s.door,
-                        src: addr_of(&key),
-                    });
-                }
+            for (door, src, _) in self.blocks() {
+                out.push_back(Decision::Unblocked { door, src });
             }
+            self.map.clear();
             self.order.clear();
             self.heap.clear();
         }
         self.rule = rule;
+    }
+
+    /// The blocked sources: `(door, src, until)`, by block end, then address.
+    pub(crate) fn blocks(&self) -> Vec<(DoorId, IpAddr, Timestamp)> {
+        let mut v: Vec<_> = self
+            .map
+            .iter()
+            .filter_map(|(k, s)| {
+                s.blocked_until_ms
+                    .map(|u| (s.door, addr_of(k), Timestamp::from_millis(u)))
+            })
+            .collect();
+        v.sort_by_key(|&(door, src, until)| (until, src, door));
+        v
+    }
+
+    /// Blocks `key` until `until_ms` (a block known from outside, restored
+    /// after a restart), without a `Blocked` decision. Refused (false)
+    /// without a rule or if the source is blocked already.
+    pub(crate) fn restore_block(
+        &mut self,
+        key: Key,
+        door: DoorId,
+        until_ms: u64,
+        now_ms: u64,
+        out: &mut Queue,
+    ) -> bool {
+        if self.rule.is_none()
+            || self
+                .map
+                .get(&key)
+                .is_some_and(|s| s.blocked_until_ms.is_some())
+        {
+            return false;
+        }
+        if !self.map.contains_key(&key) {
+            if self.map.len() >= self.max {
+                self.evict(out);
+            }
+            self.order.push_back((key, now_ms));
+        }
+        let s = self.map.entry(key).or_insert(Suspect {
+            created_ms: now_ms,
+            window_start_ms: now_ms,
+            strikes: 0,
+            recent: [u32::MAX; RECENT],
+            next_recent: 0,
+            blocked_until_ms: None,
+            door,
+        });
+        s.blocked_until_ms = Some(until_ms);
+        s.strikes = 0;
+        s.recent = [u32::MAX; RECENT];
+        s.door = door;
+        self.heap.push(Reverse((until_ms, key)));
+        true
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -245,27 +299,22 @@ impl Suspects {
             .map(|Reverse((t, _))| Timestamp::from_millis(*t))
     }
 
-    /// Ends due blocks and windows, at most `budget` heap entries. Returns
-    /// the budget left.
-    pub(crate) fn handle_timeout(
-        &mut self,
-        now_ms: u64,
-        mut budget: usize,
-        out: &mut Queue,
-    ) -> usize {
+    /// Ends the blocks and windows due at `at_ms`, at most `budget` heap
+    /// entries (counted down).
+    pub(crate) fn fire(&mut self, at_ms: u64, budget: &mut usize, out: &mut Queue) {
         let Some(rule) = self.rule else {
-            return budget;
+            return;
         };
         let window_ms = ms(rule.window);
-        while budget > 0 {
+        while *budget > 0 {
             let Some(&Reverse((t, key))) = self.heap.peek() else {
                 break;
             };
-            if t > now_ms {
+            if t > at_ms {
                 break;
             }
             self.heap.pop();
-            budget -= 1;
+            *budget -= 1;
             let Some(s) = self.map.get(&key) else {
                 continue;
             };
@@ -281,6 +330,5 @@ impl Suspects {
             self.map.remove(&key);
         }
         self.compact(window_ms);
-        budget
     }
 }

@@ -28,10 +28,23 @@ impl fmt::Display for DoorId {
 }
 
 /// The identity of one grant (one [`Open`](Decision::Open) and its
-/// [`Close`](Decision::Close)), unique within a matcher.
+/// [`Close`](Decision::Close)), unique within a matcher and, when the caller
+/// carries ids over ([`Matcher::restore_grant`](crate::Matcher::restore_grant),
+/// [`Matcher::reserve_grant_ids`](crate::Matcher::reserve_grant_ids)), across
+/// restarts.
+///
+/// Opaque: only the matcher makes one; [`get`](GrantId::get) gives the
+/// number (for a firewall rule's comment or a state file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub struct GrantId(pub u64);
+pub struct GrantId(pub(crate) u64);
+
+impl GrantId {
+    /// The id as a number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
 
 impl fmt::Display for GrantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -180,6 +193,19 @@ impl Queue {
     #[inline]
     pub(crate) fn push_back(&mut self, d: Decision) {
         self.items.push(d);
+    }
+
+    /// How many decisions were ever pushed since the last reset: a mark for
+    /// [`sort_from`](Queue::sort_from).
+    pub(crate) fn mark(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Sorts the decisions pushed since `mark` (stably) by `key`.
+    pub(crate) fn sort_from<K: Ord>(&mut self, mark: usize, key: impl FnMut(&Decision) -> K) {
+        if let Some(tail) = self.items.get_mut(mark..) {
+            tail.sort_by_key(key);
+        }
     }
 
     #[inline]

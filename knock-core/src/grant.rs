@@ -1,10 +1,11 @@
 //! Open grants and cooldowns, with their own timer heap.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::decision::{Decision, DoorId, GrantId, Queue};
+use crate::hasher::SourceHasher;
 use crate::time::Timestamp;
 
 #[derive(Clone, Copy, Debug)]
@@ -33,16 +34,19 @@ pub(crate) enum Opened {
 }
 
 pub(crate) struct Grants {
-    map: HashMap<(IpAddr, DoorId), GrantState>,
+    map: HashMap<(IpAddr, DoorId), GrantState, SourceHasher>,
+    /// The ids of the grants with a pending close.
+    ids: HashSet<u64, SourceHasher>,
     heap: BinaryHeap<Reverse<(Timestamp, IpAddr, DoorId)>>,
     next_id: u64,
     max: usize,
 }
 
 impl Grants {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, hasher: SourceHasher) -> Self {
         Grants {
-            map: HashMap::new(),
+            map: HashMap::with_hasher(hasher),
+            ids: HashSet::with_hasher(hasher),
             heap: BinaryHeap::new(),
             next_id: 1,
             max: max.max(1),
@@ -53,13 +57,16 @@ impl Grants {
         self.map.len()
     }
 
-    /// Grants with a pending close, for persistence and inspection.
-    pub(crate) fn open_grants(
-        &self,
-    ) -> impl Iterator<Item = (DoorId, IpAddr, GrantId, Timestamp)> + '_ {
-        self.map
+    /// Grants with a pending close, for persistence and inspection: by
+    /// closing time, then source, then door.
+    pub(crate) fn open_grants(&self) -> Vec<(DoorId, IpAddr, GrantId, Timestamp)> {
+        let mut v: Vec<_> = self
+            .map
             .iter()
             .filter_map(|(&(src, door), s)| s.close_at.map(|c| (door, src, s.id, c)))
+            .collect();
+        v.sort_by_key(|&(door, src, _, c)| (c, src, door));
+        v
     }
 
     pub(crate) fn in_cooldown(&self, src: IpAddr, door: DoorId, now: Timestamp) -> bool {
@@ -85,14 +92,14 @@ impl Grants {
         }
     }
 
-    /// Opens `door` for `src` when the door has neither a grant lifetime nor
-    /// a cooldown: `open` without the bookkeeping.
-    #[inline]
-    pub(crate) fn open_plain(&mut self, door: DoorId, src: IpAddr, out: &mut Queue) {
-        self.announce_open(door, src, None, out);
-        if !self.map.is_empty() {
-            self.map.remove(&(src, door));
-        }
+    /// The id the next grant gets.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Raises the next id to at least `next`.
+    pub(crate) fn reserve(&mut self, next: u64) {
+        self.next_id = self.next_id.max(next);
     }
 
     /// A new grant id, announced with its `Open` decision.
@@ -105,7 +112,7 @@ impl Grants {
         out: &mut Queue,
     ) -> GrantId {
         let grant = GrantId(self.next_id);
-        self.next_id += 1;
+        self.next_id = self.next_id.saturating_add(1);
         out.push_back(Decision::Open {
             door,
             src,
@@ -115,7 +122,20 @@ impl Grants {
         grant
     }
 
+    /// Opens `door` for `src` when the door has neither a grant lifetime nor
+    /// a cooldown: an `Open` without close, nothing to remember (a grant
+    /// with a pending close at the same door, restored from outside, stays).
+    #[inline]
+    pub(crate) fn open_plain(&mut self, door: DoorId, src: IpAddr, out: &mut Queue) {
+        self.announce_open(door, src, None, out);
+    }
+
     /// Opens (or extends) the grant of `src` at `door`.
+    ///
+    /// With a lifetime: a grant with a pending close is extended (same id),
+    /// otherwise a new grant replaces whatever was remembered. Without one:
+    /// an `Open` without close; a pending close at the same door stays, and
+    /// the cooldown (if any) starts.
     pub(crate) fn open(
         &mut self,
         door: DoorId,
@@ -125,20 +145,27 @@ impl Grants {
         cooldown: core::time::Duration,
         out: &mut Queue,
     ) -> Opened {
-        if lifetime.is_none() && cooldown.is_zero() {
-            // Nothing to remember: knockd's door without a stop command.
-            self.open_plain(door, src, out);
-            return Opened::New;
-        }
         let key = (src, door);
-        let until = lifetime.map(|l| now + l);
         let cooldown_until = (!cooldown.is_zero()).then(|| now + cooldown);
-        let existing = match until {
-            Some(_) => self.map.get_mut(&key),
-            None => None,
+        let Some(until) = lifetime.map(|l| now + l) else {
+            let grant = self.announce_open(door, src, None, out);
+            if let Some(c) = cooldown_until {
+                let evicted = self.make_room(key, out);
+                let state = self.map.entry(key).or_insert(GrantState {
+                    id: grant,
+                    close_at: None,
+                    cooldown_until: None,
+                });
+                state.cooldown_until = Some(c);
+                self.schedule(key);
+                if evicted {
+                    return Opened::NewAfterEviction;
+                }
+            }
+            return Opened::New;
         };
-        if let Some(state) = existing {
-            if let (Some(_), Some(until)) = (state.close_at, until) {
+        if let Some(state) = self.map.get_mut(&key) {
+            if state.close_at.is_some() {
                 state.close_at = Some(until);
                 state.cooldown_until = cooldown_until.or(state.cooldown_until);
                 let grant = state.id;
@@ -152,20 +179,17 @@ impl Grants {
                 return Opened::Extended;
             }
         }
-        let grant = self.announce_open(door, src, until, out);
-        let mut evicted = false;
-        if !self.map.contains_key(&key) && self.map.len() >= self.max {
-            self.evict_earliest(out);
-            evicted = true;
-        }
+        let grant = self.announce_open(door, src, Some(until), out);
+        let evicted = self.make_room(key, out);
         self.map.insert(
             key,
             GrantState {
                 id: grant,
-                close_at: until,
+                close_at: Some(until),
                 cooldown_until,
             },
         );
+        self.ids.insert(grant.0);
         self.schedule(key);
         if evicted {
             Opened::NewAfterEviction
@@ -174,12 +198,23 @@ impl Grants {
         }
     }
 
+    /// Makes room for `key` if it is new and the map is full. Returns
+    /// whether a grant was evicted.
+    fn make_room(&mut self, key: (IpAddr, DoorId), out: &mut Queue) -> bool {
+        if self.map.contains_key(&key) || self.map.len() < self.max {
+            return false;
+        }
+        self.evict_earliest(out);
+        true
+    }
+
     fn evict_earliest(&mut self, out: &mut Queue) {
         while let Some(Reverse((t, src, door))) = self.heap.pop() {
             let key = (src, door);
             if self.map.get(&key).and_then(GrantState::next_deadline) == Some(t) {
                 if let Some(state) = self.map.remove(&key) {
                     if state.close_at.is_some() {
+                        self.ids.remove(&state.id.0);
                         out.push_back(Decision::Close {
                             door,
                             src,
@@ -196,24 +231,20 @@ impl Grants {
         self.heap.peek().map(|Reverse((t, _, _))| *t)
     }
 
-    /// Closes due grants and ends due cooldowns, at most `budget` of them.
-    /// Returns how many closes were emitted.
-    pub(crate) fn handle_timeout(
-        &mut self,
-        now: Timestamp,
-        mut budget: usize,
-        out: &mut Queue,
-    ) -> u64 {
+    /// Closes the grants and ends the cooldowns due at `at` (at most
+    /// `budget` heap entries, counted down). Returns how many closes were
+    /// emitted.
+    pub(crate) fn fire(&mut self, at: Timestamp, budget: &mut usize, out: &mut Queue) -> u64 {
         let mut closes = 0;
-        while budget > 0 {
+        while *budget > 0 {
             let Some(&Reverse((t, src, door))) = self.heap.peek() else {
                 break;
             };
-            if t > now {
+            if t > at {
                 break;
             }
             self.heap.pop();
-            budget -= 1;
+            *budget -= 1;
             let key = (src, door);
             let Some(state) = self.map.get_mut(&key) else {
                 continue;
@@ -221,16 +252,17 @@ impl Grants {
             if state.next_deadline() != Some(t) {
                 continue; // stale
             }
-            if state.close_at.is_some_and(|c| c <= now) {
+            if state.close_at.is_some_and(|c| c <= at) {
                 state.close_at = None;
                 closes += 1;
+                self.ids.remove(&state.id.0);
                 out.push_back(Decision::Close {
                     door,
                     src,
                     grant: state.id,
                 });
             }
-            if state.cooldown_until.is_some_and(|c| c <= now) {
+            if state.cooldown_until.is_some_and(|c| c <= at) {
                 state.cooldown_until = None;
             }
             if state.next_deadline().is_none() {
@@ -242,20 +274,33 @@ impl Grants {
         closes
     }
 
-    /// Re-inserts a grant known from outside (state restored after a restart).
-    pub(crate) fn restore(&mut self, door: DoorId, src: IpAddr, until: Timestamp) -> GrantId {
+    /// Re-inserts a grant known from outside (state restored after a
+    /// restart) with its own id: refused if `src` has a grant with a
+    /// pending close at `door`, or `id` is taken by one.
+    pub(crate) fn restore(
+        &mut self,
+        door: DoorId,
+        src: IpAddr,
+        until: Timestamp,
+        id: u64,
+        out: &mut Queue,
+    ) -> Option<(GrantId, bool)> {
         let key = (src, door);
-        let id = GrantId(self.next_id);
-        self.next_id += 1;
-        self.map.insert(
-            key,
-            GrantState {
-                id,
-                close_at: Some(until),
-                cooldown_until: None,
-            },
-        );
+        if self.ids.contains(&id) || self.map.get(&key).is_some_and(|s| s.close_at.is_some()) {
+            return None;
+        }
+        let evicted = self.make_room(key, out);
+        let grant = GrantId(id);
+        let state = self.map.entry(key).or_insert(GrantState {
+            id: grant,
+            close_at: None,
+            cooldown_until: None,
+        });
+        state.id = grant;
+        state.close_at = Some(until);
+        self.ids.insert(id);
+        self.reserve(id.saturating_add(1));
         self.schedule(key);
-        id
+        Some((grant, evicted))
     }
 }

@@ -34,6 +34,31 @@
 //! * [`Listen`]: what a capture backend's kernel filter must let through
 //!   ([`Matcher::listen_set`]).
 //!
+//! ## Determinism
+//! The same doors, calls and times give the same decisions in the same
+//! order. The maps of sources hash with SipHash-1-3 keyed from a seed
+//! ([`SourceHasher`]): [`Matcher::new`] uses seed 0 (tests, replays), a
+//! daemon facing the network passes a random one to
+//! [`Matcher::with_seed`]. The seed changes no decision.
+//!
+//! Decisions come in this order. One event: its `Stage`s and
+//! `Invalidated`s in track order (by door id, then the sequence's index;
+//! a windowed door's by window modulo [`WINDOW_SLOTS`]), then the opens
+//! (`Open` or `Extended`, a one-time door's `SequenceConsumed`) in the same
+//! order, then a `Blocked`. Timers (before an event, or in
+//! `handle_timeout`): by deadline; at the same instant expiries, then
+//! closes, then block ends, each by source address, then door. Lifting the
+//! blacklist (`set_blacklist(None)`): `Unblocked` by block end, then
+//! address.
+//!
+//! ## Restarts
+//! What must outlive a process is the caller's to save and hand back:
+//! grants ([`Matcher::open_grants`], [`Matcher::next_grant_id`]; then
+//! [`Matcher::restore_grant`], which keeps each grant's [`GrantId`], and
+//! [`Matcher::reserve_grant_ids`]), blocks ([`Matcher::blocks`],
+//! [`Matcher::restore_block`]) and the used windows of time-derived doors
+//! ([`Matcher::used_windows`], [`Matcher::restore_used_windows`]).
+//!
 //! ## Semantics
 //! knockd's, per source address: a knock from a source with no attempt starts
 //! one for every door whose first step it hits; later knocks advance the
@@ -70,6 +95,7 @@
 //!
 //! let door = Door::new("openSSH", vec![Step::tcp(7000), Step::tcp(8000), Step::udp(9000)])
 //!     .with_grant_lifetime(Some(Duration::from_secs(10)));
+//! // Seed 0 here; a daemon passes a random seed (`Matcher::with_seed`).
 //! let mut m = Matcher::new(vec![door], Limits::default()).unwrap();
 //! let (me, server): (IpAddr, IpAddr) = (Ipv4Addr::new(198, 18, 0, 2).into(), Ipv4Addr::new(198, 18, 0, 1).into());
 //!
@@ -84,8 +110,15 @@
 //! // Ten seconds later the grant closes.
 //! let wake = m.poll_timeout().unwrap();
 //! assert_eq!(wake, Timestamp::from_secs(110));
+//! let (door, src, grant, until) = m.open_grants().next().unwrap();
+//!
+//! // A restarted process would get the grant back with its id.
+//! let mut again = Matcher::with_seed(m.doors().map(|(_, d)| d.clone()).collect(), Limits::default(), 7).unwrap();
+//! again.reserve_grant_ids(m.next_grant_id());
+//! assert_eq!(again.restore_grant(door, src, until, grant.get()), Some(grant));
+//!
 //! m.handle_timeout(wake);
-//! assert!(matches!(m.poll_decision(), Some(Decision::Close { .. })));
+//! assert!(matches!(m.poll_decision(), Some(Decision::Close { grant: g, .. }) if g == grant));
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -97,6 +130,7 @@ mod door;
 mod error;
 mod event;
 mod grant;
+mod hasher;
 mod matcher;
 mod table;
 mod time;
@@ -110,6 +144,7 @@ pub use door::{
 };
 pub use error::DoorError;
 pub use event::{Event, Proto, TcpFlags, UnknownName};
+pub use hasher::{SourceHash, SourceHasher};
 pub use matcher::{Limits, Matcher, Stats};
 pub use time::Timestamp;
 

@@ -9,30 +9,21 @@ use crate::door::{Door, FlagFilter, Listen, Sequences, Step, USED_WINDOWS, WINDO
 use crate::error::DoorError;
 use crate::event::{Event, Proto};
 use crate::grant::{Grants, Opened};
+use crate::hasher::SourceHasher;
 use crate::table::{addr_of, key_of, Attempt, SourceTable};
 use crate::time::Timestamp;
 use crate::timer::{TimerEntry, TimerHeap};
 
 /// Bounds on what a matcher keeps.
+///
+/// Every bound is at least 1: build one from [`Limits::default`] with the
+/// `with_*` setters, which clamp, and read it with the getters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Limits {
-    /// Most sources with a record (default 1,000,000): an attempt in
-    /// progress, or idle for up to `seq_timeout` after one. When full, the
-    /// least advanced goes first (idle ones before any attempt, except a
-    /// source that just opened a door, which keeps its place), oldest first
-    /// among equals.
-    pub max_sources: usize,
-    /// Most grants and cooldowns remembered at once (default 1,000,000). When
-    /// full, the one due soonest is closed early.
-    pub max_grants: usize,
-    /// Most timers one `handle_timeout` (or `handle_event`) call fires
-    /// (default 4096); `poll_timeout` reports the rest as due at once.
-    pub max_timers_per_call: usize,
-    /// Most sources the [`Blacklist`] remembers (with strikes or blocked;
-    /// default 65,536). When full, the oldest entry goes (a blocked one is
-    /// unblocked early).
-    pub max_suspects: usize,
+    max_sources: usize,
+    max_grants: usize,
+    max_timers_per_call: usize,
+    max_suspects: usize,
 }
 
 impl Default for Limits {
@@ -47,25 +38,53 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Sets `max_sources` (at least 1).
+    /// Most sources with a record (default 1,000,000): an attempt in
+    /// progress, or idle for up to `seq_timeout` after one. When full, the
+    /// least advanced goes first (idle ones before any attempt, except a
+    /// source that just opened a door, which keeps its place), oldest first
+    /// among equals.
+    pub fn max_sources(&self) -> usize {
+        self.max_sources
+    }
+
+    /// Most grants and cooldowns remembered at once (default 1,000,000). When
+    /// full, the one due soonest is closed early.
+    pub fn max_grants(&self) -> usize {
+        self.max_grants
+    }
+
+    /// Most timers one `handle_timeout` (or `handle_event`) call fires
+    /// (default 4096); `poll_timeout` reports the rest as due at once.
+    pub fn max_timers_per_call(&self) -> usize {
+        self.max_timers_per_call
+    }
+
+    /// Most sources the [`Blacklist`] remembers (with strikes or blocked;
+    /// default 65,536). When full, the oldest entry goes (a blocked one is
+    /// unblocked early).
+    pub fn max_suspects(&self) -> usize {
+        self.max_suspects
+    }
+
+    /// Sets [`max_sources`](Limits::max_sources) (at least 1).
     pub fn with_max_sources(mut self, n: usize) -> Self {
         self.max_sources = n.max(1);
         self
     }
 
-    /// Sets `max_grants` (at least 1).
+    /// Sets [`max_grants`](Limits::max_grants) (at least 1).
     pub fn with_max_grants(mut self, n: usize) -> Self {
         self.max_grants = n.max(1);
         self
     }
 
-    /// Sets `max_suspects` (at least 1).
+    /// Sets [`max_suspects`](Limits::max_suspects) (at least 1).
     pub fn with_max_suspects(mut self, n: usize) -> Self {
         self.max_suspects = n.max(1);
         self
     }
 
-    /// Sets `max_timers_per_call` (at least 1).
+    /// Sets [`max_timers_per_call`](Limits::max_timers_per_call) (at least 1).
     pub fn with_max_timers_per_call(mut self, n: usize) -> Self {
         self.max_timers_per_call = n.max(1);
         self
@@ -304,16 +323,29 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    /// Builds a matcher for `doors`.
+    /// Builds a matcher for `doors`, with seed 0: the same as
+    /// [`with_seed`](Matcher::with_seed)`(doors, limits, 0)`. Deterministic,
+    /// for tests and replays; a daemon facing the network uses `with_seed`
+    /// with a random seed.
     pub fn new(doors: Vec<Door>, limits: Limits) -> Result<Matcher, DoorError> {
+        Matcher::with_seed(doors, limits, 0)
+    }
+
+    /// Builds a matcher for `doors` whose maps of sources hash with
+    /// SipHash-1-3 keyed from `seed` ([`SourceHasher`]). Pass a random seed
+    /// when knockers are real (spoofed sources could otherwise be chosen to
+    /// collide). The decisions do not depend on the seed: only the layout
+    /// of the hash tables does.
+    pub fn with_seed(doors: Vec<Door>, limits: Limits, seed: u64) -> Result<Matcher, DoorError> {
         validate_all(&doors)?;
+        let hasher = SourceHasher::new(seed);
         let mut m = Matcher {
             doors: doors.into_iter().map(DoorSlot::new).collect(),
             tracks: Vec::new(),
             ports: PortIndex::default(),
-            table: SourceTable::new(),
+            table: SourceTable::new(hasher),
             timers: TimerHeap::default(),
-            grants: Grants::new(limits.max_grants),
+            grants: Grants::new(limits.max_grants, hasher),
             decisions: Queue::default(),
             stats: Stats::default(),
             now: Timestamp::ZERO,
@@ -321,7 +353,7 @@ impl Matcher {
             scratch: Vec::new(),
             listen_generation: 0,
             strict: Vec::new(),
-            suspects: Suspects::new(limits.max_suspects),
+            suspects: Suspects::new(limits.max_suspects, hasher),
             invalidated_by_event: None,
             tmax_ms: 0,
             wake: Timestamp::MAX,
@@ -372,9 +404,43 @@ impl Matcher {
         self.table.heap_bytes() + self.timers.heap_bytes()
     }
 
-    /// Open grants with a pending close: `(door, src, grant, closes_at)`.
+    /// Open grants with a pending close: `(door, src, grant, closes_at)`,
+    /// by closing time, then source, then door. With
+    /// [`next_grant_id`](Matcher::next_grant_id), what a state file keeps
+    /// for [`restore_grant`](Matcher::restore_grant).
     pub fn open_grants(&self) -> impl Iterator<Item = (DoorId, IpAddr, GrantId, Timestamp)> + '_ {
-        self.grants.open_grants()
+        self.grants.open_grants().into_iter()
+    }
+
+    /// The id the next grant will get. Grant ids only grow; a restarted
+    /// process passes this (saved) to
+    /// [`reserve_grant_ids`](Matcher::reserve_grant_ids) so that no id
+    /// repeats across restarts.
+    pub fn next_grant_id(&self) -> u64 {
+        self.grants.next_id()
+    }
+
+    /// Raises the next grant id to at least `next` (never lowers it).
+    pub fn reserve_grant_ids(&mut self, next: u64) {
+        self.grants.reserve(next);
+    }
+
+    /// Blocked sources: `(door, src, until)`, the door named in the block's
+    /// [`Decision::Blocked`] and when the block ends, by block end, then
+    /// address. What a state file keeps for
+    /// [`restore_block`](Matcher::restore_block).
+    pub fn blocks(&self) -> impl Iterator<Item = (DoorId, IpAddr, Timestamp)> + '_ {
+        self.suspects.blocks().into_iter()
+    }
+
+    /// The used windows of windowed door `door`, oldest first (at most
+    /// [`USED_WINDOWS`]; empty for another or unknown door). What a state
+    /// file keeps for [`restore_used_windows`](Matcher::restore_used_windows).
+    pub fn used_windows(&self, door: DoorId) -> Vec<u64> {
+        self.doors
+            .get(door.0 as usize)
+            .map(|s| s.used.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The blacklist rule in force.
@@ -705,18 +771,91 @@ impl Matcher {
         Ok(())
     }
 
-    /// Re-creates a grant known from outside (a state file after a restart),
-    /// so that its `Close` is emitted at `until`. Unknown doors are refused.
+    /// Re-creates a grant known from outside (a state file after a
+    /// restart) with exactly its id, so that its `Close`, carrying that id,
+    /// is emitted at `until` (at once on the next timer run if `until` has
+    /// passed). Refused (`None`) if the door is unknown, if `src` already
+    /// has a grant with a pending close at `door`, or if another open grant
+    /// has id `id`. Raises the next id above `id`. If the grant table is
+    /// full, the grant due soonest is closed early (a `Close` to drain).
     pub fn restore_grant(
         &mut self,
         door: DoorId,
         src: IpAddr,
         until: Timestamp,
+        id: u64,
     ) -> Option<GrantId> {
         self.door(door)?;
-        let id = self.grants.restore(door, src, until);
+        let (grant, evicted) =
+            self.grants
+                .restore(door, normalized(src), until, id, &mut self.decisions)?;
+        if evicted {
+            self.stats.grants_evicted += 1;
+        }
         self.rewake();
-        Some(id)
+        Some(grant)
+    }
+
+    /// Blocks `src` until `until` (a block known from outside, restored
+    /// after a restart), naming `door` (the door of its
+    /// [`Decision::Blocked`]): its knocks are ignored and its attempts
+    /// dropped until then, when [`Decision::Unblocked`] is emitted as for
+    /// any block. Emits no `Blocked`. Refused (false) without a blacklist
+    /// rule ([`set_blacklist`](Matcher::set_blacklist)), for an unknown
+    /// door, or if `src` is blocked already.
+    pub fn restore_block(&mut self, door: DoorId, src: IpAddr, until: Timestamp) -> bool {
+        if self.door(door).is_none() {
+            return false;
+        }
+        let key = key_of(src);
+        let now_ms = self.now.as_millis();
+        if !self
+            .suspects
+            .restore_block(key, door, until.as_millis(), now_ms, &mut self.decisions)
+        {
+            return false;
+        }
+        let hash = self.table.hash(&key);
+        if let Some(idx) = self.table.find(hash, &key) {
+            self.table.store(idx, &[]);
+        }
+        self.rewake();
+        true
+    }
+
+    /// Adds `windows` (oldest first) to the used windows of windowed door
+    /// `door` (a state file after a restart): the door keeps the newest
+    /// [`USED_WINDOWS`], and a live sequence of a used window goes dead as
+    /// when it is used (its attempts are dropped silently). Does nothing
+    /// for another or unknown door.
+    pub fn restore_used_windows(&mut self, door: DoorId, windows: &[u64]) {
+        let Some(slot) = self
+            .doors
+            .get_mut(door.0 as usize)
+            .filter(|s| s.door.is_windowed())
+        else {
+            return;
+        };
+        for &w in windows {
+            if !slot.used.contains(&w) {
+                slot.used.push_back(w);
+            }
+        }
+        while slot.used.len() > USED_WINDOWS {
+            slot.used.pop_front();
+        }
+        let used = &slot.used;
+        let mut changed = false;
+        for t in self.tracks.iter_mut().filter(|t| t.door == door) {
+            if t.live && used.contains(&t.window) {
+                t.live = false;
+                t.epoch = t.epoch.wrapping_add(1);
+                changed = true;
+            }
+        }
+        if changed {
+            self.rebuild_ports();
+        }
     }
 
     // ---- outputs -------------------------------------------------------
@@ -733,10 +872,7 @@ impl Matcher {
     /// matters); both are harmless.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let a = self.timers.peek_ms().map(Timestamp::from_millis);
-        let b = self.grants.next_deadline();
-        let c = self.suspects.next_deadline();
-        [a, b, c].into_iter().flatten().min()
+        self.next_deadline()
     }
 
     // ---- internals -----------------------------------------------------
@@ -878,16 +1014,17 @@ impl Matcher {
             .is_some_and(|t| t.live && t.epoch == a.epoch)
     }
 
-    /// Drops dead attempts and expires old ones. Returns the live ones' count.
+    /// Drops dead attempts and expires old ones (emitting `Expired` in
+    /// the attempts' order, which stays).
     fn expire(&mut self, src: IpAddr, age_ms: u32, attempts: &mut Vec<Attempt>) {
-        let mut i = 0;
-        while i < attempts.len() {
-            let a = attempts[i];
-            if !self.attempt_alive(&a) {
-                attempts.swap_remove(i);
-                continue;
-            }
-            let t = &self.tracks[a.track as usize];
+        attempts.retain(|a| {
+            let Some(t) = self
+                .tracks
+                .get(a.track as usize)
+                .filter(|t| t.live && t.epoch == a.epoch)
+            else {
+                return false;
+            };
             if age_ms >= t.timeout_ms {
                 self.stats.expired += 1;
                 self.decisions.push_back(Decision::Expired {
@@ -895,11 +1032,10 @@ impl Matcher {
                     src,
                     step: a.step,
                 });
-                attempts.swap_remove(i);
-                continue;
+                return false;
             }
-            i += 1;
-        }
+            true
+        });
     }
 
     /// Applies `event` to the attempts of record `idx`. Returns false if the
@@ -932,46 +1068,50 @@ impl Matcher {
             return false;
         }
         let now = Timestamp::from_millis(now_ms).max(self.now);
-        let mut opened = false;
-        let mut i = 0;
-        while i < buf.len() {
-            let a = &mut buf[i];
+        // Every attempt in track order, then the opens (as on a first
+        // knock): the attempts that stay keep their order.
+        let mut opens: Vec<u16> = Vec::new();
+        let mut kept = 0;
+        for i in 0..buf.len() {
+            let mut a = buf[i];
             let t = &self.tracks[a.track as usize];
             let door = &self.doors[t.door.0 as usize].door;
-            if !relevant || !door.accepts(event) {
+            let stays = if !relevant || !door.accepts(event) {
                 // Not a knock this door listens to: only a strict door's
                 // touch matters.
-                if door.strict_touch(event) {
+                let touch = door.strict_touch(event);
+                if touch {
                     self.stats.strict_invalidations += 1;
                     let (d, step) = (t.door, a.step);
                     self.invalidate(d, src, step);
-                    buf.swap_remove(i);
-                    continue;
                 }
-                i += 1;
-                continue;
-            }
-            if t.steps[usize::from(a.step)].matches(event) {
+                !touch
+            } else if t.steps[usize::from(a.step)].matches(event) {
                 a.step += 1;
-                let (door_id, step, done) = (t.door, a.step, usize::from(a.step) == t.steps.len());
-                let track = a.track;
-                self.stage(door_id, src, step);
+                let (door_id, done) = (t.door, usize::from(a.step) == t.steps.len());
+                self.stage(door_id, src, a.step);
                 if done {
-                    buf.swap_remove(i);
-                    self.open(track, src, now);
-                    opened = true;
-                    continue;
+                    opens.push(a.track);
                 }
-            } else if !(door.allow_repeat && t.steps[usize::from(a.step) - 1].matches(event)) {
+                !done
+            } else if door.allow_repeat && t.steps[usize::from(a.step) - 1].matches(event) {
+                true
+            } else {
                 let (d, step) = (t.door, a.step);
                 self.invalidate(d, src, step);
-                buf.swap_remove(i);
-                continue;
+                false
+            };
+            if stays {
+                buf[kept] = a;
+                kept += 1;
             }
-            i += 1;
+        }
+        buf.truncate(kept);
+        for &track in &opens {
+            self.open(track, src, now);
         }
         // An open may have used a one-time sequence that other attempts were on.
-        if opened {
+        if !opens.is_empty() {
             buf.retain(|a| {
                 self.tracks
                     .get(a.track as usize)
@@ -1241,51 +1381,69 @@ impl Matcher {
         }
     }
 
+    /// The earliest pending timer of any kind.
+    fn next_deadline(&self) -> Option<Timestamp> {
+        let a = self.timers.peek_ms().map(Timestamp::from_millis);
+        let b = self.grants.next_deadline();
+        let c = self.suspects.next_deadline();
+        [a, b, c].into_iter().flatten().min()
+    }
+
+    /// Fires the timers due at `now`, at most `max_timers_per_call`, in
+    /// deadline order; those due at the same instant in [`timer_order`].
     fn run_timers(&mut self, now: Timestamp) {
-        let now_ms = now.as_millis();
-        let source_due = self.timers.peek_ms().is_some_and(|t| t <= now_ms);
-        let grant_due = self.grants.next_deadline().is_some_and(|t| t <= now);
-        let suspect_due = self.suspects.next_deadline().is_some_and(|t| t <= now);
-        if !source_due && !grant_due && !suspect_due {
-            self.rewake();
-            return;
-        }
         let mut budget = self.limits.max_timers_per_call;
         let mut buf = std::mem::take(&mut self.scratch);
         while budget > 0 {
-            let Some(entry) = self.timers.pop_due(now_ms) else {
+            let Some(at) = self.next_deadline().filter(|&t| t <= now) else {
                 break;
             };
-            budget -= 1;
+            let before = budget;
+            let mark = self.decisions.mark();
+            self.fire_sources(at, &mut budget, &mut buf);
+            self.stats.closes += self.grants.fire(at, &mut budget, &mut self.decisions);
+            self.suspects
+                .fire(at.as_millis(), &mut budget, &mut self.decisions);
+            self.decisions.sort_from(mark, timer_order);
+            if budget == before {
+                break; // nothing could fire (cannot happen; never spin)
+            }
+        }
+        self.scratch = buf;
+        self.rewake();
+    }
+
+    /// Fires the source timers due at `at`: expires the attempts whose
+    /// deadline it is, frees records with none left.
+    fn fire_sources(&mut self, at: Timestamp, budget: &mut usize, buf: &mut Vec<Attempt>) {
+        let at_ms = at.as_millis();
+        while *budget > 0 {
+            let Some(entry) = self.timers.pop_due(at_ms) else {
+                break;
+            };
+            *budget -= 1;
             let idx = entry.idx;
             if !self.table.is_held(idx) {
                 continue; // a spare entry of a freed slot
             }
-            self.table.load(idx, &mut buf);
+            self.table.load(idx, buf);
             let src = addr_of(&self.table.key(idx));
-            let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
+            let age = (at_ms as u32).wrapping_sub(self.table.start_ms(idx));
             let before = buf.len();
-            self.expire(src, age, &mut buf);
+            self.expire(src, age, buf);
             if buf.is_empty() {
                 // Idle, or every attempt is over.
                 self.table.free(idx);
                 continue;
             }
             if buf.len() != before {
-                self.table.store(idx, &buf);
+                self.table.store(idx, buf);
             }
             // Early (the record restarted or lost its nearest attempt
             // since): due again at its real deadline.
-            let deadline = now_ms - u64::from(age) + self.min_timeout(&buf);
+            let deadline = at_ms - u64::from(age) + self.min_timeout(buf);
             self.timers.push(deadline, idx);
         }
-        self.scratch = buf;
-        let budget = self
-            .suspects
-            .handle_timeout(now_ms, budget, &mut self.decisions);
-        let closes = self.grants.handle_timeout(now, budget, &mut self.decisions);
-        self.stats.closes += closes;
-        self.rewake();
     }
 
     /// Rebuilds the timer heap with one entry per held record if spare
@@ -1323,6 +1481,18 @@ impl Matcher {
             .min()
             .unwrap_or(0)
     }
+}
+
+/// The order of the decisions of timers due at the same instant: expiries,
+/// then closes, then block ends; each by source address, then door (the
+/// attempts of one source at one door in track order).
+fn timer_order(d: &Decision) -> (u8, Option<IpAddr>, DoorId) {
+    let rank = match d {
+        Decision::Expired { .. } => 0,
+        Decision::Close { .. } => 1,
+        _ => 2,
+    };
+    (rank, d.src(), d.door())
 }
 
 /// The longest `seq_timeout` among `tracks`, in milliseconds.

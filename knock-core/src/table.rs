@@ -2,7 +2,7 @@
 //!
 //! Records live in a slab (`Vec<Record>`, stable indices, a free list) and are
 //! found through a `hashbrown::HashTable<u32>` of slab indices, hashed with a
-//! randomly seeded SipHash (sources are spoofable). Every held record is also
+//! keyed SipHash ([`SourceHasher`], sources are spoofable). Every held record is also
 //! on one of the circular *level* lists (slots `0..LEVELS` of the slab are
 //! their sentinels), so that eviction takes the least advanced, oldest record
 //! in amortized O(1). A record's level is the most steps any of its attempts
@@ -23,12 +23,13 @@
 //! costs about 60 bytes (measured by `benches/matcher.rs`).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr};
 
 use hashbrown::HashTable;
 
 use crate::door::MAX_STEPS;
+use crate::hasher::SourceHasher;
 
 /// A source address as a table key: IPv6 as is, IPv4 as its IPv4-mapped IPv6
 /// form, as one integer (built in registers, compared and hashed as one
@@ -57,7 +58,7 @@ pub(crate) fn addr_of(key: &Key) -> IpAddr {
 /// The hash of `key` under `hasher`: an IPv4 source hashes only its 4 bytes
 /// (fewer SipHash rounds than 16); the input lengths differ, so the two
 /// families cannot collide by construction.
-fn hash_key(hasher: &RandomState, key: Key) -> u64 {
+fn hash_key(hasher: &SourceHasher, key: Key) -> u64 {
     if key >> 32 == V4_MAPPED >> 32 {
         hasher.hash_one(key as u32)
     } else {
@@ -157,15 +158,15 @@ pub(crate) struct SourceTable {
     slab: Vec<Record>,
     free: u32,
     index: HashTable<u32>,
-    hasher: RandomState,
-    spill: HashMap<u32, Vec<Attempt>>,
+    hasher: SourceHasher,
+    spill: HashMap<u32, Vec<Attempt>, SourceHasher>,
     /// Records in the index (active and idle).
     held: usize,
     idle: usize,
 }
 
 impl SourceTable {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(hasher: SourceHasher) -> Self {
         // Slots 0..LEVELS are the sentinels of the circular level lists.
         let slab = (0..LEVELS as u32)
             .map(|l| Record {
@@ -180,8 +181,8 @@ impl SourceTable {
             slab,
             free: NIL,
             index: HashTable::new(),
-            hasher: RandomState::new(),
-            spill: HashMap::new(),
+            hasher,
+            spill: HashMap::with_hasher(hasher),
             held: 0,
             idle: 0,
         }
@@ -564,7 +565,7 @@ mod tests {
 
     #[test]
     fn insert_find_remove_reuse() {
-        let mut t = SourceTable::new();
+        let mut t = SourceTable::new(SourceHasher::default());
         let k1 = key_of(Ipv4Addr::new(1, 1, 1, 1).into());
         let k2 = key_of(Ipv4Addr::new(2, 2, 2, 2).into());
         let i1 = t.insert(t.hash(&k1), k1, 0, &[a(0, 1)]);
@@ -585,7 +586,7 @@ mod tests {
 
     #[test]
     fn eviction_prefers_least_advanced_then_oldest() {
-        let mut t = SourceTable::new();
+        let mut t = SourceTable::new(SourceHasher::default());
         let keys: Vec<Key> = (0..4u8)
             .map(|i| key_of(Ipv4Addr::new(10, 0, 0, i).into()))
             .collect();

@@ -687,20 +687,154 @@ fn listen_set_reflects_flags_and_target() {
 }
 
 #[test]
-fn restored_grants_close_on_time() {
-    let mut h = Harness::new(vec![door("ssh", &[7000])]);
+fn restored_grants_keep_their_ids_and_close_on_time() {
+    let d = door("ssh", &[7000]).with_grant_lifetime(Some(Duration::from_secs(10)));
+    let mut h = Harness::new(vec![d]);
     let id = h.id("ssh");
     let until = h.now + Duration::from_secs(3);
-    let g = h.m.restore_grant(id, ME, until).unwrap();
-    h.now = until;
+    let g = h.m.restore_grant(id, ME, until, 41).unwrap();
+    assert_eq!(g.get(), 41);
+    assert_eq!(h.m.next_grant_id(), 42, "ids go on above a restored one");
+    // The same source and door, or the same id, are refused.
+    assert_eq!(h.m.restore_grant(id, ME, until, 7), None);
+    assert_eq!(h.m.restore_grant(id, OTHER, until, 41), None);
+    assert_eq!(h.m.restore_grant(DoorId(9), OTHER, until, 8), None);
     assert_eq!(
-        h.timeout(),
-        vec![Decision::Close {
-            door: id,
-            src: ME,
-            grant: g
-        }]
+        h.m.open_grants().collect::<Vec<_>>(),
+        vec![(id, ME, g, until)]
     );
+    // A lower id than the counter keeps the counter.
+    assert_eq!(
+        h.m.restore_grant(id, OTHER, until, 3).map(GrantId::get),
+        Some(3)
+    );
+    assert_eq!(h.m.next_grant_id(), 42);
+    h.m.reserve_grant_ids(100);
+    h.m.reserve_grant_ids(50);
+    assert_eq!(h.m.next_grant_id(), 100, "never lowered");
+    h.now = until;
+    let ds = h.timeout();
+    assert_eq!(
+        ds,
+        vec![
+            Decision::Close {
+                door: id,
+                src: ME,
+                grant: g
+            },
+            Decision::Close {
+                door: id,
+                src: OTHER,
+                grant: GrantId(3)
+            }
+        ],
+        "closes due together come by source address"
+    );
+    // A new grant gets the next id.
+    let ds = h.syn(ME, 7000);
+    assert!(matches!(ds[1], Decision::Open { grant, .. } if grant.get() == 100));
+    // The id of a closed grant may be restored again.
+    assert!(h
+        .m
+        .restore_grant(id, OTHER, h.now + Duration::from_secs(1), 3)
+        .is_some());
+}
+
+#[test]
+fn limits_clamp_and_read_back() {
+    let l = Limits::default()
+        .with_max_sources(0)
+        .with_max_grants(0)
+        .with_max_timers_per_call(0)
+        .with_max_suspects(0);
+    assert_eq!(
+        (
+            l.max_sources(),
+            l.max_grants(),
+            l.max_timers_per_call(),
+            l.max_suspects()
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(Limits::default().max_timers_per_call(), 4096);
+    // One timer per call still gets everything done.
+    let d = door("ssh", &[7000, 8000]).with_seq_timeout(Duration::from_secs(1));
+    let mut h = Harness::with_limits(vec![d], l.with_max_sources(10));
+    h.at(0).syn(ME, 7000);
+    h.at(0).syn(OTHER, 7000);
+    assert_eq!(h.at(1_000).timeout().len(), 1);
+    assert_eq!(h.timeout().len(), 1);
+}
+
+#[test]
+fn timers_due_in_one_call_fire_in_deadline_order() {
+    let short = door("short", &[7000, 8000]).with_seq_timeout(Duration::from_secs(2));
+    let long = door("long", &[1000, 2000]).with_seq_timeout(Duration::from_secs(5));
+    let grant = door("g", &[3000]).with_grant_lifetime(Some(Duration::from_secs(3)));
+    let mut h = Harness::new(vec![short, long, grant]);
+    let (short, long, g) = (h.id("short"), h.id("long"), h.id("g"));
+    let (third, fourth) = (
+        IpAddr::V4(Ipv4Addr::new(198, 18, 0, 4)),
+        IpAddr::V4(Ipv4Addr::new(198, 18, 0, 5)),
+    );
+    h.at(0).syn(OTHER, 1000); // expires at 5 s
+    h.at(0).syn(ME, 1000); // expires at 5 s, before OTHER (address order)
+    h.at(1_000).syn(fourth, 3000); // closes at 4 s
+    h.at(2_000).syn(third, 7000); // expires at 4 s, before the close
+    let ds = h.at(10_000).timeout();
+    let grant = GrantId(1);
+    assert_eq!(
+        ds,
+        vec![
+            Decision::Expired {
+                door: short,
+                src: third,
+                step: 1
+            },
+            Decision::Close {
+                door: g,
+                src: fourth,
+                grant
+            },
+            Decision::Expired {
+                door: long,
+                src: ME,
+                step: 1
+            },
+            Decision::Expired {
+                door: long,
+                src: OTHER,
+                step: 1
+            },
+        ]
+    );
+}
+
+#[test]
+fn seeds_change_nothing_but_the_hashes() {
+    let run = |seed: u64| {
+        let mut m =
+            Matcher::with_seed(
+                vec![door("ssh", &[7000, 8000, 9000])
+                    .with_grant_lifetime(Some(Duration::from_secs(1)))],
+                Limits::default().with_max_sources(50),
+                seed,
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        for i in 0..2_000u32 {
+            let src = IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i / 3 % 97));
+            let now = Timestamp::from_millis(u64::from(i) * 3);
+            let port = [7000, 8000, 9000][(i % 3) as usize];
+            let ev = Event::tcp(src, SERVER, port, TcpFlags::SYN, now);
+            m.handle_event(now, &ev);
+            out.extend(std::iter::from_fn(|| m.poll_decision()));
+        }
+        out
+    };
+    let a = run(0);
+    assert!(a.iter().any(|d| matches!(d, Decision::Open { .. })));
+    assert_eq!(a, run(0xdead_beef));
 }
 
 // ---- beyond knockd: strict doors, blacklist, time windows -------------
@@ -858,6 +992,95 @@ fn blacklist_counts_invalid_attempts_within_the_window_only() {
     assert!(h.syn(ME, 7000).is_empty());
     h.m.set_blacklist(None);
     assert!(matches!(h.drain()[..], [Decision::Unblocked { .. }]));
+}
+
+#[test]
+fn lifting_the_blacklist_unblocks_by_block_end_then_address() {
+    let mut h = Harness::new(vec![door("d", &[7000, 8000])]);
+    let d = h.id("d");
+    h.m.set_blacklist(Some(Blacklist::new(
+        1,
+        Duration::from_secs(10),
+        Duration::from_secs(30),
+    )));
+    let srcs: Vec<IpAddr> = (0..20u8)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(198, 18, 1, 40 - i)))
+        .collect();
+    for (i, &src) in srcs.iter().enumerate() {
+        h.at(if i < 10 { 10 } else { 0 });
+        h.syn(src, 7000);
+        assert_eq!(blocked(&h.syn(src, 7000)), vec![src]);
+    }
+    let mut want: Vec<(Timestamp, IpAddr)> = h.m.blocks().map(|(_, s, u)| (u, s)).collect();
+    assert_eq!(want.len(), 20);
+    assert!(want.windows(2).all(|w| w[0] < w[1]), "blocks() is sorted");
+    h.m.set_blacklist(None);
+    let got: Vec<IpAddr> = h
+        .drain()
+        .iter()
+        .map(|x| match *x {
+            Decision::Unblocked { door, src } if door == d => src,
+            _ => panic!("{x:?}"),
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want.iter().map(|w| w.1).collect::<Vec<_>>());
+    assert_eq!(h.m.blocks().count(), 0);
+}
+
+#[test]
+fn restored_blocks_ignore_the_source_then_unblock() {
+    let mut h = Harness::new(vec![door("d", &[7000, 8000])]);
+    let d = h.id("d");
+    let until = h.now + Duration::from_secs(30);
+    assert!(!h.m.restore_block(d, ME, until), "no rule, no block");
+    h.m.set_blacklist(Some(Blacklist::new(
+        3,
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    )));
+    h.syn(ME, 7000);
+    assert!(h.m.restore_block(d, ME, until));
+    assert!(h.drain().is_empty(), "no Blocked for a restored block");
+    assert!(!h.m.restore_block(d, ME, until), "blocked already");
+    assert!(!h.m.restore_block(DoorId(7), OTHER, until), "unknown door");
+    assert_eq!(h.m.blocks().collect::<Vec<_>>(), vec![(d, ME, until)]);
+    assert_eq!(h.m.stats().sources, 0, "its attempt is dropped");
+    assert!(h.syn(ME, 7000).is_empty());
+    h.now = until;
+    assert_eq!(h.timeout(), vec![Decision::Unblocked { door: d, src: ME }]);
+    h.syn(ME, 7000);
+    assert_eq!(opens(&h.syn(ME, 8000)).len(), 1);
+}
+
+#[test]
+fn used_windows_survive_a_restart() {
+    let mut h = Harness::new(vec![Door::windowed("w")]);
+    let id = h.id("w");
+    windowed(&mut h, 10);
+    h.syn(ME, 10_010);
+    assert_eq!(opens(&h.udp(ME, 20_010)).len(), 1);
+    let used = h.m.used_windows(id);
+    assert_eq!(used, vec![10]);
+    // A new process: the same door, its windows, then the saved used ones.
+    let mut h2 = Harness::new(vec![Door::windowed("w")]);
+    windowed(&mut h2, 10);
+    h2.syn(ME, 10_011); // an attempt on window 11, which is not used
+    h2.syn(OTHER, 10_010); // and one on window 10, which goes dead
+    h2.m.restore_used_windows(id, &used);
+    assert!(opens(&h2.udp(OTHER, 20_010)).is_empty());
+    h2.syn(ME6, 10_010);
+    assert!(
+        opens(&h2.udp(ME6, 20_010)).is_empty(),
+        "refused from anyone"
+    );
+    assert_eq!(opens(&h2.udp(ME, 20_011)).len(), 1);
+    assert_eq!(h2.m.used_windows(id), vec![10, 11]);
+    // At most USED_WINDOWS, newest last; other doors have none.
+    let many: Vec<u64> = (100..120).collect();
+    h2.m.restore_used_windows(id, &many);
+    assert_eq!(h2.m.used_windows(id), (112..120).collect::<Vec<_>>());
+    assert!(h2.m.used_windows(DoorId(5)).is_empty());
 }
 
 #[test]
