@@ -1,6 +1,8 @@
 //! Several sources (interfaces) behind one [`Source`].
 
+use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use knock_core::Listen;
@@ -20,6 +22,7 @@ pub struct MultiSource<S> {
     sources: Vec<S>,
     ended: Vec<bool>,
     next: usize,
+    waker: Option<UnixStream>,
 }
 
 impl<S: Source> MultiSource<S> {
@@ -30,7 +33,39 @@ impl<S: Source> MultiSource<S> {
             sources,
             ended,
             next: 0,
+            waker: None,
         }
+    }
+
+    /// Also wakes for `waker`: when another thread writes to the other end
+    /// of this stream (a command finished, say), the wait returns
+    /// [`Next::Deadline`] at once and the bytes are drained. Nothing else
+    /// is read from it. The stream is made non-blocking.
+    ///
+    /// # Errors
+    /// The stream cannot be made non-blocking.
+    pub fn set_waker(&mut self, waker: UnixStream) -> Result<(), CaptureError> {
+        waker
+            .set_nonblocking(true)
+            .map_err(|e| CaptureError::io("waker", e))?;
+        self.waker = Some(waker);
+        Ok(())
+    }
+
+    /// Drains the waker; true if anything was written to it.
+    fn woken(&mut self) -> bool {
+        let Some(w) = &mut self.waker else {
+            return false;
+        };
+        let mut buf = [0u8; 64];
+        let mut any = false;
+        while let Ok(n @ 1..) = w.read(&mut buf) {
+            any = true;
+            if n < buf.len() {
+                break;
+            }
+        }
+        any
     }
 
     /// The sources, in the order given.
@@ -111,6 +146,9 @@ impl<S: Source> Source for MultiSource<S> {
                     return Ok(ev);
                 }
             }
+            if self.woken() {
+                return Ok(Next::Deadline);
+            }
             let Some(ms) = poll_timeout(deadline) else {
                 return Ok(Next::Deadline);
             };
@@ -118,6 +156,7 @@ impl<S: Source> Source for MultiSource<S> {
                 .sources
                 .iter()
                 .filter_map(|s| s.poll_fd().map(|f| f.as_raw_fd()))
+                .chain(self.waker.as_ref().map(|w| w.as_raw_fd()))
                 .collect();
             match sys::poll_readable(&fds, ms) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(Next::Deadline),
