@@ -1,31 +1,32 @@
-//! The knockd runtime: config + matcher + capture source + firewall sinks in
-//! one event loop. The `knockd` example is command-line glue around [`Daemon`].
+//! The daemon shell: reads the clocks, waits for a packet or the engine's
+//! next deadline, feeds the [`Engine`] and applies its [`Action`]s. The
+//! `knockd` example is command-line glue around [`Daemon`].
 //!
-//! The loop sleeps in the capture source until a packet arrives or the
-//! matcher's next deadline ([`Matcher::poll_timeout`]); there are no periodic
-//! wake-ups when idle. Signals interrupt the wait: the caller's flags for
-//! stop and reload are checked on every wake-up.
-//!
-//! Time-derived doors: the daemon derives the sequences of windows w-1, w and
-//! w+1 from the wall clock ([`knock_config::derive`]) and gives them to the
-//! matcher ([`Matcher::set_windows`]); the next window boundary is one of the
-//! loop's deadlines. The scanner blacklist's [`Decision::Blocked`] goes to the
-//! blocking sink (nftables, else iptables: one is created for the blocklist
-//! when no door uses a native firewall).
+//! Everything that decides lives in the engine; this module only moves
+//! bytes: the capture source in, the firewall sinks, the command runner,
+//! the log, the state file and the one-time sequence files out. There are
+//! no periodic wake-ups when idle: the loop sleeps in the capture source
+//! until a packet, the engine's deadline, a finished command (the runner
+//! wakes the loop through [`MultiSource::set_waker`](knock_capture::MultiSource::set_waker))
+//! or a signal.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
+use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
-use std::net::IpAddr;
-use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use knock_capture::{CaptureError, Next, Source};
-use knock_config::{Config, FirewallKind};
-use knock_core::{Decision, DoorId, GrantId, Limits, Matcher, Timestamp};
-use knock_firewall::{CommandConfig, CommandSink, DoorCommands, FirewallSink, Grant};
+use knock_config::{Config, FirewallKind, SequenceFile};
+use knock_core::{Limits, Listen, Timestamp};
+use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
+
+use crate::engine::{
+    Action, Applied, Engine, EngineError, EngineOptions, GrantAction, How, Level, Now, Snapshot,
+};
 
 /// A firewall sink as the daemon holds it.
 pub type BoxedSink = Box<dyn FirewallSink<Error = knock_firewall::Error> + Send>;
@@ -34,9 +35,9 @@ pub type BoxedSink = Box<dyn FirewallSink<Error = knock_firewall::Error> + Send>
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DaemonError {
-    /// The configuration's doors are not valid for the matcher.
-    #[error("invalid doors: {0}")]
-    Doors(#[from] knock_core::DoorError),
+    /// The configuration is not valid for the engine.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// A firewall sink could not be set up.
     #[error("firewall: {0}")]
     Firewall(#[from] knock_firewall::Error),
@@ -47,6 +48,14 @@ pub enum DaemonError {
     #[error("log file {path}: {source}")]
     Log {
         /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state directory cannot be used.
+    #[error("state directory {path}: {source}")]
+    State {
+        /// The directory.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
@@ -63,12 +72,14 @@ pub struct DaemonOptions {
     pub only_ipv4: bool,
     /// Log every knock and decision (`-v`).
     pub verbose: bool,
-    /// Where pending stop commands are kept across restarts.
+    /// Where the engine's state is kept across restarts.
     pub state_dir: PathBuf,
     /// Matcher limits.
     pub limits: Limits,
-    /// Run pending stop commands at exit instead of keeping them for the next start.
+    /// Close every open grant at exit instead of keeping it for the next start.
     pub close_at_exit: bool,
+    /// A command still running after this long is killed and reported.
+    pub command_timeout: Duration,
 }
 
 impl Default for DaemonOptions {
@@ -80,41 +91,41 @@ impl Default for DaemonOptions {
             state_dir: PathBuf::from("/var/lib/knock-rs"),
             limits: Limits::default(),
             close_at_exit: false,
+            command_timeout: Duration::from_secs(60),
         }
     }
 }
 
-/// Monotonic time as the matcher's [`Timestamp`], and its wall-clock twin.
+/// The clocks, read once per loop turn.
 #[derive(Clone, Copy, Debug)]
 struct Clock {
     start: Instant,
-    wall_start: SystemTime,
 }
 
 impl Clock {
-    fn new() -> Self {
-        Clock {
-            start: Instant::now(),
-            wall_start: SystemTime::now(),
-        }
+    fn now(&self) -> Now {
+        let mono = Timestamp::from_micros(
+            u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        );
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        Now::new(mono, unix)
     }
-    fn now(&self) -> Timestamp {
-        Timestamp::from_micros(u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX))
-    }
+
     fn instant(&self, t: Timestamp) -> Instant {
         self.start + Duration::from_micros(t.as_micros())
     }
-    fn wall(&self, t: Timestamp) -> SystemTime {
-        self.wall_start + Duration::from_micros(t.as_micros())
-    }
 }
 
-/// knockd's log: `[YYYY-MM-DD HH:MM] msg` lines in LogFile, syslog, and `tracing`.
+/// knockd's log: `[YYYY-MM-DD HH:MM] msg` lines in LogFile, syslog, and
+/// `tracing` (whose default filter puts warnings and errors on stderr).
 ///
 /// Log-file lines are buffered: a flood of first knocks (one `Stage 1` line
 /// each) must not cost a `write(2)` per packet. Buffered lines reach the file
 /// within [`Logger::FLUSH_AFTER`]: the daemon's loop wakes for
-/// [`Logger::flush_deadline`] (once, not periodically) and flushes at exit.
+/// [`Logger::flush_deadline`] (once, not periodically) and flushes at exit;
+/// warnings and errors are flushed at once.
 pub struct Logger {
     file: Option<std::io::BufWriter<std::fs::File>>,
     syslog: Option<UnixDatagram>,
@@ -123,10 +134,10 @@ pub struct Logger {
 
 impl Logger {
     /// Opens the log file (appending) and/or the syslog socket.
-    pub fn new(
-        log_file: Option<&std::path::Path>,
-        use_syslog: bool,
-    ) -> Result<Logger, DaemonError> {
+    ///
+    /// # Errors
+    /// The log file cannot be opened.
+    pub fn new(log_file: Option<&Path>, use_syslog: bool) -> Result<Logger, DaemonError> {
         let file = match log_file {
             Some(p) => Some(std::io::BufWriter::with_capacity(
                 64 * 1024,
@@ -159,21 +170,47 @@ impl Logger {
     /// The longest a log-file line waits in the buffer.
     pub const FLUSH_AFTER: Duration = Duration::from_millis(200);
 
-    /// Logs one line.
+    /// Logs one line at info level.
     pub fn log(&mut self, msg: &str) {
-        tracing::info!("{msg}");
+        self.line(Level::Info, msg);
+    }
+
+    /// Logs one line at `level`.
+    pub fn line(&mut self, level: Level, msg: &str) {
+        let (prio, tag) = match level {
+            Level::Error => {
+                tracing::error!("{msg}");
+                (27, "error: ")
+            }
+            Level::Warn => {
+                tracing::warn!("{msg}");
+                (28, "warning: ")
+            }
+            Level::Info => {
+                tracing::info!("{msg}");
+                (29, "")
+            }
+            Level::Debug => {
+                tracing::debug!("{msg}");
+                (31, "")
+            }
+        };
         if let Some(f) = &mut self.file {
             let stamp = chrono::Local::now().format("%Y-%m-%d %H:%M");
-            let _ = writeln!(f, "[{stamp}] {msg}");
-            match self.unflushed_since {
-                None => self.unflushed_since = Some(Instant::now()),
-                Some(t) if t.elapsed() >= Self::FLUSH_AFTER => self.flush(),
-                Some(_) => {}
+            let _ = writeln!(f, "[{stamp}] {tag}{msg}");
+            if level <= Level::Warn {
+                self.flush();
+            } else {
+                match self.unflushed_since {
+                    None => self.unflushed_since = Some(Instant::now()),
+                    Some(t) if t.elapsed() >= Self::FLUSH_AFTER => self.flush(),
+                    Some(_) => {}
+                }
             }
         }
         if let Some(s) = &self.syslog {
-            // LOG_DAEMON | LOG_NOTICE
-            let _ = s.send(format!("<29>knockd: {msg}").as_bytes());
+            // LOG_DAEMON with the line's priority.
+            let _ = s.send(format!("<{prio}>knockd: {tag}{msg}").as_bytes());
         }
     }
 
@@ -186,7 +223,7 @@ impl Logger {
     pub fn flush(&mut self) {
         if let Some(f) = &mut self.file {
             if let Err(e) = f.flush() {
-                tracing::warn!("log file: {e}");
+                tracing::error!("log file: {e}");
             }
         }
         self.unflushed_since = None;
@@ -205,63 +242,38 @@ impl Drop for Logger {
     }
 }
 
-/// The running daemon.
-pub struct Daemon {
-    config: Config,
-    matcher: Matcher,
-    sinks: HashMap<FirewallKind, BoxedSink>,
-    grants: HashMap<GrantId, (FirewallKind, Grant)>,
-    clock: Clock,
-    log: Logger,
-    opts: DaemonOptions,
-    listen_generation: u64,
-    /// For each derived door: the window its sequences were derived for.
-    windows: HashMap<String, u64>,
-}
-
-/// Builds the sinks the config's doors ask for (and, with a `blacklist`, a
-/// native sink for the blocklist if no door has one).
-pub fn build_sinks(
-    config: &Config,
-    opts: &DaemonOptions,
-) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
+/// Builds the native sinks the config's doors ask for (and, with a
+/// `blacklist`, one for the blocklist if no door has one). Commands need
+/// no sink: the daemon's [`CommandRunner`] runs what the engine renders.
+///
+/// # Errors
+/// A sink that cannot be set up.
+pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
     let mut sinks: HashMap<FirewallKind, BoxedSink> = HashMap::new();
-    let mut commands = CommandConfig::default().state_file(opts.state_dir.join("commands.state"));
-    let mut has_commands = false;
     #[cfg(feature = "nftables")]
     let mut nft = knock_firewall::NftConfig::default();
+    #[cfg(feature = "nftables")]
+    let mut has_nft = false;
     let mut has_iptables = false;
     for d in &config.doors {
         match d.firewall {
-            FirewallKind::Command => {
-                if let Some(start) = &d.start_command {
-                    let mut c = DoorCommands::new(start.clone()).with_cmd_timeout(d.cmd_timeout);
-                    if let Some(s) = &d.start_command_6 {
-                        c = c.with_start6(s.clone());
-                    }
-                    if let Some(s) = &d.stop_command {
-                        c = c.with_stop(s.clone());
-                    }
-                    if let Some(s) = &d.stop_command_6 {
-                        c = c.with_stop6(s.clone());
-                    }
-                    commands = commands.door(d.name.clone(), c);
-                    has_commands = true;
-                }
-            }
+            FirewallKind::Command => {}
             FirewallKind::Iptables => has_iptables = true,
             #[cfg(feature = "nftables")]
-            FirewallKind::Nftables => nft.doors.push(
-                knock_firewall::NftDoor::new(d.name.clone(), d.open.clone(), d.grant_lifetime())
+            FirewallKind::Nftables => {
+                has_nft = true;
+                nft.doors.push(
+                    knock_firewall::NftDoor::new(
+                        d.name.clone(),
+                        d.open.clone(),
+                        d.grant_lifetime(),
+                    )
                     .with_prefix(d.grant_prefix.v4, d.grant_prefix.v6),
-            ),
+                );
+            }
             #[allow(unreachable_patterns)]
-            _ => tracing::warn!(door = %d.name, "firewall kind not built into this binary"),
+            _ => tracing::error!(door = %d.name, "firewall kind not built into this binary"),
         }
-    }
-    if has_commands {
-        let _ = std::fs::create_dir_all(&opts.state_dir);
-        sinks.insert(FirewallKind::Command, Box::new(CommandSink::new(commands)?));
     }
     if has_iptables {
         let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig::default())?;
@@ -269,7 +281,7 @@ pub fn build_sinks(
     }
     let blocklist = config.options.blacklist.is_some();
     #[cfg(feature = "nftables")]
-    if !nft.doors.is_empty() || (blocklist && !has_iptables) {
+    if has_nft || (blocklist && !has_iptables) {
         sinks.insert(
             FirewallKind::Nftables,
             Box::new(knock_firewall::NftSink::new(nft)?),
@@ -280,130 +292,155 @@ pub fn build_sinks(
         let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig::default())?;
         sinks.insert(FirewallKind::Iptables, Box::new(sink));
     }
-    for (kind, sink) in &mut sinks {
-        match sink.reconcile(SystemTime::now()) {
-            Ok(r) => tracing::info!(
-                ?kind,
-                expired = r.expired,
-                leftovers = r.leftovers,
-                kept = r.kept,
-                "reconciled"
-            ),
-            Err(e) => tracing::warn!(?kind, "reconcile failed: {e}"),
-        }
-    }
     Ok(sinks)
 }
 
-/// Gives `matcher` the sequences of windows w-1, w and w+1 at Unix time
-/// `unix` for every derived door of `config` whose window is not the one
-/// `windows` remembers (every one with `force`), and remembers it. Returns
-/// what is worth logging: the errors, and with `verbose` each derivation.
-///
-/// The daemon calls it with the wall clock, the replay tool with each
-/// packet's capture time.
-pub fn derive_windows(
-    config: &Config,
-    matcher: &mut Matcher,
-    windows: &mut HashMap<String, u64>,
-    unix: std::time::Duration,
-    force: bool,
-    verbose: bool,
-) -> Vec<String> {
-    let mut lines = Vec::new();
-    for door in &config.doors {
-        let Some(d) = door.derived() else { continue };
-        let w = knock_config::derive::window_of(unix, d.period);
-        if !force && windows.get(&door.name) == Some(&w) {
-            continue;
-        }
-        let Some(id) = matcher.door_id(&door.name) else {
-            continue;
-        };
-        let Some(pairs) = d.windows_around(&door.name, unix) else {
-            lines.push(format!("{}: secret not loaded", door.name));
-            continue;
-        };
-        match matcher.set_windows(id, pairs) {
-            Ok(()) => {
-                windows.insert(door.name.clone(), w);
-                if verbose {
-                    lines.push(format!("{}: sequences of window {w} derived", door.name));
-                }
-            }
-            Err(e) => lines.push(format!("{}: cannot set windows: {e}", door.name)),
-        }
+/// A random hasher seed for the matcher.
+fn random_seed() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same
+/// directory, fsynced, renamed over it, and the directory fsynced.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
     }
-    lines
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The sequence files whose lines the daemon marks, by door name.
+fn sequence_files(config: &Config) -> HashMap<String, SequenceFile> {
+    config
+        .doors
+        .iter()
+        .filter_map(|d| Some((d.name.clone(), d.sequence_file()?.clone())))
+        .collect()
+}
+
+/// The running daemon.
+pub struct Daemon {
+    engine: Engine,
+    sinks: HashMap<FirewallKind, BoxedSink>,
+    runner: CommandRunner,
+    /// Commands in flight: what the engine is told when each is done.
+    jobs: HashMap<u64, Applied>,
+    next_job: u64,
+    seqfiles: HashMap<String, SequenceFile>,
+    state_file: PathBuf,
+    clock: Clock,
+    log: Logger,
+    opts: DaemonOptions,
+    /// A listen set not yet pushed to the source.
+    listen: Option<Vec<Listen>>,
+    /// The end of the runner's wake-up stream that capture sources poll.
+    wake: UnixStream,
 }
 
 impl Daemon {
-    /// Builds the matcher and the sinks for `config`.
+    /// Builds the engine, the sinks and the command runner for `config`,
+    /// and restores the state a previous run left in the state directory.
+    ///
+    /// # Errors
+    /// An invalid config, a sink that cannot be set up, a state directory
+    /// that cannot be created.
     pub fn new(config: Config, opts: DaemonOptions, log: Logger) -> Result<Daemon, DaemonError> {
-        let matcher = Matcher::new(config.core_doors(), opts.limits)?;
-        let sinks = build_sinks(&config, &opts)?;
-        Ok(Daemon::with_sinks(config, matcher, sinks, opts, log))
-    }
-
-    /// Derives the sequences of the current windows for every derived door
-    /// whose window changed (all of them with `force`).
-    pub fn update_windows(&mut self, force: bool) {
-        let unix = knock_config::derive::unix_now();
-        let lines = derive_windows(
-            &self.config,
-            &mut self.matcher,
-            &mut self.windows,
-            unix,
-            force,
-            self.opts.verbose,
-        );
-        for l in lines {
-            self.log.log(&l);
-        }
-    }
-
-    /// When the next derived door's window begins.
-    fn window_deadline(&self) -> Option<Instant> {
-        let unix = knock_config::derive::unix_now();
-        let next = self
-            .config
-            .doors
-            .iter()
-            .filter_map(|door| {
-                let d = door.derived()?;
-                let w = knock_config::derive::window_of(unix, d.period);
-                Some(knock_config::derive::window_start(
-                    w.saturating_add(1),
-                    d.period,
-                ))
-            })
-            .min()?;
-        Some(Instant::now() + next.saturating_sub(unix))
+        let sinks = build_sinks(&config)?;
+        Daemon::with_sinks(config, sinks, opts, log)
     }
 
     /// A daemon with the given sinks (tests use recording or mock sinks).
+    ///
+    /// # Errors
+    /// As [`Daemon::new`], but for the sinks.
     pub fn with_sinks(
         config: Config,
-        matcher: Matcher,
         sinks: HashMap<FirewallKind, BoxedSink>,
         opts: DaemonOptions,
         log: Logger,
-    ) -> Daemon {
-        let mut matcher = matcher;
-        matcher.set_blacklist(config.options.core_blacklist());
+    ) -> Result<Daemon, DaemonError> {
+        let clock = Clock {
+            start: Instant::now(),
+        };
+        let eopts = EngineOptions::default()
+            .with_limits(opts.limits)
+            .with_seed(random_seed())
+            .with_verbose(opts.verbose)
+            .with_only_ipv4(opts.only_ipv4)
+            .with_reports(opts.events_json);
+        let seqfiles = sequence_files(&config);
+        let engine = Engine::new(config, eopts, clock.now())?;
+        std::fs::create_dir_all(&opts.state_dir).map_err(|source| DaemonError::State {
+            path: opts.state_dir.clone(),
+            source,
+        })?;
+        let (wake, notify) = UnixStream::pair().map_err(|source| DaemonError::State {
+            path: opts.state_dir.clone(),
+            source,
+        })?;
+        let _ = notify.set_nonblocking(true);
+        let runner = CommandRunner::new(RunnerConfig {
+            max_run_time: opts.command_timeout,
+            ..RunnerConfig::default()
+        })
+        .with_notify(move || {
+            // A full buffer already wakes the loop.
+            let _ = (&notify).write(&[1]);
+        });
         let mut d = Daemon {
-            config,
-            matcher,
+            engine,
             sinks,
-            grants: HashMap::new(),
-            clock: Clock::new(),
+            runner,
+            jobs: HashMap::new(),
+            next_job: 1,
+            seqfiles,
+            state_file: opts.state_dir.join("engine.state"),
+            clock,
             log,
             opts,
-            listen_generation: 0,
-            windows: HashMap::new(),
+            listen: None,
+            wake,
         };
-        d.update_windows(true);
-        d
+        let now = d.clock.now();
+        for (kind, sink) in &mut d.sinks {
+            if let Err(e) = sink.reconcile(SystemTime::now()) {
+                d.log.line(
+                    Level::Warn,
+                    &format!("{kind:?} firewall: reconcile failed: {e}"),
+                );
+            }
+        }
+        match std::fs::read(&d.state_file) {
+            Ok(bytes) => match Snapshot::from_bytes(&bytes) {
+                Ok(s) => d.engine.restore(now, s),
+                Err(e) => {
+                    let bad = d.state_file.with_extension("bad");
+                    let _ = std::fs::rename(&d.state_file, &bad);
+                    d.log.line(
+                        Level::Error,
+                        &format!(
+                            "{}: {e}; moved to {} (grants it held will not be closed by us)",
+                            d.state_file.display(),
+                            bad.display()
+                        ),
+                    );
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => d.log.line(
+                Level::Error,
+                &format!("{}: cannot read state: {e}", d.state_file.display()),
+            ),
+        }
+        d.apply();
+        Ok(d)
     }
 
     /// Logs a line to the daemon's log.
@@ -413,47 +450,53 @@ impl Daemon {
 
     /// Makes the next `run` push the listen set to its source (a new source).
     pub fn force_listen_sync(&mut self) {
-        self.listen_generation = u64::MAX;
+        self.listen = Some(self.engine.listen_set());
     }
 
-    /// The matcher (for stats and the listen set).
-    pub fn matcher(&self) -> &Matcher {
-        &self.matcher
+    /// The engine (stats, listen set).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The matcher (stats, listen set).
+    pub fn matcher(&self) -> &knock_core::Matcher {
+        self.engine.matcher()
+    }
+
+    /// A stream for the capture source to wake on
+    /// ([`MultiSource::set_waker`](knock_capture::MultiSource::set_waker)):
+    /// the command runner writes to it when a command finishes.
+    ///
+    /// # Errors
+    /// The stream cannot be duplicated.
+    pub fn waker(&self) -> std::io::Result<UnixStream> {
+        self.wake.try_clone()
     }
 
     /// Replaces the configuration (SIGHUP). Doors that did not change keep
     /// their in-flight attempts; every grant stays and closes on time. On
-    /// error the old configuration stays.
+    /// error the old configuration stays. Never waits for a running command.
+    ///
+    /// # Errors
+    /// An invalid config or a sink that cannot be set up (nothing changed).
     pub fn reload(&mut self, config: Config) -> Result<(), DaemonError> {
-        // Validate first: after this nothing about the doors can fail.
-        Matcher::new(config.core_doors(), self.opts.limits)?;
-        // The new sinks carry the new doors' commands and ports. Pending
-        // state lives outside the sink objects (the command sink's state
-        // file, nftables elements, iptables rule comments), so drop the old
-        // sinks first: the command sink writes its state file on drop, and
-        // the new one reads it.
-        self.sinks.clear();
-        match build_sinks(&config, &self.opts) {
-            Ok(sinks) => self.sinks = sinks,
-            Err(e) => {
-                // Keep acting on the old configuration's doors.
-                match build_sinks(&self.config, &self.opts) {
-                    Ok(sinks) => self.sinks = sinks,
-                    Err(e2) => self.log.log(&format!("firewall sinks lost: {e2}")),
-                }
-                return Err(e);
-            }
-        }
-        self.matcher.replace_doors(config.core_doors())?;
-        self.matcher.set_blacklist(config.options.core_blacklist());
-        self.config = config;
-        self.update_windows(true);
-        self.log.log("configuration reloaded");
+        Engine::check(&config, self.opts.limits)?;
+        // Native sinks carry the doors' ports; pending state lives in the
+        // engine and the kernel, not in the sink objects. On error the old
+        // sinks stay.
+        self.sinks = build_sinks(&config)?;
+        self.seqfiles = sequence_files(&config);
+        let now = self.clock.now();
+        self.engine.handle_reload(now, config)?;
+        self.apply();
         Ok(())
     }
 
     /// Runs until `stop` is set (or the source ends, for replays).
     /// `reload` is called when `reload_flag` was set, and returns the new config.
+    ///
+    /// # Errors
+    /// The capture source failed (the caller reopens it).
     pub fn run<S: Source + ?Sized>(
         &mut self,
         source: &mut S,
@@ -464,21 +507,16 @@ impl Daemon {
         self.sync_listen(source)?;
         while !stop.load(Ordering::Relaxed) {
             if reload_flag.swap(false, Ordering::Relaxed) {
-                match reload()
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| self.reload(c).map_err(|e| e.to_string()))
-                {
-                    Ok(()) => {}
-                    Err(e) => self.log.log(&format!(
-                        "reload failed, keeping the old configuration: {e}"
-                    )),
+                let done = reload().and_then(|c| self.reload(c).map_err(|e| e.to_string()));
+                if let Err(e) = done {
+                    self.log.line(
+                        Level::Error,
+                        &format!("reload failed, keeping the old configuration: {e}"),
+                    );
                 }
             }
-            let matcher_deadline = self.matcher.poll_timeout().map(|t| self.clock.instant(t));
             let deadline = [
-                matcher_deadline,
-                self.reconcile_deadline(),
-                self.window_deadline(),
+                self.engine.poll_timeout().map(|t| self.clock.instant(t)),
                 self.log.flush_deadline(),
             ]
             .into_iter()
@@ -486,251 +524,234 @@ impl Daemon {
             .min();
             let next = source.next_event(deadline);
             self.log.flush_if_due();
-            self.reconcile_due();
-            self.update_windows(false);
+            let now = self.clock.now();
+            self.commands_done(now);
             match next {
-                Ok(Next::Event(c)) => {
-                    if !(self.opts.only_ipv4 && c.event.src.is_ipv6()) {
-                        if self.opts.verbose {
-                            self.log.log(&format!(
-                                "{}: {} {} port {}",
-                                c.event.src, c.event.proto, c.event.tcp_flags, c.event.dst_port
-                            ));
-                        }
-                        self.matcher.handle_event(self.clock.now(), &c.event);
-                    }
-                }
-                Ok(Next::Deadline) => self.matcher.handle_timeout(self.clock.now()),
+                Ok(Next::Event(c)) => self.engine.handle_event(now, &c.event),
+                Ok(Next::Deadline) => self.engine.handle_timeout(now),
                 Ok(Next::End) => break,
                 Err(e) => return Err(e.into()),
             }
-            self.apply_decisions();
+            self.apply();
             self.sync_listen(source)?;
         }
         Ok(())
     }
 
-    /// When a sink that only expires entries in `reconcile` (iptables after a
-    /// restart, iptables blocks) next needs it.
-    fn reconcile_deadline(&self) -> Option<Instant> {
-        let due = self.sinks.values().filter_map(|s| s.next_expiry()).min()?;
-        let wait = due
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        Some(Instant::now() + wait)
-    }
-
-    /// Reconciles the sinks whose next expiry has come.
-    fn reconcile_due(&mut self) {
-        let now = SystemTime::now();
-        let mut lines = Vec::new();
-        for (kind, sink) in &mut self.sinks {
-            if sink.next_expiry().is_some_and(|t| t <= now) {
-                match sink.reconcile(now) {
-                    Ok(r) => lines.push(format!(
-                        "{kind:?} firewall: {} expired entries removed",
-                        r.expired
-                    )),
-                    Err(e) => lines.push(format!("{kind:?} firewall: reconcile failed: {e}")),
-                }
-            }
-        }
-        for l in lines {
-            self.log.log(&l);
-        }
-    }
-
     fn sync_listen<S: Source + ?Sized>(&mut self, source: &mut S) -> Result<(), DaemonError> {
-        let g = self.matcher.listen_generation();
-        if g != self.listen_generation {
-            source.set_listen(&self.matcher.listen_set())?;
-            self.listen_generation = g;
+        if let Some(set) = self.listen.take() {
+            if let Err(e) = source.set_listen(&set) {
+                self.listen = Some(set);
+                return Err(e.into());
+            }
         }
         Ok(())
     }
 
-    fn door_name(&self, id: DoorId) -> String {
-        self.matcher
-            .door(id)
-            .map(|d| d.name.clone())
-            .unwrap_or_else(|| id.to_string())
+    /// Tells the engine about finished commands.
+    fn commands_done(&mut self, now: Now) {
+        while let Some(done) = self.runner.poll_done() {
+            let Some(applied) = self.jobs.remove(&done.id) else {
+                continue;
+            };
+            let result = if done.outcome.is_success() {
+                Ok(())
+            } else {
+                Err(format!("`{}` {}", done.command, done.outcome))
+            };
+            self.engine.handle_applied(now, applied, result);
+        }
     }
 
-    /// Drains the matcher's decisions into the log and the sinks.
-    pub fn apply_decisions(&mut self) {
-        let now = self.clock.now();
-        while let Some(d) = self.matcher.poll_decision() {
-            let name = self.door_name(d.door());
-            if self.opts.events_json {
-                let clock = self.clock;
-                let wall = |t: Timestamp| {
-                    clock
-                        .wall(t)
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0.0, |d| d.as_secs_f64())
+    /// Applies the engine's actions, feeding back the results, until the
+    /// engine has nothing more to say.
+    fn apply(&mut self) {
+        loop {
+            let mut results = Vec::new();
+            while let Some(action) = self.engine.poll_action() {
+                let applied = action.applied();
+                if let Some(result) = self.apply_one(action) {
+                    if let Some(applied) = applied {
+                        results.push((applied, result));
+                    }
+                }
+            }
+            if results.is_empty() {
+                return;
+            }
+            let now = self.clock.now();
+            for (applied, result) in results {
+                self.engine.handle_applied(now, applied, result);
+            }
+        }
+    }
+
+    /// Applies one action; `Some(result)` when it is known now (a command's
+    /// comes later, from the runner).
+    fn apply_one(&mut self, action: Action) -> Option<Result<(), String>> {
+        match action {
+            Action::Open(g) => self.grant(g, Phase::Open),
+            Action::Extend(g) => self.grant(g, Phase::Extend),
+            Action::Close(g) => self.grant(g, Phase::Close),
+            Action::Block { src, until } => {
+                let until = SystemTime::UNIX_EPOCH + until;
+                Some(match self.blocking_sink() {
+                    Some(s) => s.block(src, until).map_err(|e| e.to_string()),
+                    None => Err("no firewall sink to block it; its knocks are ignored only".into()),
+                })
+            }
+            Action::Unblock { src } => Some(match self.blocking_sink() {
+                Some(s) => s.unblock(src).map_err(|e| e.to_string()),
+                None => Ok(()),
+            }),
+            Action::MarkUsed {
+                door,
+                index,
+                remaining,
+            } => {
+                let marked = self.seqfiles.get_mut(&*door).map(|f| {
+                    f.mark_used(index)
+                        .map(|m| m.line)
+                        .map_err(|e| e.to_string())
+                });
+                let (level, line) = match marked {
+                    Some(Ok(line)) => (
+                        Level::Info,
+                        format!("{door}: one-time sequence on line {line} used, {remaining} left"),
+                    ),
+                    Some(Err(e)) => (
+                        Level::Error,
+                        format!("{door}: cannot mark one-time sequence {index}: {e}"),
+                    ),
+                    None => (
+                        Level::Info,
+                        format!("{door}: one-time sequence {index} used (no file)"),
+                    ),
                 };
-                let report = crate::report::describe(&d, now, &self.matcher, &self.config, wall);
-                match serde_json::to_string(&report) {
+                self.log.line(level, &line);
+                None
+            }
+            Action::Listen(set) => {
+                self.listen = Some(set);
+                None
+            }
+            Action::Persist(s) => {
+                if let Err(e) = write_atomic(&self.state_file, &s.to_bytes()) {
+                    self.log.line(
+                        Level::Error,
+                        &format!("{}: cannot save state: {e}", self.state_file.display()),
+                    );
+                }
+                None
+            }
+            Action::Log(level, line) => {
+                self.log.line(level, &line);
+                None
+            }
+            Action::Report(r) => {
+                match serde_json::to_string(&r) {
                     Ok(line) => println!("{line}"),
                     Err(e) => tracing::warn!("cannot render decision: {e}"),
                 }
-            }
-            match d {
-                Decision::Stage { src, step, .. } => {
-                    self.log.log(&format!("{src}: {name}: Stage {step}"))
-                }
-                Decision::Open {
-                    src, grant, until, ..
-                } => {
-                    self.log.log(&format!("{src}: {name}: OPEN SESAME"));
-                    self.open(&name, src, grant, until);
-                }
-                Decision::Extended {
-                    src, grant, until, ..
-                } => {
-                    self.log.log(&format!("{src}: {name}: grant extended"));
-                    if let Some((kind, g)) = self.grants.get_mut(&grant) {
-                        g.expires = Some(self.clock.wall(until));
-                        let (kind, g) = (*kind, g.clone());
-                        self.apply(kind, &g, |s, g| s.extend(g));
-                    }
-                }
-                Decision::Close { src, grant, .. } => {
-                    self.log.log(&format!("{src}: {name}: command timeout"));
-                    if let Some((kind, g)) = self.grants.remove(&grant) {
-                        if kind == FirewallKind::Command {
-                            if let Some(cmd) = self
-                                .config
-                                .door(&name)
-                                .and_then(|d| d.stop_command_for(src.is_ipv6()))
-                            {
-                                self.log.log(&format!(
-                                    "{name}: running command: {}",
-                                    knock_firewall::substitute(cmd, src)
-                                ));
-                            }
-                        }
-                        self.apply(kind, &g, |s, g| s.close(g));
-                    }
-                }
-                Decision::Expired { src, step, .. } => self
-                    .log
-                    .log(&format!("{src}: {name}: sequence timeout (stage {step})")),
-                Decision::Invalidated { src, step, .. } if self.opts.verbose => self
-                    .log
-                    .log(&format!("{src}: {name}: sequence invalid (stage {step})")),
-                Decision::SequenceConsumed {
-                    index, remaining, ..
-                } => {
-                    let file = self
-                        .config
-                        .door_mut(&name)
-                        .and_then(|d| d.sequence_file_mut());
-                    let res = file.map(|f| {
-                        f.mark_used(index)
-                            .map(|m| m.line)
-                            .map_err(|e| e.to_string())
-                    });
-                    match res {
-                        Some(Ok(line)) => self.log.log(&format!(
-                            "{name}: one-time sequence on line {line} used, {remaining} left"
-                        )),
-                        Some(Err(e)) => self.log.log(&format!(
-                            "{name}: cannot mark one-time sequence {index}: {e}"
-                        )),
-                        None => self
-                            .log
-                            .log(&format!("{name}: one-time sequence {index} used (no file)")),
-                    }
-                }
-                Decision::Blocked { src, until, .. } => {
-                    let duration = until.saturating_duration_since(now);
-                    self.log.log(&format!(
-                        "{src}: {name}: blacklisted for {} s (too many invalid knocks)",
-                        (duration.as_millis() + 500) / 1000
-                    ));
-                    self.block(src, duration);
-                }
-                Decision::Unblocked { src, .. } => self
-                    .log
-                    .log(&format!("{src}: {name}: blacklist entry expired")),
-                _ => {}
+                None
             }
         }
     }
 
-    fn open(&mut self, name: &str, src: IpAddr, grant: GrantId, until: Option<Timestamp>) {
-        let Some(door) = self.config.door(name) else {
-            return;
-        };
-        let kind = door.firewall;
-        let g = Grant::new(name, src, grant, door.open.clone())
-            .with_prefix(door.grant_prefix.v4, door.grant_prefix.v6)
-            .with_expiry(until.map(|u| self.clock.wall(u)));
-        if kind == FirewallKind::Command {
-            if let Some(cmd) = door.start_command_for(src.is_ipv6()) {
-                self.log.log(&format!(
-                    "{name}: running command: {}",
-                    knock_firewall::substitute(cmd, src)
-                ));
-            }
-        }
-        self.apply(kind, &g, |s, g| s.open(g));
-        if until.is_some() {
-            self.grants.insert(grant, (kind, g));
-        }
-    }
-
-    /// Blocks `src` through the blocking sink: nftables, else iptables.
-    fn block(&mut self, src: IpAddr, duration: Duration) {
+    /// The sink that blocks: nftables, else iptables.
+    fn blocking_sink(&mut self) -> Option<&mut BoxedSink> {
         let kind = [FirewallKind::Nftables, FirewallKind::Iptables]
             .into_iter()
-            .find(|k| self.sinks.contains_key(k));
-        let Some(sink) = kind.and_then(|k| self.sinks.get_mut(&k)) else {
-            self.log.log(&format!(
-                "{src}: no firewall sink to block it; knocks ignored only"
-            ));
-            return;
-        };
-        if let Err(e) = sink.block(src, duration) {
-            self.log
-                .log(&format!("{src}: firewall error blocking: {e}"));
-        }
+            .find(|k| self.sinks.contains_key(k))?;
+        self.sinks.get_mut(&kind)
     }
 
-    fn apply(
-        &mut self,
-        kind: FirewallKind,
-        g: &Grant,
-        op: impl FnOnce(&mut BoxedSink, &Grant) -> Result<(), knock_firewall::Error>,
-    ) {
-        match self.sinks.get_mut(&kind) {
-            Some(s) => {
-                if let Err(e) = op(s, g) {
-                    self.log.log(&format!("{}: firewall error: {e}", g.door));
+    /// Opens, extends or closes one grant.
+    fn grant(&mut self, g: GrantAction, phase: Phase) -> Option<Result<(), String>> {
+        let applied = match phase {
+            Phase::Open => Applied::Open(g.grant),
+            Phase::Extend => Applied::Extend(g.grant),
+            Phase::Close => Applied::Close(g.grant),
+        };
+        match g.how {
+            How::Command { command } => {
+                let job = self.next_job;
+                self.next_job += 1;
+                let what = format!("{}: {} for {}", g.door, phase.as_str(), g.src);
+                match self.runner.run(Job {
+                    id: job,
+                    what,
+                    command: command.clone(),
+                }) {
+                    Ok(()) => {
+                        self.jobs.insert(job, applied);
+                        None
+                    }
+                    Err(e) => Some(Err(format!("`{command}`: {e}"))),
                 }
             }
-            None => self
-                .log
-                .log(&format!("{}: no {kind:?} firewall sink", g.door)),
+            How::Native {
+                firewall,
+                ports,
+                prefix_v4,
+                prefix_v6,
+            } => {
+                let grant = Grant::new(g.door.to_string(), g.src, g.grant, ports)
+                    .with_prefix(prefix_v4, prefix_v6)
+                    .with_expiry(g.until.map(|u| SystemTime::UNIX_EPOCH + u));
+                let Some(sink) = self.sinks.get_mut(&firewall) else {
+                    return Some(Err(format!("no {} firewall sink", firewall.as_str())));
+                };
+                let r = match phase {
+                    Phase::Open => sink.open(&grant),
+                    Phase::Extend => sink.extend(&grant),
+                    Phase::Close => sink.close(&grant),
+                };
+                Some(r.map_err(|e| e.to_string()))
+            }
         }
     }
 
-    /// Stops: with `close_at_exit`, closes every open grant now; otherwise
-    /// pending closes stay with the sinks (state file, kernel timeouts).
+    /// Stops: with `close_at_exit`, closes every open grant now (and waits
+    /// a little for their stop commands); otherwise the engine's state,
+    /// saved to the state directory, keeps the pending closes for the next
+    /// start. Never waits for a start command.
     pub fn shutdown(&mut self) {
+        let now = self.clock.now();
+        self.engine.handle_shutdown(now, self.opts.close_at_exit);
+        self.apply();
         if self.opts.close_at_exit {
-            let grants: Vec<_> = self.grants.drain().map(|(_, v)| v).collect();
-            for (kind, g) in grants {
-                self.apply(kind, &g, |s, g| s.close(g));
+            let until = Instant::now() + Duration::from_secs(5);
+            while !self.jobs.is_empty() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+                let now = self.clock.now();
+                self.commands_done(now);
+                self.apply();
             }
         }
-        self.log.log("shutting down");
         self.log.flush();
     }
 
     /// Writes buffered log lines now (before the caller sleeps outside `run`).
     pub fn flush_log(&mut self) {
         self.log.flush();
+    }
+}
+
+/// Which grant operation a command or sink call is.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Open,
+    Extend,
+    Close,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Open => "start",
+            Phase::Extend => "extend",
+            Phase::Close => "stop",
+        }
     }
 }

@@ -1,7 +1,18 @@
 //! # knock-rs
 //!
 //! A facade over the knock-rs crates: [`core`] (the sans-IO matcher) and,
-//! behind features, [`capture`], [`firewall`] and [`config`].
+//! behind features, [`capture`], [`firewall`] and [`config`]; plus the
+//! sans-IO gateway engine (`engine`, feature `engine`) that turns a
+//! configuration, knocks and the passage of time into firewall actions, and
+//! the daemon shell that drives it (`daemon`, feature `daemon`).
+//!
+//! ## Which state lives where
+//! * knock-core's `Matcher`: attempts, grants' lifetimes, cooldowns, blocks,
+//!   used windows; the only clock that decides when anything ends.
+//! * `engine::Engine`: each door's action, rendered commands, closes not yet
+//!   confirmed, derived windows, the snapshot a restart restores.
+//! * `daemon`: nothing that decides; the capture source, the sinks, the
+//!   command runner, the log and the files it writes.
 //!
 //! ```
 //! let door = knock::core::Door::new("ssh", vec![knock::core::Step::tcp(7000)]);
@@ -21,8 +32,8 @@ pub use knock_firewall as firewall;
 
 #[cfg(feature = "daemon")]
 pub mod daemon;
-#[cfg(feature = "daemon")]
-pub mod report;
+#[cfg(feature = "engine")]
+pub mod engine;
 
 /// An error and its causes on one line (`a: b: c`), without repeating a
 /// cause that an error's own message already includes: what the example

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use knock::capture::{CaptureError, Captured, LinkType, Next, Source, Stats};
 use knock::config::{Config, FirewallKind};
-use knock::core::{Event, Listen, Matcher, TcpFlags, Timestamp};
+use knock::core::{Event, Listen, TcpFlags, Timestamp};
 use knock::daemon::{BoxedSink, Daemon, DaemonOptions, Logger};
 use knock_firewall::{Error, MockFirewallSink};
 use mockall::predicate::function;
@@ -59,12 +59,27 @@ impl Source for Scripted {
     }
 }
 
-fn daemon(conf: &str, sinks: Vec<(FirewallKind, BoxedSink)>) -> Daemon {
+/// A mock sink that expects the start-up reconcile.
+fn mock_sink() -> MockFirewallSink {
+    let mut sink = MockFirewallSink::new();
+    sink.expect_reconcile()
+        .times(1)
+        .returning(|_| Ok(Default::default()));
+    sink
+}
+
+/// Options with the state directory in `dir`.
+fn options(dir: &tempfile::TempDir) -> DaemonOptions {
+    let mut opts = DaemonOptions::default();
+    opts.state_dir = dir.path().to_owned();
+    opts
+}
+
+fn daemon(conf: &str, sinks: Vec<(FirewallKind, BoxedSink)>, dir: &tempfile::TempDir) -> Daemon {
     let config = Config::from_knockd_str(conf, "test.conf").unwrap();
-    let matcher = Matcher::new(config.core_doors(), Default::default()).unwrap();
     let log = Logger::new(None, false).unwrap();
     let sinks: HashMap<_, _> = sinks.into_iter().collect();
-    Daemon::with_sinks(config, matcher, sinks, DaemonOptions::default(), log)
+    Daemon::with_sinks(config, sinks, options(dir), log).unwrap()
 }
 
 fn run(d: &mut Daemon, knocks: &[u16], idle_deadlines: usize) -> Vec<Listen> {
@@ -91,8 +106,7 @@ const NATIVE: &str = "
 
 #[test]
 fn open_then_close_reach_the_sink_with_the_door_s_grant() {
-    let mut sink = MockFirewallSink::new();
-    sink.expect_next_expiry().return_const(None);
+    let mut sink = mock_sink();
     let is_mine = |g: &knock_firewall::Grant| {
         g.door == "ssh"
             && g.src == ME
@@ -113,7 +127,8 @@ fn open_then_close_reach_the_sink_with_the_door_s_grant() {
         .times(1)
         .in_sequence(&mut seq)
         .returning(|_| Ok(()));
-    let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))], &dir);
     let t = Instant::now();
     let listen = run(&mut d, &[7000, 8000], 1);
     assert!(
@@ -129,8 +144,7 @@ fn open_then_close_reach_the_sink_with_the_door_s_grant() {
 
 #[test]
 fn a_failing_sink_is_logged_and_the_daemon_goes_on() {
-    let mut sink = MockFirewallSink::new();
-    sink.expect_next_expiry().return_const(None);
+    let mut sink = mock_sink();
     sink.expect_open().times(1).returning(|g| {
         Err(Error::Unsupported {
             what: format!("open {g}"),
@@ -140,18 +154,19 @@ fn a_failing_sink_is_logged_and_the_daemon_goes_on() {
     // The re-knock extends the grant, which gives the sink another chance.
     sink.expect_extend().times(1).returning(|_| Ok(()));
     sink.expect_close().times(0..).returning(|_| Ok(()));
-    let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))], &dir);
     run(&mut d, &[7000, 8000, 7000, 8000], 0);
     assert_eq!(d.matcher().stats().opens + d.matcher().stats().extended, 2);
 }
 
 #[test]
 fn wrong_order_never_reaches_the_sink() {
-    let mut sink = MockFirewallSink::new();
-    sink.expect_next_expiry().return_const(None);
+    let mut sink = mock_sink();
     sink.expect_open().times(0);
     sink.expect_close().times(0);
-    let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))], &dir);
     run(&mut d, &[8000, 7000, 7000], 0);
     assert_eq!(d.matcher().stats().invalidated, 1);
 }
@@ -165,22 +180,20 @@ fn one_time_sequence_is_marked_in_its_file_and_the_filter_follows() {
         "[once]\n one_time_sequences = {}\n open = tcp/22\n firewall = nftables\n cmd_timeout = 5\n",
         file.display()
     );
-    let mut sink = MockFirewallSink::new();
-    sink.expect_next_expiry().return_const(None);
+    let mut sink = mock_sink();
     sink.expect_open().times(1).returning(|_| Ok(()));
     sink.expect_close().times(0..).returning(|_| Ok(()));
     let mut config = Config::from_knockd_str(&conf, "test.conf").unwrap();
     config.load_sequence_files("test.conf").unwrap();
-    let matcher = Matcher::new(config.core_doors(), Default::default()).unwrap();
     let sinks: HashMap<FirewallKind, BoxedSink> =
         [(FirewallKind::Nftables, Box::new(sink) as BoxedSink)].into();
     let mut d = Daemon::with_sinks(
         config,
-        matcher,
         sinks,
-        DaemonOptions::default(),
+        options(&dir),
         Logger::new(None, false).unwrap(),
-    );
+    )
+    .unwrap();
     let listen = run(&mut d, &[7000, 8000, 7000, 8000], 0);
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),

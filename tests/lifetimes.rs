@@ -85,10 +85,10 @@ fn restart_within_cmd_timeout_leaves_no_rule(how: Stop) {
     s.wait_open(SERVER_V4);
     // The pending stop is in the state file before the daemon goes away.
     wait_for(
-        "the pending stop command in commands.state",
+        "the pending stop command in the engine's state file",
         Duration::from_secs(2),
         || {
-            fs::read_to_string(s.path("commands.state"))
+            fs::read_to_string(s.path("engine.state"))
                 .is_ok_and(|t| t.contains(CLIENT_V4) && t.contains("iptables -D INPUT"))
         },
     );

@@ -69,7 +69,7 @@ struct Args {
     /// Print the configuration as TOML and exit.
     #[arg(long = "to-toml")]
     to_toml: bool,
-    /// Where pending stop commands are kept across restarts.
+    /// Where the engine's state (open grants, blocks, used windows) is kept across restarts.
     #[arg(long = "state-dir", default_value = "/var/lib/knock-rs")]
     state_dir: PathBuf,
     /// Close every open grant at exit instead of keeping it for the next start.
@@ -190,6 +190,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // A finished command wakes the loop (its result is logged at once).
+        match daemon.waker() {
+            Ok(w) => {
+                if let Err(e) = source.set_waker(w) {
+                    daemon.log(&format!("command results wait for the next packet: {e}"));
+                }
+            }
+            Err(e) => daemon.log(&format!("command results wait for the next packet: {e}")),
+        }
         daemon.force_listen_sync();
         let ran = daemon.run(&mut source, &stop, &reload, || {
             load(&args).map_err(|e| format!("{e:#}"))

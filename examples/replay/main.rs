@@ -26,18 +26,18 @@
 //! was replayed; 1 an error (configuration, unreadable or damaged capture;
 //! the lines before the damage are printed); 2 a usage error.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use knock::daemon::derive_windows;
-use knock::report::{describe, secs};
+use knock::engine::{Action, Engine, EngineOptions, Now};
 use knock_capture::{Next, ReplaySource, Source};
 use knock_config::Config;
-use knock_core::{Limits, Listen, Matcher, Proto, Timestamp};
+use knock_core::{Listen, Proto, Timestamp};
 
 /// Replays a capture through a knockd configuration and prints the
 /// decisions as JSON lines.
@@ -63,77 +63,88 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Replays a capture, printing decisions as they come.
-struct Replay<'a> {
-    config: &'a Config,
-    matcher: Matcher,
-    listen_generation: u64,
-    out: std::io::StdoutLock<'static>,
-    /// The config has time-derived doors.
+/// Capture time on both of the engine's clocks: packet timestamps count
+/// from the Unix epoch.
+fn at(t: Timestamp) -> Now {
+    Now::new(t, Duration::from_micros(t.as_micros()))
+}
+
+/// The engine driven by the capture's clock, with a dry-run applier: the
+/// reports are printed, every action counts as applied, nothing is touched.
+struct Replay<W: Write> {
+    engine: Engine,
+    out: W,
+    /// The config has time-derived doors: every packet is passed on.
     derived: bool,
-    /// Each derived door's window of the moment.
-    windows: HashMap<String, u64>,
     /// Warnings already printed (once each).
     warned: HashSet<String>,
 }
 
-impl Replay<'_> {
+impl<W: Write> Replay<W> {
     /// What the source must pass: the doors' knocks, or with derived doors
     /// everything (their ports change with the clock).
-    fn listen(&self) -> Vec<Listen> {
-        let mut set = self.matcher.listen_set();
+    fn listen(&self, mut set: Vec<Listen>) -> Vec<Listen> {
         if self.derived {
             set.extend([Listen::any(Proto::Tcp), Listen::any(Proto::Udp)]);
         }
         set
     }
 
-    /// Gives derived doors the sequences of the windows around `now` (Unix
-    /// time, as packet timestamps are).
-    fn derive(&mut self, now: Timestamp) {
-        if !self.derived {
-            return;
-        }
-        let unix = Duration::from_micros(now.as_micros());
-        let lines = derive_windows(
-            self.config,
-            &mut self.matcher,
-            &mut self.windows,
-            unix,
-            false,
-            false,
-        );
-        for line in lines {
-            if self.warned.insert(line.clone()) {
-                eprintln!("replay: {line}");
-            }
-        }
-    }
-
-    fn drain(&mut self, now: Timestamp) -> Result<()> {
-        use std::io::Write;
-        while let Some(d) = self.matcher.poll_decision() {
-            let line = describe(&d, now, &self.matcher, self.config, secs);
-            serde_json::to_writer(&mut self.out, &line)?;
-            writeln!(self.out)?;
-        }
-        Ok(())
-    }
-
-    /// Fires every timer due at or before `now`, each at its own time.
-    fn run_timers_until(&mut self, now: Option<Timestamp>) -> Result<()> {
-        // Every call either fires a timer or clamps it to `now`, so this ends;
-        // the bound only guards against a core bug turning into a hang.
-        for _ in 0..100_000_000u64 {
-            match self.matcher.poll_timeout() {
-                Some(t) if now.is_none_or(|n| t <= n) => {
-                    self.matcher.handle_timeout(t);
-                    self.drain(t)?;
+    /// Applies the engine's actions at `now`; returns a new listen set.
+    fn drain(&mut self, now: Now) -> Result<Option<Vec<Listen>>> {
+        let mut listen = None;
+        loop {
+            let mut applied = Vec::new();
+            while let Some(a) = self.engine.poll_action() {
+                if let Some(done) = a.applied() {
+                    applied.push(done);
                 }
-                _ => return Ok(()),
+                match a {
+                    Action::Report(r) => {
+                        serde_json::to_writer(&mut self.out, &r)?;
+                        writeln!(self.out)?;
+                    }
+                    Action::Log(level, line)
+                        if level <= knock::engine::Level::Warn
+                            && self.warned.insert(line.clone()) =>
+                    {
+                        eprintln!("replay: {line}");
+                    }
+                    Action::Listen(set) => listen = Some(self.listen(set)),
+                    _ => {}
+                }
+            }
+            if applied.is_empty() {
+                return Ok(listen);
+            }
+            for done in applied {
+                self.engine.handle_applied(now, done, Ok(()));
             }
         }
-        bail!("the matcher's timers did not settle")
+    }
+
+    /// Fires every timer due at or before `until` (`None`: every one the
+    /// matcher holds), each at its own time.
+    fn run_timers_until(&mut self, until: Option<Timestamp>) -> Result<Option<Vec<Listen>>> {
+        let mut listen = None;
+        // Every call either fires a timer or moves the clock to it, so this
+        // ends; the bound only guards against a bug turning into a hang.
+        for _ in 0..100_000_000u64 {
+            let next = match until {
+                Some(_) => self.engine.poll_timeout(),
+                None => self.engine.matcher().poll_timeout(),
+            };
+            match next {
+                Some(t) if until.is_none_or(|n| t <= n) => {
+                    self.engine.handle_timeout(at(t));
+                    if let Some(l) = self.drain(at(t))? {
+                        listen = Some(l);
+                    }
+                }
+                _ => return Ok(listen),
+            }
+        }
+        bail!("the engine's timers did not settle")
     }
 }
 
@@ -144,21 +155,26 @@ fn run(args: &Args) -> Result<()> {
         (None, None) => Config::from_knockd_file(data("knockd.conf"))?,
     };
     let capture = args.capture.clone().unwrap_or_else(|| data("knock.pcapng"));
-    let matcher = Matcher::new(config.core_doors(), Limits::default())
-        .context("the configuration's doors")?;
     let shown = capture.display();
     let mut source =
         ReplaySource::open(&capture).with_context(|| format!("{shown}: cannot open capture"))?;
+    let derived = config.doors.iter().any(|d| d.derived().is_some());
+    let engine = Engine::new(
+        config,
+        EngineOptions::default().with_reports(true),
+        at(Timestamp::ZERO),
+    )
+    .context("the configuration's doors")?;
     let mut replay = Replay {
-        config: &config,
-        listen_generation: matcher.listen_generation(),
-        matcher,
+        engine,
         out: std::io::stdout().lock(),
-        derived: config.doors.iter().any(|d| d.derived().is_some()),
-        windows: HashMap::new(),
+        derived,
         warned: HashSet::new(),
     };
-    source.set_listen(&replay.listen())?;
+    if let Some(set) = replay.drain(at(Timestamp::ZERO))? {
+        source.set_listen(&set)?;
+    }
+    let mut started = false;
     loop {
         let next = source
             .next_event(None)
@@ -169,14 +185,17 @@ fn run(args: &Args) -> Result<()> {
             Next::Deadline => continue,
         };
         let now = captured.event.time;
-        replay.run_timers_until(Some(now))?;
-        replay.derive(now);
-        replay.matcher.handle_event(now, &captured.event);
-        replay.drain(now)?;
+        if !started {
+            // The engine started at time 0: jump to the capture's time at
+            // once (derived windows for now, not every one since 1970).
+            started = true;
+            replay.engine.handle_timeout(at(now));
+        }
+        let timers = replay.run_timers_until(Some(now))?;
+        replay.engine.handle_event(at(now), &captured.event);
         // A consumed one-time sequence changes what the kernel would pass.
-        if replay.matcher.listen_generation() != replay.listen_generation {
-            replay.listen_generation = replay.matcher.listen_generation();
-            source.set_listen(&replay.listen())?;
+        if let Some(set) = replay.drain(at(now))?.or(timers) {
+            source.set_listen(&set)?;
         }
     }
     replay.run_timers_until(None)?;

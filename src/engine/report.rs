@@ -83,7 +83,11 @@ impl Report {
                 prefix_v6,
             }) => {
                 self.firewall = Some(firewall.as_str());
-                let len = if src.is_ipv6() { *prefix_v6 } else { *prefix_v4 };
+                let len = if src.is_ipv6() {
+                    *prefix_v6
+                } else {
+                    *prefix_v4
+                };
                 self.cidr = Some(format!("{}/{len}", knock_firewall::mask(src, len)));
                 if opening {
                     self.would_open = Some(ports(p));

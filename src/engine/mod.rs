@@ -1,0 +1,1033 @@
+//! The engine: one sans-IO state machine for a whole knock gateway.
+//!
+//! [`Engine`] owns everything that decides: the configuration's doors and
+//! what each does when it opens ([`How`]), the [`Matcher`], time-derived
+//! windows, the blacklist, every grant's and block's end, closes not yet
+//! confirmed, and the state a restart must not forget ([`Snapshot`]). It
+//! reads no clock, file, socket or process: time comes in as [`Now`] (the
+//! monotonic and the wall clock, read once by the caller), and everything
+//! the world must do comes out as [`Action`]s.
+//!
+//! ```text
+//!  knock Event ─► handle_event(now, ev)      ┌──────────── Engine ────────────┐
+//!  deadline    ─► handle_timeout(now)        │ Matcher (attempts, grants,     │
+//!  SIGHUP      ─► handle_reload(now, config) │  cooldowns, blocks, windows)   │
+//!  sink/command result ─► handle_applied(..) │ door plans: How per door       │
+//!                                            │ closes in flight, snapshot     │
+//!                                            └──┬─────────────────────────────┘
+//!   poll_action() ─► Open/Extend/Close (How) · Block/Unblock · MarkUsed
+//!                    Listen · Persist(Snapshot) · Log(level, line) · Report
+//!   poll_timeout() ─► when to call handle_timeout next
+//! ```
+//!
+//! ## Which state lives where
+//! * Attempts, grants' lifetimes, cooldowns, blocks, used windows: the
+//!   [`Matcher`] (knock-core). The engine never keeps a second clock for
+//!   them: a grant closes when the matcher says `Close`.
+//! * What a door does, the rendered commands, grants whose close is in
+//!   flight or must be retried, the windows derived so far: the engine.
+//! * Firewall rules and running commands: the world. Sinks only apply what
+//!   the engine says; nftables' kernel timeouts remain as a safety net for
+//!   a crash.
+//! * On disk: the last [`Action::Persist`] snapshot (the shell writes it
+//!   before applying the actions that follow it, so a grant is on disk
+//!   before its door opens), and knockd's marks in one-time sequence files.
+//!
+//! ## Call order
+//! After every `handle_*` call, drain [`Engine::poll_action`] until `None`
+//! and apply the actions in order; then wait for a packet or until
+//! [`Engine::poll_timeout`]. Time must not go backwards (it is clamped).
+//!
+//! ## Example
+//! ```
+//! use knock::engine::{Action, Engine, EngineOptions, Now};
+//! use knock::config::Config;
+//! use knock::core::{Event, TcpFlags, Timestamp};
+//! use std::time::Duration;
+//!
+//! let conf = "[ssh]\n sequence = 7000,8000\n cmd_timeout = 5\n \
+//!             start_command = /sbin/iptables -I INPUT -s %IP% -j ACCEPT\n \
+//!             stop_command = /sbin/iptables -D INPUT -s %IP% -j ACCEPT\n";
+//! let config = Config::from_knockd_str(conf, "knockd.conf").unwrap();
+//! let at = |s: u64| Now::new(Timestamp::from_secs(s), Duration::from_secs(1_700_000_000 + s));
+//! let mut engine = Engine::new(config, EngineOptions::default(), at(0)).unwrap();
+//!
+//! let (me, server) = ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
+//! for port in [7000, 8000] {
+//!     engine.handle_event(at(1), &Event::tcp(me, server, port, TcpFlags::SYN, Timestamp::from_secs(1)));
+//! }
+//! let actions: Vec<Action> = std::iter::from_fn(|| engine.poll_action()).collect();
+//! // The grant is persisted before the door opens.
+//! let persist = actions.iter().position(|a| matches!(a, Action::Persist(_))).unwrap();
+//! let open = actions.iter().position(|a| matches!(a, Action::Open(_))).unwrap();
+//! assert!(persist < open);
+//!
+//! // Five seconds later the engine closes it, with the stop command rendered.
+//! assert_eq!(engine.poll_timeout(), Some(Timestamp::from_secs(6)));
+//! engine.handle_timeout(at(6));
+//! let close = std::iter::from_fn(|| engine.poll_action())
+//!     .find_map(|a| match a { Action::Close(g) => Some(g), _ => None })
+//!     .unwrap();
+//! assert_eq!(
+//!     close.how,
+//!     knock::engine::How::Command { command: "/sbin/iptables -D INPUT -s 198.18.0.2 -j ACCEPT".into() }
+//! );
+//! ```
+
+mod plan;
+mod report;
+mod snapshot;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use knock_config::derive::{window_of, window_start};
+use knock_config::Config;
+use knock_core::{Decision, DoorId, Event, Limits, Listen, Matcher, Timestamp};
+
+use plan::DoorPlan;
+pub use plan::How;
+pub use report::Report;
+pub use snapshot::{SavedBlock, SavedGrant, SavedWindows, Snapshot, SnapshotError};
+
+/// One moment on both clocks: the monotonic one (the matcher's time) and
+/// the wall clock (Unix time, for derived windows and what outlives the
+/// process). The caller reads both once per call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time.
+    pub mono: Timestamp,
+    /// Time since the Unix epoch.
+    pub unix: Duration,
+}
+
+impl Now {
+    /// The moment `mono` on the monotonic clock, `unix` on the wall clock.
+    pub fn new(mono: Timestamp, unix: Duration) -> Now {
+        Now { mono, unix }
+    }
+
+    /// The wall-clock time of monotonic time `t`.
+    pub fn unix_of(&self, t: Timestamp) -> Duration {
+        if t >= self.mono {
+            self.unix + t.saturating_duration_since(self.mono)
+        } else {
+            self.unix
+                .saturating_sub(self.mono.saturating_duration_since(t))
+        }
+    }
+
+    /// The monotonic time of wall-clock time `unix`.
+    pub fn mono_of(&self, unix: Duration) -> Timestamp {
+        if unix >= self.unix {
+            self.mono.saturating_add(unix - self.unix)
+        } else {
+            Timestamp::from_micros(
+                self.mono.as_micros().saturating_sub(
+                    u64::try_from((self.unix - unix).as_micros()).unwrap_or(u64::MAX),
+                ),
+            )
+        }
+    }
+}
+
+/// How important a [`Action::Log`] line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Something failed: a door may be in the wrong state.
+    Error,
+    /// Something the operator should know.
+    Warn,
+    /// knockd's usual lines (stages, opens, closes).
+    Info,
+    /// Details (`-v`).
+    Debug,
+}
+
+/// One grant, as a sink or command runner needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantAction {
+    /// The grant's id, unique across restarts.
+    pub grant: u64,
+    /// The door's name.
+    pub door: Arc<str>,
+    /// The knocker.
+    pub src: IpAddr,
+    /// When the grant ends (Unix time; `None`: never).
+    pub until: Option<Duration>,
+    /// What to do.
+    pub how: How,
+}
+
+/// What an applied action was, for [`Engine::handle_applied`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Applied {
+    /// [`Action::Open`] of this grant.
+    Open(u64),
+    /// [`Action::Extend`] of this grant.
+    Extend(u64),
+    /// [`Action::Close`] of this grant.
+    Close(u64),
+    /// [`Action::Block`] of this source.
+    Block(IpAddr),
+    /// [`Action::Unblock`] of this source.
+    Unblock(IpAddr),
+}
+
+/// Something the shell must do, in order.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Action {
+    /// Open a grant (run its start command or add its firewall entries).
+    Open(GrantAction),
+    /// A grant lasts longer: refresh its firewall entries (native grants only).
+    Extend(GrantAction),
+    /// Close a grant (run its stop command or remove its entries).
+    Close(GrantAction),
+    /// Drop all new connections from `src` until `until` (Unix time).
+    Block {
+        /// The source.
+        src: IpAddr,
+        /// When the engine will unblock it.
+        until: Duration,
+    },
+    /// Lift the block of `src`.
+    Unblock {
+        /// The source.
+        src: IpAddr,
+    },
+    /// Mark one-time sequence `index` of `door` used in its file.
+    MarkUsed {
+        /// The door.
+        door: Arc<str>,
+        /// The sequence's index in the door's list.
+        index: usize,
+        /// Unused sequences left.
+        remaining: usize,
+    },
+    /// The knocks the capture must pass changed.
+    Listen(Vec<Listen>),
+    /// Write this snapshot (atomically) before applying what follows.
+    Persist(Snapshot),
+    /// A log line (knockd's format, without the timestamp).
+    Log(Level, String),
+    /// One decision as a report (with [`EngineOptions::reports`]).
+    Report(Report),
+}
+
+impl Action {
+    /// What to tell [`Engine::handle_applied`] once this action was applied.
+    pub fn applied(&self) -> Option<Applied> {
+        match self {
+            Action::Open(g) => Some(Applied::Open(g.grant)),
+            Action::Extend(g) => Some(Applied::Extend(g.grant)),
+            Action::Close(g) => Some(Applied::Close(g.grant)),
+            Action::Block { src, .. } => Some(Applied::Block(*src)),
+            Action::Unblock { src } => Some(Applied::Unblock(*src)),
+            _ => None,
+        }
+    }
+}
+
+/// How the engine runs, beyond the configuration.
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct EngineOptions {
+    /// Matcher limits.
+    pub limits: Limits,
+    /// The seed of the matcher's hasher (a daemon passes a random one).
+    pub seed: u64,
+    /// Log every knock and invalidation (`-v`).
+    pub verbose: bool,
+    /// Ignore IPv6 knocks (`-4`).
+    pub only_ipv4: bool,
+    /// Emit an [`Action::Report`] per decision (`--events-json`, replay).
+    pub reports: bool,
+}
+
+impl EngineOptions {
+    /// Sets the limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+    /// Sets the hasher seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Sets `verbose`.
+    pub fn with_verbose(mut self, verbose: bool) -> Self {
+        self.verbose = verbose;
+        self
+    }
+    /// Sets `only_ipv4`.
+    pub fn with_only_ipv4(mut self, only_ipv4: bool) -> Self {
+        self.only_ipv4 = only_ipv4;
+        self
+    }
+    /// Sets `reports`.
+    pub fn with_reports(mut self, reports: bool) -> Self {
+        self.reports = reports;
+        self
+    }
+}
+
+/// Why the engine refused a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The configuration's doors are not valid for the matcher.
+    #[error("invalid doors: {0}")]
+    Doors(#[from] knock_core::DoorError),
+}
+
+/// Counters beyond the matcher's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineStats {
+    /// Opens, extends and blocks a sink or command refused.
+    pub apply_failures: u64,
+    /// Closes and unblocks that failed (each try).
+    pub close_failures: u64,
+    /// Grants restored from a snapshot.
+    pub restored: u64,
+}
+
+/// A grant with a pending close.
+#[derive(Clone, Debug)]
+struct Held {
+    door: Arc<str>,
+    src: IpAddr,
+    until: Duration,
+    close: Option<How>,
+}
+
+/// A close that was started and not confirmed.
+#[derive(Clone, Debug)]
+struct Closing {
+    grant: GrantAction,
+    tries: u32,
+    /// When to try again (`None`: in flight).
+    retry_at: Option<Timestamp>,
+}
+
+/// How often a failed close is tried before the engine gives up on it.
+pub const CLOSE_TRIES: u32 = 5;
+
+/// The first wait before a failed close is tried again (doubling).
+pub const CLOSE_RETRY: Duration = Duration::from_secs(2);
+
+/// The sans-IO gateway engine. See the [module documentation](self).
+pub struct Engine {
+    matcher: Matcher,
+    plans: HashMap<DoorId, DoorPlan>,
+    held: BTreeMap<u64, Held>,
+    closing: BTreeMap<u64, Closing>,
+    /// Derived doors: the window their sequences were derived for.
+    windows: HashMap<DoorId, u64>,
+    /// When the next derived window begins (Unix time).
+    next_window: Option<Duration>,
+    opts: EngineOptions,
+    now: Now,
+    out: VecDeque<Action>,
+    staged: Vec<Action>,
+    dirty: bool,
+    listen_generation: u64,
+    stats: EngineStats,
+}
+
+fn plans(matcher: &Matcher, config: &Config) -> HashMap<DoorId, DoorPlan> {
+    config
+        .doors
+        .iter()
+        .filter_map(|d| Some((matcher.door_id(&d.name)?, DoorPlan::new(d))))
+        .collect()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Engine {
+    /// Checks that `config` would start an engine (what
+    /// [`handle_reload`](Self::handle_reload) checks first).
+    ///
+    /// # Errors
+    /// Doors the matcher refuses.
+    pub fn check(config: &Config, limits: Limits) -> Result<(), EngineError> {
+        Matcher::new(config.core_doors(), limits)?;
+        Ok(())
+    }
+
+    /// An engine for `config`, starting at `now`.
+    ///
+    /// # Errors
+    /// Doors the matcher refuses.
+    pub fn new(config: Config, opts: EngineOptions, now: Now) -> Result<Engine, EngineError> {
+        let mut matcher = Matcher::with_seed(config.core_doors(), opts.limits, opts.seed)?;
+        matcher.set_blacklist(config.options.core_blacklist());
+        let mut e = Engine {
+            plans: plans(&matcher, &config),
+            matcher,
+            held: BTreeMap::new(),
+            closing: BTreeMap::new(),
+            windows: HashMap::new(),
+            next_window: None,
+            opts,
+            now,
+            out: VecDeque::new(),
+            staged: Vec::new(),
+            dirty: false,
+            listen_generation: u64::MAX,
+            stats: EngineStats::default(),
+        };
+        e.update_windows(true);
+        e.finish();
+        Ok(e)
+    }
+
+    // ---- getters -------------------------------------------------------
+
+    /// The matcher (stats, doors, listen set).
+    pub fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    /// The engine's own counters.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// What the capture must pass now.
+    pub fn listen_set(&self) -> Vec<Listen> {
+        self.matcher.listen_set()
+    }
+
+    /// The state to persist, as of now.
+    pub fn snapshot(&self) -> Snapshot {
+        let now = self.now;
+        let mut grants: Vec<SavedGrant> = Vec::new();
+        for (&id, h) in &self.held {
+            if let Some(close) = &h.close {
+                grants.push(SavedGrant {
+                    id,
+                    door: h.door.to_string(),
+                    src: h.src,
+                    until_ms: millis(h.until),
+                    close: close.clone(),
+                    closing: false,
+                });
+            }
+        }
+        for (&id, c) in &self.closing {
+            grants.push(SavedGrant {
+                id,
+                door: c.grant.door.to_string(),
+                src: c.grant.src,
+                until_ms: millis(c.grant.until.unwrap_or(now.unix)),
+                close: c.grant.how.clone(),
+                closing: true,
+            });
+        }
+        let name = |id: DoorId| self.matcher.door(id).map(|d| d.name.clone());
+        let blocks = self
+            .matcher
+            .blocks()
+            .filter_map(|(door, src, until)| {
+                Some(SavedBlock {
+                    door: name(door)?,
+                    src,
+                    until_ms: millis(now.unix_of(until)),
+                })
+            })
+            .collect();
+        let mut used_windows: Vec<SavedWindows> = self
+            .plans
+            .iter()
+            .filter(|(_, p)| p.derived.is_some())
+            .filter_map(|(&id, p)| {
+                let windows = self.matcher.used_windows(id);
+                (!windows.is_empty()).then(|| SavedWindows {
+                    door: p.name.to_string(),
+                    windows,
+                })
+            })
+            .collect();
+        used_windows.sort_by(|a, b| a.door.cmp(&b.door));
+        Snapshot {
+            version: Snapshot::VERSION,
+            next_grant: self.matcher.next_grant_id(),
+            grants,
+            blocks,
+            used_windows,
+        }
+    }
+
+    // ---- inputs --------------------------------------------------------
+
+    /// Restores what a previous run persisted: grants close on time (those
+    /// overdue, of a door that is gone, or whose close was in flight close at
+    /// once), blocks last until their end, used windows stay used, and grant
+    /// ids continue after the last one issued.
+    pub fn restore(&mut self, now: Now, snapshot: Snapshot) {
+        self.tick(now);
+        self.matcher.reserve_grant_ids(snapshot.next_grant);
+        for w in &snapshot.used_windows {
+            if let Some(id) = self.matcher.door_id(&w.door) {
+                self.matcher.restore_used_windows(id, &w.windows);
+            }
+        }
+        for b in snapshot.blocks {
+            let until = Duration::from_millis(b.until_ms);
+            let door = self.matcher.door_id(&b.door);
+            let restored = until > now.unix
+                && door.is_some_and(|d| self.matcher.restore_block(d, b.src, now.mono_of(until)));
+            if !restored {
+                self.log(Level::Info, format!("{}: block over, lifting it", b.src));
+                self.staged.push(Action::Unblock { src: b.src });
+            }
+        }
+        for g in snapshot.grants {
+            let door: Arc<str> = Arc::from(g.door.as_str());
+            let until = Duration::from_millis(g.until_ms);
+            let id = self
+                .matcher
+                .door_id(&g.door)
+                .filter(|_| !g.closing && until > now.unix);
+            let restored = id.and_then(|d| {
+                self.matcher
+                    .restore_grant(d, g.src, now.mono_of(until), g.id)
+            });
+            self.stats.restored += 1;
+            self.dirty = true;
+            if let Some(grant) = restored {
+                self.log(
+                    Level::Info,
+                    format!(
+                        "{}: {}: grant restored, closes in {} s",
+                        g.src,
+                        door,
+                        (until - now.unix).as_secs()
+                    ),
+                );
+                self.held.insert(
+                    grant.get(),
+                    Held {
+                        door,
+                        src: g.src,
+                        until,
+                        close: Some(g.close),
+                    },
+                );
+            } else {
+                self.log(
+                    Level::Info,
+                    format!("{}: {}: restored grant is over, closing it", g.src, door),
+                );
+                self.start_close(GrantAction {
+                    grant: g.id,
+                    door,
+                    src: g.src,
+                    until: Some(until),
+                    how: g.close,
+                });
+            }
+        }
+        self.finish();
+    }
+
+    /// Handles one knock seen at `now`.
+    pub fn handle_event(&mut self, now: Now, event: &Event) {
+        self.tick(now);
+        if !(self.opts.only_ipv4 && event.src.is_ipv6()) {
+            if self.opts.verbose {
+                self.log(
+                    Level::Debug,
+                    format!(
+                        "{}: {} {} port {}",
+                        event.src, event.proto, event.tcp_flags, event.dst_port
+                    ),
+                );
+            }
+            self.matcher.handle_event(self.now.mono, event);
+            self.decisions();
+        }
+        self.finish();
+    }
+
+    /// Handles the passage of time: grants, blocks and attempts that are
+    /// over, derived windows that begin, closes to retry.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.tick(now);
+        self.matcher.handle_timeout(self.now.mono);
+        self.decisions();
+        let due: Vec<u64> = self
+            .closing
+            .iter()
+            .filter(|(_, c)| c.retry_at.is_some_and(|t| t <= self.now.mono))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            if let Some(c) = self.closing.get_mut(&id) {
+                c.retry_at = None;
+                let g = c.grant.clone();
+                self.staged.push(Action::Close(g));
+            }
+        }
+        self.finish();
+    }
+
+    /// Replaces the configuration (SIGHUP). Doors that did not change keep
+    /// their attempts; every grant stays and closes on time as it was
+    /// opened. On error nothing changes.
+    ///
+    /// # Errors
+    /// Doors the matcher refuses.
+    pub fn handle_reload(&mut self, now: Now, config: Config) -> Result<(), EngineError> {
+        self.tick(now);
+        self.matcher.replace_doors(config.core_doors())?;
+        self.matcher.set_blacklist(config.options.core_blacklist());
+        self.plans = plans(&self.matcher, &config);
+        self.windows.clear();
+        self.update_windows(true);
+        self.decisions();
+        self.dirty = true;
+        self.log(Level::Info, "configuration reloaded".to_owned());
+        self.finish();
+        Ok(())
+    }
+
+    /// The outcome of an applied [`Action`] (`Err`: what went wrong).
+    /// Failures are logged as errors; a failed close is tried again
+    /// ([`CLOSE_TRIES`] times, [`CLOSE_RETRY`] apart, doubling) and stays in
+    /// the snapshot until it succeeds.
+    pub fn handle_applied(&mut self, now: Now, applied: Applied, result: Result<(), String>) {
+        self.tick(now);
+        match (applied, result) {
+            (Applied::Close(id), Ok(())) => self.dirty |= self.closing.remove(&id).is_some(),
+            (Applied::Close(id), Err(e)) => {
+                self.stats.close_failures += 1;
+                let mono = self.now.mono;
+                let line = match self.closing.get_mut(&id) {
+                    Some(c) if c.tries + 1 < CLOSE_TRIES => {
+                        c.tries += 1;
+                        let wait = CLOSE_RETRY * (1 << (c.tries - 1));
+                        c.retry_at = Some(mono.saturating_add(wait));
+                        Some(format!(
+                            "{}: {}: close failed ({e}); trying again in {} s",
+                            c.grant.src,
+                            c.grant.door,
+                            wait.as_secs()
+                        ))
+                    }
+                    Some(_) => self.closing.remove(&id).map(|c| {
+                        self.dirty = true;
+                        format!(
+                            "{}: {}: close failed {CLOSE_TRIES} times ({e}); giving up: {}",
+                            c.grant.src,
+                            c.grant.door,
+                            describe(&c.grant.how)
+                        )
+                    }),
+                    None => None,
+                };
+                if let Some(line) = line {
+                    self.log(Level::Error, line);
+                }
+            }
+            (Applied::Open(id) | Applied::Extend(id), Err(e)) => {
+                self.stats.apply_failures += 1;
+                let who = self
+                    .held
+                    .get(&id)
+                    .map(|h| format!("{}: {}", h.src, h.door))
+                    .unwrap_or_else(|| format!("grant {id}"));
+                self.log(Level::Error, format!("{who}: open failed: {e}"));
+            }
+            (Applied::Block(src), Err(e)) => {
+                self.stats.apply_failures += 1;
+                self.log(Level::Error, format!("{src}: block failed: {e}"));
+            }
+            (Applied::Unblock(src), Err(e)) => {
+                self.stats.close_failures += 1;
+                self.log(Level::Error, format!("{src}: unblock failed: {e}"));
+            }
+            _ => {}
+        }
+        self.finish();
+    }
+
+    /// Stops: with `close_all`, closes every open grant now; otherwise the
+    /// grants stay, persisted, for the next start.
+    pub fn handle_shutdown(&mut self, now: Now, close_all: bool) {
+        self.tick(now);
+        if close_all {
+            let held = std::mem::take(&mut self.held);
+            for (grant, h) in held {
+                self.log(
+                    Level::Info,
+                    format!("{}: {}: closing at exit", h.src, h.door),
+                );
+                if let Some(how) = h.close {
+                    self.start_close(GrantAction {
+                        grant,
+                        door: h.door,
+                        src: h.src,
+                        until: Some(h.until),
+                        how,
+                    });
+                }
+            }
+        }
+        self.dirty = true;
+        self.log(Level::Info, "shutting down".to_owned());
+        self.finish();
+    }
+
+    // ---- outputs -------------------------------------------------------
+
+    /// The next action, in order.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let window = self.next_window.map(|w| self.now.mono_of(w));
+        let retry = self.closing.values().filter_map(|c| c.retry_at).min();
+        [self.matcher.poll_timeout(), window, retry]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    // ---- internals -----------------------------------------------------
+
+    fn tick(&mut self, now: Now) {
+        if now.mono >= self.now.mono {
+            self.now = now;
+        }
+        if self.next_window.is_some_and(|w| self.now.unix >= w) {
+            self.update_windows(false);
+        }
+    }
+
+    fn log(&mut self, level: Level, line: String) {
+        self.staged.push(Action::Log(level, line));
+    }
+
+    fn report(&self, event: &'static str, door: &Arc<str>, src: Option<IpAddr>) -> Report {
+        Report {
+            event,
+            door: door.to_string(),
+            src,
+            time: report::secs(self.now.unix),
+            ..Report::default()
+        }
+    }
+
+    /// Derives the sequences of windows w-1, w and w+1 for every derived
+    /// door whose window changed (every one with `force`).
+    fn update_windows(&mut self, force: bool) {
+        let unix = self.now.unix;
+        let mut next: Option<Duration> = None;
+        let mut lines = Vec::new();
+        let mut derived: Vec<(DoorId, &DoorPlan)> = self
+            .plans
+            .iter()
+            .filter(|(_, p)| p.derived.is_some())
+            .map(|(&id, p)| (id, p))
+            .collect();
+        derived.sort_by_key(|(id, _)| *id);
+        let mut updates = Vec::new();
+        for (id, plan) in derived {
+            let Some(d) = &plan.derived else { continue };
+            let w = window_of(unix, d.period);
+            let start = window_start(w.saturating_add(1), d.period);
+            next = Some(next.map_or(start, |n| n.min(start)));
+            if !force && self.windows.get(&id) == Some(&w) {
+                continue;
+            }
+            match d.windows_around(&plan.name, unix) {
+                Some(pairs) => updates.push((id, w, pairs, plan.name.clone())),
+                None => lines.push((Level::Error, format!("{}: secret not loaded", plan.name))),
+            }
+        }
+        self.next_window = next;
+        for (id, w, pairs, name) in updates {
+            match self.matcher.set_windows(id, pairs) {
+                Ok(()) => {
+                    self.windows.insert(id, w);
+                    if self.opts.verbose {
+                        lines.push((
+                            Level::Debug,
+                            format!("{name}: sequences of window {w} derived"),
+                        ));
+                    }
+                }
+                Err(e) => lines.push((Level::Error, format!("{name}: cannot set windows: {e}"))),
+            }
+        }
+        for (level, line) in lines {
+            self.log(level, line);
+        }
+    }
+
+    /// Starts closing a grant: remembered until confirmed.
+    fn start_close(&mut self, grant: GrantAction) {
+        self.closing.insert(
+            grant.grant,
+            Closing {
+                grant: grant.clone(),
+                tries: 0,
+                retry_at: None,
+            },
+        );
+        self.dirty = true;
+        self.staged.push(Action::Close(grant));
+    }
+
+    /// Turns the matcher's decisions into actions.
+    fn decisions(&mut self) {
+        while let Some(d) = self.matcher.poll_decision() {
+            self.decision(d);
+        }
+    }
+
+    fn decision(&mut self, d: Decision) {
+        let name: Arc<str> = match self.plans.get(&d.door()) {
+            Some(p) => p.name.clone(),
+            None => Arc::from(
+                self.matcher
+                    .door(d.door())
+                    .map_or_else(|| d.door().to_string(), |x| x.name.clone()),
+            ),
+        };
+        let now = self.now;
+        let reports = self.opts.reports;
+        match d {
+            Decision::Stage { src, step, .. } => {
+                if reports {
+                    let mut r = self.report("stage", &name, Some(src));
+                    r.step = Some(step);
+                    self.staged.push(Action::Report(r));
+                }
+                self.log(Level::Info, format!("{src}: {name}: Stage {step}"));
+            }
+            Decision::Open {
+                door,
+                src,
+                grant,
+                until,
+            } => {
+                let plan = self.plans.get(&door);
+                let open = plan.and_then(|p| p.opening(src));
+                let close = plan.and_then(|p| p.closing(src));
+                let until = until.map(|t| now.unix_of(t));
+                if reports {
+                    let mut r = self.report("open", &name, Some(src));
+                    r.grant = Some(grant.get());
+                    r.until = Some(until.map(report::secs));
+                    let r = r.with_how(open.as_ref(), src, true);
+                    self.staged.push(Action::Report(r));
+                }
+                self.log(Level::Info, format!("{src}: {name}: OPEN SESAME"));
+                if let Some(until) = until {
+                    self.held.insert(
+                        grant.get(),
+                        Held {
+                            door: name.clone(),
+                            src,
+                            until,
+                            close,
+                        },
+                    );
+                    self.dirty = true;
+                }
+                if let Some(how) = open {
+                    if let How::Command { command } = &how {
+                        self.log(Level::Info, format!("{name}: running command: {command}"));
+                    }
+                    self.staged.push(Action::Open(GrantAction {
+                        grant: grant.get(),
+                        door: name,
+                        src,
+                        until,
+                        how,
+                    }));
+                }
+            }
+            Decision::Extended {
+                src, grant, until, ..
+            } => {
+                let until = now.unix_of(until);
+                if reports {
+                    let mut r = self.report("extended", &name, Some(src));
+                    r.grant = Some(grant.get());
+                    r.until = Some(Some(report::secs(until)));
+                    self.staged.push(Action::Report(r));
+                }
+                self.log(Level::Info, format!("{src}: {name}: grant extended"));
+                if let Some(h) = self.held.get_mut(&grant.get()) {
+                    h.until = until;
+                    self.dirty = true;
+                    // Commands have nothing to refresh; native entries carry
+                    // a kernel timeout (the crash safety net) to push back.
+                    let native = self
+                        .plans
+                        .get(&d.door())
+                        .and_then(|p| p.opening(src))
+                        .filter(|h| matches!(h, How::Native { .. }));
+                    if let Some(how) = native {
+                        self.staged.push(Action::Extend(GrantAction {
+                            grant: grant.get(),
+                            door: name,
+                            src,
+                            until: Some(until),
+                            how,
+                        }));
+                    }
+                }
+            }
+            Decision::Close { src, grant, .. } => {
+                let held = self.held.remove(&grant.get());
+                let close = held.as_ref().and_then(|h| h.close.clone());
+                if reports {
+                    let mut r = self.report("close", &name, Some(src));
+                    r.grant = Some(grant.get());
+                    let r = r.with_how(close.as_ref(), src, false);
+                    self.staged.push(Action::Report(r));
+                }
+                self.log(Level::Info, format!("{src}: {name}: command timeout"));
+                self.dirty |= held.is_some();
+                if let (Some(h), Some(how)) = (held, close) {
+                    if let How::Command { command } = &how {
+                        self.log(Level::Info, format!("{name}: running command: {command}"));
+                    }
+                    self.start_close(GrantAction {
+                        grant: grant.get(),
+                        door: h.door,
+                        src,
+                        until: Some(h.until),
+                        how,
+                    });
+                }
+            }
+            Decision::Expired { src, step, .. } => {
+                if reports {
+                    let mut r = self.report("expired", &name, Some(src));
+                    r.step = Some(step);
+                    self.staged.push(Action::Report(r));
+                }
+                self.log(
+                    Level::Info,
+                    format!("{src}: {name}: sequence timeout (stage {step})"),
+                );
+            }
+            Decision::Invalidated { src, step, .. } => {
+                if reports {
+                    let mut r = self.report("invalidated", &name, Some(src));
+                    r.step = Some(step);
+                    self.staged.push(Action::Report(r));
+                }
+                if self.opts.verbose {
+                    self.log(
+                        Level::Info,
+                        format!("{src}: {name}: sequence invalid (stage {step})"),
+                    );
+                }
+            }
+            Decision::SequenceConsumed {
+                door,
+                index,
+                remaining,
+            } => {
+                if reports {
+                    let mut r = self.report("sequence_consumed", &name, None);
+                    r.index = Some(index);
+                    r.remaining = Some(remaining);
+                    r.would_mark = self.plans.get(&door).and_then(|p| p.one_time_line(index));
+                    self.staged.push(Action::Report(r));
+                }
+                self.dirty = true;
+                self.staged.push(Action::MarkUsed {
+                    door: name,
+                    index,
+                    remaining,
+                });
+            }
+            Decision::Blocked { src, until, .. } => {
+                let until_unix = now.unix_of(until);
+                if reports {
+                    let mut r = self.report("blocked", &name, Some(src));
+                    r.until = Some(Some(report::secs(until_unix)));
+                    self.staged.push(Action::Report(r));
+                }
+                let secs = (until.saturating_duration_since(now.mono).as_millis() + 500) / 1000;
+                self.log(
+                    Level::Warn,
+                    format!("{src}: {name}: blacklisted for {secs} s (too many invalid knocks)"),
+                );
+                self.dirty = true;
+                self.staged.push(Action::Block {
+                    src,
+                    until: until_unix,
+                });
+            }
+            Decision::Unblocked { src, .. } => {
+                if reports {
+                    let r = self.report("unblocked", &name, Some(src));
+                    self.staged.push(Action::Report(r));
+                }
+                self.log(
+                    Level::Info,
+                    format!("{src}: {name}: blacklist entry expired"),
+                );
+                self.dirty = true;
+                self.staged.push(Action::Unblock { src });
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends a call: the snapshot first (when something persistent changed),
+    /// then the call's actions, then the listen set if it changed.
+    fn finish(&mut self) {
+        if self.dirty {
+            self.dirty = false;
+            let s = self.snapshot();
+            self.out.push_back(Action::Persist(s));
+        }
+        self.out.extend(self.staged.drain(..));
+        let g = self.matcher.listen_generation();
+        if g != self.listen_generation {
+            self.listen_generation = g;
+            self.out
+                .push_back(Action::Listen(self.matcher.listen_set()));
+        }
+    }
+}
+
+/// A grant's `How`, for messages.
+fn describe(how: &How) -> String {
+    match how {
+        How::Command { command } => format!("run `{command}` by hand"),
+        How::Native {
+            firewall, ports, ..
+        } => format!(
+            "remove its {} entries for {} by hand",
+            firewall.as_str(),
+            ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}

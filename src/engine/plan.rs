@@ -1,0 +1,134 @@
+//! What each door does when it opens and closes: built once from the
+//! configuration, next to the core door it belongs to.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use knock_config::{DerivedSequence, DoorConfig, FirewallKind};
+use knock_core::Step;
+use knock_firewall::DoorCommands;
+use serde::{Deserialize, Serialize};
+
+/// How a grant is applied (or undone): everything a sink needs, already
+/// rendered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum How {
+    /// A knockd shell command, `%IP%` already substituted.
+    Command {
+        /// The command line, for `/bin/sh -c`.
+        command: String,
+    },
+    /// A native grant through a firewall backend.
+    Native {
+        /// The backend (`iptables` or `nftables`).
+        firewall: FirewallKind,
+        /// The ports to open or close.
+        ports: Vec<Step>,
+        /// Prefix width for IPv4 knockers (32: the address alone).
+        prefix_v4: u8,
+        /// Prefix width for IPv6 knockers (128: the address alone).
+        prefix_v6: u8,
+    },
+}
+
+/// A door's action: knockd's commands, or native grants.
+#[derive(Clone, Debug)]
+enum DoorAction {
+    /// knockd's commands (an empty `start`: the door has none).
+    Commands(DoorCommands),
+    Native {
+        firewall: FirewallKind,
+        ports: Vec<Step>,
+        prefix_v4: u8,
+        prefix_v6: u8,
+    },
+}
+
+/// One active door as the engine needs it beyond the core's [`knock_core::Door`].
+#[derive(Clone, Debug)]
+pub(crate) struct DoorPlan {
+    pub(crate) name: Arc<str>,
+    action: DoorAction,
+    /// Time-derived sequences: the parameters and secret.
+    pub(crate) derived: Option<DerivedSequence>,
+    /// A one-time sequence file: its path and the line of each sequence.
+    one_time: Option<(PathBuf, Vec<usize>)>,
+}
+
+impl DoorPlan {
+    pub(crate) fn new(d: &DoorConfig) -> DoorPlan {
+        let action = match d.firewall {
+            FirewallKind::Command => {
+                let mut c = DoorCommands::new(d.start_command.clone().unwrap_or_default());
+                c.start6 = d.start_command_6.clone();
+                c.stop = d.stop_command.clone();
+                c.stop6 = d.stop_command_6.clone();
+                DoorAction::Commands(c)
+            }
+            firewall => DoorAction::Native {
+                firewall,
+                ports: d.open.clone(),
+                prefix_v4: d.grant_prefix.v4,
+                prefix_v6: d.grant_prefix.v6,
+            },
+        };
+        let one_time = match &d.sequence {
+            knock_config::SequenceSource::OneTime {
+                loaded: Some(f), ..
+            } => Some((
+                f.path().to_owned(),
+                f.entries().iter().map(|e| e.line).collect(),
+            )),
+            _ => None,
+        };
+        DoorPlan {
+            name: Arc::from(d.name.as_str()),
+            action,
+            derived: d.derived().cloned(),
+            one_time,
+        }
+    }
+
+    fn how(&self, src: IpAddr, opening: bool) -> Option<How> {
+        match &self.action {
+            DoorAction::Commands(c) => {
+                let command = if opening {
+                    Some(c.start_for(src)).filter(|s| !s.is_empty())
+                } else {
+                    c.stop_for(src)
+                };
+                command.map(|command| How::Command { command })
+            }
+            DoorAction::Native {
+                firewall,
+                ports,
+                prefix_v4,
+                prefix_v6,
+            } => Some(How::Native {
+                firewall: *firewall,
+                ports: ports.clone(),
+                prefix_v4: *prefix_v4,
+                prefix_v6: *prefix_v6,
+            }),
+        }
+    }
+
+    /// What opens the door for `src` (`None`: a door without a start command).
+    pub(crate) fn opening(&self, src: IpAddr) -> Option<How> {
+        self.how(src, true)
+    }
+
+    /// What closes it again (`None`: nothing to undo).
+    pub(crate) fn closing(&self, src: IpAddr) -> Option<How> {
+        self.how(src, false)
+    }
+
+    /// `path:line` of one-time sequence `index`.
+    pub(crate) fn one_time_line(&self, index: usize) -> Option<String> {
+        let (path, lines) = self.one_time.as_ref()?;
+        Some(format!("{}:{}", path.display(), lines.get(index)?))
+    }
+}

@@ -1,0 +1,409 @@
+//! The engine (`knock::engine`) driven with a fake clock: grants, restarts,
+//! reloads, retries, blocks, windows and one-time sequences, without
+//! sleeping and without touching anything.
+
+// Test code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(feature = "engine")]
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use knock::config::Config;
+use knock::core::{Event, Step, TcpFlags, Timestamp};
+use knock::engine::{Action, Applied, Engine, EngineOptions, How, Level, Now, Snapshot};
+
+const EPOCH: u64 = 1_700_000_000;
+
+fn me() -> IpAddr {
+    "198.18.0.2".parse().unwrap()
+}
+fn server() -> IpAddr {
+    "198.18.0.1".parse().unwrap()
+}
+
+/// `ms` milliseconds into a process whose monotonic clock started at
+/// Unix time `EPOCH + boot` seconds.
+fn at(boot: u64, ms: u64) -> Now {
+    Now::new(
+        Timestamp::from_millis(ms),
+        Duration::from_secs(EPOCH + boot) + Duration::from_millis(ms),
+    )
+}
+
+const COMMANDS: &str = "
+[ssh]
+    sequence      = 7000,8000
+    cmd_timeout   = 4
+    start_command = iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+    stop_command  = iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+";
+
+fn engine(conf: &str, now: Now) -> Engine {
+    let config = Config::from_knockd_str(conf, "test.conf").unwrap();
+    Engine::new(config, EngineOptions::default(), now).unwrap()
+}
+
+fn knock(e: &mut Engine, now: Now, ports: &[u16]) -> Vec<Action> {
+    let mut out = Vec::new();
+    for &p in ports {
+        e.handle_event(now, &Event::tcp(me(), server(), p, TcpFlags::SYN, now.mono));
+        out.extend(drain(e));
+    }
+    out
+}
+
+fn drain(e: &mut Engine) -> Vec<Action> {
+    std::iter::from_fn(|| e.poll_action()).collect()
+}
+
+/// Runs the engine's timers up to `until` (ms, same boot), each at its time.
+fn run_until(e: &mut Engine, boot: u64, until_ms: u64) -> Vec<Action> {
+    let mut out = Vec::new();
+    while let Some(t) = e.poll_timeout() {
+        if t.as_millis() > until_ms {
+            break;
+        }
+        e.handle_timeout(at(boot, t.as_millis()));
+        out.extend(drain(e));
+    }
+    out
+}
+
+fn opens(a: &[Action]) -> Vec<&knock::engine::GrantAction> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Open(g) => Some(g),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closes(a: &[Action]) -> Vec<&knock::engine::GrantAction> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Close(g) => Some(g),
+            _ => None,
+        })
+        .collect()
+}
+
+fn last_snapshot(a: &[Action]) -> Option<Snapshot> {
+    a.iter().rev().find_map(|a| match a {
+        Action::Persist(s) => Some(s.clone()),
+        _ => None,
+    })
+}
+
+fn command(g: &knock::engine::GrantAction) -> &str {
+    match &g.how {
+        How::Command { command } => command,
+        other => panic!("not a command: {other:?}"),
+    }
+}
+
+fn confirm_closes(e: &mut Engine, now: Now, a: &[Action]) -> Vec<Action> {
+    for g in closes(a) {
+        e.handle_applied(now, Applied::Close(g.grant), Ok(()));
+    }
+    drain(e)
+}
+
+#[test]
+fn a_grant_is_persisted_before_its_door_opens_and_closes_on_time() {
+    let mut e = engine(COMMANDS, at(0, 0));
+    drain(&mut e);
+    let a = knock(&mut e, at(0, 1000), &[7000, 8000]);
+    let persist = a.iter().position(|a| matches!(a, Action::Persist(_)));
+    let open = a.iter().position(|a| matches!(a, Action::Open(_)));
+    assert!(persist.unwrap() < open.unwrap(), "{a:?}");
+    let s = last_snapshot(&a).unwrap();
+    assert_eq!(s.grants.len(), 1);
+    assert_eq!(s.grants[0].until_ms, (EPOCH + 5) * 1000);
+    assert_eq!(
+        command(opens(&a)[0]),
+        "iptables -I INPUT -s 198.18.0.2 -p tcp --dport 22 -j ACCEPT"
+    );
+    assert!(run_until(&mut e, 0, 4999)
+        .iter()
+        .all(|a| !matches!(a, Action::Close(_))));
+    let a = run_until(&mut e, 0, 5000);
+    assert_eq!(
+        command(closes(&a)[0]),
+        "iptables -D INPUT -s 198.18.0.2 -p tcp --dport 22 -j ACCEPT"
+    );
+    // Until the stop command is confirmed, the snapshot keeps the grant.
+    assert!(last_snapshot(&a).unwrap().grants[0].closing);
+    let a = confirm_closes(&mut e, at(0, 5010), &a);
+    assert!(last_snapshot(&a).unwrap().grants.is_empty());
+    // The rest is the matcher's housekeeping (the source's idle record).
+    let later = run_until(&mut e, 0, 60_000);
+    assert!(
+        later
+            .iter()
+            .all(|a| !matches!(a, Action::Close(_) | Action::Persist(_))),
+        "{later:?}"
+    );
+    assert_eq!(e.poll_timeout(), None, "nothing left to do");
+}
+
+#[test]
+fn a_restart_keeps_the_grant_a_second_knock_extends_it_and_it_closes_once() {
+    // First run: knock at 1 s, killed at 2 s (the last snapshot is what
+    // the disk holds).
+    let mut e = engine(COMMANDS, at(0, 0));
+    let a = knock(&mut e, at(0, 1000), &[7000, 8000]);
+    let first = opens(&a)[0].grant;
+    let snapshot = last_snapshot(&a).unwrap();
+    drop(e);
+
+    // Second run, booted at Unix EPOCH+2 (its monotonic clock restarts).
+    let mut e = engine(COMMANDS, at(2, 0));
+    e.restore(at(2, 0), snapshot.clone());
+    let a = drain(&mut e);
+    assert!(opens(&a).is_empty() && closes(&a).is_empty(), "{a:?}");
+    // The knock within cmd_timeout extends the restored grant: no second start.
+    let a = knock(&mut e, at(2, 500), &[7000, 8000]);
+    assert!(opens(&a).is_empty(), "no second start command: {a:?}");
+    // It closes once, at the extended end (2.5 s + 4 s after boot).
+    let a = run_until(&mut e, 2, 10_000);
+    let c = closes(&a);
+    assert_eq!(c.len(), 1, "{a:?}");
+    assert_eq!(c[0].grant, first, "the restored grant keeps its id");
+    assert_eq!(
+        c[0].until,
+        Some(Duration::from_millis((EPOCH + 2) * 1000 + 4500))
+    );
+    // A new grant after the restart gets a new id.
+    confirm_closes(&mut e, at(2, 6600), &a);
+    let a = knock(&mut e, at(2, 7000), &[7000, 8000]);
+    assert!(opens(&a)[0].grant > first);
+    assert!(last_snapshot(&a).unwrap().next_grant > opens(&a)[0].grant);
+}
+
+#[test]
+fn an_overdue_or_unconfirmed_close_runs_at_once_after_a_restart() {
+    let mut e = engine(COMMANDS, at(0, 0));
+    let a = knock(&mut e, at(0, 1000), &[7000, 8000]);
+    let snapshot = last_snapshot(&a).unwrap();
+    // Restarted long after the grant's end.
+    let mut e = engine(COMMANDS, at(60, 0));
+    e.restore(at(60, 0), snapshot);
+    let a = drain(&mut e);
+    let c = closes(&a);
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        command(c[0]),
+        "iptables -D INPUT -s 198.18.0.2 -p tcp --dport 22 -j ACCEPT"
+    );
+    // Killed before the stop command was confirmed: closed again next time.
+    let snapshot = last_snapshot(&a).unwrap();
+    let mut e = engine(COMMANDS, at(61, 0));
+    e.restore(at(61, 0), snapshot);
+    assert_eq!(closes(&drain(&mut e)).len(), 1);
+}
+
+#[test]
+fn a_failed_close_is_logged_as_an_error_and_tried_again() {
+    let mut e = engine(COMMANDS, at(0, 0));
+    knock(&mut e, at(0, 1000), &[7000, 8000]);
+    let a = run_until(&mut e, 0, 5000);
+    let g = closes(&a)[0].grant;
+    e.handle_applied(at(0, 5100), Applied::Close(g), Err("exit 1".into()));
+    let a = drain(&mut e);
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Log(Level::Error, l) if l.contains("close failed"))),
+        "{a:?}"
+    );
+    let retry = e.poll_timeout().unwrap();
+    assert_eq!(
+        retry,
+        Timestamp::from_millis(5100).saturating_add(knock::engine::CLOSE_RETRY)
+    );
+    let a = run_until(&mut e, 0, retry.as_millis());
+    assert_eq!(closes(&a).len(), 1, "tried again");
+}
+
+#[test]
+fn a_reload_keeps_grants_and_closes_them_as_they_were_opened() {
+    let mut e = engine(COMMANDS, at(0, 0));
+    knock(&mut e, at(0, 1000), &[7000, 8000]);
+    let changed = COMMANDS.replace("-j ACCEPT\n", "-j ACCEPT # v2\n");
+    let config = Config::from_knockd_str(&changed, "test.conf").unwrap();
+    e.handle_reload(at(0, 2000), config).unwrap();
+    let a = run_until(&mut e, 0, 6000);
+    assert_eq!(
+        command(closes(&a)[0]),
+        "iptables -D INPUT -s 198.18.0.2 -p tcp --dport 22 -j ACCEPT"
+    );
+}
+
+#[test]
+fn native_doors_carry_their_ports_and_extend_in_the_firewall() {
+    let conf = "[ssh]\n sequence = 7000,8000\n open = tcp/22\n firewall = nftables\n cmd_timeout = 10\n grant_prefix = 24,64\n";
+    let mut e = engine(conf, at(0, 0));
+    let a = knock(&mut e, at(0, 1000), &[7000, 8000]);
+    match &opens(&a)[0].how {
+        How::Native {
+            ports, prefix_v4, ..
+        } => {
+            assert_eq!(ports, &vec![Step::tcp(22)]);
+            assert_eq!(*prefix_v4, 24);
+        }
+        other => panic!("{other:?}"),
+    }
+    let a = knock(&mut e, at(0, 3000), &[7000, 8000]);
+    assert!(
+        a.iter().any(
+            |a| matches!(a, Action::Extend(g) if g.until == Some(Duration::from_secs(EPOCH + 13)))
+        ),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn blocks_end_on_the_engine_s_clock_and_survive_a_restart() {
+    let conf = "[options]\n blacklist = 2 invalid in 60s for 30s\n[ssh]\n sequence = 7000,8000,9000\n open = tcp/22\n";
+    let mut e = engine(conf, at(0, 0));
+    // Two wrong second knocks: two strikes.
+    let mut a = knock(&mut e, at(0, 1000), &[7000, 9000]);
+    a.extend(knock(&mut e, at(0, 1100), &[7000, 9000]));
+    let (src, until) = a
+        .iter()
+        .find_map(|a| match a {
+            Action::Block { src, until } => Some((*src, *until)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("blocked: {a:?}"));
+    assert_eq!(src, me());
+    assert_eq!(until, Duration::from_millis((EPOCH + 31) * 1000 + 100));
+    let s = last_snapshot(&a).unwrap();
+    assert_eq!(s.blocks.len(), 1);
+    // Restarted 10 s later: still blocked, and unblocked on time.
+    let mut e = engine(conf, at(10, 0));
+    e.restore(at(10, 0), s);
+    drain(&mut e);
+    let a = knock(&mut e, at(10, 100), &[7000, 8000, 9000]);
+    assert!(
+        opens(&a).is_empty(),
+        "a blocked source's knocks are ignored"
+    );
+    let a = run_until(&mut e, 10, 30_000);
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Unblock { src } if *src == me())),
+        "{a:?}"
+    );
+    assert!(!opens(&knock(&mut e, at(10, 30_000), &[7000, 8000, 9000])).is_empty());
+}
+
+#[test]
+fn a_used_window_stays_used_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("ssh.key");
+    std::fs::write(&secret, "correct horse battery staple\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let conf = format!(
+        "[ssh]\n sequence_secret_file = {}\n sequence_length = 3\n open = tcp/22\n cmd_timeout = 5\n",
+        secret.display()
+    );
+    let load = || {
+        let mut c = Config::from_knockd_str(&conf, "test.conf").unwrap();
+        c.load_sequence_files("test.conf").unwrap();
+        c
+    };
+    let config = load();
+    let door = config.door("ssh").unwrap().derived().unwrap().clone();
+    let now = at(0, 0);
+    let w = knock::config::derive::window_of(now.unix, door.period);
+    let steps =
+        knock::config::derive::derive(door.secret.as_ref().unwrap(), "ssh", &door, w).unwrap();
+    let ports: Vec<u16> = steps.iter().map(|s| s.port).collect();
+    let mut e = Engine::new(config, EngineOptions::default(), now).unwrap();
+    let a = knock(&mut e, at(0, 100), &ports);
+    assert_eq!(opens(&a).len(), 1, "{a:?}");
+    let s = last_snapshot(&a).unwrap();
+    assert_eq!(s.used_windows[0].windows, vec![w]);
+    // Restarted within the same window: the sequence does not open again.
+    let mut e = Engine::new(load(), EngineOptions::default(), at(1, 0)).unwrap();
+    e.restore(at(1, 0), s);
+    drain(&mut e);
+    let a = knock(&mut e, at(1, 100), &ports);
+    assert!(opens(&a).is_empty(), "{a:?}");
+}
+
+#[test]
+fn a_one_time_sequence_is_marked_and_the_listen_set_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("once.seq");
+    std::fs::write(&file, " 7000,8000\n 7100,8100\n").unwrap();
+    let conf = format!(
+        "[once]\n one_time_sequences = {}\n open = tcp/22\n cmd_timeout = 5\n",
+        file.display()
+    );
+    let mut config = Config::from_knockd_str(&conf, "test.conf").unwrap();
+    config.load_sequence_files("test.conf").unwrap();
+    let mut e = Engine::new(
+        config,
+        EngineOptions::default().with_reports(true),
+        at(0, 0),
+    )
+    .unwrap();
+    drain(&mut e);
+    let a = knock(&mut e, at(0, 100), &[7000, 8000]);
+    assert!(
+        a.iter().any(|a| matches!(
+            a,
+            Action::MarkUsed {
+                index: 0,
+                remaining: 1,
+                ..
+            }
+        )),
+        "{a:?}"
+    );
+    let listen = a
+        .iter()
+        .find_map(|a| match a {
+            Action::Listen(l) => Some(l.iter().map(|l| l.port).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(listen, vec![7100, 8100]);
+    let report = a
+        .iter()
+        .find_map(|a| match a {
+            Action::Report(r) if r.event == "sequence_consumed" => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(report.would_mark, Some(format!("{}:1", file.display())));
+}
+
+#[test]
+fn the_same_inputs_and_seed_give_the_same_actions() {
+    let run = || {
+        let config = Config::from_knockd_str(COMMANDS, "test.conf").unwrap();
+        let mut e = Engine::new(
+            config,
+            EngineOptions::default().with_seed(42).with_reports(true),
+            at(0, 0),
+        )
+        .unwrap();
+        let mut out = format!("{:?}", drain(&mut e));
+        for i in 0..200u64 {
+            let src: IpAddr = format!("198.18.{}.{}", i % 7, i % 13).parse().unwrap();
+            let port = [7000, 8000, 9000][(i % 3) as usize];
+            let now = at(0, i * 100);
+            e.handle_event(
+                now,
+                &Event::tcp(src, server(), port, TcpFlags::SYN, now.mono),
+            );
+            out += &format!("{:?}", drain(&mut e));
+        }
+        out += &format!("{:?}", run_until(&mut e, 0, 60_000));
+        out
+    };
+    assert_eq!(run(), run());
+}
