@@ -39,12 +39,8 @@ pub enum How {
 enum DoorAction {
     /// knockd's commands (an empty `start`: the door has none).
     Commands(DoorCommands),
-    Native {
-        firewall: FirewallKind,
-        ports: Vec<Step>,
-        prefix_v4: u8,
-        prefix_v6: u8,
-    },
+    /// Native grants: the same for every knocker.
+    Native(How),
 }
 
 /// One active door as the engine needs it beyond the core's [`knock_core::Door`].
@@ -68,12 +64,12 @@ impl DoorPlan {
                 c.stop6 = d.stop_command_6.clone();
                 DoorAction::Commands(c)
             }
-            firewall => DoorAction::Native {
+            firewall => DoorAction::Native(How::Native {
                 firewall,
                 ports: d.open.clone(),
                 prefix_v4: d.grant_prefix.v4,
                 prefix_v6: d.grant_prefix.v6,
-            },
+            }),
         };
         let one_time = match &d.sequence {
             knock_config::SequenceSource::OneTime {
@@ -102,17 +98,7 @@ impl DoorPlan {
                 };
                 command.map(|command| How::Command { command })
             }
-            DoorAction::Native {
-                firewall,
-                ports,
-                prefix_v4,
-                prefix_v6,
-            } => Some(How::Native {
-                firewall: *firewall,
-                ports: ports.clone(),
-                prefix_v4: *prefix_v4,
-                prefix_v6: *prefix_v6,
-            }),
+            DoorAction::Native(how) => Some(how.clone()),
         }
     }
 
