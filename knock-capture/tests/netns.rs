@@ -642,3 +642,44 @@ fn tun_raw_ip_link() {
     assert!(got.iter().all(|c| c.link == LinkType::RawIp));
     check_accounting(&src.stats(), 4, 0, 0);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_waker_ends_the_wait_and_is_drained() {
+    let Some(pair) = setup() else { return };
+    let src = pair
+        .server
+        .enter(|| AfPacketSource::open(SERVER_IF, &[]).unwrap())
+        .unwrap();
+    let mut multi = MultiSource::new(vec![src]);
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    multi.set_waker(theirs).unwrap();
+    // Another thread writes while the source waits with a far deadline.
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        std::io::Write::write_all(&mut &ours, &[1, 1, 1]).unwrap();
+        ours
+    });
+    let t = Instant::now();
+    let far = Some(Instant::now() + Duration::from_secs(20));
+    assert_eq!(multi.next_event(far).unwrap(), Next::Deadline);
+    let el = t.elapsed();
+    assert!(
+        el >= Duration::from_millis(150) && el < Duration::from_secs(5),
+        "woken after {el:?}"
+    );
+    let _ours = writer.join().unwrap();
+    // Drained: the next wait lasts until its deadline.
+    let t = Instant::now();
+    assert_eq!(
+        multi
+            .next_event(Some(Instant::now() + Duration::from_millis(300)))
+            .unwrap(),
+        Next::Deadline
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(280),
+        "{:?}",
+        t.elapsed()
+    );
+}
