@@ -121,6 +121,8 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let config = load(&args)?;
     if args.check {
+        // What the engine would refuse at start, refused here too.
+        knock::engine::Engine::check(&config, knock::core::Limits::default())?;
         println!("configuration OK: {} door(s)", config.doors.len());
         return Ok(());
     }
