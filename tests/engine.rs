@@ -407,3 +407,159 @@ fn the_same_inputs_and_seed_give_the_same_actions() {
     };
     assert_eq!(run(), run());
 }
+
+mod crashes {
+    //! A crash may come between any two applied actions; the next run
+    //! restores the last snapshot written. Whatever the knocks, times and
+    //! crash points, every rule a start command added is removed in the end.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Source `i` knocks the whole sequence.
+        Knock(u8),
+        /// Time passes (ms).
+        Wait(u16),
+        /// The process dies after applying `k` of the next call's actions,
+        /// and starts again `gap` ms later.
+        CrashAfter(u8, u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..3).prop_map(Op::Knock),
+            (0u16..6000).prop_map(Op::Wait),
+            (0u8..8, 0u16..6000).prop_map(|(k, g)| Op::CrashAfter(k, g)),
+        ]
+    }
+
+    /// The world: the ACCEPT rules in force (a multiset: `-I` twice needs
+    /// `-D` twice) and the snapshot on disk.
+    #[derive(Default)]
+    struct World {
+        rules: Vec<IpAddr>,
+        disk: Option<Snapshot>,
+    }
+
+    impl World {
+        /// Applies actions in order, up to `limit` of them; returns what the
+        /// engine must be told (closes are confirmed at once).
+        fn apply(&mut self, actions: Vec<Action>, limit: usize) -> Vec<Applied> {
+            let mut done = Vec::new();
+            for a in actions.into_iter().take(limit) {
+                match a {
+                    Action::Persist(s) => self.disk = Some(s),
+                    Action::Open(g) => self.rules.push(g.src),
+                    Action::Close(g) => {
+                        if let Some(i) = self.rules.iter().position(|r| *r == g.src) {
+                            self.rules.remove(i);
+                        }
+                        done.push(Applied::Close(g.grant));
+                    }
+                    _ => {}
+                }
+            }
+            done
+        }
+    }
+
+    /// One run of the process: booted at `boot` ms of Unix time.
+    struct Run {
+        engine: Engine,
+        boot: u64,
+    }
+
+    impl Run {
+        fn start(world: &World, boot: u64) -> Run {
+            let now = Now::new(Timestamp::ZERO, Duration::from_millis(boot));
+            let config = Config::from_knockd_str(COMMANDS, "test.conf").unwrap();
+            let mut engine = Engine::new(config, EngineOptions::default(), now).unwrap();
+            if let Some(s) = &world.disk {
+                engine.restore(now, s.clone());
+            }
+            Run { engine, boot }
+        }
+        fn now(&self, unix_ms: u64) -> Now {
+            Now::new(
+                Timestamp::from_millis(unix_ms - self.boot),
+                Duration::from_millis(unix_ms),
+            )
+        }
+        /// Lets `ms` pass, firing every timer at its time; stops at a crash.
+        fn advance(&mut self, world: &mut World, t: &mut u64, ms: u64, limit: usize) {
+            let until = *t + ms;
+            while let Some(next) = self.engine.poll_timeout() {
+                let at = self.boot + next.as_millis();
+                if at > until {
+                    break;
+                }
+                *t = (*t).max(at);
+                self.engine.handle_timeout(self.now(*t));
+                if !self.settle(world, *t, limit) {
+                    return;
+                }
+            }
+            *t = until;
+        }
+
+        /// Applies everything pending (up to `limit` actions), feeding back.
+        fn settle(&mut self, world: &mut World, unix_ms: u64, mut limit: usize) -> bool {
+            loop {
+                let actions = drain(&mut self.engine);
+                if actions.is_empty() {
+                    return true;
+                }
+                let n = actions.len();
+                let done = world.apply(actions, limit);
+                if n > limit {
+                    return false; // crashed
+                }
+                limit -= n;
+                for d in done {
+                    self.engine.handle_applied(self.now(unix_ms), d, Ok(()));
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn no_rule_outlives_its_grant_across_crashes(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut world = World::default();
+            let mut t = EPOCH * 1000;
+            let mut run = Run::start(&world, t);
+            run.settle(&mut world, t, usize::MAX);
+            let mut crash: Option<(usize, u16)> = None;
+            for op in ops {
+                let limit = crash.map_or(usize::MAX, |c| c.0);
+                match op {
+                    Op::Knock(i) => {
+                        let src: IpAddr = format!("198.18.0.{}", 10 + i).parse().unwrap();
+                        for p in [7000, 8000] {
+                            let now = run.now(t);
+                            run.engine.handle_event(now, &Event::tcp(src, server(), p, TcpFlags::SYN, now.mono));
+                        }
+                        run.settle(&mut world, t, limit);
+                    }
+                    Op::Wait(ms) => run.advance(&mut world, &mut t, u64::from(ms), limit),
+                    Op::CrashAfter(k, gap) => {
+                        crash = Some((usize::from(k), gap));
+                        continue;
+                    }
+                }
+                // An armed crash happens during (or at the end of) this op.
+                if let Some((_, gap)) = crash.take() {
+                    t += u64::from(gap);
+                    run = Run::start(&world, t);
+                    run.settle(&mut world, t, usize::MAX);
+                }
+            }
+            // The last run lives on: every grant ends.
+            run.advance(&mut world, &mut t, 600_000, usize::MAX);
+            prop_assert!(world.rules.is_empty(), "rules left: {:?}", world.rules);
+        }
+    }
+}
