@@ -227,9 +227,11 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// one JSON object on stdout.
 fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
     let m = daemon.matcher().stats();
+    let e = daemon.engine().stats();
     daemon.log(&format!(
         "stats: {} frames read, {} knocks, {} rejected, kernel: {} passed, {} dropped; \
-         matcher: {} events, {} sources, {} evicted, {} opens",
+         matcher: {} events, {} sources, {} evicted, {} opens; \
+         engine: {} grants restored, {} failed opens or blocks, {} failed closes",
         c.received,
         c.events,
         c.rejected_total(),
@@ -238,7 +240,10 @@ fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
         m.events,
         m.sources,
         m.evicted,
-        m.opens
+        m.opens,
+        e.restored,
+        e.apply_failures,
+        e.close_failures
     ));
     if json {
         let v = serde_json::json!({
@@ -261,6 +266,11 @@ fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
                 "evicted": m.evicted,
                 "sources": m.sources,
                 "grants": m.grants,
+            },
+            "engine": {
+                "restored": e.restored,
+                "apply_failures": e.apply_failures,
+                "close_failures": e.close_failures,
             },
         });
         println!("{v}");
