@@ -122,11 +122,12 @@ impl Grants {
         grant
     }
 
-    /// Opens `door` for `src` when the door has neither a grant lifetime nor
-    /// a cooldown: an `Open` without close, nothing to remember (a grant
-    /// with a pending close at the same door, restored from outside, stays).
+    /// Opens `door` for `src` when the door has neither a grant lifetime
+    /// nor a cooldown: an `Open` without close, nothing to remember (a
+    /// grant with a pending close at the same door, restored from outside,
+    /// stays).
     #[inline]
-    pub(crate) fn open_plain(&mut self, door: DoorId, src: IpAddr, out: &mut Queue) {
+    pub(crate) fn open_unremembered(&mut self, door: DoorId, src: IpAddr, out: &mut Queue) {
         self.announce_open(door, src, None, out);
     }
 

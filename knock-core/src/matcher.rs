@@ -5,12 +5,12 @@ use std::net::IpAddr;
 
 use crate::blacklist::{Blacklist, Suspects};
 use crate::decision::{Decision, DoorId, GrantId, Queue};
-use crate::door::{Door, FlagFilter, Listen, Sequences, Step, USED_WINDOWS, WINDOW_SLOTS};
+use crate::door::{Door, Listen, Sequences, Step, USED_WINDOWS, WINDOW_SLOTS};
 use crate::error::DoorError;
 use crate::event::{Event, Proto};
 use crate::grant::{Grants, Opened};
 use crate::hasher::SourceHasher;
-use crate::table::{addr_of, key_of, Attempt, SourceTable};
+use crate::table::{addr_of, key_of, Attempt, Single, SourceTable};
 use crate::time::Timestamp;
 use crate::timer::{TimerEntry, TimerHeap};
 
@@ -145,12 +145,16 @@ struct Track {
     live: bool,
     /// For a windowed door's track: its window.
     window: u64,
-    /// A knock of this track's first step begins this track and no other
-    /// (it is the only live track that starts there), its door has no
-    /// cooldown, and its timeout is the longest (`Matcher::tmax_ms`), so a
-    /// record's timer entry is early enough for any restart: a record
-    /// parked on it can restart it directly.
-    quick_restart: bool,
+}
+
+impl Track {
+    /// Whether `event` is the next step of attempt `a` (at this track).
+    #[inline]
+    fn hits(&self, a: Attempt, event: &Event) -> bool {
+        self.steps
+            .get(usize::from(a.step))
+            .is_some_and(|s| s.matches(event))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -160,17 +164,11 @@ struct DoorSlot {
     active: bool,
     /// A windowed door's used windows, newest last (at most `USED_WINDOWS`).
     used: VecDeque<u64>,
-    /// Opening it changes nothing in the matcher: reusable sequences, no
-    /// grant lifetime, no cooldown.
-    plain: bool,
 }
 
 impl DoorSlot {
     fn new(door: Door) -> Self {
         DoorSlot {
-            plain: matches!(door.sequences, Sequences::Reusable(_))
-                && door.grant_lifetime.is_none()
-                && door.cooldown.is_zero(),
             door,
             active: true,
             used: VecDeque::new(),
@@ -180,47 +178,33 @@ impl DoorSlot {
 
 #[derive(Clone, Debug, Default)]
 struct PortEntry {
-    /// Tracks whose first step is this port.
+    /// Tracks whose first step is this port, in track order.
     first: Vec<u16>,
     /// Doors with this port anywhere in a live track.
     doors: Vec<DoorId>,
-    /// Set when one door uses this port and it has no target or source
-    /// restriction: whether it listens then depends on the TCP flags only.
-    only_flags: Option<FlagFilter>,
 }
 
 impl PortEntry {
     /// Whether any door with this port listens to `event`.
     #[inline]
     fn accepts(&self, doors: &[DoorSlot], event: &Event) -> bool {
-        match self.only_flags {
-            Some(f) => event.proto == Proto::Udp || f.accepts(event.tcp_flags),
-            None => self
-                .doors
-                .iter()
-                .any(|d| doors[d.0 as usize].door.accepts(event)),
+        match self.doors[..] {
+            [d] => doors[d.0 as usize].door.accepts(event),
+            ref ds => ds.iter().any(|d| doors[d.0 as usize].door.accepts(event)),
         }
     }
 }
 
-/// How far [`Matcher::quick_event`] got.
-enum Quick {
-    /// Not the usual knock: nothing looked up.
-    No,
-    /// Handled.
-    Done,
-    /// Not handled, but the source was looked up: its hash and record.
-    Looked(u64, Option<u32>),
-}
-
-/// What a first knock did for one track.
-enum Begun {
-    /// The door does not take it (flags, target, cooldown, dead track).
-    No,
-    /// An attempt at step 1.
-    Attempt(Attempt),
-    /// A one-step sequence: the door opens.
-    Opens,
+/// What one knock did to a source's attempts.
+#[derive(Default)]
+struct Knocked {
+    /// The attempts left began with this knock (their start is now).
+    fresh: bool,
+    /// A door opened, ending an attempt: the track of the last open,
+    /// at step 0 (where an idle record parks, see `SourceTable::park`).
+    opened: Option<Attempt>,
+    /// The lowest door whose attempt the knock invalidated (a strike).
+    invalidated: Option<DoorId>,
 }
 
 /// The knock ports: a small open-addressing table from port key to entry.
@@ -258,11 +242,6 @@ impl PortIndex {
             }
             i = (i + 1) & (self.slots.len() - 1);
         }
-    }
-
-    #[inline]
-    fn get(&self, key: u32) -> Option<&PortEntry> {
-        self.entries.get(self.find(key)?)
     }
 
     fn from_map(map: std::collections::BTreeMap<u32, PortEntry>) -> Self {
@@ -308,12 +287,12 @@ pub struct Matcher {
     now: Timestamp,
     limits: Limits,
     scratch: Vec<Attempt>,
+    /// The tracks a knock completes (reused buffer).
+    opens: Vec<u16>,
     listen_generation: u64,
     /// Active strict doors.
     strict: Vec<DoorId>,
     suspects: Suspects,
-    /// The lowest door id whose attempt the current event invalidated.
-    invalidated_by_event: Option<DoorId>,
     /// The longest `seq_timeout` any track has had, in milliseconds: a
     /// held record's timer entry is due by its start plus this.
     tmax_ms: u32,
@@ -351,10 +330,10 @@ impl Matcher {
             now: Timestamp::ZERO,
             limits,
             scratch: Vec::new(),
+            opens: Vec::new(),
             listen_generation: 0,
             strict: Vec::new(),
             suspects: Suspects::new(limits.max_suspects, hasher),
-            invalidated_by_event: None,
             tmax_ms: 0,
             wake: Timestamp::MAX,
         };
@@ -492,25 +471,18 @@ impl Matcher {
         self.stats.events += 1;
         let pk = port_key(event.proto, event.dst_port);
         let port = self.ports.find(pk);
-        let mut looked = None;
-        if let Some(i) = port {
-            match self.quick_event(i, now, event) {
-                Quick::Done => return,
-                Quick::Looked(hash, found) => looked = Some((hash, found)),
-                Quick::No => {}
-            }
-        }
-        let doors = &self.doors;
         let entry = port.and_then(|i| self.ports.entries.get(i));
-        let relevant = entry.is_some_and(|entry| entry.accepts(doors, event));
-        // The one door that can use this port accepts the event (flags were
-        // its only filter): no need to ask it again.
-        let accepted = relevant && entry.is_some_and(|e| e.only_flags.is_some());
-        // A strict door this event touches on a port that is not its step.
-        let touched = self.strict.iter().copied().find(|d| {
-            doors[d.0 as usize].door.strict_touch(event)
-                && !self.ports.get(pk).is_some_and(|e| e.doors.contains(d))
-        });
+        // A knock some door listens to, or a strict door's touch (another
+        // port): anything else is ignored.
+        let relevant = entry.is_some_and(|e| e.accepts(&self.doors, event));
+        let touched = if self.strict.is_empty() {
+            None
+        } else {
+            self.strict.iter().copied().find(|d| {
+                self.doors[d.0 as usize].door.strict_touch(event)
+                    && !entry.is_some_and(|e| e.doors.contains(d))
+            })
+        };
         if !relevant && touched.is_none() {
             self.stats.ignored += 1;
             return;
@@ -521,43 +493,70 @@ impl Matcher {
             self.stats.blocked_events += 1;
             return;
         }
-        let src = normalized(event.src);
-        // The event's own address when it needs no normalizing (nearly
-        // always): decisions then copy it from the event, not from a value
-        // just assembled on the stack (a store-forwarding stall per event).
-        let src_ref = if src == event.src { &event.src } else { &src };
-        let (hash, found) = match looked {
-            Some(done) => done,
-            None => {
-                let hash = self.table.hash(&key);
-                (hash, self.table.find(hash, &key))
-            }
-        };
-        self.invalidated_by_event = None;
-        let handled = match found {
-            _ if !relevant => {
-                // A strict door's touch: only ends attempts.
-                if let Some(idx) = found {
-                    self.advance(idx, src, now_ms, event, false);
-                }
-                true
-            }
-            None => false,
-            Some(idx) => {
-                // quick_event, if it looked the source up, has tried this.
-                (looked.is_none() && self.advance_single(idx, src_ref, now, event, accepted))
-                    || self.advance(idx, src, now_ms, event, true)
-            }
-        };
-        if let (false, Some(port)) = (handled, port) {
-            self.start(port, found, key, hash, src, now, event);
-        } else if !relevant {
+        if !relevant {
             self.stats.ignored += 1;
         }
+        let src = normalized(event.src);
+        let hash = self.table.hash(&key);
+        let found = self.table.find(hash, &key);
+        if let (Some(idx), Some(port), None) = (found, port.filter(|_| relevant), touched) {
+            if self.knock_in_place(idx, src, now, event, port) {
+                return; // nothing invalidated: no strike
+            }
+        }
+        self.knock_stored(found, key, hash, src, now, event, port, relevant, touched);
+    }
+
+    /// [`handle_event`](Matcher::handle_event) past the lookup, for every
+    /// knock [`knock_in_place`](Matcher::knock_in_place) does not take:
+    /// the source's attempts are copied out, go through
+    /// [`knock`](Matcher::knock), and are stored back; then the blacklist.
+    /// Kept out of line so that the usual knock's path stays small.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn knock_stored(
+        &mut self,
+        found: Option<u32>,
+        key: crate::table::Key,
+        hash: u64,
+        src: IpAddr,
+        now: Timestamp,
+        event: &Event,
+        port: Option<usize>,
+        relevant: bool,
+        touched: Option<DoorId>,
+    ) {
+        let now_ms = now.as_millis();
+        let pk = port_key(event.proto, event.dst_port);
+        let mut buf = std::mem::take(&mut self.scratch);
+        let age = match found {
+            Some(idx) => {
+                self.table.load(idx, &mut buf);
+                (now_ms as u32).wrapping_sub(self.table.start_ms(idx))
+            }
+            None => {
+                buf.clear();
+                0
+            }
+        };
+        let firsts = if relevant { port } else { None };
+        let knocked = self.knock(src, now, event, firsts, age, &mut buf);
+        match found {
+            Some(idx) if buf.is_empty() && knocked.opened.is_some() => {
+                if let Some(parked) = knocked.opened {
+                    self.table.park(idx, parked);
+                }
+            }
+            Some(idx) if knocked.fresh => self.restart(idx, now_ms, &buf),
+            Some(idx) => self.table.store(idx, &buf),
+            None if buf.is_empty() => {}
+            None => self.place(key, hash, now_ms, &buf),
+        }
+        self.scratch = buf;
         if self.suspects.rule().is_none() {
             return;
         }
-        let strike = match (self.invalidated_by_event.take(), touched) {
+        let strike = match (knocked.invalidated, touched) {
             (Some(door), _) => Some(door),
             (None, Some(door)) if self.suspects.touch_counts(&key, pk, now_ms) => Some(door),
             _ => None,
@@ -574,34 +573,6 @@ impl Matcher {
                     self.table.store(idx, &[]);
                 }
             }
-        }
-    }
-
-    /// The usual knock, start to end, with as little as possible live at
-    /// once: a port that one door uses with a flags-only filter, no strict
-    /// door and no blacklist, and a source whose lone attempt (or parked
-    /// track) this knock advances. Short of [`Quick::Done`] it has changed
-    /// nothing, and hands over what it looked up.
-    #[inline]
-    fn quick_event(&mut self, port: usize, now: Timestamp, event: &Event) -> Quick {
-        if !self.strict.is_empty() || self.suspects.rule().is_some() {
-            return Quick::No;
-        }
-        let Some(entry) = self.ports.entries.get(port) else {
-            return Quick::No;
-        };
-        if entry.only_flags.is_none()
-            || !entry.accepts(&self.doors, event)
-            || normalized(event.src) != event.src
-        {
-            return Quick::No;
-        }
-        let key = key_of(event.src);
-        let hash = self.table.hash(&key);
-        let found = self.table.find(hash, &key);
-        match found {
-            Some(idx) if self.advance_single(idx, &event.src, now, event, true) => Quick::Done,
-            _ => Quick::Looked(hash, found),
         }
     }
 
@@ -914,7 +885,6 @@ impl Matcher {
                             epoch: epoch(k),
                             live: !steps.is_empty(),
                             window: 0,
-                            quick_restart: false,
                         });
                     }
                 }
@@ -927,7 +897,6 @@ impl Matcher {
                         epoch: epoch(0),
                         live: !steps.is_empty(),
                         window: 0,
-                        quick_restart: false,
                     });
                 }
                 Sequences::Windowed { windows, list } => {
@@ -948,7 +917,6 @@ impl Matcher {
                             epoch: epoch(k),
                             live: !steps.is_empty() && !slot.used.contains(&window),
                             window,
-                            quick_restart: false,
                         });
                     }
                 }
@@ -970,9 +938,6 @@ impl Matcher {
             .filter(|(_, d)| d.strict)
             .map(|(id, _)| id)
             .collect();
-        for t in &mut self.tracks {
-            t.quick_restart = false;
-        }
         for (ti, t) in self.tracks.iter().enumerate() {
             if !t.live {
                 continue;
@@ -987,23 +952,7 @@ impl Matcher {
                 }
             }
         }
-        for e in ports.values_mut() {
-            e.only_flags = match e.doors[..] {
-                [d] => {
-                    let door = &self.doors[d.0 as usize].door;
-                    (door.target.is_none() && door.from.is_empty()).then_some(door.tcp_flags)
-                }
-                _ => None,
-            };
-        }
         self.tmax_ms = self.tmax_ms.max(max_timeout(&self.tracks));
-        for e in ports.values() {
-            if let [ti] = e.first[..] {
-                let t = &mut self.tracks[ti as usize];
-                t.quick_restart = self.doors[t.door.0 as usize].door.cooldown.is_zero()
-                    && t.timeout_ms == self.tmax_ms;
-            }
-        }
         self.ports = PortIndex::from_map(ports);
         self.listen_generation += 1;
     }
@@ -1016,14 +965,17 @@ impl Matcher {
 
     /// Drops dead attempts and expires old ones (emitting `Expired` in
     /// the attempts' order, which stays).
+    #[inline]
     fn expire(&mut self, src: IpAddr, age_ms: u32, attempts: &mut Vec<Attempt>) {
-        attempts.retain(|a| {
+        let mut kept = 0;
+        for i in 0..attempts.len() {
+            let a = attempts[i];
             let Some(t) = self
                 .tracks
                 .get(a.track as usize)
                 .filter(|t| t.live && t.epoch == a.epoch)
             else {
-                return false;
+                continue;
             };
             if age_ms >= t.timeout_ms {
                 self.stats.expired += 1;
@@ -1032,118 +984,86 @@ impl Matcher {
                     src,
                     step: a.step,
                 });
-                return false;
+                continue;
             }
-            true
+            attempts[kept] = a;
+            kept += 1;
+        }
+        attempts.truncate(kept);
+    }
+
+    /// Whether `event` is the next step of attempt `a` (at a door that
+    /// takes it: the caller checks `Door::accepts`).
+    #[inline]
+    fn hits(&self, a: Attempt, event: &Event) -> bool {
+        self.tracks[a.track as usize].hits(a, event)
+    }
+
+    /// Whether attempt `a` has done every step of its track.
+    #[inline]
+    fn finished(&self, a: Attempt) -> bool {
+        usize::from(a.step) == self.tracks[a.track as usize].steps.len()
+    }
+
+    /// Attempt `a` one step on (`event` hit it): counts it and emits `Stage`.
+    #[inline]
+    fn step_on(&mut self, a: Attempt, src: IpAddr) -> Attempt {
+        let a = Attempt {
+            step: a.step + 1,
+            ..a
+        };
+        self.stats.stages += 1;
+        self.decisions.push_back(Decision::Stage {
+            door: self.tracks[a.track as usize].door,
+            src,
+            step: a.step,
         });
+        a
     }
 
-    /// Applies `event` to the attempts of record `idx`. Returns false if the
-    /// record had no live attempt left (the event is then a first knock).
-    /// An event no door listens to (`relevant` false: a strict door's touch)
-    /// only affects attempts at strict doors.
-    ///
-    /// Attempts only ever go away here, so the record's deadline can only
-    /// move later and its timer entry stays early enough (see `timer`).
-    fn advance(
-        &mut self,
-        idx: u32,
-        src: IpAddr,
-        now_ms: u64,
-        event: &Event,
-        relevant: bool,
-    ) -> bool {
-        let mut buf = std::mem::take(&mut self.scratch);
-        self.table.load(idx, &mut buf);
-        if buf.is_empty() {
-            // Idle.
-            self.scratch = buf;
-            return false;
+    /// A first knock at track `ti`: if the track is live and its door
+    /// takes `event` (flags, target, source, no cooldown for `src`), the
+    /// attempt at step 1 (counted, its `Stage` emitted).
+    #[inline]
+    fn begin(&mut self, ti: u16, src: IpAddr, now: Timestamp, event: &Event) -> Option<Attempt> {
+        let t = self.tracks.get(ti as usize)?;
+        let door = &self.doors[t.door.0 as usize].door;
+        if !t.live
+            || !door.accepts(event)
+            || (!door.cooldown.is_zero() && self.grants.in_cooldown(src, t.door, now))
+        {
+            return None;
         }
-        let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
-        self.expire(src, age, &mut buf);
-        if buf.is_empty() {
-            self.table.store(idx, &buf);
-            self.scratch = buf;
-            return false;
-        }
-        let now = Timestamp::from_millis(now_ms).max(self.now);
-        // Every attempt in track order, then the opens (as on a first
-        // knock): the attempts that stay keep their order.
-        let mut opens: Vec<u16> = Vec::new();
-        let mut kept = 0;
-        for i in 0..buf.len() {
-            let mut a = buf[i];
-            let t = &self.tracks[a.track as usize];
-            let door = &self.doors[t.door.0 as usize].door;
-            let stays = if !relevant || !door.accepts(event) {
-                // Not a knock this door listens to: only a strict door's
-                // touch matters.
-                let touch = door.strict_touch(event);
-                if touch {
-                    self.stats.strict_invalidations += 1;
-                    let (d, step) = (t.door, a.step);
-                    self.invalidate(d, src, step);
-                }
-                !touch
-            } else if t.steps[usize::from(a.step)].matches(event) {
-                a.step += 1;
-                let (door_id, done) = (t.door, usize::from(a.step) == t.steps.len());
-                self.stage(door_id, src, a.step);
-                if done {
-                    opens.push(a.track);
-                }
-                !done
-            } else if door.allow_repeat && t.steps[usize::from(a.step) - 1].matches(event) {
-                true
-            } else {
-                let (d, step) = (t.door, a.step);
-                self.invalidate(d, src, step);
-                false
-            };
-            if stays {
-                buf[kept] = a;
-                kept += 1;
-            }
-        }
-        buf.truncate(kept);
-        for &track in &opens {
-            self.open(track, src, now);
-        }
-        // An open may have used a one-time sequence that other attempts were on.
-        if !opens.is_empty() {
-            buf.retain(|a| {
-                self.tracks
-                    .get(a.track as usize)
-                    .is_some_and(|t| t.live && t.epoch == a.epoch)
-            });
-        }
-        self.table.store(idx, &buf);
-        self.scratch = buf;
-        true
+        self.stats.attempts_started += 1;
+        let a = Attempt {
+            track: ti,
+            step: 0,
+            epoch: t.epoch,
+        };
+        Some(self.step_on(a, src))
     }
 
-    /// The common case, without copying attempts out and back: record
-    /// `idx` has one live, unexpired attempt and `event` is its next step;
-    /// or it is idle, parked at step 0 of a track (`SourceTable::park`) that
-    /// `event` begins, as the only track that begins on its port, at a door
-    /// without a cooldown (`Track::quick_restart`). Returns
-    /// false (having changed nothing) in every other case.
+    /// [`knock`](Matcher::knock) without copying attempts out and back, for
+    /// the usual knocks: record `idx` has one running attempt and `event`
+    /// is its next step, or it is parked on a track (see
+    /// `SourceTable::park`) that `event` begins, as `knock` would: the
+    /// only track that starts on the knock's `port`, at a door without a
+    /// cooldown. The same predicates decide, so the outcome is `knock`'s;
+    /// in every other case it changes nothing and returns false.
     ///
     /// A knocker who starts again and one who carries on take the same
     /// path: whether the attempt is `fresh` (from step 0) changes values,
     /// not branches, since it is as random as the knockers.
-    ///
-    /// `accepted`: every door that could match `event` accepts it.
-    fn advance_single(
+    #[inline]
+    fn knock_in_place(
         &mut self,
         idx: u32,
-        src: &IpAddr,
+        src: IpAddr,
         now: Timestamp,
         event: &Event,
-        accepted: bool,
+        port: usize,
     ) -> bool {
-        let Some(a) = self.table.single(idx) else {
+        let Single::One(a) = self.table.single(idx) else {
             return false;
         };
         let Some(t) = self.tracks.get(a.track as usize) else {
@@ -1154,169 +1074,194 @@ impl Matcher {
         let age = (now_ms as u32).wrapping_sub(start_ms);
         let fresh = a.step == 0;
         let door = &self.doors[t.door.0 as usize].door;
+        let Some(entry) = self.ports.entries.get(port) else {
+            return false;
+        };
+        let first_only = entry.first == [a.track];
+        // The door of a track this knock hits has the knock's port: if it
+        // is the port's only door, `handle_event` has just seen it accept
+        // the knock (`relevant`).
+        let accepted = entry.doors == [t.door] || door.accepts(event);
         // `|` and `&`, not `||` and `&&`: one predictable branch, not one
         // per condition on `fresh`.
         let dead = !t.live
             | (t.epoch != a.epoch)
             | ((age >= t.timeout_ms) & !fresh)
-            | (!t.quick_restart & fresh);
-        if dead
-            || !t
-                .steps
-                .get(usize::from(a.step))
-                .is_some_and(|s| s.matches(event))
-            || !(accepted || door.accepts(event))
-        {
+            | (fresh & !(first_only & door.cooldown.is_zero()));
+        if dead || !t.hits(a, event) || !accepted {
             return false;
         }
-        let step = a.step + 1;
-        let (door_id, len) = (t.door, t.steps.len());
+        let timeout = u64::from(t.timeout_ms);
         self.stats.attempts_started += u64::from(fresh);
-        self.stage(door_id, *src, step);
-        if usize::from(step) == len {
-            self.table.park(idx, Attempt { step: 0, ..a });
-            self.open(a.track, *src, now);
+        let a = self.step_on(a, src);
+        if self.finished(a) {
+            self.open(a.track, src, now);
+            let epoch = self.tracks[a.track as usize].epoch;
+            self.table.park(
+                idx,
+                Attempt {
+                    step: 0,
+                    epoch,
+                    ..a
+                },
+            );
         } else {
             // A mask, not `if`, or the compiler branches on `fresh`.
             let mask = u32::from(fresh).wrapping_neg();
             let new_start = (now_ms as u32 & mask) | (start_ms & !mask);
-            self.table
-                .step_single(idx, Attempt { step, ..a }, fresh, new_start);
-            // A fresh attempt's deadline is new, and the slot's timer entry
-            // is due by its old start + tmax (see `place`): early enough,
-            // since a quick restart's track has the longest timeout.
+            self.table.set_single(idx, a, fresh, new_start);
+            // A fresh attempt's deadline is new; the record's timer entry
+            // is due by its old start + tmax (see `arm_reused`).
+            let old_due = now_ms - u64::from(age) + u64::from(self.tmax_ms);
+            if fresh & (old_due > now_ms + timeout) {
+                self.arm(idx, now_ms + timeout);
+            }
         }
         true
     }
 
-    /// An attempt at `door` ended by a wrong knock after `step` steps: count
-    /// it, remember it for the blacklist (the lowest door id of this event)
-    /// and emit `Invalidated`.
-    fn invalidate(&mut self, door: DoorId, src: IpAddr, step: u8) {
-        self.stats.invalidated += 1;
-        self.invalidated_by_event = Some(self.invalidated_by_event.map_or(door, |o| o.min(door)));
-        self.decisions
-            .push_back(Decision::Invalidated { door, src, step });
-    }
-
-    /// A knock from a source with no attempt: start one per door it begins.
-    /// `port` is the event's entry in the port index, `found` the source's
-    /// (idle) record if it has one.
-    #[allow(clippy::too_many_arguments)]
-    fn start(
+    /// The matcher's transition: one knock (`event`, at `now`) against
+    /// the attempts of source `src` (`attempts`, in track order, started
+    /// `age_ms` ago; empty for a source without any), on every path.
+    ///
+    /// Attempts past their `seq_timeout` expire first (their timer may not
+    /// have fired yet). If some are left, the knock advances each whose
+    /// next step it hits, tolerates an allowed repeat, invalidates the
+    /// others at doors that listen to it (and at strict doors it touches)
+    /// and leaves the rest; it begins nothing. If none is left, it begins
+    /// every live track of `first_port` (the knock's port entry, `None`
+    /// when no door listens to the knock) whose door takes it. `Stage` and
+    /// `Invalidated` come in track order, then the opens.
+    fn knock(
         &mut self,
-        port: usize,
-        found: Option<u32>,
-        key: crate::table::Key,
-        hash: u64,
         src: IpAddr,
         now: Timestamp,
         event: &Event,
-    ) {
-        let Some(entry) = self.ports.entries.get(port) else {
-            return;
-        };
-        if let [ti] = entry.first[..] {
-            // One sequence begins on this port (the usual case): no buffer.
-            match self.begin(ti, src, now, event) {
-                Begun::Attempt(a) => self.place(found, key, hash, now, &[a]),
-                Begun::Opens => self.open(ti, src, now),
-                Begun::No => {}
+        first_port: Option<usize>,
+        age_ms: u32,
+        attempts: &mut Vec<Attempt>,
+    ) -> Knocked {
+        self.expire(src, age_ms, attempts);
+        let mut knocked = Knocked::default();
+        let mut opens = std::mem::take(&mut self.opens);
+        opens.clear();
+        if attempts.is_empty() {
+            let Some(entry) = first_port.and_then(|p| self.ports.entries.get(p)) else {
+                self.opens = opens;
+                return knocked;
+            };
+            for i in 0..entry.first.len() {
+                let ti = self.ports.entries[first_port.unwrap_or(0)].first[i];
+                if let Some(a) = self.begin(ti, src, now, event) {
+                    if self.finished(a) {
+                        opens.push(ti);
+                    } else {
+                        attempts.push(a);
+                    }
+                }
             }
-            return;
-        }
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        let mut opens = Vec::new();
-        for i in 0..entry.first.len() {
-            let ti = self.ports.entries[port].first[i];
-            match self.begin(ti, src, now, event) {
-                Begun::Attempt(a) => buf.push(a),
-                Begun::Opens => opens.push(ti),
-                Begun::No => {}
+            knocked.fresh = true;
+        } else {
+            let relevant = first_port.is_some();
+            let mut kept = 0;
+            for i in 0..attempts.len() {
+                let a = attempts[i];
+                let t = &self.tracks[a.track as usize];
+                let door = &self.doors[t.door.0 as usize].door;
+                let listens = relevant && door.accepts(event);
+                let stays = if listens && self.hits(a, event) {
+                    let a = self.step_on(a, src);
+                    if self.finished(a) {
+                        opens.push(a.track);
+                        false
+                    } else {
+                        attempts[kept] = a;
+                        kept += 1;
+                        continue;
+                    }
+                } else if listens
+                    && door.allow_repeat
+                    && t.steps[usize::from(a.step) - 1].matches(event)
+                {
+                    true
+                } else if listens || door.strict_touch(event) {
+                    self.stats.invalidated += 1;
+                    self.stats.strict_invalidations += u64::from(!listens);
+                    let d = t.door;
+                    knocked.invalidated = Some(knocked.invalidated.map_or(d, |o| o.min(d)));
+                    self.decisions.push_back(Decision::Invalidated {
+                        door: d,
+                        src,
+                        step: a.step,
+                    });
+                    false
+                } else {
+                    true // not a knock this door listens to
+                };
+                if stays {
+                    attempts[kept] = a;
+                    kept += 1;
+                }
             }
+            attempts.truncate(kept);
         }
-        // Every Stage first, then the opens, as knockd logs them.
         for &ti in &opens {
             self.open(ti, src, now);
         }
-        if !opens.is_empty() {
-            // An open may have used a one-time sequence others started on.
-            buf.retain(|a| self.attempt_alive(a));
+        if let Some(&ti) = opens.last() {
+            knocked.opened = Some(Attempt {
+                track: ti,
+                step: 0,
+                epoch: self.tracks[ti as usize].epoch,
+            });
+            // An open may have used a one-time sequence or a window that
+            // other attempts were on.
+            attempts.retain(|a| self.attempt_alive(a));
         }
-        if !buf.is_empty() {
-            self.place(found, key, hash, now, &buf);
-        }
-        self.scratch = buf;
+        self.opens = opens;
+        knocked
     }
 
-    /// The first knock of track `ti`: if the track's door takes it, counts
-    /// it and emits its `Stage`.
-    fn begin(&mut self, ti: u16, src: IpAddr, now: Timestamp, event: &Event) -> Begun {
-        let Some(t) = self.tracks.get(ti as usize) else {
-            return Begun::No;
-        };
-        let door = &self.doors[t.door.0 as usize].door;
-        if !t.live
-            || !door.accepts(event)
-            || (!door.cooldown.is_zero() && self.grants.in_cooldown(src, t.door, now))
-        {
-            return Begun::No;
+    /// Gives record `idx` the `attempts` begun at `now_ms` (none: it stays
+    /// idle), with a timer entry due by their deadline.
+    fn restart(&mut self, idx: u32, now_ms: u64, attempts: &[Attempt]) {
+        if attempts.is_empty() {
+            self.table.store(idx, attempts);
+            return;
         }
-        let (door_id, one_step, epoch) = (t.door, t.steps.len() == 1, t.epoch);
-        self.stats.attempts_started += 1;
-        self.stage(door_id, src, 1);
-        if one_step {
-            return Begun::Opens;
-        }
-        Begun::Attempt(Attempt {
-            track: ti,
-            step: 1,
-            epoch,
-        })
+        let old_start = self.table.start_ms(idx);
+        self.table.restart(idx, now_ms as u32, attempts);
+        self.arm_reused(idx, old_start, now_ms, attempts);
     }
 
-    /// A correct knock: `src` has done `step` steps of `door`.
-    #[inline]
-    fn stage(&mut self, door: DoorId, src: IpAddr, step: u8) {
-        self.stats.stages += 1;
-        self.decisions
-            .push_back(Decision::Stage { door, src, step });
-    }
-
-    /// Gives the source's new `attempts` a record: its idle one (`found`), a
-    /// free slot, or the eviction candidate's when the table is full; and
-    /// makes sure the record's timer entry is due by its deadline.
-    fn place(
-        &mut self,
-        found: Option<u32>,
-        key: crate::table::Key,
-        hash: u64,
-        now: Timestamp,
-        attempts: &[Attempt],
-    ) {
-        let now_ms = now.as_millis();
+    /// Gives a source without a record one for its new `attempts`: a free
+    /// slot, or the eviction candidate's when the table is full.
+    fn place(&mut self, key: crate::table::Key, hash: u64, now_ms: u64, attempts: &[Attempt]) {
         let start = now_ms as u32;
-        let deadline = now_ms + self.min_timeout(attempts);
-        let reused = match found {
-            Some(idx) => Some(idx),
-            None if self.table.held() >= self.limits.max_sources => self.table.eviction_candidate(),
-            None => None,
+        let victim = if self.table.held() >= self.limits.max_sources() {
+            self.table.eviction_candidate()
+        } else {
+            None
         };
-        let Some(idx) = reused else {
+        let Some(idx) = victim else {
             let idx = self.table.insert(hash, key, start, attempts);
-            self.arm(idx, deadline);
+            self.arm(idx, now_ms + self.min_timeout(attempts));
             return;
         };
         let old_start = self.table.start_ms(idx);
-        if found.is_some() {
-            self.table.restart(idx, start, attempts);
-        } else if self.table.evict_into(idx, hash, key, start, attempts) {
+        if self.table.evict_into(idx, hash, key, start, attempts) {
             self.stats.evicted += 1;
         }
-        // The slot's timer entry is due by its old start + tmax: early
-        // enough unless the new deadline is sooner.
-        let age = u64::from(start.wrapping_sub(old_start));
+        self.arm_reused(idx, old_start, now_ms, attempts);
+    }
+
+    /// Record `idx`, which had started at `old_start` (ms, wrapping), has
+    /// new `attempts` started at `now_ms`. Its timer entry is due by
+    /// `old_start + tmax_ms` (see `timer`): a new entry is needed only if
+    /// the new deadline is sooner.
+    fn arm_reused(&mut self, idx: u32, old_start: u32, now_ms: u64, attempts: &[Attempt]) {
+        let deadline = now_ms + self.min_timeout(attempts);
+        let age = u64::from((now_ms as u32).wrapping_sub(old_start));
         if now_ms.saturating_sub(age) + u64::from(self.tmax_ms) > deadline {
             self.arm(idx, deadline);
         }
@@ -1332,17 +1277,17 @@ impl Matcher {
     fn open(&mut self, track: u16, src: IpAddr, now: Timestamp) {
         let door_id = self.tracks[track as usize].door;
         let slot = &mut self.doors[door_id.0 as usize];
-        if slot.plain {
-            // knockd's usual door: nothing to remember, nothing to close.
-            self.grants.open_plain(door_id, src, &mut self.decisions);
-            self.stats.opens += 1;
-            return;
-        }
         let (lifetime, cooldown) = (slot.door.grant_lifetime, slot.door.cooldown);
-        match self
-            .grants
-            .open(door_id, src, now, lifetime, cooldown, &mut self.decisions)
-        {
+        let opened = if lifetime.is_none() && cooldown.is_zero() {
+            // knockd's door without a stop command: nothing to remember.
+            self.grants
+                .open_unremembered(door_id, src, &mut self.decisions);
+            Opened::New
+        } else {
+            self.grants
+                .open(door_id, src, now, lifetime, cooldown, &mut self.decisions)
+        };
+        match opened {
             Opened::New => self.stats.opens += 1,
             Opened::Extended => self.stats.extended += 1,
             Opened::NewAfterEviction => {
