@@ -12,7 +12,7 @@ use crate::grant::{Grants, Opened};
 use crate::hasher::SourceHasher;
 use crate::table::{addr_of, key_of, Attempt, Single, SourceTable};
 use crate::time::Timestamp;
-use crate::timer::{TimerEntry, TimerHeap};
+use crate::timer::{Kind, TimerEntry, Timers};
 
 /// Bounds on what a matcher keeps.
 ///
@@ -48,7 +48,8 @@ impl Limits {
     }
 
     /// Most grants and cooldowns remembered at once (default 1,000,000). When
-    /// full, the one due soonest is closed early.
+    /// full, the one opened or extended longest ago is closed early (with
+    /// one grant lifetime for every door, the one due soonest).
     pub fn max_grants(&self) -> usize {
         self.max_grants
     }
@@ -280,7 +281,8 @@ pub struct Matcher {
     tracks: Vec<Track>,
     ports: PortIndex,
     table: SourceTable,
-    timers: TimerHeap,
+    /// Every timer: attempts, grants and cooldowns, blacklist windows and blocks.
+    timers: Timers,
     grants: Grants,
     decisions: Queue,
     stats: Stats,
@@ -296,9 +298,6 @@ pub struct Matcher {
     /// The longest `seq_timeout` any track has had, in milliseconds: a
     /// held record's timer entry is due by its start plus this.
     tmax_ms: u32,
-    /// No timer is due before this ([`poll_timeout`](Matcher::poll_timeout)
-    /// or earlier), so that an event checks one value, not three queues.
-    wake: Timestamp,
 }
 
 impl Matcher {
@@ -323,7 +322,7 @@ impl Matcher {
             tracks: Vec::new(),
             ports: PortIndex::default(),
             table: SourceTable::new(hasher),
-            timers: TimerHeap::default(),
+            timers: Timers::default(),
             grants: Grants::new(limits.max_grants, hasher),
             decisions: Queue::default(),
             stats: Stats::default(),
@@ -335,7 +334,6 @@ impl Matcher {
             strict: Vec::new(),
             suspects: Suspects::new(limits.max_suspects, hasher),
             tmax_ms: 0,
-            wake: Timestamp::MAX,
         };
         m.tracks = m.compile_tracks(&HashMap::new())?;
         m.rebuild_ports();
@@ -465,7 +463,7 @@ impl Matcher {
     /// Handles one knock seen at `now`.
     pub fn handle_event(&mut self, now: Timestamp, event: &Event) {
         let now = self.advance_clock(now);
-        if now >= self.wake {
+        if self.timers.peek_ms().is_some_and(|t| t <= now.as_millis()) {
             self.run_timers(now);
         }
         self.stats.events += 1;
@@ -563,10 +561,10 @@ impl Matcher {
         };
         if let Some(door) = strike {
             self.stats.strikes += 1;
-            let blocked = self
-                .suspects
-                .strike(key, door, pk, now_ms, &mut self.decisions);
-            self.rewake();
+            let blocked =
+                self.suspects
+                    .strike(key, door, pk, now_ms, &mut self.decisions, &mut self.timers);
+            self.compact_timers();
             if blocked.is_some() {
                 self.stats.blocked += 1;
                 if let Some(idx) = self.table.find(hash, &key) {
@@ -581,7 +579,6 @@ impl Matcher {
     /// blocks and strikes so far.
     pub fn set_blacklist(&mut self, rule: Option<Blacklist>) {
         self.suspects.set_rule(rule, &mut self.decisions);
-        self.rewake();
     }
 
     /// Gives windowed door `door` the sequences of these time windows
@@ -748,7 +745,8 @@ impl Matcher {
     /// passed). Refused (`None`) if the door is unknown, if `src` already
     /// has a grant with a pending close at `door`, or if another open grant
     /// has id `id`. Raises the next id above `id`. If the grant table is
-    /// full, the grant due soonest is closed early (a `Close` to drain).
+    /// full, the grant opened or extended longest ago is closed early (a
+    /// `Close` to drain).
     pub fn restore_grant(
         &mut self,
         door: DoorId,
@@ -757,13 +755,18 @@ impl Matcher {
         id: u64,
     ) -> Option<GrantId> {
         self.door(door)?;
-        let (grant, evicted) =
-            self.grants
-                .restore(door, normalized(src), until, id, &mut self.decisions)?;
+        let (grant, evicted) = self.grants.restore(
+            door,
+            normalized(src),
+            until,
+            id,
+            &mut self.decisions,
+            &mut self.timers,
+        )?;
         if evicted {
             self.stats.grants_evicted += 1;
         }
-        self.rewake();
+        self.compact_timers();
         Some(grant)
     }
 
@@ -780,17 +783,21 @@ impl Matcher {
         }
         let key = key_of(src);
         let now_ms = self.now.as_millis();
-        if !self
-            .suspects
-            .restore_block(key, door, until.as_millis(), now_ms, &mut self.decisions)
-        {
+        if !self.suspects.restore_block(
+            key,
+            door,
+            until.as_millis(),
+            now_ms,
+            &mut self.decisions,
+            &mut self.timers,
+        ) {
             return false;
         }
         let hash = self.table.hash(&key);
         if let Some(idx) = self.table.find(hash, &key) {
             self.table.store(idx, &[]);
         }
-        self.rewake();
+        self.compact_timers();
         true
     }
 
@@ -843,20 +850,10 @@ impl Matcher {
     /// matters); both are harmless.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.next_deadline()
+        self.timers.peek_ms().map(Timestamp::from_millis)
     }
 
     // ---- internals -----------------------------------------------------
-
-    /// Recomputes [`wake`](Matcher::wake) from the three queues.
-    fn rewake(&mut self) {
-        self.wake = self.poll_timeout().unwrap_or(Timestamp::MAX);
-    }
-
-    /// Lowers [`wake`](Matcher::wake) to a new source deadline.
-    fn wake_by_ms(&mut self, deadline_ms: u64) {
-        self.wake = self.wake.min(Timestamp::from_millis(deadline_ms));
-    }
 
     fn advance_clock(&mut self, now: Timestamp) -> Timestamp {
         if now > self.now {
@@ -1269,8 +1266,7 @@ impl Matcher {
 
     /// Adds a timer entry for record `idx` at `deadline_ms`.
     fn arm(&mut self, idx: u32, deadline_ms: u64) {
-        self.timers.push(deadline_ms, idx);
-        self.wake_by_ms(deadline_ms);
+        self.timers.push(Kind::Source, deadline_ms, idx);
         self.compact_timers();
     }
 
@@ -1284,8 +1280,17 @@ impl Matcher {
                 .open_unremembered(door_id, src, &mut self.decisions);
             Opened::New
         } else {
-            self.grants
-                .open(door_id, src, now, lifetime, cooldown, &mut self.decisions)
+            let opened = self.grants.open(
+                door_id,
+                src,
+                now,
+                lifetime,
+                cooldown,
+                &mut self.decisions,
+                &mut self.timers,
+            );
+            self.compact_timers();
+            opened
         };
         match opened {
             Opened::New => self.stats.opens += 1,
@@ -1295,9 +1300,7 @@ impl Matcher {
                 self.stats.grants_evicted += 1;
             }
         }
-        if let Some(t) = self.grants.next_deadline() {
-            self.wake = self.wake.min(t);
-        }
+        let slot = &mut self.doors[door_id.0 as usize];
         if slot.door.is_windowed() {
             let t = &mut self.tracks[track as usize];
             if slot.used.len() >= USED_WINDOWS {
@@ -1326,81 +1329,77 @@ impl Matcher {
         }
     }
 
-    /// The earliest pending timer of any kind.
-    fn next_deadline(&self) -> Option<Timestamp> {
-        let a = self.timers.peek_ms().map(Timestamp::from_millis);
-        let b = self.grants.next_deadline();
-        let c = self.suspects.next_deadline();
-        [a, b, c].into_iter().flatten().min()
-    }
-
     /// Fires the timers due at `now`, at most `max_timers_per_call`, in
-    /// deadline order; those due at the same instant in [`timer_order`].
+    /// deadline order; the decisions of those due at the same millisecond
+    /// in [`timer_order`].
     fn run_timers(&mut self, now: Timestamp) {
+        let now_ms = now.as_millis();
         let mut budget = self.limits.max_timers_per_call;
         let mut buf = std::mem::take(&mut self.scratch);
         while budget > 0 {
-            let Some(at) = self.next_deadline().filter(|&t| t <= now) else {
+            let Some(at_ms) = self.timers.peek_ms().filter(|&t| t <= now_ms) else {
                 break;
             };
-            let before = budget;
             let mark = self.decisions.mark();
-            self.fire_sources(at, &mut budget, &mut buf);
-            self.stats.closes += self.grants.fire(at, &mut budget, &mut self.decisions);
-            self.suspects
-                .fire(at.as_millis(), &mut budget, &mut self.decisions);
-            self.decisions.sort_from(mark, timer_order);
-            if budget == before {
-                break; // nothing could fire (cannot happen; never spin)
+            while budget > 0 {
+                let Some(entry) = self.timers.pop_due(at_ms) else {
+                    break;
+                };
+                budget -= 1;
+                let (kind, idx) = (entry.kind(), entry.idx);
+                let next = match kind {
+                    Kind::Source => self.fire_source(idx, at_ms, &mut buf),
+                    Kind::Grant => {
+                        let (closed, next) = self.grants.fire(idx, at_ms, &mut self.decisions);
+                        self.stats.closes += u64::from(closed);
+                        next
+                    }
+                    Kind::Suspect => self.suspects.fire(idx, at_ms, &mut self.decisions),
+                };
+                if let Some(due) = next {
+                    self.timers.push(kind, due, idx);
+                }
             }
+            self.decisions.sort_from(mark, timer_order);
         }
         self.scratch = buf;
-        self.rewake();
     }
 
-    /// Fires the source timers due at `at`: expires the attempts whose
-    /// deadline it is, frees records with none left.
-    fn fire_sources(&mut self, at: Timestamp, budget: &mut usize, buf: &mut Vec<Attempt>) {
-        let at_ms = at.as_millis();
-        while *budget > 0 {
-            let Some(entry) = self.timers.pop_due(at_ms) else {
-                break;
-            };
-            *budget -= 1;
-            let idx = entry.idx;
-            if !self.table.is_held(idx) {
-                continue; // a spare entry of a freed slot
-            }
-            self.table.load(idx, buf);
-            let src = addr_of(&self.table.key(idx));
-            let age = (at_ms as u32).wrapping_sub(self.table.start_ms(idx));
-            let before = buf.len();
-            self.expire(src, age, buf);
-            if buf.is_empty() {
-                // Idle, or every attempt is over.
-                self.table.free(idx);
-                continue;
-            }
-            if buf.len() != before {
-                self.table.store(idx, buf);
-            }
-            // Early (the record restarted or lost its nearest attempt
-            // since): due again at its real deadline.
-            let deadline = at_ms - u64::from(age) + self.min_timeout(buf);
-            self.timers.push(deadline, idx);
+    /// The timer of source record `idx` popped at `at_ms`: expires the
+    /// attempts whose deadline it is, frees the record if none is left.
+    /// Returns when it is due next.
+    fn fire_source(&mut self, idx: u32, at_ms: u64, buf: &mut Vec<Attempt>) -> Option<u64> {
+        if !self.table.is_held(idx) {
+            return None; // a spare entry of a freed slot
         }
+        self.table.load(idx, buf);
+        let src = addr_of(&self.table.key(idx));
+        let age = (at_ms as u32).wrapping_sub(self.table.start_ms(idx));
+        let before = buf.len();
+        self.expire(src, age, buf);
+        if buf.is_empty() {
+            // Idle, or every attempt is over.
+            self.table.free(idx);
+            return None;
+        }
+        if buf.len() != before {
+            self.table.store(idx, buf);
+        }
+        // Early (the record restarted or lost its nearest attempt since):
+        // due again at its real deadline.
+        Some(at_ms - u64::from(age) + self.min_timeout(buf))
     }
 
-    /// Rebuilds the timer heap with one entry per held record if spare
-    /// entries pile up (they only arise when a reused slot needs an earlier
-    /// entry than the one it has, with doors of different timeouts).
+    /// Rebuilds the timers with one entry per live slot if spare entries
+    /// pile up (see `timer`).
     fn compact_timers(&mut self) {
-        if self.timers.len() <= 2 * self.table.slots() + 1024 {
+        let slots = self.table.slots() + self.grants.slots() + self.suspects.slots();
+        if self.timers.len() <= 2 * slots + 1024 {
             return;
         }
         let now_ms = self.now.as_millis();
         let mut buf = std::mem::take(&mut self.scratch);
-        let mut entries = Vec::with_capacity(self.table.held());
+        let mut entries = Vec::with_capacity(self.table.held() + self.grants.len());
         let held: Vec<u32> = self.table.held_records().collect();
         for idx in held {
             self.table.load(idx, &mut buf);
@@ -1410,11 +1409,20 @@ impl Matcher {
             }
             let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
             let deadline = now_ms - u64::from(age) + self.min_timeout(&buf);
-            entries.push(TimerEntry::new(deadline, idx));
+            entries.push(TimerEntry::new(Kind::Source, deadline, idx));
         }
         self.scratch = buf;
+        entries.extend(
+            self.grants
+                .due()
+                .map(|(i, due)| TimerEntry::new(Kind::Grant, due, i)),
+        );
+        entries.extend(
+            self.suspects
+                .due()
+                .map(|(i, due)| TimerEntry::new(Kind::Suspect, due, i)),
+        );
         self.timers.rebuild(entries);
-        self.rewake();
     }
 
     /// The shortest `seq_timeout` among `attempts`' tracks, in milliseconds.
