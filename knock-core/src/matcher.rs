@@ -463,7 +463,8 @@ impl Matcher {
     /// Handles one knock seen at `now`.
     pub fn handle_event(&mut self, now: Timestamp, event: &Event) {
         let now = self.advance_clock(now);
-        if self.timers.peek_ms().is_some_and(|t| t <= now.as_millis()) {
+        let now_ms = now.as_millis();
+        if self.timers.peek_ms().is_some_and(|t| t <= now_ms) {
             self.run_timers(now);
         }
         self.stats.events += 1;
@@ -486,7 +487,6 @@ impl Matcher {
             return;
         }
         let key = key_of(event.src);
-        let now_ms = now.as_millis();
         if self.suspects.is_blocked(&key, now_ms) {
             self.stats.blocked_events += 1;
             return;
@@ -498,7 +498,7 @@ impl Matcher {
         let hash = self.table.hash(&key);
         let found = self.table.find(hash, &key);
         if let (Some(idx), Some(port), None) = (found, port.filter(|_| relevant), touched) {
-            if self.knock_in_place(idx, src, now, event, port) {
+            if self.knock_in_place(idx, src, now, now_ms, event, port) {
                 return; // nothing invalidated: no strike
             }
         }
@@ -1057,6 +1057,7 @@ impl Matcher {
         idx: u32,
         src: IpAddr,
         now: Timestamp,
+        now_ms: u64,
         event: &Event,
         port: usize,
     ) -> bool {
@@ -1066,7 +1067,6 @@ impl Matcher {
         let Some(t) = self.tracks.get(a.track as usize) else {
             return false;
         };
-        let now_ms = now.as_millis();
         let start_ms = self.table.start_ms(idx);
         let age = (now_ms as u32).wrapping_sub(start_ms);
         let fresh = a.step == 0;
@@ -1143,12 +1143,12 @@ impl Matcher {
         let mut opens = std::mem::take(&mut self.opens);
         opens.clear();
         if attempts.is_empty() {
-            let Some(entry) = first_port.and_then(|p| self.ports.entries.get(p)) else {
+            let Some(p) = first_port.filter(|&p| p < self.ports.entries.len()) else {
                 self.opens = opens;
                 return knocked;
             };
-            for i in 0..entry.first.len() {
-                let ti = self.ports.entries[first_port.unwrap_or(0)].first[i];
+            for i in 0..self.ports.entries[p].first.len() {
+                let ti = self.ports.entries[p].first[i];
                 if let Some(a) = self.begin(ti, src, now, event) {
                     if self.finished(a) {
                         opens.push(ti);
