@@ -1,19 +1,20 @@
 //! The scanner blacklist: strikes per source within a window, blocks.
 //!
 //! Kept apart from the source table (whose records must stay small): a
-//! bounded map of *suspects*, sources with at least one strike in the
-//! current window or a block in force, with a FIFO for eviction and a
-//! min-heap of deadlines (window ends and block ends) with lazy invalidation.
+//! bounded slab of *suspects*, sources with at least one strike in the
+//! current window or a block in force, found by source, with a FIFO for
+//! eviction; window ends and block ends are timed by the matcher's one
+//! timer structure (`timer`).
 
 use core::time::Duration;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use crate::decision::{Decision, DoorId, Queue};
 use crate::hasher::SourceHasher;
 use crate::table::{addr_of, Key};
 use crate::time::Timestamp;
+use crate::timer::{Kind, Timers};
 
 /// The scanner blacklist rule (knockd.conf `blacklist = 3 invalid in 60s for 180s`).
 ///
@@ -52,8 +53,9 @@ const RECENT: usize = 4;
 
 #[derive(Clone, Copy, Debug)]
 struct Suspect {
-    /// When the entry was created (its FIFO generation).
-    created_ms: u64,
+    key: Key,
+    /// Its place in the eviction order (see `Suspects::order`).
+    generation: u32,
     window_start_ms: u64,
     strikes: u32,
     /// The last touched ports (`port_key`s), `u32::MAX` for none.
@@ -64,7 +66,8 @@ struct Suspect {
 }
 
 impl Suspect {
-    fn deadline(&self, window_ms: u64) -> u64 {
+    /// When its timer is due: the block's end, or the window's.
+    fn due_ms(&self, window_ms: u64) -> u64 {
         self.blocked_until_ms
             .unwrap_or(self.window_start_ms.saturating_add(window_ms))
     }
@@ -76,9 +79,13 @@ impl Suspect {
 
 pub(crate) struct Suspects {
     rule: Option<Blacklist>,
-    map: HashMap<Key, Suspect, SourceHasher>,
-    order: VecDeque<(Key, u64)>,
-    heap: BinaryHeap<Reverse<(u64, Key)>>,
+    slots: Vec<Option<Suspect>>,
+    free: Vec<u32>,
+    map: HashMap<Key, u32, SourceHasher>,
+    /// Eviction order, oldest first: `(slot, generation)`, stale when the
+    /// slot's generation differs.
+    order: VecDeque<(u32, u32)>,
+    next_generation: u32,
     max: usize,
 }
 
@@ -90,15 +97,21 @@ impl Suspects {
     pub(crate) fn new(max: usize, hasher: SourceHasher) -> Self {
         Suspects {
             rule: None,
+            slots: Vec::new(),
+            free: Vec::new(),
             map: HashMap::with_hasher(hasher),
             order: VecDeque::new(),
-            heap: BinaryHeap::new(),
+            next_generation: 0,
             max: max.max(1),
         }
     }
 
     pub(crate) fn rule(&self) -> Option<Blacklist> {
         self.rule
+    }
+
+    fn window_ms(&self) -> u64 {
+        self.rule.map_or(0, |r| ms(r.window))
     }
 
     /// Sets the rule; `None` turns the blacklist off and lifts every block
@@ -109,9 +122,17 @@ impl Suspects {
             for (door, src, _) in self.blocks() {
                 out.push_back(Decision::Unblocked { door, src });
             }
+            // Their timer entries pop later and find free slots.
             self.map.clear();
             self.order.clear();
-            self.heap.clear();
+            self.free.extend(
+                self.slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.is_some())
+                    .map(|(i, _)| i as u32),
+            );
+            self.slots.iter_mut().for_each(|s| *s = None);
         }
         self.rule = rule;
     }
@@ -119,15 +140,129 @@ impl Suspects {
     /// The blocked sources: `(door, src, until)`, by block end, then address.
     pub(crate) fn blocks(&self) -> Vec<(DoorId, IpAddr, Timestamp)> {
         let mut v: Vec<_> = self
-            .map
+            .slots
             .iter()
-            .filter_map(|(k, s)| {
+            .flatten()
+            .filter_map(|s| {
                 s.blocked_until_ms
-                    .map(|u| (s.door, addr_of(k), Timestamp::from_millis(u)))
+                    .map(|u| (s.door, addr_of(&s.key), Timestamp::from_millis(u)))
             })
             .collect();
         v.sort_by_key(|&(door, src, until)| (until, src, door));
         v
+    }
+
+    /// Every used slot and when it is due (for a rebuild of the timers).
+    pub(crate) fn due(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let window_ms = self.window_ms();
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, s)| Some((i as u32, s.as_ref()?.due_ms(window_ms))))
+    }
+
+    /// Slab slots, used or free.
+    pub(crate) fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn get(&self, key: &Key) -> Option<&Suspect> {
+        self.map
+            .get(key)
+            .and_then(|&i| self.slots[i as usize].as_ref())
+    }
+
+    pub(crate) fn is_blocked(&self, key: &Key, now_ms: u64) -> bool {
+        !self.map.is_empty()
+            && self
+                .get(key)
+                .and_then(|s| s.blocked_until_ms)
+                .is_some_and(|u| u > now_ms)
+    }
+
+    /// Whether a touch of `port_key` by `key` now is a new strike: the source
+    /// has a strike in its current window and has not touched that port lately.
+    pub(crate) fn touch_counts(&self, key: &Key, port_key: u32, now_ms: u64) -> bool {
+        let Some(rule) = self.rule else {
+            return false;
+        };
+        self.get(key).is_some_and(|s| {
+            s.blocked_until_ms.is_none()
+                && s.strikes > 0
+                && now_ms.saturating_sub(s.window_start_ms) < ms(rule.window)
+                && !s.recent.contains(&port_key)
+        })
+    }
+
+    /// The slot of `key`, a new one (evicting the oldest if full) if it
+    /// has none, with a timer entry for the new one's window.
+    fn slot_of(
+        &mut self,
+        key: Key,
+        door: DoorId,
+        now_ms: u64,
+        out: &mut Queue,
+        timers: &mut Timers,
+    ) -> u32 {
+        if let Some(&i) = self.map.get(&key) {
+            return i;
+        }
+        if self.map.len() >= self.max {
+            self.evict(out);
+        }
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1);
+        let s = Suspect {
+            key,
+            generation,
+            window_start_ms: now_ms,
+            strikes: 0,
+            recent: [u32::MAX; RECENT],
+            next_recent: 0,
+            blocked_until_ms: None,
+            door,
+        };
+        timers.push(Kind::Suspect, s.due_ms(self.window_ms()), i);
+        self.slots[i as usize] = Some(s);
+        self.map.insert(key, i);
+        self.order.push_back((i, generation));
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let slots = &self.slots;
+            self.order.retain(|&(i, g)| {
+                slots[i as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.generation == g)
+            });
+        }
+        i
+    }
+
+    /// Blocks slot `i` until `until_ms` (arming a timer entry if that is
+    /// sooner than its window's end).
+    fn block(&mut self, i: u32, door: DoorId, until_ms: u64, timers: &mut Timers) {
+        let window_ms = self.window_ms();
+        let Some(s) = self.slots[i as usize].as_mut() else {
+            return;
+        };
+        let before = s.due_ms(window_ms);
+        s.blocked_until_ms = Some(until_ms);
+        s.strikes = 0;
+        s.recent = [u32::MAX; RECENT];
+        s.door = door;
+        if until_ms < before {
+            timers.push(Kind::Suspect, until_ms, i);
+        }
     }
 
     /// Blocks `key` until `until_ms` (a block known from outside, restored
@@ -140,63 +275,14 @@ impl Suspects {
         until_ms: u64,
         now_ms: u64,
         out: &mut Queue,
+        timers: &mut Timers,
     ) -> bool {
-        if self.rule.is_none()
-            || self
-                .map
-                .get(&key)
-                .is_some_and(|s| s.blocked_until_ms.is_some())
-        {
+        if self.rule.is_none() || self.get(&key).is_some_and(|s| s.blocked_until_ms.is_some()) {
             return false;
         }
-        if !self.map.contains_key(&key) {
-            if self.map.len() >= self.max {
-                self.evict(out);
-            }
-            self.order.push_back((key, now_ms));
-        }
-        let s = self.map.entry(key).or_insert(Suspect {
-            created_ms: now_ms,
-            window_start_ms: now_ms,
-            strikes: 0,
-            recent: [u32::MAX; RECENT],
-            next_recent: 0,
-            blocked_until_ms: None,
-            door,
-        });
-        s.blocked_until_ms = Some(until_ms);
-        s.strikes = 0;
-        s.recent = [u32::MAX; RECENT];
-        s.door = door;
-        self.heap.push(Reverse((until_ms, key)));
+        let i = self.slot_of(key, door, now_ms, out, timers);
+        self.block(i, door, until_ms, timers);
         true
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub(crate) fn is_blocked(&self, key: &Key, now_ms: u64) -> bool {
-        !self.map.is_empty()
-            && self
-                .map
-                .get(key)
-                .and_then(|s| s.blocked_until_ms)
-                .is_some_and(|u| u > now_ms)
-    }
-
-    /// Whether a touch of `port_key` by `key` now is a new strike: the source
-    /// has a strike in its current window and has not touched that port lately.
-    pub(crate) fn touch_counts(&self, key: &Key, port_key: u32, now_ms: u64) -> bool {
-        let Some(rule) = self.rule else {
-            return false;
-        };
-        self.map.get(key).is_some_and(|s| {
-            s.blocked_until_ms.is_none()
-                && s.strikes > 0
-                && now_ms.saturating_sub(s.window_start_ms) < ms(rule.window)
-                && !s.recent.contains(&port_key)
-        })
     }
 
     /// Records a strike; returns the block's end if the source is now blocked.
@@ -207,39 +293,20 @@ impl Suspects {
         port_key: u32,
         now_ms: u64,
         out: &mut Queue,
+        timers: &mut Timers,
     ) -> Option<u64> {
         let rule = self.rule?;
         let window_ms = ms(rule.window);
-        if !self.map.contains_key(&key) {
-            if self.map.len() >= self.max {
-                self.evict(out);
-            }
-            self.map.insert(
-                key,
-                Suspect {
-                    created_ms: now_ms,
-                    window_start_ms: now_ms,
-                    strikes: 0,
-                    recent: [u32::MAX; RECENT],
-                    next_recent: 0,
-                    blocked_until_ms: None,
-                    door,
-                },
-            );
-            self.order.push_back((key, now_ms));
-            self.heap
-                .push(Reverse((now_ms.saturating_add(window_ms), key)));
-        }
-        let s = self.map.get_mut(&key)?;
+        let i = self.slot_of(key, door, now_ms, out, timers);
+        let s = self.slots[i as usize].as_mut()?;
         if s.blocked_until_ms.is_some() {
             return None;
         }
         if now_ms.saturating_sub(s.window_start_ms) >= window_ms {
+            // A new window: due later, the entry it has re-arms.
             s.window_start_ms = now_ms;
             s.strikes = 0;
             s.recent = [u32::MAX; RECENT];
-            self.heap
-                .push(Reverse((now_ms.saturating_add(window_ms), key)));
         }
         s.strikes += 1;
         s.door = door;
@@ -248,87 +315,60 @@ impl Suspects {
             return None;
         }
         let until = now_ms.saturating_add(ms(rule.block));
-        s.blocked_until_ms = Some(until);
-        s.strikes = 0;
-        s.recent = [u32::MAX; RECENT];
-        self.heap.push(Reverse((until, key)));
+        self.block(i, door, until, timers);
         out.push_back(Decision::Blocked {
             door,
             src: addr_of(&key),
             until: Timestamp::from_millis(until),
         });
-        self.compact(window_ms);
         Some(until)
     }
 
+    fn remove(&mut self, i: u32) -> Option<Suspect> {
+        let s = self.slots.get_mut(i as usize)?.take()?;
+        self.map.remove(&s.key);
+        self.free.push(i);
+        Some(s)
+    }
+
+    /// Forgets the oldest suspect (unblocking it if blocked) to make room.
     fn evict(&mut self, out: &mut Queue) {
-        while let Some((key, created)) = self.order.pop_front() {
-            if self.map.get(&key).is_some_and(|s| s.created_ms == created) {
-                if let Some(s) = self.map.remove(&key) {
-                    if s.blocked_until_ms.is_some() {
-                        out.push_back(Decision::Unblocked {
-                            door: s.door,
-                            src: addr_of(&key),
-                        });
-                    }
-                }
-                return;
-            }
-        }
-    }
-
-    fn compact(&mut self, window_ms: u64) {
-        if self.heap.len() > 2 * self.map.len() + 64 {
-            let entries: Vec<_> = self
-                .map
-                .iter()
-                .map(|(k, s)| Reverse((s.deadline(window_ms), *k)))
-                .collect();
-            self.heap = BinaryHeap::from(entries);
-        }
-        if self.order.len() > 2 * self.map.len() + 64 {
-            let map = &self.map;
-            self.order
-                .retain(|(k, c)| map.get(k).is_some_and(|s| s.created_ms == *c));
-        }
-    }
-
-    pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
-        self.heap
-            .peek()
-            .map(|Reverse((t, _))| Timestamp::from_millis(*t))
-    }
-
-    /// Ends the blocks and windows due at `at_ms`, at most `budget` heap
-    /// entries (counted down).
-    pub(crate) fn fire(&mut self, at_ms: u64, budget: &mut usize, out: &mut Queue) {
-        let Some(rule) = self.rule else {
-            return;
-        };
-        let window_ms = ms(rule.window);
-        while *budget > 0 {
-            let Some(&Reverse((t, key))) = self.heap.peek() else {
-                break;
-            };
-            if t > at_ms {
-                break;
-            }
-            self.heap.pop();
-            *budget -= 1;
-            let Some(s) = self.map.get(&key) else {
+        while let Some((i, g)) = self.order.pop_front() {
+            let live = self.slots[i as usize]
+                .as_ref()
+                .is_some_and(|s| s.generation == g);
+            if !live {
                 continue;
-            };
-            if s.deadline(window_ms) != t {
-                continue; // stale
             }
-            if s.blocked_until_ms.is_some() {
-                out.push_back(Decision::Unblocked {
-                    door: s.door,
-                    src: addr_of(&key),
-                });
+            if let Some(s) = self.remove(i) {
+                if s.blocked_until_ms.is_some() {
+                    out.push_back(Decision::Unblocked {
+                        door: s.door,
+                        src: addr_of(&s.key),
+                    });
+                }
             }
-            self.map.remove(&key);
+            return;
         }
-        self.compact(window_ms);
+    }
+
+    /// The timer of slot `i` popped at `at_ms`: ends its block (emitting
+    /// `Unblocked`) or its window if due, forgetting the suspect. Returns
+    /// when the slot is due next (`None`: it is gone, or was already).
+    pub(crate) fn fire(&mut self, i: u32, at_ms: u64, out: &mut Queue) -> Option<u64> {
+        let window_ms = self.window_ms();
+        let s = self.slots.get(i as usize)?.as_ref()?;
+        let due = s.due_ms(window_ms);
+        if due > at_ms {
+            return Some(due); // early: the window moved on since
+        }
+        let s = self.remove(i)?;
+        if s.blocked_until_ms.is_some() {
+            out.push_back(Decision::Unblocked {
+                door: s.door,
+                src: addr_of(&s.key),
+            });
+        }
+        None
     }
 }

@@ -345,11 +345,17 @@ impl Door {
 
     /// Whether a knock (before looking at its port) is one this door listens to:
     /// the TCP flags pass, the destination is the target, the source is allowed.
-    #[inline]
+    #[inline(always)]
     pub fn accepts(&self, event: &Event) -> bool {
         (event.proto == Proto::Udp || self.tcp_flags.accepts(event.tcp_flags))
             && self.target.is_none_or(|t| t == event.dst)
-            && (self.from.is_empty() || self.from.iter().any(|n| n.contains(&event.src)))
+            && (self.from.is_empty() || self.allows_source(event.src))
+    }
+
+    /// Whether `src` is in one of the `from` networks.
+    #[inline(never)]
+    fn allows_source(&self, src: IpAddr) -> bool {
+        self.from.iter().any(|n| n.contains(&src))
     }
 
     /// Checks the rules the matcher relies on.

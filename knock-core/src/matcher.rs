@@ -5,14 +5,14 @@ use std::net::IpAddr;
 
 use crate::blacklist::{Blacklist, Suspects};
 use crate::decision::{Decision, DoorId, GrantId, Queue};
-use crate::door::{Door, FlagFilter, Listen, Sequences, Step, USED_WINDOWS, WINDOW_SLOTS};
+use crate::door::{Door, Listen, Sequences, Step, USED_WINDOWS, WINDOW_SLOTS};
 use crate::error::DoorError;
 use crate::event::{Event, Proto};
 use crate::grant::{Grants, Opened};
 use crate::hasher::SourceHasher;
-use crate::table::{addr_of, key_of, Attempt, SourceTable};
+use crate::table::{addr_of, key_of, Attempt, Single, SourceTable};
 use crate::time::Timestamp;
-use crate::timer::{TimerEntry, TimerHeap};
+use crate::timer::{Kind, TimerEntry, Timers};
 
 /// Bounds on what a matcher keeps.
 ///
@@ -48,7 +48,8 @@ impl Limits {
     }
 
     /// Most grants and cooldowns remembered at once (default 1,000,000). When
-    /// full, the one due soonest is closed early.
+    /// full, the one opened or extended longest ago is closed early (with
+    /// one grant lifetime for every door, the one due soonest).
     pub fn max_grants(&self) -> usize {
         self.max_grants
     }
@@ -145,12 +146,16 @@ struct Track {
     live: bool,
     /// For a windowed door's track: its window.
     window: u64,
-    /// A knock of this track's first step begins this track and no other
-    /// (it is the only live track that starts there), its door has no
-    /// cooldown, and its timeout is the longest (`Matcher::tmax_ms`), so a
-    /// record's timer entry is early enough for any restart: a record
-    /// parked on it can restart it directly.
-    quick_restart: bool,
+}
+
+impl Track {
+    /// Whether `event` is the next step of attempt `a` (at this track).
+    #[inline]
+    fn hits(&self, a: Attempt, event: &Event) -> bool {
+        self.steps
+            .get(usize::from(a.step))
+            .is_some_and(|s| s.matches(event))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -160,17 +165,11 @@ struct DoorSlot {
     active: bool,
     /// A windowed door's used windows, newest last (at most `USED_WINDOWS`).
     used: VecDeque<u64>,
-    /// Opening it changes nothing in the matcher: reusable sequences, no
-    /// grant lifetime, no cooldown.
-    plain: bool,
 }
 
 impl DoorSlot {
     fn new(door: Door) -> Self {
         DoorSlot {
-            plain: matches!(door.sequences, Sequences::Reusable(_))
-                && door.grant_lifetime.is_none()
-                && door.cooldown.is_zero(),
             door,
             active: true,
             used: VecDeque::new(),
@@ -180,47 +179,33 @@ impl DoorSlot {
 
 #[derive(Clone, Debug, Default)]
 struct PortEntry {
-    /// Tracks whose first step is this port.
+    /// Tracks whose first step is this port, in track order.
     first: Vec<u16>,
     /// Doors with this port anywhere in a live track.
     doors: Vec<DoorId>,
-    /// Set when one door uses this port and it has no target or source
-    /// restriction: whether it listens then depends on the TCP flags only.
-    only_flags: Option<FlagFilter>,
 }
 
 impl PortEntry {
     /// Whether any door with this port listens to `event`.
     #[inline]
     fn accepts(&self, doors: &[DoorSlot], event: &Event) -> bool {
-        match self.only_flags {
-            Some(f) => event.proto == Proto::Udp || f.accepts(event.tcp_flags),
-            None => self
-                .doors
-                .iter()
-                .any(|d| doors[d.0 as usize].door.accepts(event)),
+        match self.doors[..] {
+            [d] => doors[d.0 as usize].door.accepts(event),
+            ref ds => ds.iter().any(|d| doors[d.0 as usize].door.accepts(event)),
         }
     }
 }
 
-/// How far [`Matcher::quick_event`] got.
-enum Quick {
-    /// Not the usual knock: nothing looked up.
-    No,
-    /// Handled.
-    Done,
-    /// Not handled, but the source was looked up: its hash and record.
-    Looked(u64, Option<u32>),
-}
-
-/// What a first knock did for one track.
-enum Begun {
-    /// The door does not take it (flags, target, cooldown, dead track).
-    No,
-    /// An attempt at step 1.
-    Attempt(Attempt),
-    /// A one-step sequence: the door opens.
-    Opens,
+/// What one knock did to a source's attempts.
+#[derive(Default)]
+struct Knocked {
+    /// The attempts left began with this knock (their start is now).
+    fresh: bool,
+    /// A door opened, ending an attempt: the track of the last open,
+    /// at step 0 (where an idle record parks, see `SourceTable::park`).
+    opened: Option<Attempt>,
+    /// The lowest door whose attempt the knock invalidated (a strike).
+    invalidated: Option<DoorId>,
 }
 
 /// The knock ports: a small open-addressing table from port key to entry.
@@ -260,11 +245,6 @@ impl PortIndex {
         }
     }
 
-    #[inline]
-    fn get(&self, key: u32) -> Option<&PortEntry> {
-        self.entries.get(self.find(key)?)
-    }
-
     fn from_map(map: std::collections::BTreeMap<u32, PortEntry>) -> Self {
         let mut index = PortIndex {
             slots: vec![(EMPTY_PORT, 0); (map.len() * 4).next_power_of_two().max(8)],
@@ -301,25 +281,23 @@ pub struct Matcher {
     tracks: Vec<Track>,
     ports: PortIndex,
     table: SourceTable,
-    timers: TimerHeap,
+    /// Every timer: attempts, grants and cooldowns, blacklist windows and blocks.
+    timers: Timers,
     grants: Grants,
     decisions: Queue,
     stats: Stats,
     now: Timestamp,
     limits: Limits,
     scratch: Vec<Attempt>,
+    /// The tracks a knock completes (reused buffer).
+    opens: Vec<u16>,
     listen_generation: u64,
     /// Active strict doors.
     strict: Vec<DoorId>,
     suspects: Suspects,
-    /// The lowest door id whose attempt the current event invalidated.
-    invalidated_by_event: Option<DoorId>,
     /// The longest `seq_timeout` any track has had, in milliseconds: a
     /// held record's timer entry is due by its start plus this.
     tmax_ms: u32,
-    /// No timer is due before this ([`poll_timeout`](Matcher::poll_timeout)
-    /// or earlier), so that an event checks one value, not three queues.
-    wake: Timestamp,
 }
 
 impl Matcher {
@@ -344,19 +322,18 @@ impl Matcher {
             tracks: Vec::new(),
             ports: PortIndex::default(),
             table: SourceTable::new(hasher),
-            timers: TimerHeap::default(),
+            timers: Timers::default(),
             grants: Grants::new(limits.max_grants, hasher),
             decisions: Queue::default(),
             stats: Stats::default(),
             now: Timestamp::ZERO,
             limits,
             scratch: Vec::new(),
+            opens: Vec::new(),
             listen_generation: 0,
             strict: Vec::new(),
             suspects: Suspects::new(limits.max_suspects, hasher),
-            invalidated_by_event: None,
             tmax_ms: 0,
-            wake: Timestamp::MAX,
         };
         m.tracks = m.compile_tracks(&HashMap::new())?;
         m.rebuild_ports();
@@ -486,88 +463,108 @@ impl Matcher {
     /// Handles one knock seen at `now`.
     pub fn handle_event(&mut self, now: Timestamp, event: &Event) {
         let now = self.advance_clock(now);
-        if now >= self.wake {
+        let now_ms = now.as_millis();
+        if self.timers.peek_ms().is_some_and(|t| t <= now_ms) {
             self.run_timers(now);
         }
         self.stats.events += 1;
         let pk = port_key(event.proto, event.dst_port);
         let port = self.ports.find(pk);
-        let mut looked = None;
-        if let Some(i) = port {
-            match self.quick_event(i, now, event) {
-                Quick::Done => return,
-                Quick::Looked(hash, found) => looked = Some((hash, found)),
-                Quick::No => {}
-            }
-        }
-        let doors = &self.doors;
         let entry = port.and_then(|i| self.ports.entries.get(i));
-        let relevant = entry.is_some_and(|entry| entry.accepts(doors, event));
-        // The one door that can use this port accepts the event (flags were
-        // its only filter): no need to ask it again.
-        let accepted = relevant && entry.is_some_and(|e| e.only_flags.is_some());
-        // A strict door this event touches on a port that is not its step.
-        let touched = self.strict.iter().copied().find(|d| {
-            doors[d.0 as usize].door.strict_touch(event)
-                && !self.ports.get(pk).is_some_and(|e| e.doors.contains(d))
-        });
+        // A knock some door listens to, or a strict door's touch (another
+        // port): anything else is ignored.
+        let relevant = entry.is_some_and(|e| e.accepts(&self.doors, event));
+        let touched = if self.strict.is_empty() {
+            None
+        } else {
+            self.strict.iter().copied().find(|d| {
+                self.doors[d.0 as usize].door.strict_touch(event)
+                    && !entry.is_some_and(|e| e.doors.contains(d))
+            })
+        };
         if !relevant && touched.is_none() {
             self.stats.ignored += 1;
             return;
         }
         let key = key_of(event.src);
-        let now_ms = now.as_millis();
         if self.suspects.is_blocked(&key, now_ms) {
             self.stats.blocked_events += 1;
             return;
         }
-        let src = normalized(event.src);
-        // The event's own address when it needs no normalizing (nearly
-        // always): decisions then copy it from the event, not from a value
-        // just assembled on the stack (a store-forwarding stall per event).
-        let src_ref = if src == event.src { &event.src } else { &src };
-        let (hash, found) = match looked {
-            Some(done) => done,
-            None => {
-                let hash = self.table.hash(&key);
-                (hash, self.table.find(hash, &key))
-            }
-        };
-        self.invalidated_by_event = None;
-        let handled = match found {
-            _ if !relevant => {
-                // A strict door's touch: only ends attempts.
-                if let Some(idx) = found {
-                    self.advance(idx, src, now_ms, event, false);
-                }
-                true
-            }
-            None => false,
-            Some(idx) => {
-                // quick_event, if it looked the source up, has tried this.
-                (looked.is_none() && self.advance_single(idx, src_ref, now, event, accepted))
-                    || self.advance(idx, src, now_ms, event, true)
-            }
-        };
-        if let (false, Some(port)) = (handled, port) {
-            self.start(port, found, key, hash, src, now, event);
-        } else if !relevant {
+        if !relevant {
             self.stats.ignored += 1;
         }
+        let src = normalized(event.src);
+        let hash = self.table.hash(&key);
+        let found = self.table.find(hash, &key);
+        if let (Some(idx), Some(port), None) = (found, port.filter(|_| relevant), touched) {
+            if self.knock_in_place(idx, src, now, now_ms, event, port) {
+                return; // nothing invalidated: no strike
+            }
+        }
+        self.knock_stored(found, key, hash, src, now, event, port, relevant, touched);
+    }
+
+    /// [`handle_event`](Matcher::handle_event) past the lookup, for every
+    /// knock [`knock_in_place`](Matcher::knock_in_place) does not take:
+    /// the source's attempts are copied out, go through
+    /// [`knock`](Matcher::knock), and are stored back; then the blacklist.
+    /// Kept out of line so that the usual knock's path stays small.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn knock_stored(
+        &mut self,
+        found: Option<u32>,
+        key: crate::table::Key,
+        hash: u64,
+        src: IpAddr,
+        now: Timestamp,
+        event: &Event,
+        port: Option<usize>,
+        relevant: bool,
+        touched: Option<DoorId>,
+    ) {
+        let now_ms = now.as_millis();
+        let pk = port_key(event.proto, event.dst_port);
+        let mut buf = std::mem::take(&mut self.scratch);
+        let age = match found {
+            Some(idx) => {
+                self.table.load(idx, &mut buf);
+                (now_ms as u32).wrapping_sub(self.table.start_ms(idx))
+            }
+            None => {
+                buf.clear();
+                0
+            }
+        };
+        let firsts = if relevant { port } else { None };
+        let knocked = self.knock(src, now, event, firsts, age, &mut buf);
+        match found {
+            Some(idx) if buf.is_empty() && knocked.opened.is_some() => {
+                if let Some(parked) = knocked.opened {
+                    self.table.park(idx, parked);
+                }
+            }
+            Some(idx) if knocked.fresh => self.restart(idx, now_ms, &buf),
+            Some(idx) => self.table.store(idx, &buf),
+            None if buf.is_empty() => {}
+            None => self.place(key, hash, now_ms, &buf),
+        }
+        self.scratch = buf;
         if self.suspects.rule().is_none() {
             return;
         }
-        let strike = match (self.invalidated_by_event.take(), touched) {
+        let strike = match (knocked.invalidated, touched) {
             (Some(door), _) => Some(door),
             (None, Some(door)) if self.suspects.touch_counts(&key, pk, now_ms) => Some(door),
             _ => None,
         };
         if let Some(door) = strike {
             self.stats.strikes += 1;
-            let blocked = self
-                .suspects
-                .strike(key, door, pk, now_ms, &mut self.decisions);
-            self.rewake();
+            let blocked =
+                self.suspects
+                    .strike(key, door, pk, now_ms, &mut self.decisions, &mut self.timers);
+            self.compact_timers();
             if blocked.is_some() {
                 self.stats.blocked += 1;
                 if let Some(idx) = self.table.find(hash, &key) {
@@ -577,40 +574,11 @@ impl Matcher {
         }
     }
 
-    /// The usual knock, start to end, with as little as possible live at
-    /// once: a port that one door uses with a flags-only filter, no strict
-    /// door and no blacklist, and a source whose lone attempt (or parked
-    /// track) this knock advances. Short of [`Quick::Done`] it has changed
-    /// nothing, and hands over what it looked up.
-    #[inline]
-    fn quick_event(&mut self, port: usize, now: Timestamp, event: &Event) -> Quick {
-        if !self.strict.is_empty() || self.suspects.rule().is_some() {
-            return Quick::No;
-        }
-        let Some(entry) = self.ports.entries.get(port) else {
-            return Quick::No;
-        };
-        if entry.only_flags.is_none()
-            || !entry.accepts(&self.doors, event)
-            || normalized(event.src) != event.src
-        {
-            return Quick::No;
-        }
-        let key = key_of(event.src);
-        let hash = self.table.hash(&key);
-        let found = self.table.find(hash, &key);
-        match found {
-            Some(idx) if self.advance_single(idx, &event.src, now, event, true) => Quick::Done,
-            _ => Quick::Looked(hash, found),
-        }
-    }
-
     /// Sets (or with `None` removes) the scanner blacklist. Removing it
     /// lifts every block ([`Decision::Unblocked`]); changing it keeps the
     /// blocks and strikes so far.
     pub fn set_blacklist(&mut self, rule: Option<Blacklist>) {
         self.suspects.set_rule(rule, &mut self.decisions);
-        self.rewake();
     }
 
     /// Gives windowed door `door` the sequences of these time windows
@@ -777,7 +745,8 @@ impl Matcher {
     /// passed). Refused (`None`) if the door is unknown, if `src` already
     /// has a grant with a pending close at `door`, or if another open grant
     /// has id `id`. Raises the next id above `id`. If the grant table is
-    /// full, the grant due soonest is closed early (a `Close` to drain).
+    /// full, the grant opened or extended longest ago is closed early (a
+    /// `Close` to drain).
     pub fn restore_grant(
         &mut self,
         door: DoorId,
@@ -786,13 +755,18 @@ impl Matcher {
         id: u64,
     ) -> Option<GrantId> {
         self.door(door)?;
-        let (grant, evicted) =
-            self.grants
-                .restore(door, normalized(src), until, id, &mut self.decisions)?;
+        let (grant, evicted) = self.grants.restore(
+            door,
+            normalized(src),
+            until,
+            id,
+            &mut self.decisions,
+            &mut self.timers,
+        )?;
         if evicted {
             self.stats.grants_evicted += 1;
         }
-        self.rewake();
+        self.compact_timers();
         Some(grant)
     }
 
@@ -809,17 +783,21 @@ impl Matcher {
         }
         let key = key_of(src);
         let now_ms = self.now.as_millis();
-        if !self
-            .suspects
-            .restore_block(key, door, until.as_millis(), now_ms, &mut self.decisions)
-        {
+        if !self.suspects.restore_block(
+            key,
+            door,
+            until.as_millis(),
+            now_ms,
+            &mut self.decisions,
+            &mut self.timers,
+        ) {
             return false;
         }
         let hash = self.table.hash(&key);
         if let Some(idx) = self.table.find(hash, &key) {
             self.table.store(idx, &[]);
         }
-        self.rewake();
+        self.compact_timers();
         true
     }
 
@@ -872,20 +850,10 @@ impl Matcher {
     /// matters); both are harmless.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.next_deadline()
+        self.timers.peek_ms().map(Timestamp::from_millis)
     }
 
     // ---- internals -----------------------------------------------------
-
-    /// Recomputes [`wake`](Matcher::wake) from the three queues.
-    fn rewake(&mut self) {
-        self.wake = self.poll_timeout().unwrap_or(Timestamp::MAX);
-    }
-
-    /// Lowers [`wake`](Matcher::wake) to a new source deadline.
-    fn wake_by_ms(&mut self, deadline_ms: u64) {
-        self.wake = self.wake.min(Timestamp::from_millis(deadline_ms));
-    }
 
     fn advance_clock(&mut self, now: Timestamp) -> Timestamp {
         if now > self.now {
@@ -914,7 +882,6 @@ impl Matcher {
                             epoch: epoch(k),
                             live: !steps.is_empty(),
                             window: 0,
-                            quick_restart: false,
                         });
                     }
                 }
@@ -927,7 +894,6 @@ impl Matcher {
                         epoch: epoch(0),
                         live: !steps.is_empty(),
                         window: 0,
-                        quick_restart: false,
                     });
                 }
                 Sequences::Windowed { windows, list } => {
@@ -948,7 +914,6 @@ impl Matcher {
                             epoch: epoch(k),
                             live: !steps.is_empty() && !slot.used.contains(&window),
                             window,
-                            quick_restart: false,
                         });
                     }
                 }
@@ -970,9 +935,6 @@ impl Matcher {
             .filter(|(_, d)| d.strict)
             .map(|(id, _)| id)
             .collect();
-        for t in &mut self.tracks {
-            t.quick_restart = false;
-        }
         for (ti, t) in self.tracks.iter().enumerate() {
             if !t.live {
                 continue;
@@ -987,23 +949,7 @@ impl Matcher {
                 }
             }
         }
-        for e in ports.values_mut() {
-            e.only_flags = match e.doors[..] {
-                [d] => {
-                    let door = &self.doors[d.0 as usize].door;
-                    (door.target.is_none() && door.from.is_empty()).then_some(door.tcp_flags)
-                }
-                _ => None,
-            };
-        }
         self.tmax_ms = self.tmax_ms.max(max_timeout(&self.tracks));
-        for e in ports.values() {
-            if let [ti] = e.first[..] {
-                let t = &mut self.tracks[ti as usize];
-                t.quick_restart = self.doors[t.door.0 as usize].door.cooldown.is_zero()
-                    && t.timeout_ms == self.tmax_ms;
-            }
-        }
         self.ports = PortIndex::from_map(ports);
         self.listen_generation += 1;
     }
@@ -1016,14 +962,17 @@ impl Matcher {
 
     /// Drops dead attempts and expires old ones (emitting `Expired` in
     /// the attempts' order, which stays).
+    #[inline]
     fn expire(&mut self, src: IpAddr, age_ms: u32, attempts: &mut Vec<Attempt>) {
-        attempts.retain(|a| {
+        let mut kept = 0;
+        for i in 0..attempts.len() {
+            let a = attempts[i];
             let Some(t) = self
                 .tracks
                 .get(a.track as usize)
                 .filter(|t| t.live && t.epoch == a.epoch)
             else {
-                return false;
+                continue;
             };
             if age_ms >= t.timeout_ms {
                 self.stats.expired += 1;
@@ -1032,291 +981,284 @@ impl Matcher {
                     src,
                     step: a.step,
                 });
-                return false;
+                continue;
             }
-            true
+            attempts[kept] = a;
+            kept += 1;
+        }
+        attempts.truncate(kept);
+    }
+
+    /// Whether `event` is the next step of attempt `a` (at a door that
+    /// takes it: the caller checks `Door::accepts`).
+    #[inline]
+    fn hits(&self, a: Attempt, event: &Event) -> bool {
+        self.tracks[a.track as usize].hits(a, event)
+    }
+
+    /// Whether attempt `a` has done every step of its track.
+    #[inline]
+    fn finished(&self, a: Attempt) -> bool {
+        usize::from(a.step) == self.tracks[a.track as usize].steps.len()
+    }
+
+    /// Attempt `a` one step on (`event` hit it): counts it and emits `Stage`.
+    #[inline]
+    fn step_on(&mut self, a: Attempt, src: IpAddr) -> Attempt {
+        let a = Attempt {
+            step: a.step + 1,
+            ..a
+        };
+        self.stats.stages += 1;
+        self.decisions.push_back(Decision::Stage {
+            door: self.tracks[a.track as usize].door,
+            src,
+            step: a.step,
         });
+        a
     }
 
-    /// Applies `event` to the attempts of record `idx`. Returns false if the
-    /// record had no live attempt left (the event is then a first knock).
-    /// An event no door listens to (`relevant` false: a strict door's touch)
-    /// only affects attempts at strict doors.
-    ///
-    /// Attempts only ever go away here, so the record's deadline can only
-    /// move later and its timer entry stays early enough (see `timer`).
-    fn advance(
-        &mut self,
-        idx: u32,
-        src: IpAddr,
-        now_ms: u64,
-        event: &Event,
-        relevant: bool,
-    ) -> bool {
-        let mut buf = std::mem::take(&mut self.scratch);
-        self.table.load(idx, &mut buf);
-        if buf.is_empty() {
-            // Idle.
-            self.scratch = buf;
-            return false;
-        }
-        let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
-        self.expire(src, age, &mut buf);
-        if buf.is_empty() {
-            self.table.store(idx, &buf);
-            self.scratch = buf;
-            return false;
-        }
-        let now = Timestamp::from_millis(now_ms).max(self.now);
-        // Every attempt in track order, then the opens (as on a first
-        // knock): the attempts that stay keep their order.
-        let mut opens: Vec<u16> = Vec::new();
-        let mut kept = 0;
-        for i in 0..buf.len() {
-            let mut a = buf[i];
-            let t = &self.tracks[a.track as usize];
-            let door = &self.doors[t.door.0 as usize].door;
-            let stays = if !relevant || !door.accepts(event) {
-                // Not a knock this door listens to: only a strict door's
-                // touch matters.
-                let touch = door.strict_touch(event);
-                if touch {
-                    self.stats.strict_invalidations += 1;
-                    let (d, step) = (t.door, a.step);
-                    self.invalidate(d, src, step);
-                }
-                !touch
-            } else if t.steps[usize::from(a.step)].matches(event) {
-                a.step += 1;
-                let (door_id, done) = (t.door, usize::from(a.step) == t.steps.len());
-                self.stage(door_id, src, a.step);
-                if done {
-                    opens.push(a.track);
-                }
-                !done
-            } else if door.allow_repeat && t.steps[usize::from(a.step) - 1].matches(event) {
-                true
-            } else {
-                let (d, step) = (t.door, a.step);
-                self.invalidate(d, src, step);
-                false
-            };
-            if stays {
-                buf[kept] = a;
-                kept += 1;
-            }
-        }
-        buf.truncate(kept);
-        for &track in &opens {
-            self.open(track, src, now);
-        }
-        // An open may have used a one-time sequence that other attempts were on.
-        if !opens.is_empty() {
-            buf.retain(|a| {
-                self.tracks
-                    .get(a.track as usize)
-                    .is_some_and(|t| t.live && t.epoch == a.epoch)
-            });
-        }
-        self.table.store(idx, &buf);
-        self.scratch = buf;
-        true
-    }
-
-    /// The common case, without copying attempts out and back: record
-    /// `idx` has one live, unexpired attempt and `event` is its next step;
-    /// or it is idle, parked at step 0 of a track (`SourceTable::park`) that
-    /// `event` begins, as the only track that begins on its port, at a door
-    /// without a cooldown (`Track::quick_restart`). Returns
-    /// false (having changed nothing) in every other case.
-    ///
-    /// A knocker who starts again and one who carries on take the same
-    /// path: whether the attempt is `fresh` (from step 0) changes values,
-    /// not branches, since it is as random as the knockers.
-    ///
-    /// `accepted`: every door that could match `event` accepts it.
-    fn advance_single(
-        &mut self,
-        idx: u32,
-        src: &IpAddr,
-        now: Timestamp,
-        event: &Event,
-        accepted: bool,
-    ) -> bool {
-        let Some(a) = self.table.single(idx) else {
-            return false;
-        };
-        let Some(t) = self.tracks.get(a.track as usize) else {
-            return false;
-        };
-        let now_ms = now.as_millis();
-        let start_ms = self.table.start_ms(idx);
-        let age = (now_ms as u32).wrapping_sub(start_ms);
-        let fresh = a.step == 0;
-        let door = &self.doors[t.door.0 as usize].door;
-        // `|` and `&`, not `||` and `&&`: one predictable branch, not one
-        // per condition on `fresh`.
-        let dead = !t.live
-            | (t.epoch != a.epoch)
-            | ((age >= t.timeout_ms) & !fresh)
-            | (!t.quick_restart & fresh);
-        if dead
-            || !t
-                .steps
-                .get(usize::from(a.step))
-                .is_some_and(|s| s.matches(event))
-            || !(accepted || door.accepts(event))
-        {
-            return false;
-        }
-        let step = a.step + 1;
-        let (door_id, len) = (t.door, t.steps.len());
-        self.stats.attempts_started += u64::from(fresh);
-        self.stage(door_id, *src, step);
-        if usize::from(step) == len {
-            self.table.park(idx, Attempt { step: 0, ..a });
-            self.open(a.track, *src, now);
-        } else {
-            // A mask, not `if`, or the compiler branches on `fresh`.
-            let mask = u32::from(fresh).wrapping_neg();
-            let new_start = (now_ms as u32 & mask) | (start_ms & !mask);
-            self.table
-                .step_single(idx, Attempt { step, ..a }, fresh, new_start);
-            // A fresh attempt's deadline is new, and the slot's timer entry
-            // is due by its old start + tmax (see `place`): early enough,
-            // since a quick restart's track has the longest timeout.
-        }
-        true
-    }
-
-    /// An attempt at `door` ended by a wrong knock after `step` steps: count
-    /// it, remember it for the blacklist (the lowest door id of this event)
-    /// and emit `Invalidated`.
-    fn invalidate(&mut self, door: DoorId, src: IpAddr, step: u8) {
-        self.stats.invalidated += 1;
-        self.invalidated_by_event = Some(self.invalidated_by_event.map_or(door, |o| o.min(door)));
-        self.decisions
-            .push_back(Decision::Invalidated { door, src, step });
-    }
-
-    /// A knock from a source with no attempt: start one per door it begins.
-    /// `port` is the event's entry in the port index, `found` the source's
-    /// (idle) record if it has one.
-    #[allow(clippy::too_many_arguments)]
-    fn start(
-        &mut self,
-        port: usize,
-        found: Option<u32>,
-        key: crate::table::Key,
-        hash: u64,
-        src: IpAddr,
-        now: Timestamp,
-        event: &Event,
-    ) {
-        let Some(entry) = self.ports.entries.get(port) else {
-            return;
-        };
-        if let [ti] = entry.first[..] {
-            // One sequence begins on this port (the usual case): no buffer.
-            match self.begin(ti, src, now, event) {
-                Begun::Attempt(a) => self.place(found, key, hash, now, &[a]),
-                Begun::Opens => self.open(ti, src, now),
-                Begun::No => {}
-            }
-            return;
-        }
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        let mut opens = Vec::new();
-        for i in 0..entry.first.len() {
-            let ti = self.ports.entries[port].first[i];
-            match self.begin(ti, src, now, event) {
-                Begun::Attempt(a) => buf.push(a),
-                Begun::Opens => opens.push(ti),
-                Begun::No => {}
-            }
-        }
-        // Every Stage first, then the opens, as knockd logs them.
-        for &ti in &opens {
-            self.open(ti, src, now);
-        }
-        if !opens.is_empty() {
-            // An open may have used a one-time sequence others started on.
-            buf.retain(|a| self.attempt_alive(a));
-        }
-        if !buf.is_empty() {
-            self.place(found, key, hash, now, &buf);
-        }
-        self.scratch = buf;
-    }
-
-    /// The first knock of track `ti`: if the track's door takes it, counts
-    /// it and emits its `Stage`.
-    fn begin(&mut self, ti: u16, src: IpAddr, now: Timestamp, event: &Event) -> Begun {
-        let Some(t) = self.tracks.get(ti as usize) else {
-            return Begun::No;
-        };
+    /// A first knock at track `ti`: if the track is live and its door
+    /// takes `event` (flags, target, source, no cooldown for `src`), the
+    /// attempt at step 1 (counted, its `Stage` emitted).
+    #[inline]
+    fn begin(&mut self, ti: u16, src: IpAddr, now: Timestamp, event: &Event) -> Option<Attempt> {
+        let t = self.tracks.get(ti as usize)?;
         let door = &self.doors[t.door.0 as usize].door;
         if !t.live
             || !door.accepts(event)
             || (!door.cooldown.is_zero() && self.grants.in_cooldown(src, t.door, now))
         {
-            return Begun::No;
+            return None;
         }
-        let (door_id, one_step, epoch) = (t.door, t.steps.len() == 1, t.epoch);
         self.stats.attempts_started += 1;
-        self.stage(door_id, src, 1);
-        if one_step {
-            return Begun::Opens;
-        }
-        Begun::Attempt(Attempt {
+        let a = Attempt {
             track: ti,
-            step: 1,
-            epoch,
-        })
-    }
-
-    /// A correct knock: `src` has done `step` steps of `door`.
-    #[inline]
-    fn stage(&mut self, door: DoorId, src: IpAddr, step: u8) {
-        self.stats.stages += 1;
-        self.decisions
-            .push_back(Decision::Stage { door, src, step });
-    }
-
-    /// Gives the source's new `attempts` a record: its idle one (`found`), a
-    /// free slot, or the eviction candidate's when the table is full; and
-    /// makes sure the record's timer entry is due by its deadline.
-    fn place(
-        &mut self,
-        found: Option<u32>,
-        key: crate::table::Key,
-        hash: u64,
-        now: Timestamp,
-        attempts: &[Attempt],
-    ) {
-        let now_ms = now.as_millis();
-        let start = now_ms as u32;
-        let deadline = now_ms + self.min_timeout(attempts);
-        let reused = match found {
-            Some(idx) => Some(idx),
-            None if self.table.held() >= self.limits.max_sources => self.table.eviction_candidate(),
-            None => None,
+            step: 0,
+            epoch: t.epoch,
         };
-        let Some(idx) = reused else {
+        Some(self.step_on(a, src))
+    }
+
+    /// [`knock`](Matcher::knock) without copying attempts out and back, for
+    /// the usual knocks: record `idx` has one running attempt and `event`
+    /// is its next step, or it is parked on a track (see
+    /// `SourceTable::park`) that `event` begins, as `knock` would: the
+    /// only track that starts on the knock's `port`, at a door without a
+    /// cooldown. The same predicates decide, so the outcome is `knock`'s;
+    /// in every other case it changes nothing and returns false.
+    ///
+    /// A knocker who starts again and one who carries on take the same
+    /// path: whether the attempt is `fresh` (from step 0) changes values,
+    /// not branches, since it is as random as the knockers.
+    #[inline]
+    fn knock_in_place(
+        &mut self,
+        idx: u32,
+        src: IpAddr,
+        now: Timestamp,
+        now_ms: u64,
+        event: &Event,
+        port: usize,
+    ) -> bool {
+        let Single::One(a) = self.table.single(idx) else {
+            return false;
+        };
+        let Some(t) = self.tracks.get(a.track as usize) else {
+            return false;
+        };
+        let start_ms = self.table.start_ms(idx);
+        let age = (now_ms as u32).wrapping_sub(start_ms);
+        let fresh = a.step == 0;
+        let door = &self.doors[t.door.0 as usize].door;
+        let Some(entry) = self.ports.entries.get(port) else {
+            return false;
+        };
+        let first_only = entry.first == [a.track];
+        // The door of a track this knock hits has the knock's port: if it
+        // is the port's only door, `handle_event` has just seen it accept
+        // the knock (`relevant`).
+        let accepted = entry.doors == [t.door] || door.accepts(event);
+        // `|` and `&`, not `||` and `&&`: one predictable branch, not one
+        // per condition on `fresh`.
+        let dead = !t.live
+            | (t.epoch != a.epoch)
+            | ((age >= t.timeout_ms) & !fresh)
+            | (fresh & !(first_only & door.cooldown.is_zero()));
+        if dead || !t.hits(a, event) || !accepted {
+            return false;
+        }
+        let timeout = u64::from(t.timeout_ms);
+        self.stats.attempts_started += u64::from(fresh);
+        let a = self.step_on(a, src);
+        if self.finished(a) {
+            self.open(a.track, src, now);
+            let epoch = self.tracks[a.track as usize].epoch;
+            self.table.park(
+                idx,
+                Attempt {
+                    step: 0,
+                    epoch,
+                    ..a
+                },
+            );
+        } else {
+            // A mask, not `if`, or the compiler branches on `fresh`.
+            let mask = u32::from(fresh).wrapping_neg();
+            let new_start = (now_ms as u32 & mask) | (start_ms & !mask);
+            self.table.set_single(idx, a, fresh, new_start);
+            // A fresh attempt's deadline is new; the record's timer entry
+            // is due by its old start + tmax (see `arm_reused`).
+            let old_due = now_ms - u64::from(age) + u64::from(self.tmax_ms);
+            if fresh & (old_due > now_ms + timeout) {
+                self.arm(idx, now_ms + timeout);
+            }
+        }
+        true
+    }
+
+    /// The matcher's transition: one knock (`event`, at `now`) against
+    /// the attempts of source `src` (`attempts`, in track order, started
+    /// `age_ms` ago; empty for a source without any), on every path.
+    ///
+    /// Attempts past their `seq_timeout` expire first (their timer may not
+    /// have fired yet). If some are left, the knock advances each whose
+    /// next step it hits, tolerates an allowed repeat, invalidates the
+    /// others at doors that listen to it (and at strict doors it touches)
+    /// and leaves the rest; it begins nothing. If none is left, it begins
+    /// every live track of `first_port` (the knock's port entry, `None`
+    /// when no door listens to the knock) whose door takes it. `Stage` and
+    /// `Invalidated` come in track order, then the opens.
+    fn knock(
+        &mut self,
+        src: IpAddr,
+        now: Timestamp,
+        event: &Event,
+        first_port: Option<usize>,
+        age_ms: u32,
+        attempts: &mut Vec<Attempt>,
+    ) -> Knocked {
+        self.expire(src, age_ms, attempts);
+        let mut knocked = Knocked::default();
+        let mut opens = std::mem::take(&mut self.opens);
+        opens.clear();
+        if attempts.is_empty() {
+            let Some(p) = first_port.filter(|&p| p < self.ports.entries.len()) else {
+                self.opens = opens;
+                return knocked;
+            };
+            for i in 0..self.ports.entries[p].first.len() {
+                let ti = self.ports.entries[p].first[i];
+                if let Some(a) = self.begin(ti, src, now, event) {
+                    if self.finished(a) {
+                        opens.push(ti);
+                    } else {
+                        attempts.push(a);
+                    }
+                }
+            }
+            knocked.fresh = true;
+        } else {
+            let relevant = first_port.is_some();
+            let mut kept = 0;
+            for i in 0..attempts.len() {
+                let a = attempts[i];
+                let t = &self.tracks[a.track as usize];
+                let door = &self.doors[t.door.0 as usize].door;
+                let listens = relevant && door.accepts(event);
+                let stays = if listens && self.hits(a, event) {
+                    let a = self.step_on(a, src);
+                    if self.finished(a) {
+                        opens.push(a.track);
+                        false
+                    } else {
+                        attempts[kept] = a;
+                        kept += 1;
+                        continue;
+                    }
+                } else if listens
+                    && door.allow_repeat
+                    && t.steps[usize::from(a.step) - 1].matches(event)
+                {
+                    true
+                } else if listens || door.strict_touch(event) {
+                    self.stats.invalidated += 1;
+                    self.stats.strict_invalidations += u64::from(!listens);
+                    let d = t.door;
+                    knocked.invalidated = Some(knocked.invalidated.map_or(d, |o| o.min(d)));
+                    self.decisions.push_back(Decision::Invalidated {
+                        door: d,
+                        src,
+                        step: a.step,
+                    });
+                    false
+                } else {
+                    true // not a knock this door listens to
+                };
+                if stays {
+                    attempts[kept] = a;
+                    kept += 1;
+                }
+            }
+            attempts.truncate(kept);
+        }
+        for &ti in &opens {
+            self.open(ti, src, now);
+        }
+        if let Some(&ti) = opens.last() {
+            knocked.opened = Some(Attempt {
+                track: ti,
+                step: 0,
+                epoch: self.tracks[ti as usize].epoch,
+            });
+            // An open may have used a one-time sequence or a window that
+            // other attempts were on.
+            attempts.retain(|a| self.attempt_alive(a));
+        }
+        self.opens = opens;
+        knocked
+    }
+
+    /// Gives record `idx` the `attempts` begun at `now_ms` (none: it stays
+    /// idle), with a timer entry due by their deadline.
+    fn restart(&mut self, idx: u32, now_ms: u64, attempts: &[Attempt]) {
+        if attempts.is_empty() {
+            self.table.store(idx, attempts);
+            return;
+        }
+        let old_start = self.table.start_ms(idx);
+        self.table.restart(idx, now_ms as u32, attempts);
+        self.arm_reused(idx, old_start, now_ms, attempts);
+    }
+
+    /// Gives a source without a record one for its new `attempts`: a free
+    /// slot, or the eviction candidate's when the table is full.
+    fn place(&mut self, key: crate::table::Key, hash: u64, now_ms: u64, attempts: &[Attempt]) {
+        let start = now_ms as u32;
+        let victim = if self.table.held() >= self.limits.max_sources() {
+            self.table.eviction_candidate()
+        } else {
+            None
+        };
+        let Some(idx) = victim else {
             let idx = self.table.insert(hash, key, start, attempts);
-            self.arm(idx, deadline);
+            self.arm(idx, now_ms + self.min_timeout(attempts));
             return;
         };
         let old_start = self.table.start_ms(idx);
-        if found.is_some() {
-            self.table.restart(idx, start, attempts);
-        } else if self.table.evict_into(idx, hash, key, start, attempts) {
+        if self.table.evict_into(idx, hash, key, start, attempts) {
             self.stats.evicted += 1;
         }
-        // The slot's timer entry is due by its old start + tmax: early
-        // enough unless the new deadline is sooner.
-        let age = u64::from(start.wrapping_sub(old_start));
+        self.arm_reused(idx, old_start, now_ms, attempts);
+    }
+
+    /// Record `idx`, which had started at `old_start` (ms, wrapping), has
+    /// new `attempts` started at `now_ms`. Its timer entry is due by
+    /// `old_start + tmax_ms` (see `timer`): a new entry is needed only if
+    /// the new deadline is sooner.
+    fn arm_reused(&mut self, idx: u32, old_start: u32, now_ms: u64, attempts: &[Attempt]) {
+        let deadline = now_ms + self.min_timeout(attempts);
+        let age = u64::from((now_ms as u32).wrapping_sub(old_start));
         if now_ms.saturating_sub(age) + u64::from(self.tmax_ms) > deadline {
             self.arm(idx, deadline);
         }
@@ -1324,25 +1266,33 @@ impl Matcher {
 
     /// Adds a timer entry for record `idx` at `deadline_ms`.
     fn arm(&mut self, idx: u32, deadline_ms: u64) {
-        self.timers.push(deadline_ms, idx);
-        self.wake_by_ms(deadline_ms);
+        self.timers.push(Kind::Source, deadline_ms, idx);
         self.compact_timers();
     }
 
     fn open(&mut self, track: u16, src: IpAddr, now: Timestamp) {
         let door_id = self.tracks[track as usize].door;
         let slot = &mut self.doors[door_id.0 as usize];
-        if slot.plain {
-            // knockd's usual door: nothing to remember, nothing to close.
-            self.grants.open_plain(door_id, src, &mut self.decisions);
-            self.stats.opens += 1;
-            return;
-        }
         let (lifetime, cooldown) = (slot.door.grant_lifetime, slot.door.cooldown);
-        match self
-            .grants
-            .open(door_id, src, now, lifetime, cooldown, &mut self.decisions)
-        {
+        let opened = if lifetime.is_none() && cooldown.is_zero() {
+            // knockd's door without a stop command: nothing to remember.
+            self.grants
+                .open_unremembered(door_id, src, &mut self.decisions);
+            Opened::New
+        } else {
+            let opened = self.grants.open(
+                door_id,
+                src,
+                now,
+                lifetime,
+                cooldown,
+                &mut self.decisions,
+                &mut self.timers,
+            );
+            self.compact_timers();
+            opened
+        };
+        match opened {
             Opened::New => self.stats.opens += 1,
             Opened::Extended => self.stats.extended += 1,
             Opened::NewAfterEviction => {
@@ -1350,9 +1300,7 @@ impl Matcher {
                 self.stats.grants_evicted += 1;
             }
         }
-        if let Some(t) = self.grants.next_deadline() {
-            self.wake = self.wake.min(t);
-        }
+        let slot = &mut self.doors[door_id.0 as usize];
         if slot.door.is_windowed() {
             let t = &mut self.tracks[track as usize];
             if slot.used.len() >= USED_WINDOWS {
@@ -1381,81 +1329,77 @@ impl Matcher {
         }
     }
 
-    /// The earliest pending timer of any kind.
-    fn next_deadline(&self) -> Option<Timestamp> {
-        let a = self.timers.peek_ms().map(Timestamp::from_millis);
-        let b = self.grants.next_deadline();
-        let c = self.suspects.next_deadline();
-        [a, b, c].into_iter().flatten().min()
-    }
-
     /// Fires the timers due at `now`, at most `max_timers_per_call`, in
-    /// deadline order; those due at the same instant in [`timer_order`].
+    /// deadline order; the decisions of those due at the same millisecond
+    /// in [`timer_order`].
     fn run_timers(&mut self, now: Timestamp) {
+        let now_ms = now.as_millis();
         let mut budget = self.limits.max_timers_per_call;
         let mut buf = std::mem::take(&mut self.scratch);
         while budget > 0 {
-            let Some(at) = self.next_deadline().filter(|&t| t <= now) else {
+            let Some(at_ms) = self.timers.peek_ms().filter(|&t| t <= now_ms) else {
                 break;
             };
-            let before = budget;
             let mark = self.decisions.mark();
-            self.fire_sources(at, &mut budget, &mut buf);
-            self.stats.closes += self.grants.fire(at, &mut budget, &mut self.decisions);
-            self.suspects
-                .fire(at.as_millis(), &mut budget, &mut self.decisions);
-            self.decisions.sort_from(mark, timer_order);
-            if budget == before {
-                break; // nothing could fire (cannot happen; never spin)
+            while budget > 0 {
+                let Some(entry) = self.timers.pop_due(at_ms) else {
+                    break;
+                };
+                budget -= 1;
+                let (kind, idx) = (entry.kind(), entry.idx);
+                let next = match kind {
+                    Kind::Source => self.fire_source(idx, at_ms, &mut buf),
+                    Kind::Grant => {
+                        let (closed, next) = self.grants.fire(idx, at_ms, &mut self.decisions);
+                        self.stats.closes += u64::from(closed);
+                        next
+                    }
+                    Kind::Suspect => self.suspects.fire(idx, at_ms, &mut self.decisions),
+                };
+                if let Some(due) = next {
+                    self.timers.push(kind, due, idx);
+                }
             }
+            self.decisions.sort_from(mark, timer_order);
         }
         self.scratch = buf;
-        self.rewake();
     }
 
-    /// Fires the source timers due at `at`: expires the attempts whose
-    /// deadline it is, frees records with none left.
-    fn fire_sources(&mut self, at: Timestamp, budget: &mut usize, buf: &mut Vec<Attempt>) {
-        let at_ms = at.as_millis();
-        while *budget > 0 {
-            let Some(entry) = self.timers.pop_due(at_ms) else {
-                break;
-            };
-            *budget -= 1;
-            let idx = entry.idx;
-            if !self.table.is_held(idx) {
-                continue; // a spare entry of a freed slot
-            }
-            self.table.load(idx, buf);
-            let src = addr_of(&self.table.key(idx));
-            let age = (at_ms as u32).wrapping_sub(self.table.start_ms(idx));
-            let before = buf.len();
-            self.expire(src, age, buf);
-            if buf.is_empty() {
-                // Idle, or every attempt is over.
-                self.table.free(idx);
-                continue;
-            }
-            if buf.len() != before {
-                self.table.store(idx, buf);
-            }
-            // Early (the record restarted or lost its nearest attempt
-            // since): due again at its real deadline.
-            let deadline = at_ms - u64::from(age) + self.min_timeout(buf);
-            self.timers.push(deadline, idx);
+    /// The timer of source record `idx` popped at `at_ms`: expires the
+    /// attempts whose deadline it is, frees the record if none is left.
+    /// Returns when it is due next.
+    fn fire_source(&mut self, idx: u32, at_ms: u64, buf: &mut Vec<Attempt>) -> Option<u64> {
+        if !self.table.is_held(idx) {
+            return None; // a spare entry of a freed slot
         }
+        self.table.load(idx, buf);
+        let src = addr_of(&self.table.key(idx));
+        let age = (at_ms as u32).wrapping_sub(self.table.start_ms(idx));
+        let before = buf.len();
+        self.expire(src, age, buf);
+        if buf.is_empty() {
+            // Idle, or every attempt is over.
+            self.table.free(idx);
+            return None;
+        }
+        if buf.len() != before {
+            self.table.store(idx, buf);
+        }
+        // Early (the record restarted or lost its nearest attempt since):
+        // due again at its real deadline.
+        Some(at_ms - u64::from(age) + self.min_timeout(buf))
     }
 
-    /// Rebuilds the timer heap with one entry per held record if spare
-    /// entries pile up (they only arise when a reused slot needs an earlier
-    /// entry than the one it has, with doors of different timeouts).
+    /// Rebuilds the timers with one entry per live slot if spare entries
+    /// pile up (see `timer`).
     fn compact_timers(&mut self) {
-        if self.timers.len() <= 2 * self.table.slots() + 1024 {
+        let slots = self.table.slots() + self.grants.slots() + self.suspects.slots();
+        if self.timers.len() <= 2 * slots + 1024 {
             return;
         }
         let now_ms = self.now.as_millis();
         let mut buf = std::mem::take(&mut self.scratch);
-        let mut entries = Vec::with_capacity(self.table.held());
+        let mut entries = Vec::with_capacity(self.table.held() + self.grants.len());
         let held: Vec<u32> = self.table.held_records().collect();
         for idx in held {
             self.table.load(idx, &mut buf);
@@ -1465,11 +1409,20 @@ impl Matcher {
             }
             let age = (now_ms as u32).wrapping_sub(self.table.start_ms(idx));
             let deadline = now_ms - u64::from(age) + self.min_timeout(&buf);
-            entries.push(TimerEntry::new(deadline, idx));
+            entries.push(TimerEntry::new(Kind::Source, deadline, idx));
         }
         self.scratch = buf;
+        entries.extend(
+            self.grants
+                .due()
+                .map(|(i, due)| TimerEntry::new(Kind::Grant, due, i)),
+        );
+        entries.extend(
+            self.suspects
+                .due()
+                .map(|(i, due)| TimerEntry::new(Kind::Suspect, due, i)),
+        );
         self.timers.rebuild(entries);
-        self.rewake();
     }
 
     /// The shortest `seq_timeout` among `attempts`' tracks, in milliseconds.

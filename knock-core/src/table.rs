@@ -23,7 +23,7 @@
 //! costs about 60 bytes (measured by `benches/matcher.rs`).
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 
 use hashbrown::HashTable;
@@ -58,12 +58,16 @@ pub(crate) fn addr_of(key: &Key) -> IpAddr {
 /// The hash of `key` under `hasher`: an IPv4 source hashes only its 4 bytes
 /// (fewer SipHash rounds than 16); the input lengths differ, so the two
 /// families cannot collide by construction.
+#[inline]
 fn hash_key(hasher: &SourceHasher, key: Key) -> u64 {
+    let mut h = hasher.build_hasher();
     if key >> 32 == V4_MAPPED >> 32 {
-        hasher.hash_one(key as u32)
+        h.write_u32(key as u32);
     } else {
-        hasher.hash_one(key)
+        h.write_u64((key >> 64) as u64);
+        h.write_u64(key as u64);
     }
+    h.finish()
 }
 
 /// One attempt of one source at one track (a door's sequence).
@@ -120,6 +124,16 @@ impl Attempt {
     }
 }
 
+/// What [`SourceTable::single`] found.
+pub(crate) enum Single {
+    /// No attempt in progress (and not parked).
+    Idle,
+    /// One attempt, stored inline (step 0: parked, see `SourceTable::park`).
+    One(Attempt),
+    /// Two or more.
+    Other,
+}
+
 const NIL: u32 = u32::MAX;
 const LEVELS: usize = MAX_STEPS + 1;
 
@@ -146,8 +160,8 @@ impl Record {
         self.attempts[0] == Attempt::NONE
     }
 
-    /// Idle: the marker, or a finished attempt parked at step 0 of its
-    /// track (see `SourceTable::park`).
+    /// Idle: no attempt in progress (the marker, or a finished attempt
+    /// parked at step 0 of its track, see `SourceTable::park`).
     fn is_idle(&self) -> bool {
         let a = self.attempts[0];
         a == Attempt::IDLE || (a.is_real() && a.step == 0)
@@ -204,10 +218,12 @@ impl SourceTable {
     }
 
     /// The key's hash, to pass to `find`, `insert` and `evict_into`.
+    #[inline]
     pub(crate) fn hash(&self, key: &Key) -> u64 {
         hash_key(&self.hasher, *key)
     }
 
+    #[inline]
     pub(crate) fn find(&self, hash: u64, key: &Key) -> Option<u32> {
         let slab = &self.slab;
         self.index
@@ -215,10 +231,12 @@ impl SourceTable {
             .copied()
     }
 
+    #[inline]
     pub(crate) fn key(&self, idx: u32) -> Key {
         u128::from_ne_bytes(self.slab[idx as usize].key)
     }
 
+    #[inline]
     pub(crate) fn start_ms(&self, idx: u32) -> u32 {
         self.slab[idx as usize].start_ms
     }
@@ -229,6 +247,7 @@ impl SourceTable {
     }
 
     /// Copies the attempts of `idx` into `out` (cleared first; none if idle).
+    #[inline]
     pub(crate) fn load(&self, idx: u32, out: &mut Vec<Attempt>) {
         out.clear();
         let r = &self.slab[idx as usize];
@@ -246,32 +265,37 @@ impl SourceTable {
         }
     }
 
-    /// The attempt of `idx` if it is its only one (and inline), or the one
-    /// it is parked at (step 0) if it is idle.
-    pub(crate) fn single(&self, idx: u32) -> Option<Attempt> {
-        let [a, b] = self.slab.get(idx as usize)?.attempts;
-        (b == Attempt::NONE && a.is_real()).then_some(a)
+    /// The attempts of `idx` if they fit the in-place path: one inline
+    /// attempt (step 0: the record is idle, parked on the track it last
+    /// finished, see [`park`](Self::park)), or none (idle).
+    #[inline]
+    pub(crate) fn single(&self, idx: u32) -> Single {
+        match self.slab.get(idx as usize).map(|r| r.attempts) {
+            Some([a, b]) if b == Attempt::NONE && a.is_real() => Single::One(a),
+            Some([a, b]) if b == Attempt::NONE && a == Attempt::IDLE => Single::Idle,
+            _ => Single::Other,
+        }
     }
 
-    /// Moves the lone attempt of `idx` (see [`single`](Self::single)) one
-    /// step on, to `attempt`, starting at `start_ms`. `fresh`: it was parked
-    /// at step 0, so this is a new attempt and `start_ms` is new. The level
+    /// Replaces the one attempt of `idx` (see [`single`](Self::single)) by
+    /// `a`, a step further, started at `start_ms`. `fresh`: it was parked
+    /// (step 0), so this is a new attempt and `start_ms` is new. The level
     /// only goes up, which the lists learn lazily (see `relevel`). Written
     /// without branches on `fresh`, which is as random as the knockers.
     #[inline]
-    pub(crate) fn step_single(&mut self, idx: u32, attempt: Attempt, fresh: bool, start_ms: u32) {
+    pub(crate) fn set_single(&mut self, idx: u32, a: Attempt, fresh: bool, start_ms: u32) {
         if let Some(r) = self.slab.get_mut(idx as usize) {
-            debug_assert!(r.attempts[1] == Attempt::NONE && attempt.step > r.attempts[0].step);
-            r.attempts[0] = attempt;
+            debug_assert!(r.attempts[1] == Attempt::NONE && a.step > r.attempts[0].step);
+            r.attempts[0] = a;
             r.start_ms = start_ms;
             self.idle -= usize::from(fresh);
         }
     }
 
-    /// Makes `idx`, whose only attempt has just opened its door, idle,
-    /// parked at step 0 of `track` (the attempt with step 0): if its source
-    /// knocks that track's first step next, `single` and `step_single` start
-    /// it again without a detour through the first-knock path.
+    /// Makes `idx`, whose last attempt has just opened its door, idle,
+    /// parked at step 0 of that attempt's track (`parked`, step 0): if its
+    /// source knocks the track's first step next, the in-place path
+    /// starts it again like any next step (see `Matcher::knock_in_place`).
     ///
     /// Unlike any other record that goes idle, it is not moved to the front
     /// of the eviction order (level 0) but keeps its place on the list it
@@ -279,15 +303,19 @@ impl SourceTable {
     /// its source, which has just knocked a whole sequence (no spoofed first
     /// knock can), may well knock again. Under pressure it may therefore
     /// outlive fresh attempts filed after it, until its timer frees it.
-    pub(crate) fn park(&mut self, idx: u32, track: Attempt) {
-        debug_assert!(track.is_real() && track.step == 0);
+    #[inline]
+    pub(crate) fn park(&mut self, idx: u32, parked: Attempt) {
+        debug_assert!(parked.is_real() && parked.step == 0);
         let Some(r) = self.slab.get_mut(idx as usize) else {
             return;
         };
-        let old = r.attempts[0];
-        debug_assert!(old.is_real() && r.attempts[1] == Attempt::NONE);
-        r.attempts[0] = track;
-        self.idle += usize::from(old.step != 0);
+        if r.is_free() || r.attempts[0] == Attempt::SPILLED {
+            // Spilled attempts leave through `store` (the spill map).
+            self.store(idx, &[]);
+            return;
+        }
+        self.idle += usize::from(!r.is_idle());
+        r.attempts = [parked, Attempt::NONE];
     }
 
     /// Keeps the level lists' invariant after `idx` went from level `old`
@@ -306,6 +334,7 @@ impl SourceTable {
 
     /// The record's level: the most steps any of its attempts has done
     /// (0 when idle; markers have no steps).
+    #[inline]
     fn level_of(&self, idx: u32) -> usize {
         let [a, b] = self.slab[idx as usize].attempts;
         let max = if a == Attempt::SPILLED {
@@ -321,6 +350,7 @@ impl SourceTable {
 
     /// Writes the attempts of a held record (none: idle), keeping the idle
     /// count. Returns the new level.
+    #[inline]
     fn write_attempts(&mut self, idx: u32, attempts: &[Attempt]) -> usize {
         let inline = match *attempts {
             [] => Some([Attempt::IDLE, Attempt::NONE]),
@@ -352,6 +382,7 @@ impl SourceTable {
 
     /// Replaces the attempts of a held record (none: it becomes idle),
     /// moving it to the tail of its new level's list if its level changed.
+    #[inline]
     pub(crate) fn store(&mut self, idx: u32, attempts: &[Attempt]) {
         let old = self.level_of(idx);
         let new = self.write_attempts(idx, attempts);
@@ -359,6 +390,7 @@ impl SourceTable {
     }
 
     /// Gives idle record `idx` new attempts started at `start_ms`.
+    #[inline]
     pub(crate) fn restart(&mut self, idx: u32, start_ms: u32, attempts: &[Attempt]) {
         if let Some(r) = self.slab.get_mut(idx as usize) {
             r.start_ms = start_ms;

@@ -1186,3 +1186,24 @@ fn set_windows_checks_its_input_and_survives_reload() {
     h.syn(ME, 10_011);
     assert_eq!(opens(&h.udp(ME, 20_011)).len(), 1);
 }
+
+/// A full grant table closes the grant opened or extended longest ago.
+#[test]
+fn full_grant_table_closes_the_least_recently_opened_grant() {
+    let d = door("g", &[7000]).with_grant_lifetime(Some(Duration::from_secs(60)));
+    let mut h = Harness::with_limits(vec![d], Limits::default().with_max_grants(2));
+    let third = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 4));
+    h.at(0).syn(ME, 7000);
+    h.at(1).syn(OTHER, 7000);
+    h.at(2).syn(ME, 7000); // extended: now the most recent
+    let ds = h.at(3).syn(third, 7000);
+    assert!(
+        ds.iter()
+            .any(|d| matches!(d, Decision::Close { src, .. } if *src == OTHER)),
+        "{ds:?}"
+    );
+    assert_eq!(h.m.stats().grants_evicted, 1);
+    assert_eq!(h.m.stats().grants, 2);
+    let open: Vec<IpAddr> = h.m.open_grants().map(|g| g.1).collect();
+    assert_eq!(open, vec![ME, third]);
+}

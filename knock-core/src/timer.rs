@@ -1,20 +1,37 @@
-//! Source timers: a min-heap of (deadline, slab index), never late.
+//! The matcher's one timer structure: a min-heap of (deadline, kind, slot)
+//! for attempts (source records), grants and cooldowns, and blacklist
+//! windows and blocks.
 //!
-//! A record's deadline is its start plus the shortest `seq_timeout` of its
-//! attempts. Every held record has an entry due no later than that deadline,
-//! and usually exactly one. During a record's life the deadline only moves
-//! later (attempts only go away), so nothing is pushed then: an entry that
-//! pops early re-arms at the real deadline. A slot that changes hands (an
-//! idle source knocking again, an eviction) keeps its entry when that is
-//! early enough, which it always is when all doors share one timeout;
-//! otherwise the new record gets its own entry and the old one pops early
-//! and harmlessly. The matcher rebuilds the heap if such spare entries ever
+//! One rule for every kind: each live slot has an entry due no later than
+//! its deadline. An entry pops; its owner fires what is due then and says
+//! when it is due next, and the entry is pushed again for that. An entry
+//! that pops early (the deadline moved later since, or the slot changed
+//! hands) therefore only costs a pop; one of a freed slot is dropped. A
+//! deadline that moves earlier gets a new entry; the old one pops early.
+//! Such spare entries are rare (doors of different timeouts, grants
+//! reopened in place); the matcher rebuilds the heap if they ever
 //! outnumber the slots.
+//!
+//! Deadlines are whole milliseconds (a grant's rounded up, so it never
+//! closes early). Entries due at the same millisecond pop by kind (sources,
+//! grants, blacklist), then slot.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-/// 12 bytes: a millisecond deadline split in two halves, and a slab index.
+/// What a timer entry's slot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A source record (`SourceTable`): attempts expire, idle records go.
+    Source = 0,
+    /// A grant (`Grants`): it closes, its cooldown ends.
+    Grant = 1,
+    /// A blacklist suspect (`Suspects`): its window or block ends.
+    Suspect = 2,
+}
+
+/// 12 bytes: the deadline (milliseconds, shifted left by two) and the kind
+/// in one 64-bit key split in two halves, and a slot index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TimerEntry {
     hi: u32,
@@ -22,27 +39,40 @@ pub(crate) struct TimerEntry {
     pub(crate) idx: u32,
 }
 
+/// The largest deadline an entry holds (far beyond any `Timestamp`).
+const MAX_MS: u64 = u64::MAX >> 2;
+
 impl TimerEntry {
-    pub(crate) fn new(deadline_ms: u64, idx: u32) -> Self {
+    pub(crate) fn new(kind: Kind, deadline_ms: u64, idx: u32) -> Self {
+        let key = (deadline_ms.min(MAX_MS) << 2) | kind as u64;
         TimerEntry {
-            hi: (deadline_ms >> 32) as u32,
-            lo: deadline_ms as u32,
+            hi: (key >> 32) as u32,
+            lo: key as u32,
             idx,
         }
     }
 
-    pub(crate) fn deadline_ms(&self) -> u64 {
+    fn key(&self) -> u64 {
         (u64::from(self.hi) << 32) | u64::from(self.lo)
+    }
+
+    pub(crate) fn deadline_ms(&self) -> u64 {
+        self.key() >> 2
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        match self.key() & 3 {
+            0 => Kind::Source,
+            1 => Kind::Grant,
+            _ => Kind::Suspect,
+        }
     }
 }
 
 impl Ord for TimerEntry {
     /// Reversed, so that `BinaryHeap` pops the earliest deadline.
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .deadline_ms()
-            .cmp(&self.deadline_ms())
-            .then(other.idx.cmp(&self.idx))
+        other.key().cmp(&self.key()).then(other.idx.cmp(&self.idx))
     }
 }
 
@@ -53,18 +83,20 @@ impl PartialOrd for TimerEntry {
 }
 
 #[derive(Default)]
-pub(crate) struct TimerHeap {
+pub(crate) struct Timers {
     heap: BinaryHeap<TimerEntry>,
 }
 
-impl TimerHeap {
-    pub(crate) fn push(&mut self, deadline_ms: u64, idx: u32) {
+impl Timers {
+    pub(crate) fn push(&mut self, kind: Kind, deadline_ms: u64, idx: u32) {
         if self.heap.len() == self.heap.capacity() {
             self.heap.reserve_exact((self.heap.len() / 8).max(64));
         }
-        self.heap.push(TimerEntry::new(deadline_ms, idx));
+        self.heap.push(TimerEntry::new(kind, deadline_ms, idx));
     }
 
+    /// The earliest deadline.
+    #[inline]
     pub(crate) fn peek_ms(&self) -> Option<u64> {
         self.heap.peek().map(TimerEntry::deadline_ms)
     }
@@ -97,16 +129,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_are_12_bytes_and_pop_in_order() {
+    fn entries_are_12_bytes_and_pop_by_deadline_then_kind() {
         assert_eq!(std::mem::size_of::<TimerEntry>(), 12);
-        let mut h = TimerHeap::default();
-        h.push(1 << 40, 1);
-        h.push(5, 2);
-        h.push(7, 3);
+        let mut h = Timers::default();
+        h.push(Kind::Source, 1 << 40, 1);
+        h.push(Kind::Suspect, 5, 2);
+        h.push(Kind::Grant, 5, 3);
+        h.push(Kind::Source, 7, 4);
         assert_eq!(h.peek_ms(), Some(5));
         assert_eq!(h.pop_due(4), None);
-        assert_eq!(h.pop_due(6).map(|e| e.idx), Some(2));
-        assert_eq!(h.pop_due(1 << 41).map(|e| e.idx), Some(3));
+        let e = h.pop_due(6).unwrap();
+        assert_eq!((e.kind(), e.idx), (Kind::Grant, 3));
+        assert_eq!(h.pop_due(6).map(|e| e.kind()), Some(Kind::Suspect));
+        assert_eq!(h.pop_due(1 << 41).map(|e| e.idx), Some(4));
         assert_eq!(h.pop_due(1 << 41).map(|e| e.deadline_ms()), Some(1 << 40));
+        let e = TimerEntry::new(Kind::Grant, u64::MAX, 0);
+        assert_eq!(e.deadline_ms(), MAX_MS);
+        assert_eq!(e.kind(), Kind::Grant);
     }
 }
