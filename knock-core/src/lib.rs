@@ -34,6 +34,21 @@
 //! * [`Listen`]: what a capture backend's kernel filter must let through
 //!   ([`Matcher::listen_set`]).
 //!
+//! ## Which state lives where
+//! Everything is owned by the [`Matcher`], bounded by [`Limits`]:
+//! * per source: one record in a slab table (its attempts, when they
+//!   started, its place on the eviction lists), found through an index
+//!   keyed by the address;
+//! * per grant or cooldown, and per suspect or blocked source: an entry in
+//!   the grants' and the blacklist's slabs;
+//! * every deadline (attempts, grants, cooldowns, blacklist windows and
+//!   blocks): one timer heap, the only clock-driven structure;
+//! * per door: its compiled sequences, its used windows, its one-time
+//!   progress.
+//!
+//! What a door *does* (commands, firewall ports) is not here: the
+//! `knock-rs` facade's engine owns it, and the I/O that applies it.
+//!
 //! ## Determinism
 //! The same doors, calls and times give the same decisions in the same
 //! order. The maps of sources hash with SipHash-1-3 keyed from a seed
