@@ -214,9 +214,15 @@ pub(crate) fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, ConfigError
     fs::read(path).map_err(io)
 }
 
-/// Replaces `path`'s content crash-safely: temporary file in the same
-/// directory, fsync, rename over, fsync the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+/// Replaces `path`'s content (or creates it) crash-safely: a temporary
+/// file in the same directory, fsync, rename over, fsync the directory. An
+/// existing file keeps its permissions (and, where allowed, its owner) and
+/// is followed if it is a symlink; a new one gets the process's defaults.
+/// Readers see the old content or the new, never a mix.
+///
+/// # Errors
+/// [`ConfigError::Io`] naming the step and the file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     let io = |action: &'static str, p: &Path| {
         let p = p.to_owned();
         move |source| ConfigError::Io {
@@ -225,7 +231,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
             source,
         }
     };
-    let target = fs::canonicalize(path).map_err(io("cannot resolve", path))?;
+    let target = match fs::canonicalize(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_owned(),
+        Err(e) => return Err(io("cannot resolve", path)(e)),
+    };
     let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -234,7 +244,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let meta = fs::metadata(&target).map_err(io("cannot stat", &target))?;
+    let meta = match fs::metadata(&target) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io("cannot stat", &target)(e)),
+    };
     let tmp = dir.join(format!(".{name}.knock-rs-{}.tmp", std::process::id()));
     let open = || {
         fs::OpenOptions::new()
@@ -253,13 +267,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     };
     let result = (|| {
         file.write_all(bytes).map_err(io("cannot write", &tmp))?;
-        file.set_permissions(meta.permissions())
-            .map_err(io("cannot chmod", &tmp))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            // Best effort: only root may give the file away.
-            let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
+        if let Some(meta) = &meta {
+            file.set_permissions(meta.permissions())
+                .map_err(io("cannot chmod", &tmp))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                // Best effort: only root may give the file away.
+                let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
+            }
         }
         file.sync_all().map_err(io("cannot fsync", &tmp))?;
         fs::rename(&tmp, &target).map_err(io("cannot rename over", &target))
@@ -328,6 +344,23 @@ mod tests {
             err.to_string().contains("/nonexistent/knock-rs/seq"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn write_atomically_creates_a_missing_file_and_replaces_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        write_atomically(&p, b"one\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"one\n");
+        write_atomically(&p, b"two\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two\n");
+        // No temporary file is left beside it.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let missing_dir = dir.path().join("no/such/dir/state");
+        assert!(matches!(
+            write_atomically(&missing_dir, b"x"),
+            Err(ConfigError::Io { .. })
+        ));
     }
 
     #[test]

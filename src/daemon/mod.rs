@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -178,20 +178,6 @@ fn random_seed() -> u64 {
     std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same
-/// directory, fsynced, renamed over it, and the directory fsynced.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The sequence files whose lines the daemon marks, by door name.
@@ -514,10 +500,10 @@ impl Daemon {
                 None
             }
             Action::Persist(s) => {
-                if let Err(e) = write_atomic(&self.state_file, &s.to_bytes()) {
+                if let Err(e) = knock_config::write_atomically(&self.state_file, &s.to_bytes()) {
                     self.log.line(
                         Level::Error,
-                        &format!("{}: cannot save state: {e}", self.state_file.display()),
+                        &format!("cannot save the engine's state: {e}"),
                     );
                 }
                 None
