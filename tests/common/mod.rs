@@ -25,6 +25,9 @@ pub struct Setup<'a> {
     files: Vec<(&'a str, &'a str, u32)>,
     drop_22: bool,
     client_addrs: Vec<&'a str>,
+    args: Vec<&'a str>,
+    quiet: bool,
+    prepare: Option<Box<dyn FnOnce(&Pair) + 'a>>,
 }
 
 impl<'a> Setup<'a> {
@@ -35,7 +38,29 @@ impl<'a> Setup<'a> {
             files: Vec::new(),
             drop_22: true,
             client_addrs: Vec::new(),
+            args: Vec::new(),
+            quiet: false,
+            prepare: None,
         }
+    }
+
+    /// More knockd arguments after the usual ones (`-i kx0` adds an interface).
+    pub fn args(mut self, args: &[&'a str]) -> Self {
+        self.args.extend_from_slice(args);
+        self
+    }
+
+    /// Starts knockd at its default verbosity (no `-v`): only warnings and
+    /// errors reach `stderr.log`; the log file still gets every line.
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
+    /// Runs `f` on the namespaces before knockd starts (more links, say).
+    pub fn prepare(mut self, f: impl FnOnce(&Pair) + 'a) -> Self {
+        self.prepare = Some(Box::new(f));
+        self
     }
 
     /// A file written to the temp dir before knockd starts, with `mode`.
@@ -80,10 +105,15 @@ impl<'a> Setup<'a> {
             }
         }
         pair.server.tcp_listen(22).unwrap();
+        if let Some(f) = self.prepare {
+            f(&pair);
+        }
         let mut s = Server {
             pair,
             dir,
             child: None,
+            args: self.args.iter().map(|a| a.to_string()).collect(),
+            verbose: !self.quiet,
         };
         s.write_conf(self.conf);
         s.spawn();
@@ -99,6 +129,10 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     /// The daemon (taken when a test stops it itself).
     pub child: Option<Child>,
+    /// [`Setup::args`].
+    args: Vec<String>,
+    /// Whether knockd runs with `-v`.
+    verbose: bool,
 }
 
 impl Server {
@@ -159,9 +193,11 @@ impl Server {
                 "-i",
                 "kn0",
             ])
-            .args(["-v", "--events-json"])
+            .args(self.verbose.then_some("-v"))
+            .arg("--events-json")
             .args(["-g", self.path("knockd.log").to_str().unwrap()])
             .args(["--state-dir", self.dir.path().to_str().unwrap()])
+            .args(&self.args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
@@ -175,7 +211,7 @@ impl Server {
             String::from_utf8_lossy(&all[from..]).into_owned()
         };
         wait_for("knockd to start", Duration::from_secs(20), || {
-            if append {
+            if append && self.verbose {
                 stderr_tail().contains("starting up")
             } else {
                 self.log().contains("starting up")
