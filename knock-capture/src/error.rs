@@ -18,6 +18,20 @@ pub enum CaptureError {
     /// No interface with this name.
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),
+    /// The interface exists but is down (administratively: `ip link set
+    /// NAME up` brings it back).
+    #[error("interface {0:?} is down")]
+    InterfaceDown(String),
+    /// The process may not capture: opening an `AF_PACKET` socket needs
+    /// `CAP_NET_RAW` in the network namespace's user namespace.
+    #[error("{op}: {source} (capturing needs CAP_NET_RAW: run as root or grant the capability)")]
+    NotPermitted {
+        /// What was being done.
+        op: String,
+        /// The OS error (`EPERM` or `EACCES`).
+        #[source]
+        source: io::Error,
+    },
     /// The interface's hardware type has no parser here.
     #[error("interface {name:?} has unsupported hardware type {arphrd}")]
     UnsupportedInterface {
@@ -42,6 +56,22 @@ impl CaptureError {
         CaptureError::Io {
             op: op.into(),
             source,
+        }
+    }
+
+    /// Whether trying again later may succeed with no change to the
+    /// configuration or the privileges: the interface is missing (not
+    /// created yet, renamed, a typo), down, or went away while read. Every
+    /// other failure (no `CAP_NET_RAW`, an unsupported link type, a filter
+    /// the kernel refuses) lasts until someone changes something.
+    pub fn may_recover(&self) -> bool {
+        match self {
+            CaptureError::NoSuchInterface(_) | CaptureError::InterfaceDown(_) => true,
+            CaptureError::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::ENETDOWN | libc::ENODEV | libc::ENXIO)
+            ),
+            _ => false,
         }
     }
 }

@@ -312,6 +312,11 @@ impl Daemon {
         self.log.log(msg);
     }
 
+    /// Logs a line at `level` (warnings and errors reach stderr too).
+    pub fn log_line(&mut self, level: Level, msg: &str) {
+        self.log.line(level, msg);
+    }
+
     /// Makes the next `run` push the listen set to its source (a new source).
     pub fn force_listen_sync(&mut self) {
         self.listen = Some(self.engine.listen_set());
@@ -394,6 +399,7 @@ impl Daemon {
                 Ok(Next::Event(c)) => self.engine.handle_event(now, &c.event),
                 Ok(Next::Deadline) => self.engine.handle_timeout(now),
                 Ok(Next::End) => break,
+                Ok(Next::Interface(ev)) => self.log.interface(&ev),
                 Err(e) => return Err(e.into()),
             }
             self.apply();

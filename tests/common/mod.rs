@@ -19,6 +19,9 @@ pub fn example_bin(name: &str) -> PathBuf {
     knock_testnet::example_bin(name, knock_testnet::Profile::SameAsTest).expect("build example")
 }
 
+/// A step run on the namespaces before knockd starts.
+type Prepare<'a> = Box<dyn FnOnce(&Pair) + 'a>;
+
 /// How to set up a [`Server`].
 pub struct Setup<'a> {
     conf: &'a str,
@@ -27,7 +30,7 @@ pub struct Setup<'a> {
     client_addrs: Vec<&'a str>,
     args: Vec<&'a str>,
     quiet: bool,
-    prepare: Option<Box<dyn FnOnce(&Pair) + 'a>>,
+    prepare: Option<Prepare<'a>>,
 }
 
 impl<'a> Setup<'a> {
