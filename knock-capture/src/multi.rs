@@ -219,10 +219,8 @@ impl<S: Source> MultiSource<S> {
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
-        if let State::Down { kept: Some(_), .. } = &slot.state {
-            if let State::Down { kept: Some(s), .. } =
-                std::mem::replace(&mut slot.state, State::Ended)
-            {
+        if let State::Down { kept, .. } = &mut slot.state {
+            if let Some(s) = kept.take() {
                 slot.state = State::Up(s);
                 self.pending.push_back(Next::Interface(InterfaceEvent::Up {
                     name: slot.name.clone(),
@@ -338,30 +336,30 @@ impl MultiSource<AfPacketSource> {
     ) -> Result<Self, CaptureError> {
         let mut m = Self::with_names(names.iter().map(|n| n.to_string()).collect(), listen, cfg);
         let now = Instant::now();
+        // The first lasting failure, and whether any interface works or may.
         let mut lasting = None;
-        let mut up = false;
+        let mut hope = false;
         for i in 0..m.slots.len() {
-            let r = match &mut m.opener {
-                Some(o) => (o.0)(&m.slots[i].name, listen),
-                None => continue,
+            let Some(opener) = &mut m.opener else {
+                break;
             };
-            match r {
+            match (opener.0)(&m.slots[i].name, listen) {
                 Ok(s) => {
                     m.slots[i].state = State::Up(s);
-                    up = true;
+                    hope = true;
                 }
                 Err(e) => {
                     m.fail(i, &e, false, now);
-                    if !e.may_recover() && lasting.is_none() {
+                    if e.may_recover() {
+                        hope = true;
+                    } else if lasting.is_none() {
                         lasting = Some(e);
-                    } else if e.may_recover() {
-                        up = true; // may come
                     }
                 }
             }
         }
         match lasting {
-            Some(e) if !up => Err(e),
+            Some(e) if !hope => Err(e),
             _ => Ok(m),
         }
     }

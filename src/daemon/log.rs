@@ -129,7 +129,6 @@ impl Logger {
             InterfaceEvent::Up { name } => {
                 self.line(Level::Warn, &format!("listening on {name} (again)"))
             }
-            #[allow(unreachable_patterns)]
             other => self.line(
                 Level::Warn,
                 &format!("interface {}: {other:?}", other.name()),

@@ -364,8 +364,12 @@ impl Daemon {
     /// Runs until `stop` is set (or the source ends, for replays).
     /// `reload` is called when `reload_flag` was set, and returns the new config.
     ///
+    /// A [`Next::Interface`] change (one interface of a
+    /// [`MultiSource`](knock_capture::MultiSource) failing or back) is
+    /// logged, as a warning or an error, and the loop goes on.
+    ///
     /// # Errors
-    /// The capture source failed (the caller reopens it).
+    /// The capture source failed as a whole.
     pub fn run<S: Source + ?Sized>(
         &mut self,
         source: &mut S,
