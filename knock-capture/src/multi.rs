@@ -20,6 +20,9 @@ use crate::{sys, AfPacketSource, CaptureError};
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// The longest wait between two retries of a failed interface.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// At most this many knocks still queued on the old socket of a reopened
+/// interface are handed out (its buffer can hold a flood's worth).
+const DRAIN_MAX: usize = 1024;
 
 /// Opens the source of one interface again (for the current listen set).
 type OpenFn<S> = dyn FnMut(&str, &[Listen]) -> Result<S, CaptureError> + Send;
@@ -70,10 +73,11 @@ enum State<S> {
 /// Sources opened by name ([`MultiSource::open_each`], [`MultiSource::open`],
 /// [`MultiSource::every_interface`]) are opened again with a backoff (1 s,
 /// doubling up to 30 s) until that works, without a report per attempt; a
-/// socket whose interface merely went down is also kept and watched, so
-/// that the first frame after `ip link set up` is not lost. Recovery is
-/// reported once as [`InterfaceEvent::Up`]. When every interface is healthy
-/// the wait has no deadline of its own (no periodic wake-ups).
+/// socket whose interface merely went down is also kept and read, so that
+/// knocks after `ip link set up` are not lost, and its first knock makes
+/// the reopen due at once. Recovery (a reopen that works) is reported once
+/// as [`InterfaceEvent::Up`]. When every interface is healthy the wait has
+/// no deadline of its own (no periodic wake-ups).
 ///
 /// Reopening happens on the thread that calls [`Source::next_event`]: use
 /// the source in the network namespace it was opened in (a reopen from
@@ -214,18 +218,27 @@ impl<S: Source> MultiSource<S> {
             }));
     }
 
-    /// Marks slot `i` (down, its kept source delivering again) as up.
-    fn revive(&mut self, i: usize) {
+    /// Slot `i` is down, but its kept source delivered a knock: the
+    /// interface may be back (or the knock was queued before it went
+    /// down). Reopening decides: due now. With no way to reopen, the
+    /// source is taken as back.
+    fn delivered_while_down(&mut self, i: usize, now: Instant) {
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
-        if let State::Down { kept, .. } = &mut slot.state {
-            if let Some(s) = kept.take() {
-                slot.state = State::Up(s);
-                self.pending.push_back(Next::Interface(InterfaceEvent::Up {
-                    name: slot.name.clone(),
-                }));
+        match &mut slot.state {
+            State::Down { retry: Some(t), .. } => *t = (*t).min(now),
+            State::Down {
+                kept, retry: None, ..
+            } => {
+                if let Some(s) = kept.take() {
+                    slot.state = State::Up(s);
+                    self.pending.push_back(Next::Interface(InterfaceEvent::Up {
+                        name: slot.name.clone(),
+                    }));
+                }
             }
+            _ => {}
         }
     }
 
@@ -243,16 +256,23 @@ impl<S: Source> MultiSource<S> {
             }
             match (opener.0)(&slot.name, &self.listen) {
                 Ok(s) => {
+                    self.pending.push_back(Next::Interface(InterfaceEvent::Up {
+                        name: slot.name.clone(),
+                    }));
                     if let State::Down {
                         kept: Some(mut old),
                         ..
                     } = std::mem::replace(&mut slot.state, State::Up(s))
                     {
+                        // What the old socket still holds, then it goes.
+                        for _ in 0..DRAIN_MAX {
+                            match old.next_event(Some(now)) {
+                                Ok(ev @ Next::Event(_)) => self.pending.push_back(ev),
+                                _ => break,
+                            }
+                        }
                         self.retired.add(&old.stats());
                     }
-                    self.pending.push_back(Next::Interface(InterfaceEvent::Up {
-                        name: slot.name.clone(),
-                    }));
                 }
                 Err(_) => {
                     // Still failing: already reported; wait longer.
@@ -447,7 +467,7 @@ impl<S: Source> Source for MultiSource<S> {
                 return Ok(if ended { Next::End } else { Next::Deadline });
             }
             // Anything already queued, round-robin, without blocking; a
-            // kept (down) socket that delivers again is up.
+            // kept (down) socket that delivers makes its reopen due.
             let now_dl = Some(now);
             for k in 0..n {
                 let i = (self.next + k) % n;
@@ -459,13 +479,10 @@ impl<S: Source> Source for MultiSource<S> {
                 match src.next_event(now_dl) {
                     Ok(ev @ Next::Event(_)) => {
                         self.next = (i + 1) % n;
-                        if !down {
-                            return Ok(ev);
+                        if down {
+                            self.delivered_while_down(i, now);
                         }
-                        // Its interface is back: say so, then hand out the knock.
-                        self.revive(i);
-                        self.pending.push_back(ev);
-                        break;
+                        return Ok(ev);
                     }
                     Ok(Next::Interface(ev)) => return Ok(Next::Interface(ev)),
                     Ok(_) => {}
