@@ -213,6 +213,21 @@ fn run(args: Args) -> anyhow::Result<()> {
             &format!("command results wait for the next packet: {e}"),
         );
     }
+    // The engine's filter on every interface now: an interface that takes
+    // no filter at all (nor any other) means capture cannot work.
+    if let Err(e) = source.set_listen(&daemon.engine().listen_set()) {
+        daemon.log_line(Level::Error, &format!("capture: {e}"));
+    }
+    while let Some(ev) = source.poll_interface_event() {
+        daemon.log_interface(&ev);
+    }
+    if source.failed_for_good() {
+        daemon.shutdown();
+        anyhow::bail!(
+            "cannot capture on {} (see the errors above)",
+            interfaces.join(", ")
+        );
+    }
     daemon.force_listen_sync();
     // Interfaces fail and come back on their own inside the source; an
     // error here is the wait itself failing, which nothing can retry.

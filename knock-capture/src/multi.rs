@@ -55,6 +55,8 @@ enum State<S> {
         kept: Option<S>,
         retry: Option<Instant>,
         backoff: Duration,
+        /// The failure will not pass by itself ([`CaptureError::may_recover`]).
+        lasting: bool,
     },
     /// A replay at its end.
     Ended,
@@ -174,6 +176,18 @@ impl<S: Source> MultiSource<S> {
             .map(|s| (s.name.as_str(), matches!(s.state, State::Up(_))))
     }
 
+    /// Whether capture cannot work at all: there are interfaces, and every
+    /// one failed (last time it was tried) for a reason that will not pass
+    /// by itself ([`CaptureError::may_recover`]), like a missing
+    /// `CAP_NET_RAW` or a filter the kernel refuses. They are still retried.
+    pub fn failed_for_good(&self) -> bool {
+        !self.slots.is_empty()
+            && self
+                .slots
+                .iter()
+                .all(|s| matches!(s.state, State::Down { lasting: true, .. }))
+    }
+
     /// The next interface change not reported yet, if any. [`Source::next_event`]
     /// returns these first; this is for a caller that wants them before it
     /// starts reading (the failures of [`MultiSource::open_each`], say).
@@ -209,6 +223,7 @@ impl<S: Source> MultiSource<S> {
             kept,
             retry: can_reopen.then(|| now + FIRST_RETRY),
             backoff: FIRST_RETRY,
+            lasting: !error.may_recover(),
         };
         self.pending
             .push_back(Next::Interface(InterfaceEvent::Down {
@@ -248,7 +263,13 @@ impl<S: Source> MultiSource<S> {
             return;
         };
         for slot in &mut self.slots {
-            let State::Down { retry, backoff, .. } = &mut slot.state else {
+            let State::Down {
+                retry,
+                backoff,
+                lasting,
+                ..
+            } = &mut slot.state
+            else {
                 continue;
             };
             if retry.is_none_or(|t| t > now) {
@@ -274,7 +295,8 @@ impl<S: Source> MultiSource<S> {
                         self.retired.add(&old.stats());
                     }
                 }
-                Err(_) => {
+                Err(e) => {
+                    *lasting = !e.may_recover();
                     // Still failing: already reported; wait longer.
                     *backoff = (*backoff * 2).min(MAX_RETRY);
                     *retry = Some(now + *backoff);
@@ -326,6 +348,7 @@ impl MultiSource<AfPacketSource> {
                         kept: None,
                         retry: Some(now),
                         backoff: FIRST_RETRY,
+                        lasting: false,
                     },
                 })
                 .collect(),
@@ -356,30 +379,21 @@ impl MultiSource<AfPacketSource> {
     ) -> Result<Self, CaptureError> {
         let mut m = Self::with_names(names.iter().map(|n| n.to_string()).collect(), listen, cfg);
         let now = Instant::now();
-        // The first lasting failure, and whether any interface works or may.
-        let mut lasting = None;
-        let mut hope = false;
+        let mut first = None;
         for i in 0..m.slots.len() {
             let Some(opener) = &mut m.opener else {
                 break;
             };
             match (opener.0)(&m.slots[i].name, listen) {
-                Ok(s) => {
-                    m.slots[i].state = State::Up(s);
-                    hope = true;
-                }
+                Ok(s) => m.slots[i].state = State::Up(s),
                 Err(e) => {
                     m.fail(i, &e, false, now);
-                    if e.may_recover() {
-                        hope = true;
-                    } else if lasting.is_none() {
-                        lasting = Some(e);
-                    }
+                    first.get_or_insert(e);
                 }
             }
         }
-        match lasting {
-            Some(e) if !hope => Err(e),
+        match first {
+            Some(e) if m.failed_for_good() => Err(e),
             _ => Ok(m),
         }
     }
@@ -419,6 +433,7 @@ impl MultiSource<AfPacketSource> {
                     kept: None,
                     retry: Some(Instant::now() + FIRST_RETRY),
                     backoff: FIRST_RETRY,
+                    lasting: false,
                 },
                 Err(e) => return Err(e),
             };

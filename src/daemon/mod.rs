@@ -317,6 +317,11 @@ impl Daemon {
         self.log.line(level, msg);
     }
 
+    /// Logs a change of a capture interface ([`Logger::interface`]).
+    pub fn log_interface(&mut self, ev: &knock_capture::InterfaceEvent) {
+        self.log.interface(ev);
+    }
+
     /// Makes the next `run` push the listen set to its source (a new source).
     pub fn force_listen_sync(&mut self) {
         self.listen = Some(self.engine.listen_set());
