@@ -186,6 +186,8 @@ impl Server {
         let err = open("stderr.log");
         // Where this run's stderr begins: "starting up" must be this run's.
         let from = err.metadata().unwrap().len();
+        // Without -v, "starting up" is in the log file only: its tail, then.
+        let log_from = fs::metadata(self.path("knockd.log")).map_or(0, |m| m.len());
         let child = self
             .pair
             .server
@@ -208,16 +210,16 @@ impl Server {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let stderr_tail = || {
-            let all = fs::read(self.path("stderr.log")).unwrap_or_default();
+        let tail = |name: &str, from: u64| {
+            let all = fs::read(self.path(name)).unwrap_or_default();
             let from = usize::try_from(from).unwrap().min(all.len());
             String::from_utf8_lossy(&all[from..]).into_owned()
         };
         wait_for("knockd to start", Duration::from_secs(20), || {
-            if append && self.verbose {
-                stderr_tail().contains("starting up")
-            } else {
-                self.log().contains("starting up")
+            match (append, self.verbose) {
+                (false, _) => self.log().contains("starting up"),
+                (true, true) => tail("stderr.log", from).contains("starting up"),
+                (true, false) => tail("knockd.log", log_from).contains("starting up"),
             }
         });
         std::thread::sleep(Duration::from_millis(300));
