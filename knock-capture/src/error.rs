@@ -75,3 +75,29 @@ impl CaptureError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_or_down_interfaces_may_recover_the_rest_lasts() {
+        let os = |errno| io::Error::from_raw_os_error(errno);
+        assert!(CaptureError::NoSuchInterface("typo0".into()).may_recover());
+        assert!(CaptureError::InterfaceDown("kx0".into()).may_recover());
+        assert!(CaptureError::io("recv kx0", os(libc::ENETDOWN)).may_recover());
+        assert!(CaptureError::io("bind kx0", os(libc::ENODEV)).may_recover());
+        assert!(!CaptureError::io("SO_ATTACH_FILTER", os(libc::EINVAL)).may_recover());
+        let denied = CaptureError::NotPermitted {
+            op: "socket(AF_PACKET)".into(),
+            source: os(libc::EPERM),
+        };
+        assert!(!denied.may_recover());
+        assert!(denied.to_string().contains("CAP_NET_RAW"), "{denied}");
+        let unsupported = CaptureError::UnsupportedInterface {
+            name: "ip6gre0".into(),
+            arphrd: 823,
+        };
+        assert!(!unsupported.may_recover());
+    }
+}
