@@ -215,13 +215,22 @@ fn a_reload_without_a_config_says_so_once_and_keeps_the_doors() {
     let file_log = fs::read_to_string(s.path("knockd.log")).unwrap();
     let err = stderr(&s);
     for (name, text) in [("the log file", &file_log), ("stderr", &err)] {
-        let lines = text
+        let lines: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("knockd.conf") && !l.contains("starting up"))
-            .count();
+            .collect();
         assert_eq!(
-            lines, 1,
-            "{name} has the reload error {lines} times:\n{text}"
+            lines.len(),
+            1,
+            "{name} has the reload error {} times:\n{text}",
+            lines.len()
+        );
+        let cause = "No such file or directory";
+        assert_eq!(
+            lines[0].matches(cause).count(),
+            1,
+            "{name} repeats the cause:\n{}",
+            lines[0]
         );
     }
     s.knock(SERVER_V4, &["7000", "8000"]);

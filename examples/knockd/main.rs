@@ -207,7 +207,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         daemon.force_listen_sync();
         let ran = daemon.run(&mut source, &stop, &reload, || {
-            load(&args).map_err(|e| format!("{e:#}"))
+            load(&args).map_err(|e| knock::error_line(&*e))
         });
         capture.add(&source.stats());
         match ran {
