@@ -123,6 +123,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.check {
         // What the engine would refuse at start, refused here too.
         knock::engine::Engine::check(&config, knock::core::Limits::default())?;
+        // And what it must be able to write.
+        let mut opts = DaemonOptions::default();
+        opts.state_dir = args.state_dir.clone();
+        knock::daemon::preflight(&config, &opts)?;
         println!("configuration OK: {} door(s)", config.doors.len());
         return Ok(());
     }
@@ -203,7 +207,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         daemon.force_listen_sync();
         let ran = daemon.run(&mut source, &stop, &reload, || {
-            load(&args).map_err(|e| format!("{e:#}"))
+            load(&args).map_err(|e| knock::error_line(&*e))
         });
         capture.add(&source.stats());
         match ran {
