@@ -166,6 +166,15 @@ fn a_state_directory_that_cannot_be_written_stops_the_start_loudly() {
         err.contains("state") && err.to_lowercase().contains("read-only"),
         "stderr does not say what cannot be written:\n{err}"
     );
+    // The log file says it too, once on each.
+    let file_log = fs::read_to_string(s.path("knockd.log")).unwrap_or_default();
+    for (name, text) in [("the log file", &file_log), ("stderr", &err)] {
+        assert_eq!(
+            text.lines().filter(|l| l.contains("cannot start")).count(),
+            1,
+            "{name}:\n{text}"
+        );
+    }
 }
 
 #[test]

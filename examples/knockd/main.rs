@@ -89,6 +89,18 @@ fn load(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// An error the daemon has logged itself (stderr, log file, syslog).
+#[derive(Debug)]
+struct Logged;
+
+impl std::fmt::Display for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("see the error logged above")
+    }
+}
+
+impl std::error::Error for Logged {}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.version {
@@ -108,9 +120,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // Already on stderr and in the log.
+        Err(e) if e.is::<Logged>() => ExitCode::from(1),
         Err(e) => {
             eprintln!("knockd: {}", knock::error_line(&*e));
             ExitCode::from(1)
@@ -159,7 +174,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(&pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("write pid file {}", pid_file.display()))?;
     }
-    let mut daemon = Daemon::new(config, opts, log).context("start")?;
+    let mut daemon = Daemon::new(config, opts, log).map_err(|_| Logged)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));

@@ -274,20 +274,25 @@ impl Daemon {
     /// # Errors
     /// An invalid config, a sink that cannot be set up, a state directory
     /// that cannot be created.
-    pub fn new(config: Config, opts: DaemonOptions, log: Logger) -> Result<Daemon, DaemonError> {
-        let sinks = build_sinks(&config)?;
+    pub fn new(
+        config: Config,
+        opts: DaemonOptions,
+        mut log: Logger,
+    ) -> Result<Daemon, DaemonError> {
+        let sinks = build_sinks(&config).map_err(|e| log.fatal(e))?;
         Daemon::with_sinks(config, sinks, opts, log)
     }
 
     /// A daemon with the given sinks (tests use recording or mock sinks).
     ///
     /// # Errors
-    /// As [`Daemon::new`], but for the sinks.
+    /// As [`Daemon::new`], but for the sinks. Like [`Daemon::new`], the
+    /// error is also logged (stderr, log file, syslog).
     pub fn with_sinks(
         config: Config,
         sinks: HashMap<FirewallKind, BoxedSink>,
         opts: DaemonOptions,
-        log: Logger,
+        mut log: Logger,
     ) -> Result<Daemon, DaemonError> {
         let clock = Clock {
             start: Instant::now(),
@@ -299,16 +304,20 @@ impl Daemon {
             .with_only_ipv4(opts.only_ipv4)
             .with_reports(opts.events_json);
         let seqfiles = sequence_files(&config);
-        std::fs::create_dir_all(&opts.state_dir).map_err(|source| DaemonError::State {
-            path: opts.state_dir.clone(),
-            source,
-        })?;
-        preflight(&config, &opts)?;
-        let engine = Engine::new(config, eopts, clock.now())?;
-        let (wake, notify) = UnixStream::pair().map_err(|source| DaemonError::State {
-            path: opts.state_dir.clone(),
-            source,
-        })?;
+        let ready = (|| {
+            std::fs::create_dir_all(&opts.state_dir).map_err(|source| DaemonError::State {
+                path: opts.state_dir.clone(),
+                source,
+            })?;
+            preflight(&config, &opts)?;
+            let engine = Engine::new(config, eopts, clock.now())?;
+            let pair = UnixStream::pair().map_err(|source| DaemonError::State {
+                path: opts.state_dir.clone(),
+                source,
+            })?;
+            Ok((engine, pair))
+        })();
+        let (engine, (wake, notify)) = ready.map_err(|e| log.fatal(e))?;
         let _ = notify.set_nonblocking(true);
         let runner = CommandRunner::new(RunnerConfig {
             max_run_time: opts.command_timeout,
