@@ -96,7 +96,7 @@ pub enum StepError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A file could not be read or written.
+    /// A file could not be written (reads give [`ConfigError::File`]).
     #[error("{}: {action}: {source}", path.display())]
     Io {
         /// The file.
@@ -107,15 +107,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// A file is too large to be a configuration or sequence file.
-    #[error("{}: file is {size} bytes (at most {max})", path.display())]
-    TooLarge {
+    /// A configuration or sequence file that cannot be read: missing, not
+    /// a regular file, too large.
+    #[error("{}: {source}", path.display())]
+    File {
         /// The file.
         path: PathBuf,
-        /// Its size.
-        size: u64,
-        /// The limit.
-        max: u64,
+        /// Why.
+        #[source]
+        source: crate::file::FileError,
     },
     /// A line that is neither a comment, a `[section]` nor `key = value`.
     #[error("{at}: {text:?}: expected {expected}")]
@@ -239,7 +239,8 @@ pub enum ConfigError {
         /// The line.
         text: String,
     },
-    /// A sequence file that does not exist or cannot be read.
+    /// A sequence file that does not exist or cannot be read (also one that
+    /// is not a regular file, or is too large).
     #[error("{at}: door [{door}]: cannot read sequence file {}: {source}", path.display())]
     SequenceFileMissing {
         /// Where the key naming the file is (0 line for TOML).
@@ -248,9 +249,9 @@ pub enum ConfigError {
         door: String,
         /// The file.
         path: PathBuf,
-        /// The OS error.
+        /// Why.
         #[source]
-        source: std::io::Error,
+        source: crate::file::FileError,
     },
     /// A sequence file without a single sequence line.
     #[error("{}: sequence file has no sequence (expected lines like ` 7000:tcp,8000:udp`)", path.display())]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use knock_core::Step;
 
 use crate::error::{ConfigError, Location};
+use crate::file::{FileError, FileKind};
 use crate::value::{parse_sequence, sequence_to_string};
 
 /// The largest sequence file read (1 MiB).
@@ -59,7 +60,8 @@ impl SequenceFile {
     /// Reads and parses a sequence file.
     ///
     /// # Errors
-    /// I/O errors, a file over [`MAX_SEQUENCE_FILE_SIZE`], a line that does
+    /// [`ConfigError::File`] (missing, not a regular file, over
+    /// [`MAX_SEQUENCE_FILE_SIZE`]), a line that does
     /// not parse (with its number and column), a file without any sequence
     /// line at all ([`ConfigError::EmptySequenceFile`]). A one-time file
     /// whose lines are all used parses, with no entry.
@@ -127,7 +129,8 @@ impl SequenceFile {
     /// [`ConfigError::NoSuchSequence`] for a bad index,
     /// [`ConfigError::SequenceGone`] when the sequence is no longer an
     /// unused line of the file (nothing is written), a changed file that no
-    /// longer parses, and I/O errors.
+    /// longer parses, [`ConfigError::File`] when it can no longer be read
+    /// (or is no longer a regular file), and [`ConfigError::Io`] writing it.
     pub fn mark_used(&mut self, index: usize) -> Result<Marked, ConfigError> {
         let Some(target) = self.entries.get(index) else {
             return Err(ConfigError::NoSuchSequence {
@@ -231,32 +234,25 @@ fn parse_entries(bytes: &[u8], path: &Path) -> Result<(Vec<SequenceEntry>, usize
     Ok((entries, used))
 }
 
-/// Reads a whole file of at most `max` bytes.
+/// Reads a whole regular file of at most `max` bytes
+/// ([`read_regular_file`](crate::read_regular_file)).
 pub(crate) fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, ConfigError> {
-    let io = |source| ConfigError::Io {
+    crate::file::read_regular_file(path, max).map_err(|source| ConfigError::File {
         path: path.to_owned(),
-        action: "cannot read",
         source,
-    };
-    let meta = fs::metadata(path).map_err(io)?;
-    if meta.len() > max {
-        return Err(ConfigError::TooLarge {
-            path: path.to_owned(),
-            size: meta.len(),
-            max,
-        });
-    }
-    fs::read(path).map_err(io)
+    })
 }
 
 /// Replaces `path`'s content (or creates it) crash-safely: a temporary
 /// file in the same directory, fsync, rename over, fsync the directory. An
 /// existing file keeps its permissions (and, where allowed, its owner) and
 /// is followed if it is a symlink; a new one gets the process's defaults.
-/// Readers see the old content or the new, never a mix.
+/// Readers see the old content or the new, never a mix. An existing path
+/// that is not a regular file (a FIFO, a device, a directory) is left alone.
 ///
 /// # Errors
-/// [`ConfigError::Io`] naming the step and the file.
+/// [`ConfigError::Io`] naming the step and the file;
+/// [`ConfigError::File`] for an existing path that is not a regular file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     let Staging { target, dir, tmp } = staging(path)?;
     let meta = match fs::metadata(&target) {
@@ -264,6 +260,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io("cannot stat", &target)(e)),
     };
+    if let Some(meta) = meta.as_ref().filter(|m| !m.is_file()) {
+        // Never replace a FIFO, a device or a directory with a file.
+        return Err(ConfigError::File {
+            path: target,
+            source: FileError::NotRegular(FileKind::of(meta)),
+        });
+    }
     let open = || {
         fs::OpenOptions::new()
             .write(true)
@@ -435,6 +438,25 @@ mod tests {
             write_atomically(&missing_dir, b"x"),
             Err(ConfigError::Io { .. })
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn write_atomically_leaves_a_fifo_or_directory_alone() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = write_atomically(&fifo, b"x").unwrap_err();
+        assert!(e.to_string().contains("not a regular file (a FIFO)"), "{e}");
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        let e = write_atomically(dir.path(), b"x").unwrap_err();
+        assert!(
+            e.to_string().contains("not a regular file (a directory)"),
+            "{e}"
+        );
+        // Nothing else was created.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
