@@ -120,12 +120,32 @@ pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
 pub(crate) fn open_regular(path: &Path) -> Result<(File, Metadata), FileError> {
     let mut options = OpenOptions::new();
     options.read(true);
+    open_checked(path, &mut options)
+}
+
+/// Opens an existing `path` for writing (without truncating it or blocking)
+/// and checks on the opened descriptor that it is a regular file.
+pub(crate) fn open_regular_for_write(path: &Path) -> Result<File, FileError> {
+    // A FIFO without a reader fails a non-blocking open for writing with
+    // ENXIO ("No such device or address"); look first to say what it is.
+    // The check on the descriptor below is the one that counts.
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            return Err(FileError::NotRegular(FileKind::of(&meta)));
+        }
+    }
+    let mut options = OpenOptions::new();
+    options.write(true);
+    open_checked(path, &mut options).map(|(file, _)| file)
+}
+
+fn open_checked(path: &Path, options: &mut OpenOptions) -> Result<(File, Metadata), FileError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        // O_NONBLOCK: opening a FIFO with no writer returns at once instead
-        // of waiting (reads of a regular file ignore the flag). O_NOCTTY: a
-        // terminal named by mistake does not become ours.
+        // O_NONBLOCK: opening a FIFO returns at once instead of waiting for
+        // the other end (reads and writes of a regular file ignore the
+        // flag). O_NOCTTY: a terminal named by mistake does not become ours.
         options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
     }
     let file = options.open(path).map_err(FileError::Io)?;

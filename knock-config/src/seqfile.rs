@@ -309,18 +309,26 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
 }
 
 /// Whether [`write_atomically`] could replace (or create) `path` now,
-/// without changing it: an existing file must open for writing, and its
-/// directory must take the temporary file (created and removed again).
+/// without changing it: an existing file must be a regular file that opens
+/// for writing (a FIFO is refused, not waited on), and its directory must
+/// take the temporary file (created and removed again).
 ///
 /// # Errors
 /// [`ConfigError::Io`] naming the file or directory and the cause (a
-/// read-only filesystem, permissions).
+/// read-only filesystem, permissions); [`ConfigError::File`] for a path
+/// that is not a regular file.
 pub fn check_writable(path: &Path) -> Result<(), ConfigError> {
     let Staging { target, tmp, .. } = staging(path)?;
-    match fs::OpenOptions::new().write(true).open(&target) {
+    match crate::file::open_regular_for_write(&target) {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("cannot write", &target)(e)),
+        Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(FileError::Io(e)) => return Err(io("cannot write", &target)(e)),
+        Err(source) => {
+            return Err(ConfigError::File {
+                path: target,
+                source,
+            })
+        }
     }
     let probe = fs::OpenOptions::new()
         .write(true)
@@ -438,6 +446,33 @@ mod tests {
             write_atomically(&missing_dir, b"x"),
             Err(ConfigError::Io { .. })
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn check_writable_refuses_a_fifo_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(check_writable(&path).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("check_writable blocked on the FIFO");
+        let e = result.unwrap_err();
+        assert!(
+            e.contains(&fifo.display().to_string()) && e.contains("not a regular file (a FIFO)"),
+            "{e}"
+        );
+        let e = check_writable(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a regular file (a directory)"), "{e}");
+        // A regular file and a missing one are fine.
+        let file = write(dir.path(), "f", "x");
+        check_writable(&file).unwrap();
+        check_writable(&dir.path().join("missing")).unwrap();
     }
 
     #[cfg(unix)]
