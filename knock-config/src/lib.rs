@@ -26,7 +26,8 @@
 //!   When the matcher emits `SequenceConsumed { door, index, .. }`, call
 //!   `config.door_mut(name)?.sequence_file_mut()?.mark_used(index)`.
 //! * [`ConfigError`]: one error type; every variant names the file, the line
-//!   (and column where it helps), the offending text and what was expected.
+//!   (and column where it helps), the offending text (an excerpt of
+//!   [`EXCERPT_CHARS`] characters when it is longer) and what was expected.
 //! * [`read_regular_file`]: how every file a configuration names is read
 //!   (the configuration, sequence and secret files): only a regular file,
 //!   opened without blocking (a FIFO is refused, not waited on) and read up
@@ -97,7 +98,7 @@ mod value;
 
 use std::path::Path;
 
-pub use error::{ConfigError, Location, StepError};
+pub use error::{ConfigError, Location, StepError, EXCERPT_CHARS};
 pub use file::{read_regular_file, FileError, FileKind};
 pub use model::{
     BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix, Options,

@@ -1,16 +1,25 @@
 //! Files named by a configuration that are not regular files, or are too
-//! large: each is refused promptly with an error naming the file.
+//! large, or hold an over-long entry: each is refused promptly with an error
+//! naming the file, and no message echoes more than a short excerpt.
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use knock_config::{Config, ConfigError, SequenceFile, MAX_SEQUENCE_FILE_SIZE};
+use knock_config::{Config, ConfigError, SequenceFile, EXCERPT_CHARS, MAX_SEQUENCE_FILE_SIZE};
 
 /// How long a refusal may take before the test gives up on it (a read that
 /// blocks or never ends would otherwise hang the test run).
 const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The longest message an error about a bad entry of a sequence file may
+/// have.
+const SHORT: usize = 200;
+
+/// The same for the configuration, whose messages may list what is
+/// expected (every key of a door...).
+const SHORT_CONF: usize = 600;
 
 /// Runs `f` on a thread and returns its result, or fails the test if it
 /// has not returned within [`PATIENCE`] (the thread is left behind).
@@ -169,4 +178,102 @@ fn marking_a_sequence_used_refuses_a_file_replaced_by_a_fifo() {
     );
     // The FIFO is still there: nothing was renamed over it.
     assert!(std::fs::symlink_metadata(&q).unwrap().file_type().is_fifo());
+}
+
+/// The longest run of one repeated character in `s`.
+fn longest_run(s: &str) -> usize {
+    let mut best = 0;
+    let mut run = 0;
+    let mut last = None;
+    for c in s.chars() {
+        run = if last == Some(c) { run + 1 } else { 1 };
+        last = Some(c);
+        best = best.max(run);
+    }
+    best
+}
+
+/// Asserts `e` is at most `max` bytes, names `at`, and quotes no more than
+/// an excerpt of the 100 kB entry (made of one repeated character).
+#[track_caller]
+fn short_with_excerpt(e: &ConfigError, at: &str, max: usize) {
+    let msg = e.to_string();
+    assert!(
+        msg.len() <= max && longest_run(&msg) <= EXCERPT_CHARS,
+        "{} bytes: {}...",
+        msg.len(),
+        msg.get(..300).unwrap_or(&msg)
+    );
+    says(e, &[at, "…"]);
+}
+
+#[test]
+fn over_long_entries_in_a_sequence_file_are_quoted_as_an_excerpt() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = "1".repeat(100_000);
+    let steps = (1..=50_000).map(|p| p.to_string()).collect::<Vec<_>>();
+    let cases = [
+        // One huge token: not a port.
+        (format!(" 1000\n 2000,{port}\n"), ":2:7"),
+        // A huge sequence: too many steps.
+        (format!(" {}\n", steps.join(",")), ":1:2"),
+        // A huge unknown protocol.
+        (format!(" 1000:{}\n", "x".repeat(100_000)), ":1:2"),
+    ];
+    for (i, (text, at)) in cases.iter().enumerate() {
+        let p = crate::write(dir.path(), &format!("seq{i}"), text);
+        let e = load_err(door(&format!("  sequence = {}", p.display())));
+        short_with_excerpt(&e, &format!("{}{at}", p.display()), SHORT);
+    }
+}
+
+#[test]
+fn over_long_text_in_the_configuration_is_quoted_as_an_excerpt() {
+    let long = "x".repeat(100_000);
+    let cases = [
+        // A line that is not `key = value`.
+        (
+            format!("[options]\n  Interface = eth0\n  {long} {long}\n"),
+            "/etc/knockd.conf:3:3",
+        ),
+        // An unknown key.
+        (
+            door(&format!("  sequence = 1,2\n  {long} = 1")),
+            "/etc/knockd.conf:6:3",
+        ),
+        // A bad value.
+        (
+            door(&format!("  sequence = 1,2\n  seq_timeout = {long}")),
+            "/etc/knockd.conf:6",
+        ),
+        // A bad sequence entry.
+        (
+            door(&format!("  sequence = 1,{}", "9".repeat(100_000))),
+            "/etc/knockd.conf:5",
+        ),
+        // Bad TCP flags.
+        (
+            door(&format!("  sequence = 1,2\n  tcpflags = {long}")),
+            "/etc/knockd.conf:6",
+        ),
+    ];
+    for (conf, at) in cases {
+        let e = load_err(conf);
+        short_with_excerpt(&e, at, SHORT_CONF);
+    }
+}
+
+#[test]
+fn over_long_text_in_toml_is_quoted_as_an_excerpt() {
+    let long = "x".repeat(100_000);
+    for line in [
+        format!("sequence = [\"{long}\"]"),
+        format!("sequence = [\"1\"]\nfirewall = \"{long}\""),
+        format!("sequence = [\"1\"]\nseq_timeout = \"{long}\""),
+        format!("sequence = [\"1\"]\n{long} = 1"),
+    ] {
+        let toml = format!("[[door]]\nname = \"d\"\n{line}\n");
+        let e = Config::parse_toml_str(&toml, "knock.toml").unwrap_err();
+        short_with_excerpt(&e, "knock.toml:", SHORT_CONF);
+    }
 }
