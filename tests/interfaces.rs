@@ -72,7 +72,7 @@ fn lines_with(text: &str, words: &[&str]) -> usize {
 #[ignore = "needs root"]
 fn one_interface_down_leaves_the_other_listening_and_recovers_on_its_own() {
     let s = Setup::new(DOOR)
-        .prepare(side_link)
+        .before_start(side_link)
         .args(&["-i", "kx0"])
         .quiet()
         .start();

@@ -94,6 +94,18 @@ fn load(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// An error the daemon has logged itself (stderr, log file, syslog).
+#[derive(Debug)]
+struct Logged;
+
+impl std::fmt::Display for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("see the error logged above")
+    }
+}
+
+impl std::error::Error for Logged {}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.version {
@@ -113,9 +125,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // Already on stderr and in the log.
+        Err(e) if e.is::<Logged>() => ExitCode::from(1),
         Err(e) => {
             eprintln!("knockd: {}", knock::error_line(&*e));
             ExitCode::from(1)
@@ -145,6 +160,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.check {
         // What the engine would refuse at start, refused here too.
         knock::engine::Engine::check(&config, knock::core::Limits::default())?;
+        // And what it must be able to write.
+        let mut opts = DaemonOptions::default();
+        opts.state_dir = args.state_dir.clone();
+        knock::daemon::preflight(&config, &opts)?;
         // What this environment lacks is only a warning: the file may be
         // checked elsewhere (as a user, on another host) than it runs.
         for w in caps::environment(&config, &interfaces) {
@@ -157,20 +176,36 @@ fn run(args: Args) -> anyhow::Result<()> {
         print!("{}", config.to_toml_string()?);
         return Ok(());
     }
-    let missing = caps::missing(&config);
-    if !missing.is_empty() {
-        anyhow::bail!("{}", caps::describe(&missing));
-    }
     let log_file = args
         .logfile
         .clone()
         .or_else(|| config.options.log_file.clone());
     let mut log = Logger::new(log_file.as_deref(), config.options.use_syslog)?;
+    let missing = caps::missing(&config);
+    if !missing.is_empty() {
+        log.line(
+            Level::Error,
+            &format!("cannot start: {}", caps::describe(&missing)),
+        );
+        return Err(Logged.into());
+    }
     // Capture first, before daemonizing: what cannot work at all fails the
     // start on the terminal; an interface missing or down is a warning
     // (it is picked up when it comes).
-    let mut source = open_capture(&interfaces)
-        .with_context(|| format!("cannot capture on {}", interfaces.join(", ")))?;
+    let mut source = match open_capture(&interfaces) {
+        Ok(s) => s,
+        Err(e) => {
+            log.line(
+                Level::Error,
+                &format!(
+                    "cannot start: cannot capture on {}: {}",
+                    interfaces.join(", "),
+                    knock::error_line(&e)
+                ),
+            );
+            return Err(Logged.into());
+        }
+    };
     while let Some(ev) = source.poll_interface_event() {
         log.interface(&ev);
     }
@@ -189,7 +224,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(&pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("write pid file {}", pid_file.display()))?;
     }
-    let mut daemon = Daemon::new(config, opts, log).context("start")?;
+    let mut daemon = Daemon::new(config, opts, log).map_err(|_| Logged)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -222,17 +257,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         daemon.log_interface(&ev);
     }
     if source.failed_for_good() {
-        daemon.shutdown();
-        anyhow::bail!(
-            "cannot capture on {} (see the errors above)",
-            interfaces.join(", ")
+        daemon.log_line(
+            Level::Error,
+            &format!(
+                "cannot start: no interface of {} can be captured on (see above)",
+                interfaces.join(", ")
+            ),
         );
+        daemon.shutdown();
+        return Err(Logged.into());
     }
     daemon.force_listen_sync();
     // Interfaces fail and come back on their own inside the source; an
     // error here is the wait itself failing, which nothing can retry.
     let ran = daemon.run(&mut source, &stop, &reload, || {
-        load(&args).map_err(|e| format!("{e:#}"))
+        load(&args).map_err(|e| knock::error_line(&*e))
     });
     if let Err(e) = &ran {
         daemon.log_line(Level::Error, &format!("capture failed, stopping: {e}"));
@@ -243,7 +282,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.daemon {
         let _ = std::fs::remove_file(Path::new(&pid_file));
     }
-    ran.context("capture")?;
+    ran.map_err(|_| Logged)?;
     Ok(())
 }
 

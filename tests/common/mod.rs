@@ -20,7 +20,7 @@ pub fn example_bin(name: &str) -> PathBuf {
 }
 
 /// A step run on the namespaces before knockd starts.
-type Prepare<'a> = Box<dyn FnOnce(&Pair) + 'a>;
+type BeforeStart<'a> = Box<dyn FnOnce(&Pair) + 'a>;
 
 /// How to set up a [`Server`].
 pub struct Setup<'a> {
@@ -28,9 +28,11 @@ pub struct Setup<'a> {
     files: Vec<(&'a str, &'a str, u32)>,
     drop_22: bool,
     client_addrs: Vec<&'a str>,
+    mount: Option<(&'a str, bool)>,
+    state: Option<&'a str>,
     args: Vec<&'a str>,
     quiet: bool,
-    prepare: Option<Prepare<'a>>,
+    before_start: Option<BeforeStart<'a>>,
 }
 
 impl<'a> Setup<'a> {
@@ -41,9 +43,11 @@ impl<'a> Setup<'a> {
             files: Vec::new(),
             drop_22: true,
             client_addrs: Vec::new(),
+            mount: None,
+            state: None,
             args: Vec::new(),
             quiet: false,
-            prepare: None,
+            before_start: None,
         }
     }
 
@@ -61,8 +65,25 @@ impl<'a> Setup<'a> {
     }
 
     /// Runs `f` on the namespaces before knockd starts (more links, say).
-    pub fn prepare(mut self, f: impl FnOnce(&Pair) + 'a) -> Self {
-        self.prepare = Some(Box::new(f));
+    pub fn before_start(mut self, f: impl FnOnce(&Pair) + 'a) -> Self {
+        self.before_start = Some(Box::new(f));
+        self
+    }
+
+    /// `--state-dir` is the temp dir's subdirectory `sub` (default: the
+    /// temp dir itself).
+    pub fn state_dir(mut self, sub: &'a str) -> Self {
+        self.state = Some(sub);
+        self
+    }
+
+    /// Runs knockd in a private mount namespace where the temp dir's
+    /// subdirectory `sub` is a bind mount of itself, read-only from the
+    /// start with `read_only` (a read-only filesystem as knockd sees it;
+    /// [`Server::remount_read_only`] makes it read-only later). Nothing
+    /// outside the daemon's own mount namespace changes.
+    pub fn bind_mount(mut self, sub: &'a str, read_only: bool) -> Self {
+        self.mount = Some((sub, read_only));
         self
     }
 
@@ -84,10 +105,28 @@ impl<'a> Setup<'a> {
         self
     }
 
+    /// Creates the namespaces and writes the files, without starting knockd
+    /// (see [`Server::try_restart`]).
+    pub fn prepare(self) -> Server {
+        let mut s = self.build();
+        s.write_conf_only();
+        s
+    }
+
     /// Creates the namespaces and starts knockd.
     pub fn start(self) -> Server {
+        let mut s = self.build();
+        s.write_conf_only();
+        s.spawn();
+        s
+    }
+
+    fn build(self) -> Server {
         let pair = Pair::new().expect("namespaces");
         let dir = tempfile::tempdir().expect("tempdir");
+        if let Some((sub, _)) = self.mount {
+            fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
         for (name, content, mode) in &self.files {
             let p = dir.path().join(name);
             fs::write(&p, content).unwrap();
@@ -108,19 +147,19 @@ impl<'a> Setup<'a> {
             }
         }
         pair.server.tcp_listen(22).unwrap();
-        if let Some(f) = self.prepare {
+        if let Some(f) = self.before_start {
             f(&pair);
         }
-        let mut s = Server {
+        Server {
             pair,
             dir,
             child: None,
+            mount: self.mount.map(|(sub, ro)| (sub.to_owned(), ro)),
+            conf: self.conf.to_owned(),
+            state: self.state.unwrap_or("").to_owned(),
             args: self.args.iter().map(|a| a.to_string()).collect(),
             verbose: !self.quiet,
-        };
-        s.write_conf(self.conf);
-        s.spawn();
-        s
+        }
     }
 }
 
@@ -132,9 +171,16 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     /// The daemon (taken when a test stops it itself).
     pub child: Option<Child>,
+    /// A subdirectory bind-mounted in the daemon's own mount namespace, and
+    /// whether it starts read-only ([`Setup::bind_mount`]).
+    mount: Option<(String, bool)>,
+    /// The knockd.conf text given to [`Setup::new`].
+    conf: String,
+    /// The state directory, relative to the temp dir.
+    state: String,
     /// [`Setup::args`].
     args: Vec<String>,
-    /// Whether knockd runs with `-v`.
+    /// Whether knockd runs with `-v` (not [`Setup::quiet`]).
     verbose: bool,
 }
 
@@ -147,6 +193,11 @@ impl Server {
     /// A file in the temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    fn write_conf_only(&mut self) {
+        let conf = self.conf.clone();
+        self.write_conf(&conf);
     }
 
     /// Rewrites knockd.conf (`{DIR}` is the temp dir).
@@ -173,6 +224,20 @@ impl Server {
     }
 
     fn launch(&mut self, extra: &[&str], append: bool) {
+        if let Some(status) = self.try_launch(extra, append) {
+            panic!("knockd exited at start ({status}):\n{}", self.log());
+        }
+    }
+
+    /// Starts knockd like [`Server::restart`] (or the first time, if no
+    /// daemon ran yet), but a daemon that exits at start is not a failure:
+    /// its exit status is returned (`None`: it runs).
+    pub fn try_restart(&mut self, extra: &[&str]) -> Option<std::process::ExitStatus> {
+        assert!(self.child.is_none(), "restart: the daemon still runs");
+        self.try_launch(extra, true)
+    }
+
+    fn try_launch(&mut self, extra: &[&str], append: bool) -> Option<std::process::ExitStatus> {
         let open = |name: &str| {
             fs::OpenOptions::new()
                 .create(true)
@@ -188,10 +253,26 @@ impl Server {
         let from = err.metadata().unwrap().len();
         // Without -v, "starting up" is in the log file only: its tail, then.
         let log_from = fs::metadata(self.path("knockd.log")).map_or(0, |m| m.len());
-        let child = self
-            .pair
-            .server
-            .command(example_bin("knockd").to_str().unwrap())
+        let knockd = example_bin("knockd");
+        let mut cmd = match &self.mount {
+            None => self.pair.server.command(knockd.to_str().unwrap()),
+            Some((sub, ro)) => {
+                // A private mount namespace of the daemon's own: bind the
+                // directory over itself (read-only if asked), then exec.
+                let mut c = self.pair.server.command("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(
+                        "mount --bind \"$D\" \"$D\" && \
+                         { [ -z \"$RO\" ] || mount -o remount,bind,ro \"$D\"; } && exec \"$@\"",
+                    )
+                    .arg("sh")
+                    .arg(&knockd)
+                    .env("D", self.path(sub))
+                    .env("RO", if *ro { "1" } else { "" });
+                c
+            }
+        };
+        let child = cmd
             .args([
                 "-c",
                 self.path("knockd.conf").to_str().unwrap(),
@@ -201,7 +282,7 @@ impl Server {
             .args(self.verbose.then_some("-v"))
             .arg("--events-json")
             .args(["-g", self.path("knockd.log").to_str().unwrap()])
-            .args(["--state-dir", self.dir.path().to_str().unwrap()])
+            .args(["--state-dir", self.path(&self.state).to_str().unwrap()])
             .args(&self.args)
             .args(extra)
             .stdin(Stdio::null())
@@ -209,20 +290,46 @@ impl Server {
             .stderr(err)
             .spawn()
             .unwrap();
-        self.child = Some(child);
+        let mut child = child;
         let tail = |name: &str, from: u64| {
             let all = fs::read(self.path(name)).unwrap_or_default();
             let from = usize::try_from(from).unwrap().min(all.len());
             String::from_utf8_lossy(&all[from..]).into_owned()
         };
-        wait_for("knockd to start", Duration::from_secs(20), || {
-            match (append, self.verbose) {
-                (false, _) => self.log().contains("starting up"),
-                (true, true) => tail("stderr.log", from).contains("starting up"),
-                (true, false) => tail("knockd.log", log_from).contains("starting up"),
-            }
+        let mut exited = None;
+        wait_for("knockd to start or exit", Duration::from_secs(20), || {
+            exited = child.try_wait().unwrap();
+            exited.is_some()
+                || match (append, self.verbose) {
+                    (false, _) => self.log().contains("starting up"),
+                    (true, true) => tail("stderr.log", from).contains("starting up"),
+                    (true, false) => tail("knockd.log", log_from).contains("starting up"),
+                }
         });
-        std::thread::sleep(Duration::from_millis(300));
+        if exited.is_none() {
+            self.child = Some(child);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        exited
+    }
+
+    /// Makes the [`Setup::bind_mount`] directory read-only in the running
+    /// daemon's mount namespace (a filesystem that fails under it).
+    pub fn remount_read_only(&self) {
+        let (sub, _) = self.mount.as_ref().expect("Setup::bind_mount");
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let dir = self.path(sub);
+        knock_testnet::run(&[
+            "nsenter",
+            "-t",
+            &pid,
+            "-m",
+            "mount",
+            "-o",
+            "remount,bind,ro",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap();
     }
 
     /// Sends `sig` (e.g. `-HUP`) to the daemon.
