@@ -13,15 +13,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use knock::capture::{AfPacketSource, LiveConfig, MultiSource, Source, Stats};
+use knock::capture::{AfPacketSource, CaptureError, LiveConfig, MultiSource, Source, Stats};
 use knock::config::Config;
 use knock::daemon::{Daemon, DaemonOptions, Logger};
+use knock::engine::Level;
+
+mod caps;
 
 /// Port-knock server (knockd-compatible).
 #[derive(Parser, Debug)]
@@ -63,7 +65,10 @@ struct Args {
     /// Print one JSON object per decision on stdout.
     #[arg(long = "events-json")]
     events_json: bool,
-    /// Parse the configuration, print errors and exit.
+    /// Parse the configuration, print errors and exit (status 1 for an
+    /// invalid configuration). Also warns, without failing, about what a
+    /// start here would fail on or wait for: missing CAP_NET_RAW /
+    /// CAP_NET_ADMIN, interfaces that do not exist.
     #[arg(long = "check")]
     check: bool,
     /// Print the configuration as TOML and exit.
@@ -133,8 +138,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Opens the capture on `interfaces` (`any`: every interface), with an
+/// empty listen set (the daemon installs its own before the first read).
+/// Each interface fails on its own; an error only when none can ever work.
+fn open_capture(interfaces: &[String]) -> Result<MultiSource<AfPacketSource>, CaptureError> {
+    if interfaces.iter().any(|i| i == "any") {
+        MultiSource::every_interface(&[], &LiveConfig::default())
+    } else {
+        let names: Vec<&str> = interfaces.iter().map(String::as_str).collect();
+        MultiSource::open_each(&names, &[], &LiveConfig::default())
+    }
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let config = load(&args)?;
+    let interfaces = if args.interface.is_empty() {
+        config.options.interfaces.clone()
+    } else {
+        args.interface.clone()
+    };
     if args.check {
         // What the engine would refuse at start, refused here too.
         knock::engine::Engine::check(&config, knock::core::Limits::default())?;
@@ -142,6 +164,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut opts = DaemonOptions::default();
         opts.state_dir = args.state_dir.clone();
         knock::daemon::preflight(&config, &opts)?;
+        // What this environment lacks is only a warning: the file may be
+        // checked elsewhere (as a user, on another host) than it runs.
+        for w in caps::environment(&config, &interfaces) {
+            eprintln!("knockd: warning: {w}");
+        }
         println!("configuration OK: {} door(s)", config.doors.len());
         return Ok(());
     }
@@ -149,16 +176,39 @@ fn run(args: Args) -> anyhow::Result<()> {
         print!("{}", config.to_toml_string()?);
         return Ok(());
     }
-    let interfaces = if args.interface.is_empty() {
-        config.options.interfaces.clone()
-    } else {
-        args.interface.clone()
-    };
     let log_file = args
         .logfile
         .clone()
         .or_else(|| config.options.log_file.clone());
-    let log = Logger::new(log_file.as_deref(), config.options.use_syslog)?;
+    let mut log = Logger::new(log_file.as_deref(), config.options.use_syslog)?;
+    let missing = caps::missing(&config);
+    if !missing.is_empty() {
+        log.line(
+            Level::Error,
+            &format!("cannot start: {}", caps::describe(&missing)),
+        );
+        return Err(Logged.into());
+    }
+    // Capture first, before daemonizing: what cannot work at all fails the
+    // start on the terminal; an interface missing or down is a warning
+    // (it is picked up when it comes).
+    let mut source = match open_capture(&interfaces) {
+        Ok(s) => s,
+        Err(e) => {
+            log.line(
+                Level::Error,
+                &format!(
+                    "cannot start: cannot capture on {}: {}",
+                    interfaces.join(", "),
+                    knock::error_line(&e)
+                ),
+            );
+            return Err(Logged.into());
+        }
+    };
+    while let Some(ev) = source.poll_interface_event() {
+        log.interface(&ev);
+    }
     let mut opts = DaemonOptions::default();
     opts.events_json = args.events_json;
     opts.only_ipv4 = args.only_ipv4;
@@ -187,58 +237,52 @@ fn run(args: Args) -> anyhow::Result<()> {
         "starting up, listening on {}",
         interfaces.join(", ")
     ));
-    // Capture counters, added up over every source opened (an interface
-    // that goes away and comes back gets a new socket).
-    let mut capture = Stats::default();
-    while !stop.load(Ordering::Relaxed) {
-        let listen = daemon.matcher().listen_set();
-        let opened = if interfaces.iter().any(|i| i == "any") {
-            MultiSource::every_interface(&listen, &LiveConfig::default())
-        } else {
-            let names: Vec<&str> = interfaces.iter().map(String::as_str).collect();
-            MultiSource::<AfPacketSource>::open(&names, &listen, &LiveConfig::default())
-        };
-        let mut source = match opened {
-            Ok(s) => s,
-            Err(e) => {
-                // An interface that is down or gone: wait for it to come back.
-                daemon.log(&format!(
-                    "cannot listen on {}: {e}; retrying",
-                    interfaces.join(", ")
-                ));
-                daemon.flush_log();
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        // A finished command wakes the loop (its result is logged at once).
-        match daemon.waker() {
-            Ok(w) => {
-                if let Err(e) = source.set_waker(w) {
-                    daemon.log(&format!("command results wait for the next packet: {e}"));
-                }
-            }
-            Err(e) => daemon.log(&format!("command results wait for the next packet: {e}")),
-        }
-        daemon.force_listen_sync();
-        let ran = daemon.run(&mut source, &stop, &reload, || {
-            load(&args).map_err(|e| knock::error_line(&*e))
-        });
-        capture.add(&source.stats());
-        match ran {
-            Ok(()) => break,
-            Err(e) => {
-                daemon.log(&format!("capture failed: {e}; reopening"));
-                daemon.flush_log();
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
+    // A finished command wakes the loop (its result is logged at once).
+    let waker = match daemon.waker() {
+        Ok(w) => source.set_waker(w).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = waker {
+        daemon.log_line(
+            Level::Warn,
+            &format!("command results wait for the next packet: {e}"),
+        );
     }
+    // The engine's filter on every interface now: an interface that takes
+    // no filter at all (nor any other) means capture cannot work.
+    if let Err(e) = source.set_listen(&daemon.engine().listen_set()) {
+        daemon.log_line(Level::Error, &format!("capture: {e}"));
+    }
+    while let Some(ev) = source.poll_interface_event() {
+        daemon.log_interface(&ev);
+    }
+    if source.failed_for_good() {
+        daemon.log_line(
+            Level::Error,
+            &format!(
+                "cannot start: no interface of {} can be captured on (see above)",
+                interfaces.join(", ")
+            ),
+        );
+        daemon.shutdown();
+        return Err(Logged.into());
+    }
+    daemon.force_listen_sync();
+    // Interfaces fail and come back on their own inside the source; an
+    // error here is the wait itself failing, which nothing can retry.
+    let ran = daemon.run(&mut source, &stop, &reload, || {
+        load(&args).map_err(|e| knock::error_line(&*e))
+    });
+    if let Err(e) = &ran {
+        daemon.log_line(Level::Error, &format!("capture failed, stopping: {e}"));
+    }
+    let capture = source.stats();
     log_stats(&mut daemon, &capture, args.stats_json);
     daemon.shutdown();
     if args.daemon {
         let _ = std::fs::remove_file(Path::new(&pid_file));
     }
+    ran.map_err(|_| Logged)?;
     Ok(())
 }
 

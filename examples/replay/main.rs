@@ -182,7 +182,8 @@ fn run(args: &Args) -> Result<()> {
         let captured = match next {
             Next::Event(c) => c,
             Next::End => break,
-            Next::Deadline => continue,
+            // One capture file: no interfaces to change.
+            Next::Deadline | Next::Interface(_) => continue,
         };
         let now = captured.event.time;
         if !started {

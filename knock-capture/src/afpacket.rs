@@ -80,8 +80,15 @@ pub(crate) fn poll_timeout(deadline: Option<Instant>) -> Option<i32> {
 /// outgoing frames ignored, a large buffer and `prog` attached. The caller
 /// binds it, so no frame is ever queued before the filter is in place.
 pub(crate) fn raw_socket(rcvbuf: usize) -> Result<Socket, CaptureError> {
-    let s = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))
-        .map_err(|e| CaptureError::io("socket(AF_PACKET)", e))?;
+    let s = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0))).map_err(|e| match e
+        .raw_os_error()
+    {
+        Some(libc::EPERM | libc::EACCES) => CaptureError::NotPermitted {
+            op: "socket(AF_PACKET)".into(),
+            source: e,
+        },
+        _ => CaptureError::io("socket(AF_PACKET)", e),
+    })?;
     sys::ignore_outgoing(s.as_fd()).map_err(|e| CaptureError::io("PACKET_IGNORE_OUTGOING", e))?;
     sys::set_rcvbuf(s.as_fd(), rcvbuf).map_err(|e| CaptureError::io("SO_RCVBUF", e))?;
     Ok(s)
@@ -183,6 +190,12 @@ pub struct AfPacketSource {
 
 impl AfPacketSource {
     /// Opens a capture on interface `name` for the knocks of `listen`.
+    ///
+    /// # Errors
+    /// [`CaptureError::NotPermitted`] without `CAP_NET_RAW`;
+    /// [`CaptureError::NoSuchInterface`] and [`CaptureError::InterfaceDown`]
+    /// for an interface that is missing or down (see
+    /// [`CaptureError::may_recover`]); any other failure to set it up.
     pub fn open(name: &str, listen: &[Listen]) -> Result<AfPacketSource, CaptureError> {
         AfPacketSource::open_with(name, listen, &LiveConfig::default())
     }
@@ -198,6 +211,16 @@ impl AfPacketSource {
         let fallback = install_filter(sock.as_fd(), link, listen)?;
         sys::bind_all_protocols(sock.as_fd(), ifindex)
             .map_err(|e| CaptureError::io(format!("bind {name}"), e))?;
+        // Binding to an interface that is down succeeds, but leaves ENETDOWN
+        // pending on the socket (the kernel starts delivering when it comes
+        // up): report it now rather than from the first read.
+        match sock.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => {
+                return Err(CaptureError::InterfaceDown(name.into()))
+            }
+            Ok(Some(e)) | Err(e) => return Err(CaptureError::io(format!("bind {name}"), e)),
+        }
         sock.set_nonblocking(true)
             .map_err(|e| CaptureError::io("O_NONBLOCK", e))?;
         Ok(AfPacketSource {

@@ -72,4 +72,4 @@ pub use multi::MultiSource;
 pub use parse::{parse, Layer, LinkType, Reject, MAX_EXTENSION_HEADERS, MAX_VLAN_TAGS};
 pub use pnet_source::PnetSource;
 pub use replay::ReplaySource;
-pub use source::{Captured, Next, Source, Stats};
+pub use source::{Captured, InterfaceEvent, Next, Source, Stats};

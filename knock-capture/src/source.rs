@@ -19,7 +19,7 @@ pub struct Captured {
 }
 
 /// What [`Source::next_event`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {
     /// A knock.
     Event(Captured),
@@ -28,6 +28,43 @@ pub enum Next {
     /// The source is exhausted (end of a capture file); later calls return
     /// `End` again.
     End,
+    /// One interface of a [`crate::MultiSource`] stopped or resumed; the
+    /// others were not disturbed.
+    Interface(InterfaceEvent),
+}
+
+/// A change of one interface of a [`crate::MultiSource`], reported once
+/// per change (never once per retry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InterfaceEvent {
+    /// Capture on `name` failed or could not start; the source retries it
+    /// with a backoff, and a live socket that went down with its interface
+    /// resumes as soon as frames arrive again.
+    Down {
+        /// The interface.
+        name: String,
+        /// Why, as [`crate::CaptureError`]'s message.
+        error: String,
+        /// [`crate::CaptureError::may_recover`]: the interface is missing or
+        /// down (expected to come back), rather than unusable until someone
+        /// changes something.
+        may_recover: bool,
+    },
+    /// Capture on `name` works (again).
+    Up {
+        /// The interface.
+        name: String,
+    },
+}
+
+impl InterfaceEvent {
+    /// The interface this is about.
+    pub fn name(&self) -> &str {
+        match self {
+            InterfaceEvent::Down { name, .. } | InterfaceEvent::Up { name } => name,
+        }
+    }
 }
 
 /// Counters of a source. Kernel counters are cumulative since the source

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use knock_capture::craft::{self, Ext, Frag};
 use knock_capture::{
-    bpf, AfPacketSource, Captured, LinkType, LiveConfig, MultiSource, Next, PnetSource, Reject,
-    ReplaySource, Source, Stats,
+    bpf, AfPacketSource, Captured, InterfaceEvent, LinkType, LiveConfig, MultiSource, Next,
+    PnetSource, Reject, ReplaySource, Source, Stats,
 };
 use knock_core::{FlagFilter, Listen, Proto, Step, TcpFlags};
 use knock_testnet::{Netns, Pair, CLIENT_IF, SERVER_IF};
@@ -238,6 +238,7 @@ fn collect(src: &mut impl Source, quiet: Duration) -> Vec<Captured> {
         match src.next_event(Some(Instant::now() + quiet)).unwrap() {
             Next::Event(c) => out.push(c),
             Next::Deadline | Next::End => return out,
+            Next::Interface(ev) => panic!("no interface should change here: {ev:?}"),
         }
     }
 }
@@ -285,8 +286,9 @@ fn af_packet_kernel_filter_v4_v6_vlan_and_multi_interface() {
         .server
         .enter(|| MultiSource::open(&names, &listen(), &LiveConfig::default()).unwrap())
         .unwrap();
-    let idx: Vec<u32> = multi.sources().iter().map(|s| s.ifindex()).collect();
-    assert_eq!(multi.sources()[0].link_type(), LinkType::Ethernet);
+    let idx: Vec<u32> = multi.sources().map(|s| s.ifindex()).collect();
+    assert_eq!(idx.len(), names.len());
+    assert!(multi.sources().all(|s| s.link_type() == LinkType::Ethernet));
 
     send_socket_knocks(&pair.client, vlan);
     pair.client
@@ -331,9 +333,10 @@ fn af_packet_kernel_filter_v4_v6_vlan_and_multi_interface() {
     }
     assert!(by_if.is_empty(), "{by_if:?}");
 
-    let srcs = multi.sources_mut();
-    check_accounting(&srcs[0].stats(), n_parent, 1, 1);
-    check_accounting(&srcs[1].stats(), 1, 0, 0);
+    let mut srcs = multi.sources_mut();
+    check_accounting(&srcs.next().unwrap().stats(), n_parent, 1, 1);
+    check_accounting(&srcs.next().unwrap().stats(), 1, 0, 0);
+    drop(srcs);
     let total = multi.stats();
     assert_eq!(total.events, got.len() as u64);
 }
@@ -682,4 +685,113 @@ fn a_waker_ends_the_wait_and_is_drained() {
         "{:?}",
         t.elapsed()
     );
+}
+
+/// Reads `src` until `until`, returning everything it reported.
+fn read_until(src: &mut impl Source, until: Instant) -> Vec<Next> {
+    let mut out = Vec::new();
+    while Instant::now() < until {
+        match src.next_event(Some(until)).unwrap() {
+            Next::Deadline => {}
+            next => out.push(next),
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs root"]
+fn multi_source_interfaces_fail_and_recover_on_their_own() {
+    let Some(pair) = setup() else { return };
+    let veth = |a: &str, b: &str| {
+        pair.server
+            .run(&["ip", "link", "add", a, "type", "veth", "peer", "name", b])
+            .unwrap();
+        for n in [a, b] {
+            pair.server.run(&["ip", "link", "set", n, "up"]).unwrap();
+        }
+    };
+    veth("kx0", "kx1");
+    let frame = |port| {
+        craft::ethernet(
+            &[],
+            craft::ETH_IPV4,
+            &craft::ipv4(C4, S4, 17, &[], Frag::default(), &craft::udp(7, port, b"k")),
+        )
+    };
+    let is_knock = |n: &Next, port: u16| matches!(n, Next::Event(c) if key(c) == udp(C4, S4, port));
+    let down = |n: &Next, name: &str| matches!(n, Next::Interface(InterfaceEvent::Down { name: x, may_recover: true, .. }) if x == name);
+    let up = |n: &Next, name: &str| matches!(n, Next::Interface(InterfaceEvent::Up { name: x }) if x == name);
+    // Everything on a thread in the server namespace: reopening happens there.
+    pair.server
+        .enter(|| {
+            let mut multi = MultiSource::open_each(
+                &[SERVER_IF, "kx0", "ky0"],
+                &listen(),
+                &LiveConfig::default(),
+            )
+            .unwrap();
+            // ky0 does not exist (yet): reported, the others read.
+            let ev = multi.poll_interface_event().map(Next::Interface).unwrap();
+            assert!(down(&ev, "ky0"), "{ev:?}");
+            assert_eq!(multi.poll_interface_event(), None);
+            assert_eq!(
+                multi.interfaces().collect::<Vec<_>>(),
+                [(SERVER_IF, true), ("kx0", true), ("ky0", false)]
+            );
+
+            // kx0 goes down: reported once; kn0 still delivers; retries of
+            // kx0 and ky0 (at 1 s and 3 s) say nothing.
+            pair.server
+                .run(&["ip", "link", "set", "kx0", "down"])
+                .unwrap();
+            pair.client
+                .knock(&[(S4.to_string().as_str(), 9000, "udp")], 0)
+                .unwrap();
+            let got = read_until(&mut multi, Instant::now() + Duration::from_millis(3500));
+            assert_eq!(got.len(), 2, "{got:?}");
+            assert_eq!(got.iter().filter(|n| down(n, "kx0")).count(), 1, "{got:?}");
+            assert_eq!(
+                got.iter().filter(|n| is_knock(n, 9000)).count(),
+                1,
+                "{got:?}"
+            );
+
+            // kx0 up again: its first knock is not lost, and has it reopened
+            // at once (not at the next retry, seconds away).
+            pair.server
+                .run(&["ip", "link", "set", "kx0", "up"])
+                .unwrap();
+            // (Once the link carries frames: carrier on, queueing set up.)
+            let ready = |dev: &str| {
+                let l = pair.server.run(&["ip", "link", "show", dev]).unwrap();
+                l.contains("LOWER_UP") && !l.contains("qdisc noop")
+            };
+            knock_testnet::wait_for("kx1 to carry frames", Duration::from_secs(5), || {
+                ready("kx1")
+            });
+            pair.server.send_frames("kx1", &[frame(9000)]).unwrap();
+            let got = read_until(&mut multi, Instant::now() + Duration::from_millis(700));
+            assert_eq!(got.len(), 2, "{got:?}");
+            assert!(is_knock(&got[0], 9000) && up(&got[1], "kx0"), "{got:?}");
+
+            // ky0 appears: picked up by a retry (backoff: within 8 s here).
+            veth("ky0", "ky1");
+            let until = Instant::now() + Duration::from_secs(10);
+            let mut back = false;
+            while !back && Instant::now() < until {
+                let n = multi.next_event(Some(until)).unwrap();
+                assert!(matches!(n, Next::Deadline) || up(&n, "ky0"), "{n:?}");
+                back = up(&n, "ky0");
+            }
+            assert!(back, "ky0 not picked up");
+            knock_testnet::wait_for("ky1 to carry frames", Duration::from_secs(5), || {
+                ready("ky1")
+            });
+            pair.server.send_frames("ky1", &[frame(9000)]).unwrap();
+            let got = read_until(&mut multi, Instant::now() + Duration::from_millis(700));
+            assert!(got.len() == 1 && is_knock(&got[0], 9000), "{got:?}");
+            assert!(multi.interfaces().all(|(_, up)| up));
+        })
+        .unwrap();
 }

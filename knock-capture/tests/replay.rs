@@ -144,6 +144,7 @@ fn drain(src: &mut ReplaySource) -> Vec<knock_capture::Captured> {
             Next::Event(c) => out.push(c),
             Next::End => break,
             Next::Deadline => panic!("replays have no deadline"),
+            Next::Interface(ev) => panic!("replays have no interfaces: {ev:?}"),
         }
     }
     assert_eq!(src.next_event(None).unwrap(), Next::End, "End is sticky");
@@ -267,7 +268,7 @@ fn files_on_disk_and_bad_input() {
         match src.next_event(None) {
             Ok(Next::Event(_)) => got += 1,
             Ok(Next::End) => break,
-            Ok(Next::Deadline) => unreachable!(),
+            Ok(Next::Deadline | Next::Interface(_)) => unreachable!(),
             Err(_) => errored = true,
         }
     }

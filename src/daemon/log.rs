@@ -6,6 +6,8 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use knock_capture::InterfaceEvent;
+
 use super::DaemonError;
 use crate::engine::Level;
 
@@ -102,6 +104,35 @@ impl Logger {
         if let Some(s) = &self.syslog {
             // LOG_DAEMON with the line's priority.
             let _ = s.send(format!("<{prio}>knockd: {tag}{msg}").as_bytes());
+        }
+    }
+
+    /// Logs a change of a capture interface: a failure as a warning (an
+    /// interface missing or down, expected back) or an error (unusable
+    /// until someone acts), and the return as a warning too, so that the
+    /// end of a warning reaches wherever the warning went (stderr at the
+    /// default verbosity). One line per change: retries are not logged.
+    pub fn interface(&mut self, ev: &InterfaceEvent) {
+        match ev {
+            InterfaceEvent::Down {
+                name,
+                error,
+                may_recover: true,
+            } => self.line(
+                Level::Warn,
+                &format!("not listening on {name}: {error}; listening once it is there and up"),
+            ),
+            InterfaceEvent::Down { name, error, .. } => self.line(
+                Level::Error,
+                &format!("cannot listen on {name}: {error}; retrying"),
+            ),
+            InterfaceEvent::Up { name } => {
+                self.line(Level::Warn, &format!("listening on {name} (again)"))
+            }
+            other => self.line(
+                Level::Warn,
+                &format!("interface {}: {other:?}", other.name()),
+            ),
         }
     }
 

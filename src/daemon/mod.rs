@@ -387,6 +387,16 @@ impl Daemon {
         self.log.log(msg);
     }
 
+    /// Logs a line at `level` (warnings and errors reach stderr too).
+    pub fn log_line(&mut self, level: Level, msg: &str) {
+        self.log.line(level, msg);
+    }
+
+    /// Logs a change of a capture interface ([`Logger::interface`]).
+    pub fn log_interface(&mut self, ev: &knock_capture::InterfaceEvent) {
+        self.log.interface(ev);
+    }
+
     /// Makes the next `run` push the listen set to its source (a new source).
     pub fn force_listen_sync(&mut self) {
         self.listen = Some(self.engine.listen_set());
@@ -435,8 +445,12 @@ impl Daemon {
     /// Runs until `stop` is set (or the source ends, for replays).
     /// `reload` is called when `reload_flag` was set, and returns the new config.
     ///
+    /// A [`Next::Interface`] change (one interface of a
+    /// [`MultiSource`](knock_capture::MultiSource) failing or back) is
+    /// logged, as a warning or an error, and the loop goes on.
+    ///
     /// # Errors
-    /// The capture source failed (the caller reopens it).
+    /// The capture source failed as a whole.
     pub fn run<S: Source + ?Sized>(
         &mut self,
         source: &mut S,
@@ -470,6 +484,7 @@ impl Daemon {
                 Ok(Next::Event(c)) => self.engine.handle_event(now, &c.event),
                 Ok(Next::Deadline) => self.engine.handle_timeout(now),
                 Ok(Next::End) => break,
+                Ok(Next::Interface(ev)) => self.log.interface(&ev),
                 Err(e) => return Err(e.into()),
             }
             self.apply();

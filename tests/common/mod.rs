@@ -19,6 +19,9 @@ pub fn example_bin(name: &str) -> PathBuf {
     knock_testnet::example_bin(name, knock_testnet::Profile::SameAsTest).expect("build example")
 }
 
+/// A step run on the namespaces before knockd starts.
+type BeforeStart<'a> = Box<dyn FnOnce(&Pair) + 'a>;
+
 /// How to set up a [`Server`].
 pub struct Setup<'a> {
     conf: &'a str,
@@ -27,6 +30,9 @@ pub struct Setup<'a> {
     client_addrs: Vec<&'a str>,
     mount: Option<(&'a str, bool)>,
     state: Option<&'a str>,
+    args: Vec<&'a str>,
+    quiet: bool,
+    before_start: Option<BeforeStart<'a>>,
 }
 
 impl<'a> Setup<'a> {
@@ -39,7 +45,29 @@ impl<'a> Setup<'a> {
             client_addrs: Vec::new(),
             mount: None,
             state: None,
+            args: Vec::new(),
+            quiet: false,
+            before_start: None,
         }
+    }
+
+    /// More knockd arguments after the usual ones (`-i kx0` adds an interface).
+    pub fn args(mut self, args: &[&'a str]) -> Self {
+        self.args.extend_from_slice(args);
+        self
+    }
+
+    /// Starts knockd at its default verbosity (no `-v`): only warnings and
+    /// errors reach `stderr.log`; the log file still gets every line.
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
+    /// Runs `f` on the namespaces before knockd starts (more links, say).
+    pub fn before_start(mut self, f: impl FnOnce(&Pair) + 'a) -> Self {
+        self.before_start = Some(Box::new(f));
+        self
     }
 
     /// `--state-dir` is the temp dir's subdirectory `sub` (default: the
@@ -119,6 +147,9 @@ impl<'a> Setup<'a> {
             }
         }
         pair.server.tcp_listen(22).unwrap();
+        if let Some(f) = self.before_start {
+            f(&pair);
+        }
         Server {
             pair,
             dir,
@@ -126,6 +157,8 @@ impl<'a> Setup<'a> {
             mount: self.mount.map(|(sub, ro)| (sub.to_owned(), ro)),
             conf: self.conf.to_owned(),
             state: self.state.unwrap_or("").to_owned(),
+            args: self.args.iter().map(|a| a.to_string()).collect(),
+            verbose: !self.quiet,
         }
     }
 }
@@ -145,6 +178,10 @@ pub struct Server {
     conf: String,
     /// The state directory, relative to the temp dir.
     state: String,
+    /// [`Setup::args`].
+    args: Vec<String>,
+    /// Whether knockd runs with `-v` (not [`Setup::quiet`]).
+    verbose: bool,
 }
 
 impl Server {
@@ -214,6 +251,8 @@ impl Server {
         let err = open("stderr.log");
         // Where this run's stderr begins: "starting up" must be this run's.
         let from = err.metadata().unwrap().len();
+        // Without -v, "starting up" is in the log file only: its tail, then.
+        let log_from = fs::metadata(self.path("knockd.log")).map_or(0, |m| m.len());
         let knockd = example_bin("knockd");
         let mut cmd = match &self.mount {
             None => self.pair.server.command(knockd.to_str().unwrap()),
@@ -240,9 +279,11 @@ impl Server {
                 "-i",
                 "kn0",
             ])
-            .args(["-v", "--events-json"])
+            .args(self.verbose.then_some("-v"))
+            .arg("--events-json")
             .args(["-g", self.path("knockd.log").to_str().unwrap()])
             .args(["--state-dir", self.path(&self.state).to_str().unwrap()])
+            .args(&self.args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
@@ -250,8 +291,8 @@ impl Server {
             .spawn()
             .unwrap();
         let mut child = child;
-        let stderr_tail = || {
-            let all = fs::read(self.path("stderr.log")).unwrap_or_default();
+        let tail = |name: &str, from: u64| {
+            let all = fs::read(self.path(name)).unwrap_or_default();
             let from = usize::try_from(from).unwrap().min(all.len());
             String::from_utf8_lossy(&all[from..]).into_owned()
         };
@@ -259,10 +300,10 @@ impl Server {
         wait_for("knockd to start or exit", Duration::from_secs(20), || {
             exited = child.try_wait().unwrap();
             exited.is_some()
-                || if append {
-                    stderr_tail().contains("starting up")
-                } else {
-                    self.log().contains("starting up")
+                || match (append, self.verbose) {
+                    (false, _) => self.log().contains("starting up"),
+                    (true, true) => tail("stderr.log", from).contains("starting up"),
+                    (true, false) => tail("knockd.log", log_from).contains("starting up"),
                 }
         });
         if exited.is_none() {

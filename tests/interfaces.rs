@@ -1,0 +1,232 @@
+//! Capture on several interfaces, end to end: each interface fails and
+//! recovers on its own, and what cannot work is said on stderr at the
+//! default verbosity. The `knockd` example runs in a server namespace with
+//! a second veth link (`kx0` 198.19.7.1 to the client's `kx1` 198.19.7.2)
+//! next to the usual `kn0`. Root only; `.ci/run` runs them with
+//! `--include-ignored`.
+
+// Test support code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use knock_testnet::{wait_for, Pair, SERVER_V4};
+
+mod common;
+use common::{example_bin, Server, Setup};
+
+/// The server side of the second link.
+const SIDE_V4: &str = "198.19.7.1";
+
+const DOOR: &str = "
+[openSSH]
+    sequence    = 7000,8000,9000
+    seq_timeout = 5
+    command     = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+    tcpflags    = syn
+";
+
+/// A second veth link between the namespaces: `kx0` 198.19.7.1/24 on the
+/// server, `kx1` 198.19.7.2/24 on the client.
+fn side_link(pair: &Pair) {
+    pair.server
+        .run(&[
+            "ip",
+            "link",
+            "add",
+            "kx0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "kx1",
+            "netns",
+            pair.client.name(),
+        ])
+        .unwrap();
+    for (ns, ifname, cidr) in [
+        (&pair.server, "kx0", "198.19.7.1/24"),
+        (&pair.client, "kx1", "198.19.7.2/24"),
+    ] {
+        ns.run(&["ip", "addr", "add", cidr, "dev", ifname]).unwrap();
+        ns.run(&["ip", "link", "set", ifname, "up"]).unwrap();
+    }
+}
+
+fn stderr_of(s: &Server) -> String {
+    fs::read_to_string(s.path("stderr.log")).unwrap_or_default()
+}
+
+/// Lines of `text` that contain every one of `words` (but for the
+/// "starting up, listening on ..." line).
+fn lines_with(text: &str, words: &[&str]) -> usize {
+    text.lines()
+        .filter(|l| !l.contains("starting up") && words.iter().all(|w| l.contains(w)))
+        .count()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn one_interface_down_leaves_the_other_listening_and_recovers_on_its_own() {
+    let s = Setup::new(DOOR)
+        .before_start(side_link)
+        .args(&["-i", "kx0"])
+        .quiet()
+        .start();
+    assert!(!s.connects(SIDE_V4), "tcp/22 closed on the side link");
+
+    s.pair
+        .server
+        .run(&["ip", "link", "set", "kx0", "down"])
+        .unwrap();
+    wait_for(
+        &format!("a warning that kx0 is down\n{}", s.log()),
+        Duration::from_secs(5),
+        || lines_with(&stderr_of(&s), &["kx0"]) > 0,
+    );
+    // kn0 still listens while kx0 is down.
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    // Down for a while: said once, not once per retry.
+    std::thread::sleep(Duration::from_secs(3));
+    let err = stderr_of(&s);
+    assert_eq!(lines_with(&err, &["kx0"]), 1, "stderr:\n{err}");
+    let log = fs::read_to_string(s.path("knockd.log")).unwrap();
+    assert_eq!(lines_with(&log, &["kx0"]), 1, "log:\n{log}");
+
+    // Back up: knocks on kx0 open the door again, and its return is said once.
+    s.pair
+        .server
+        .run(&["ip", "link", "set", "kx0", "up"])
+        .unwrap();
+    wait_for(
+        &format!("kx0 back\n{}", s.log()),
+        Duration::from_secs(10),
+        || {
+            s.knock(SIDE_V4, &["7000", "8000", "9000"]);
+            s.connects_within(SIDE_V4, Duration::from_millis(500))
+        },
+    );
+    wait_for(
+        &format!("a line that kx0 is back\n{}", s.log()),
+        Duration::from_secs(5),
+        || lines_with(&stderr_of(&s), &["kx0"]) == 2,
+    );
+    let log = fs::read_to_string(s.path("knockd.log")).unwrap();
+    assert_eq!(lines_with(&log, &["kx0"]), 2, "log:\n{log}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_missing_interface_is_reported_and_the_others_listen() {
+    let s = Setup::new(DOOR).args(&["-i", "typo0"]).quiet().start();
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    let err = stderr_of(&s);
+    assert_eq!(lines_with(&err, &["typo0"]), 1, "stderr:\n{err}");
+    // Still once a few retries later.
+    std::thread::sleep(Duration::from_secs(4));
+    let err = stderr_of(&s);
+    assert_eq!(lines_with(&err, &["typo0"]), 1, "stderr:\n{err}");
+}
+
+/// Runs knockd in the server namespace as user nobody, with no
+/// capabilities, in a world-writable private dir holding `conf`; waits at
+/// most 10 s for it to exit.
+fn knockd_as_nobody(pair: &Pair, conf: &str, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let d = dir.path().display().to_string();
+    fs::write(dir.path().join("knockd.conf"), conf).unwrap();
+    let mut child = pair
+        .server
+        .command("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
+        .arg(example_bin("knockd"))
+        .args(["-c", &format!("{d}/knockd.conf"), "-i", "kn0"])
+        .args(["-g", &format!("{d}/knockd.log"), "--state-dir", &d])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "knockd {extra:?} as nobody still runs after 10 s; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_start_without_capabilities_exits_naming_them() {
+    let pair = Pair::new().unwrap();
+    let out = knockd_as_nobody(&pair, DOOR, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "stderr:\n{err}");
+    assert!(err.contains("CAP_NET_RAW"), "stderr:\n{err}");
+    assert!(!err.contains("CAP_NET_ADMIN"), "commands only:\n{err}");
+
+    // A native nftables door needs CAP_NET_ADMIN as well.
+    let nft = format!(
+        "{DOOR}
+[nft]
+    sequence = 7100,8100
+    open     = tcp/2222
+    firewall = nftables
+"
+    );
+    let out = knockd_as_nobody(&pair, &nft, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "stderr:\n{err}");
+    assert!(
+        err.contains("CAP_NET_RAW") && err.contains("CAP_NET_ADMIN"),
+        "stderr:\n{err}"
+    );
+
+    // --check says the same, but a valid config still passes.
+    let out = knockd_as_nobody(&pair, &nft, &["--check"]);
+    let all =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("CAP_NET_RAW") && all.contains("CAP_NET_ADMIN"),
+        "{all}"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn check_reports_interfaces_that_do_not_exist() {
+    let pair = Pair::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("knockd.conf");
+    fs::write(&conf, DOOR).unwrap();
+    let out = pair
+        .server
+        .command(example_bin("knockd").to_str().unwrap())
+        .args(["--check", "-c", conf.to_str().unwrap()])
+        .args(["-i", "kn0", "-i", "typo0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let all =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(lines_with(&all, &["typo0"]), 1, "{all}");
+    assert_eq!(lines_with(&all, &["kn0"]), 0, "kn0 exists:\n{all}");
+    assert!(!all.contains("CAP_NET"), "root has them:\n{all}");
+}
