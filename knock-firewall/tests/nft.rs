@@ -226,3 +226,89 @@ fn nft_kill9_leaves_nothing_open() {
         .unwrap();
     assert!(!set.contains("198.18.0.2"), "{set}");
 }
+
+/// `n` doors; the first, `ssh`, opens tcp/22 plus `extra_ports` more ports,
+/// the others open one port each.
+fn big_config(n: usize, extra_ports: u16) -> NftConfig {
+    let mut ports = vec![Step::tcp(22)];
+    ports.extend((0..extra_ports).map(|p| Step::tcp(10_000 + p)));
+    let mut doors = vec![NftDoor::new("ssh", ports, Some(Duration::from_secs(30)))];
+    for i in 1..n {
+        let port = 3000 + u16::try_from(i).unwrap();
+        doors.push(NftDoor::new(
+            format!("door{i}"),
+            vec![Step::tcp(port)],
+            Some(Duration::from_secs(30)),
+        ));
+    }
+    NftConfig {
+        doors,
+        ..NftConfig::default()
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_installs_configs_of_many_doors_and_ports() {
+    // 60 doors overflowed the receive buffer with acknowledgements
+    // (ENOBUFS), 130 doors or 400 ports made one message too big
+    // (EMSGSIZE) for the default socket buffers.
+    for (doors, extra) in [(60, 0), (130, 0), (1, 399)] {
+        let pair = pair();
+        pair.server
+            .enter(|| {
+                let mut sink = NftSink::new(big_config(doors, extra))
+                    .unwrap_or_else(|e| panic!("{doors} doors, {} ports: {e}", extra + 1));
+                assert!(!connects(&pair, SERVER_V4), "guarded ({doors} doors)");
+                sink.open(&ssh_grant(CLIENT_V4, 1, 60)).unwrap();
+                assert!(connects(&pair, SERVER_V4), "opened ({doors} doors)");
+                let table = pair
+                    .server
+                    .run(&["nft", "list", "table", "inet", "knock"])
+                    .unwrap();
+                let last = if extra > 0 {
+                    format!("tcp dport {} drop", 10_000 + extra - 1)
+                } else {
+                    format!("tcp dport {} drop", 3000 + doors - 1)
+                };
+                assert!(table.contains(&last), "{doors} doors: no `{last}`");
+                sink.remove().unwrap();
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_a_refused_install_keeps_the_previous_table_and_its_elements() {
+    let pair = pair();
+    pair.server
+        .enter(|| {
+            let mut sink = NftSink::new(config(Duration::from_secs(30), 32)).unwrap();
+            sink.open(&ssh_grant(CLIENT_V4, 1, 600)).unwrap();
+            let scanner = ip("198.18.0.66");
+            sink.block(scanner, SystemTime::now() + Duration::from_secs(600))
+                .unwrap();
+            assert!(connects(&pair, SERVER_V4));
+            // A lifetime beyond what the kernel takes as a timeout (about
+            // 584 years in milliseconds): the kernel refuses the set.
+            let huge = config(Duration::from_secs(100_000_000_000), 32);
+            let err = NftSink::new(huge).expect_err("the kernel refuses such a timeout");
+            assert!(err.to_string().contains("knock"), "{err}");
+            // Nothing changed: the guard, the grant and the block are there.
+            assert!(connects(&pair, SERVER_V4), "the grant survives");
+            assert!(!connects(&pair, SERVER_V6), "the guard still drops");
+            let table = pair
+                .server
+                .run(&["nft", "list", "table", "inet", "knock"])
+                .unwrap();
+            assert!(table.contains("tcp dport 22 drop"), "{table}");
+            assert!(table.contains(CLIENT_V4), "{table}");
+            assert!(table.contains("198.18.0.66"), "{table}");
+            // The old sink still works on the old table.
+            sink.close(&ssh_grant(CLIENT_V4, 1, 600)).unwrap();
+            assert!(!connects(&pair, SERVER_V4));
+            sink.remove().unwrap();
+        })
+        .unwrap();
+}

@@ -1,0 +1,185 @@
+//! End-to-end tests of the nftables backend failing closed (issue 13):
+//! configs of many doors or ports install, a reload the kernel refuses keeps
+//! the old table with its grants, `--check` asks the kernel, and a door that
+//! stops opening natively leaves no guard behind. Our `knockd` runs in a
+//! server namespace, knocks come from a client namespace. Root only;
+//! `.ci/run` runs them with `--include-ignored`.
+
+// Test support code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use knock_testnet::{wait_for, CLIENT_V4, SERVER_V4, SERVER_V6};
+
+mod common;
+use common::{example_bin, Server, Setup};
+
+/// The door the tests knock: 7000,8000,9000 opens tcp/22 natively.
+fn ssh_door(cmd_timeout: &str) -> String {
+    format!(
+        "[ssh]\n    sequence = 7000,8000,9000\n    open = tcp/22\n    firewall = nftables\n    cmd_timeout = {cmd_timeout}\n"
+    )
+}
+
+/// `ssh` plus `n - 1` more native doors (one port each), and `extra` more
+/// ports on `ssh`.
+fn many_doors(n: u16, extra: u16) -> String {
+    let mut conf = String::new();
+    let mut open = String::from("tcp/22");
+    for p in 0..extra {
+        write!(open, ",tcp/{}", 10_000 + p).unwrap();
+    }
+    write!(
+        conf,
+        "[ssh]\n    sequence = 7000,8000,9000\n    open = {open}\n    firewall = nftables\n    cmd_timeout = 60\n"
+    )
+    .unwrap();
+    for i in 1..n {
+        write!(
+            conf,
+            "[door{i}]\n    sequence = {},{}\n    open = tcp/{}\n    firewall = nftables\n",
+            20_000 + i,
+            30_000 + i,
+            3000 + i
+        )
+        .unwrap();
+    }
+    conf
+}
+
+fn nft_table(s: &Server) -> String {
+    s.pair
+        .server
+        .run(&["nft", "list", "table", "inet", "knock"])
+        .unwrap_or_default()
+}
+
+fn big_config_starts_and_opens(doors: u16, extra: u16) {
+    let conf = many_doors(doors, extra);
+    let s = Setup::new(&conf).no_iptables_drop().start();
+    assert!(!s.connects(SERVER_V4), "the guard must drop tcp/22");
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    assert!(!s.connects(SERVER_V6), "only the knocker's address");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn sixty_native_doors_start_and_open() {
+    big_config_starts_and_opens(60, 0);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_hundred_and_forty_native_doors_start_and_open() {
+    big_config_starts_and_opens(140, 0);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn one_door_with_four_hundred_ports_starts_and_opens() {
+    big_config_starts_and_opens(1, 399);
+}
+
+/// A grant lifetime the kernel refuses as a set timeout (beyond ~584 years
+/// in milliseconds), though knockd.conf accepts it.
+const TOO_LONG: &str = "100000000000";
+
+#[test]
+#[ignore = "needs root"]
+fn a_reload_the_kernel_refuses_keeps_the_table_and_every_grant() {
+    let mut s = Setup::new(&ssh_door("60")).no_iptables_drop().start();
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    s.write_conf(&ssh_door(TOO_LONG));
+    s.signal("-HUP");
+    wait_for(
+        &format!("the failed reload\n{}", s.log()),
+        Duration::from_secs(5),
+        || s.log().contains("reload failed"),
+    );
+    // Loud: on stderr, not only in the log file.
+    let stderr = std::fs::read_to_string(s.path("stderr.log")).unwrap();
+    assert!(stderr.contains("reload failed"), "{stderr}");
+    // The grant is still in force, and the guard still drops the rest.
+    assert!(s.connects(SERVER_V4), "the grant survives\n{}", s.log());
+    assert!(!s.connects(SERVER_V6), "the guard survives");
+    let table = nft_table(&s);
+    assert!(table.contains("tcp dport 22 drop"), "{table}");
+    assert!(table.contains(CLIENT_V4), "{table}");
+    // The daemon still runs the old configuration.
+    s.stop();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn check_refuses_what_the_kernel_cannot_hold() {
+    let s = Setup::new(&ssh_door("60")).no_iptables_drop().start();
+    let check = |conf: &str| {
+        s.write_conf(conf);
+        s.pair
+            .server
+            .output(&[
+                example_bin("knockd").to_str().unwrap(),
+                "--check",
+                "-c",
+                s.path("knockd.conf").to_str().unwrap(),
+            ])
+            .unwrap()
+    };
+    let out = check(&ssh_door(TOO_LONG));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nftables"), "{stderr}");
+    // A big config that fits is fine, and checking changed nothing.
+    let out = check(&many_doors(140, 0));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = nft_table(&s);
+    assert!(!table.contains("3139"), "a check installs nothing: {table}");
+    assert!(table.contains("tcp dport 22 drop"), "{table}");
+}
+
+/// The same door, now opened by a shell command behind iptables.
+const SSH_COMMAND: &str = "
+[ssh]
+    sequence    = 7000,8000,9000
+    command     = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+    cmd_timeout = 60
+";
+
+fn no_guard_left(s: &Server) {
+    let table = nft_table(s);
+    assert!(!table.contains("dport 22 drop"), "{table}");
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_door_switched_to_a_command_by_reload_leaves_no_nft_guard() {
+    let s = Setup::new(&ssh_door("60")).start();
+    assert!(nft_table(&s).contains("tcp dport 22 drop"));
+    s.write_conf(SSH_COMMAND);
+    s.signal("-HUP");
+    wait_for("the reload", Duration::from_secs(5), || {
+        s.log().contains("configuration reloaded")
+    });
+    no_guard_left(&s);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_door_switched_to_a_command_by_restart_leaves_no_nft_guard() {
+    let mut s = Setup::new(&ssh_door("60")).start();
+    assert!(nft_table(&s).contains("tcp dport 22 drop"));
+    s.stop();
+    s.write_conf(SSH_COMMAND);
+    s.restart(&[]);
+    no_guard_left(&s);
+}
