@@ -63,7 +63,8 @@ struct Args {
     /// Print one JSON object per decision on stdout.
     #[arg(long = "events-json")]
     events_json: bool,
-    /// Parse the configuration, print errors and exit.
+    /// Parse the configuration, print errors and exit. As root, the
+    /// nftables ruleset is also tried against the kernel (and not applied).
     #[arg(long = "check")]
     check: bool,
     /// Print the configuration as TOML and exit.
@@ -121,8 +122,12 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let config = load(&args)?;
     if args.check {
-        // What the engine would refuse at start, refused here too.
+        // What the engine would refuse at start, refused here too, and
+        // what the firewall cannot hold (a dry run in the kernel).
         knock::engine::Engine::check(&config, knock::core::Limits::default())?;
+        if let Some(note) = knock::daemon::check_firewall(&config)? {
+            eprintln!("knockd: note: {note}");
+        }
         println!("configuration OK: {} door(s)", config.doors.len());
         return Ok(());
     }
