@@ -167,11 +167,22 @@ fn no_guard_left(s: &Server) {
 fn a_door_switched_to_a_command_by_reload_leaves_no_nft_guard() {
     let s = Setup::new(&ssh_door("60")).start();
     assert!(nft_table(&s).contains("tcp dport 22 drop"));
+    // A live native grant (iptables still drops tcp/22 here).
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    wait_for("the grant", Duration::from_secs(5), || {
+        nft_table(&s).contains(CLIENT_V4)
+    });
     s.write_conf(SSH_COMMAND);
     s.signal("-HUP");
     wait_for("the reload", Duration::from_secs(5), || {
         s.log().contains("configuration reloaded")
     });
+    // The grant went with the table, and the operator is told.
+    let stderr = std::fs::read_to_string(s.path("stderr.log")).unwrap();
+    assert!(
+        stderr.contains("ssh: the grant is no longer in the firewall"),
+        "{stderr}"
+    );
     no_guard_left(&s);
 }
 
@@ -202,4 +213,35 @@ fn a_reload_with_a_new_lifetime_keeps_the_live_grant() {
     assert!(s.connects(SERVER_V4), "the grant survives\n{}", s.log());
     assert!(!s.connects(SERVER_V6), "the guard stays");
     assert!(nft_table(&s).contains(CLIENT_V4), "{}", nft_table(&s));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_start_the_kernel_refuses_leaves_the_old_table_and_grant() {
+    let mut s = Setup::new(&ssh_door("60")).no_iptables_drop().start();
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    s.stop();
+    s.write_conf(&ssh_door(TOO_LONG));
+    let out = s
+        .pair
+        .server
+        .output(&[
+            example_bin("knockd").to_str().unwrap(),
+            "-c",
+            s.path("knockd.conf").to_str().unwrap(),
+            "-i",
+            "kn0",
+            "--state-dir",
+            s.dir.path().to_str().unwrap(),
+        ])
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nftables"), "{stderr}");
+    // The old table still guards tcp/22, and the grant is still in it.
+    assert!(s.connects(SERVER_V4), "the grant survives");
+    assert!(!s.connects(SERVER_V6), "the guard survives");
+    let table = nft_table(&s);
+    assert!(table.contains("tcp dport 22 drop"), "{table}");
 }
