@@ -53,6 +53,10 @@ fn knock(e: &mut Engine, now: Now, ports: &[u16]) -> Vec<Action> {
     out
 }
 
+fn syn(src: IpAddr, port: u16) -> Event {
+    Event::tcp(src, server(), port, TcpFlags::SYN, Timestamp::ZERO)
+}
+
 fn drain(e: &mut Engine) -> Vec<Action> {
     std::iter::from_fn(|| e.poll_action()).collect()
 }
@@ -356,10 +360,10 @@ fn a_one_time_sequence_is_marked_and_the_listen_set_follows() {
         a.iter().any(|a| matches!(
             a,
             Action::MarkUsed {
-                index: 0,
+                sequence,
                 remaining: 1,
                 ..
-            }
+            } if sequence == &[Step::tcp(7000), Step::tcp(8000)]
         )),
         "{a:?}"
     );
@@ -379,6 +383,95 @@ fn a_one_time_sequence_is_marked_and_the_listen_set_follows() {
         })
         .unwrap();
     assert_eq!(report.would_mark, Some(format!("{}:1", file.display())));
+}
+
+/// A one-time door with a command, its sequences read from `file`.
+fn one_time_config(file: &std::path::Path) -> Config {
+    let conf = format!(
+        "[once]\n one_time_sequences = {}\n start_command = open %IP%\n cmd_timeout = 5\n",
+        file.display()
+    );
+    let mut config = Config::from_knockd_str(&conf, "test.conf").unwrap();
+    config.load_sequence_files("test.conf").unwrap();
+    config
+}
+
+/// An engine for [`one_time_config`].
+fn one_time_engine(file: &std::path::Path, now: Now) -> (Engine, Config) {
+    let config = one_time_config(file);
+    let e = Engine::new(config.clone(), EngineOptions::default(), now).unwrap();
+    (e, config)
+}
+
+#[test]
+fn a_used_one_time_sequence_is_persisted_and_marked_before_its_door_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("once.seq");
+    std::fs::write(&file, " 7000,8000\n 7100,8100\n").unwrap();
+    let (mut e, _) = one_time_engine(&file, at(0, 0));
+    drain(&mut e);
+    let a = knock(&mut e, at(0, 100), &[7000, 8000]);
+    let pos = |f: &dyn Fn(&Action) -> bool| a.iter().position(f).unwrap();
+    let persist = pos(
+        &|x| matches!(x, Action::Persist(s) if s.used_sequences.iter().any(|u| u.sequences == ["7000:tcp,8000:tcp"])),
+    );
+    let mark = pos(&|x| matches!(x, Action::MarkUsed { .. }));
+    let open = pos(&|x| matches!(x, Action::Open(_)));
+    assert!(persist < mark && mark < open, "{a:?}");
+}
+
+#[test]
+fn a_used_one_time_sequence_stays_used_across_reload_and_restart_while_its_file_is_unmarked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("once.seq");
+    // The file is never marked (as if every write failed).
+    std::fs::write(&file, " 7000,8000\n 7100,8100\n").unwrap();
+    let (mut e, config) = one_time_engine(&file, at(0, 0));
+    drain(&mut e);
+    assert_eq!(opens(&knock(&mut e, at(0, 100), &[7000, 8000])).len(), 1);
+
+    // Reload: the file still lists the line as unused.
+    e.handle_reload(at(0, 10_000), config).unwrap();
+    let a = drain(&mut e);
+    assert!(
+        a.iter().any(
+            |x| matches!(x, Action::MarkUsed { sequence, .. } if sequence[0] == Step::tcp(7000))
+        ),
+        "the owed mark is asked for again: {a:?}"
+    );
+    let src2: IpAddr = "198.18.0.9".parse().unwrap();
+    for (i, port) in [7000u16, 8000].into_iter().enumerate() {
+        e.handle_event(at(0, 11_000 + i as u64 * 100), &syn(src2, port));
+    }
+    assert!(
+        opens(&drain(&mut e)).is_empty(),
+        "a used sequence opened after a reload"
+    );
+    assert_eq!(
+        e.listen_set().iter().map(|l| l.port).collect::<Vec<_>>(),
+        vec![7100, 8100]
+    );
+
+    // Restart from the snapshot: still used; the next line still opens.
+    let snapshot = e.snapshot();
+    let (mut e, _) = one_time_engine(&file, at(1, 0));
+    e.restore(at(1, 0), snapshot);
+    drain(&mut e);
+    for (i, port) in [7000u16, 8000].into_iter().enumerate() {
+        e.handle_event(at(1, 100 + i as u64 * 100), &syn(src2, port));
+    }
+    assert!(
+        opens(&drain(&mut e)).is_empty(),
+        "a used sequence opened after a restart"
+    );
+    assert_eq!(opens(&knock(&mut e, at(1, 1000), &[7100, 8100])).len(), 1);
+
+    // Once the file shows the line marked, the record lets it go.
+    std::fs::write(&file, "#7000,8000\n#7100,8100\n 7200,8200\n").unwrap();
+    e.handle_reload(at(1, 2000), one_time_config(&file))
+        .unwrap();
+    drain(&mut e);
+    assert!(e.snapshot().used_sequences.is_empty(), "{:?}", e.snapshot());
 }
 
 #[test]

@@ -90,6 +90,18 @@ fn load(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// An error the daemon has logged itself (stderr, log file, syslog).
+#[derive(Debug)]
+struct Logged;
+
+impl std::fmt::Display for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("see the error logged above")
+    }
+}
+
+impl std::error::Error for Logged {}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.version {
@@ -109,9 +121,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // Already on stderr and in the log.
+        Err(e) if e.is::<Logged>() => ExitCode::from(1),
         Err(e) => {
             eprintln!("knockd: {}", knock::error_line(&*e));
             ExitCode::from(1)
@@ -125,6 +140,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         // What the engine would refuse at start, refused here too, and
         // what the firewall cannot hold (a dry run in the kernel).
         knock::engine::Engine::check(&config, knock::core::Limits::default())?;
+        // And what it must be able to write.
+        let mut opts = DaemonOptions::default();
+        opts.state_dir = args.state_dir.clone();
+        knock::daemon::preflight(&config, &opts)?;
         if let Some(note) = knock::daemon::check_firewall(&config)? {
             eprintln!("knockd: note: {note}");
         }
@@ -160,7 +179,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(&pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("write pid file {}", pid_file.display()))?;
     }
-    let mut daemon = Daemon::new(config, opts, log).context("start")?;
+    let mut daemon = Daemon::new(config, opts, log).map_err(|_| Logged)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -208,7 +227,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         daemon.force_listen_sync();
         let ran = daemon.run(&mut source, &stop, &reload, || {
-            load(&args).map_err(|e| format!("{e:#}"))
+            load(&args).map_err(|e| knock::error_line(&*e))
         });
         capture.add(&source.stats());
         match ran {

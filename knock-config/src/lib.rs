@@ -97,7 +97,9 @@ pub use model::{
     BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix, Options,
     SequenceSource, DEFAULT_CMD_TIMEOUT, DEFAULT_INTERFACE, DEFAULT_PID_FILE,
 };
-pub use seqfile::{write_atomically, Marked, SequenceEntry, SequenceFile, MAX_SEQUENCE_FILE_SIZE};
+pub use seqfile::{
+    check_writable, write_atomically, Marked, SequenceEntry, SequenceFile, MAX_SEQUENCE_FILE_SIZE,
+};
 pub use value::{duration_to_string, parse_duration, parse_open, parse_step, sequence_to_string};
 
 /// The largest configuration file read (4 MiB).

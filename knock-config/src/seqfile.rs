@@ -136,6 +136,41 @@ impl SequenceFile {
                 len: self.entries.len(),
             });
         };
+        let target = target.clone();
+        self.mark(&target)
+    }
+
+    /// Marks the unused line holding `steps` used on disk, as
+    /// [`mark_used`](Self::mark_used) does (the line where it was loaded if
+    /// it is still there, else another unused line with the same steps).
+    ///
+    /// # Errors
+    /// As [`mark_used`](Self::mark_used); [`ConfigError::SequenceGone`] when
+    /// no unused line of the file holds `steps`.
+    pub fn mark_sequence(&mut self, steps: &[Step]) -> Result<Marked, ConfigError> {
+        let target = match self.entries.iter().find(|e| e.steps == steps) {
+            Some(e) => e.clone(),
+            None => SequenceEntry {
+                line: 0,
+                offset: 0,
+                steps: steps.to_vec(),
+            },
+        };
+        self.mark(&target)
+    }
+
+    /// Whether [`mark_used`](Self::mark_used) could write the file now: the
+    /// file opens for writing and its directory takes the temporary file
+    /// (a read-only filesystem, a read-only file or a directory we may not
+    /// write is refused here rather than when a sequence is used).
+    ///
+    /// # Errors
+    /// [`ConfigError::Io`] naming the file or directory and the cause.
+    pub fn check_writable(&self) -> Result<(), ConfigError> {
+        check_writable(&self.path)
+    }
+
+    fn mark(&mut self, target: &SequenceEntry) -> Result<Marked, ConfigError> {
         let current = read_limited(&self.path, MAX_SEQUENCE_FILE_SIZE)?;
         let reread = current != self.snapshot;
         let (on_disk, _) = parse_entries(&current, &self.path)?;
@@ -223,33 +258,12 @@ pub(crate) fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, ConfigError
 /// # Errors
 /// [`ConfigError::Io`] naming the step and the file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    let io = |action: &'static str, p: &Path| {
-        let p = p.to_owned();
-        move |source| ConfigError::Io {
-            path: p,
-            action,
-            source,
-        }
-    };
-    let target = match fs::canonicalize(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_owned(),
-        Err(e) => return Err(io("cannot resolve", path)(e)),
-    };
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let Staging { target, dir, tmp } = staging(path)?;
     let meta = match fs::metadata(&target) {
         Ok(m) => Some(m),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io("cannot stat", &target)(e)),
     };
-    let tmp = dir.join(format!(".{name}.knock-rs-{}.tmp", std::process::id()));
     let open = || {
         fs::OpenOptions::new()
             .write(true)
@@ -289,6 +303,66 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
         d.sync_all().map_err(io("cannot fsync directory", &dir))?;
     }
     Ok(())
+}
+
+/// Whether [`write_atomically`] could replace (or create) `path` now,
+/// without changing it: an existing file must open for writing, and its
+/// directory must take the temporary file (created and removed again).
+///
+/// # Errors
+/// [`ConfigError::Io`] naming the file or directory and the cause (a
+/// read-only filesystem, permissions).
+pub fn check_writable(path: &Path) -> Result<(), ConfigError> {
+    let Staging { target, tmp, .. } = staging(path)?;
+    match fs::OpenOptions::new().write(true).open(&target) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("cannot write", &target)(e)),
+    }
+    let probe = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp);
+    match probe {
+        Ok(_) => fs::remove_file(&tmp).map_err(io("cannot remove", &tmp)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io("cannot create", &tmp)(e)),
+    }
+}
+
+/// Where [`write_atomically`] writes: the file (symlinks followed), its
+/// directory and our temporary file there.
+struct Staging {
+    target: PathBuf,
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+fn io(action: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> ConfigError {
+    let p = p.to_owned();
+    move |source| ConfigError::Io {
+        path: p,
+        action,
+        source,
+    }
+}
+
+fn staging(path: &Path) -> Result<Staging, ConfigError> {
+    let target = match fs::canonicalize(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_owned(),
+        Err(e) => return Err(io("cannot resolve", path)(e)),
+    };
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.knock-rs-{}.tmp", std::process::id()));
+    Ok(Staging { target, dir, tmp })
 }
 
 #[cfg(test)]

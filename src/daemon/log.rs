@@ -105,6 +105,16 @@ impl Logger {
         }
     }
 
+    /// Logs why the daemon cannot start, as an error, and hands the error
+    /// back (the caller exits; it need not print it again).
+    pub fn fatal(&mut self, e: DaemonError) -> DaemonError {
+        self.line(
+            Level::Error,
+            &format!("cannot start: {}", crate::error_line(&e)),
+        );
+        e
+    }
+
     /// When buffered lines must be written (`None`: nothing buffered).
     pub fn flush_deadline(&self) -> Option<Instant> {
         self.unflushed_since.map(|t| t + Self::FLUSH_AFTER)

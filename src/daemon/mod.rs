@@ -16,6 +16,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use knock_capture::{CaptureError, Next, Source};
@@ -53,6 +54,15 @@ pub enum DaemonError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// A file the daemon must be able to write cannot be written (a
+    /// one-time sequence file, the state directory).
+    #[error("{what} cannot be written: {source}")]
+    Unwritable {
+        /// What it is for.
+        what: String,
+        /// Why.
+        source: Box<knock_config::ConfigError>,
     },
     /// The state directory cannot be used.
     #[error("state directory {path}: {source}")]
@@ -232,6 +242,50 @@ fn sequence_files(config: &Config) -> HashMap<String, SequenceFile> {
         .collect()
 }
 
+/// Checks what the daemon must be able to write, as it would at start
+/// (and `--check` does): the state directory (or, if it does not exist yet,
+/// the directory it would be created in) and every one-time sequence file,
+/// where a used sequence is marked. Nothing is changed.
+///
+/// # Errors
+/// [`DaemonError::Unwritable`] for the first that cannot be written.
+pub fn preflight(config: &Config, opts: &DaemonOptions) -> Result<(), DaemonError> {
+    let existing = opts
+        .state_dir
+        .ancestors()
+        .find(|d| d.is_dir())
+        .unwrap_or(&opts.state_dir);
+    let probe = if existing == opts.state_dir {
+        opts.state_dir.join(STATE_FILE)
+    } else {
+        existing.join(".knock-rs-state-dir")
+    };
+    knock_config::check_writable(&probe).map_err(|source| DaemonError::Unwritable {
+        what: format!("the state directory {}", opts.state_dir.display()),
+        source: Box::new(source),
+    })?;
+    for d in &config.doors {
+        if let knock_config::SequenceSource::OneTime {
+            loaded: Some(f), ..
+        } = &d.sequence
+        {
+            f.check_writable()
+                .map_err(|source| DaemonError::Unwritable {
+                    what: format!(
+                        "[{}] one_time_sequences {} (used sequences are marked there)",
+                        d.name,
+                        f.path().display()
+                    ),
+                    source: Box::new(source),
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// The state file's name in the state directory.
+const STATE_FILE: &str = "engine.state";
+
 /// The running daemon.
 pub struct Daemon {
     engine: Engine,
@@ -249,6 +303,11 @@ pub struct Daemon {
     listen: Option<Vec<Listen>>,
     /// The end of the runner's wake-up stream that capture sources poll.
     wake: UnixStream,
+    /// Why the last snapshot could not be saved (`None`: it was).
+    unsaved: Option<String>,
+    /// Doors whose used one-time sequence was recorded neither in the
+    /// snapshot nor in its file, with why: their next `Open` is held back.
+    unrecorded: HashMap<Arc<str>, String>,
     /// The sink that holds blocks ([`blocking_firewall`]).
     blocker: Option<FirewallKind>,
 }
@@ -260,20 +319,25 @@ impl Daemon {
     /// # Errors
     /// An invalid config, a sink that cannot be set up, a state directory
     /// that cannot be created.
-    pub fn new(config: Config, opts: DaemonOptions, log: Logger) -> Result<Daemon, DaemonError> {
-        let sinks = build_sinks(&config)?;
+    pub fn new(
+        config: Config,
+        opts: DaemonOptions,
+        mut log: Logger,
+    ) -> Result<Daemon, DaemonError> {
+        let sinks = build_sinks(&config).map_err(|e| log.fatal(e))?;
         Daemon::with_sinks(config, sinks, opts, log)
     }
 
     /// A daemon with the given sinks (tests use recording or mock sinks).
     ///
     /// # Errors
-    /// As [`Daemon::new`], but for the sinks.
+    /// As [`Daemon::new`], but for the sinks. Like [`Daemon::new`], the
+    /// error is also logged (stderr, log file, syslog).
     pub fn with_sinks(
         config: Config,
         sinks: HashMap<FirewallKind, BoxedSink>,
         opts: DaemonOptions,
-        log: Logger,
+        mut log: Logger,
     ) -> Result<Daemon, DaemonError> {
         let clock = Clock {
             start: Instant::now(),
@@ -286,15 +350,20 @@ impl Daemon {
             .with_reports(opts.events_json);
         let seqfiles = sequence_files(&config);
         let blocker = blocking_firewall(&config);
-        let engine = Engine::new(config, eopts, clock.now())?;
-        std::fs::create_dir_all(&opts.state_dir).map_err(|source| DaemonError::State {
-            path: opts.state_dir.clone(),
-            source,
-        })?;
-        let (wake, notify) = UnixStream::pair().map_err(|source| DaemonError::State {
-            path: opts.state_dir.clone(),
-            source,
-        })?;
+        let ready = (|| {
+            std::fs::create_dir_all(&opts.state_dir).map_err(|source| DaemonError::State {
+                path: opts.state_dir.clone(),
+                source,
+            })?;
+            preflight(&config, &opts)?;
+            let engine = Engine::new(config, eopts, clock.now())?;
+            let pair = UnixStream::pair().map_err(|source| DaemonError::State {
+                path: opts.state_dir.clone(),
+                source,
+            })?;
+            Ok((engine, pair))
+        })();
+        let (engine, (wake, notify)) = ready.map_err(|e| log.fatal(e))?;
         let _ = notify.set_nonblocking(true);
         let runner = CommandRunner::new(RunnerConfig {
             max_run_time: opts.command_timeout,
@@ -311,12 +380,14 @@ impl Daemon {
             jobs: HashMap::new(),
             next_job: 1,
             seqfiles,
-            state_file: opts.state_dir.join("engine.state"),
+            state_file: opts.state_dir.join(STATE_FILE),
             clock,
             log,
             opts,
             listen: None,
             wake,
+            unsaved: None,
+            unrecorded: HashMap::new(),
             blocker,
         };
         let now = d.clock.now();
@@ -395,6 +466,7 @@ impl Daemon {
     /// An invalid config or a sink that cannot be set up (nothing changed).
     pub fn reload(&mut self, config: Config) -> Result<(), DaemonError> {
         Engine::check(&config, self.opts.limits)?;
+        preflight(&config, &self.opts)?;
         // Native sinks carry the doors' ports; pending state lives in the
         // engine and the kernel, not in the sink objects. On error the old
         // sinks stay.
@@ -546,6 +618,8 @@ impl Daemon {
                 }
             }
             if results.is_empty() {
+                // A mark that failed for a door without an open to hold back.
+                self.unrecorded.clear();
                 return;
             }
             let now = self.clock.now();
@@ -559,7 +633,14 @@ impl Daemon {
     /// comes later, from the runner).
     fn apply_one(&mut self, action: Action) -> Option<Result<(), String>> {
         match action {
-            Action::Open(g) => self.grant(g, Phase::Open),
+            Action::Open(g) => match self.unrecorded.remove(&g.door) {
+                Some(why) => {
+                    let now = self.clock.now();
+                    self.engine.handle_unrecorded(now, g.grant, &why);
+                    None
+                }
+                None => self.grant(g, Phase::Open),
+            },
             Action::Extend(g) => self.grant(g, Phase::Extend),
             Action::Close(g) => self.grant(g, Phase::Close),
             Action::Block { src, until } => {
@@ -575,11 +656,12 @@ impl Daemon {
             }),
             Action::MarkUsed {
                 door,
-                index,
+                sequence,
                 remaining,
             } => {
+                let text = knock_config::sequence_to_string(&sequence);
                 let marked = self.seqfiles.get_mut(&*door).map(|f| {
-                    f.mark_used(index)
+                    f.mark_sequence(&sequence)
                         .map(|m| m.line)
                         .map_err(|e| e.to_string())
                 });
@@ -588,13 +670,20 @@ impl Daemon {
                         Level::Info,
                         format!("{door}: one-time sequence on line {line} used, {remaining} left"),
                     ),
-                    Some(Err(e)) => (
-                        Level::Error,
-                        format!("{door}: cannot mark one-time sequence {index}: {e}"),
-                    ),
+                    Some(Err(e)) => {
+                        if let Some(state) = &self.unsaved {
+                            // Recorded nowhere: its open must not happen.
+                            self.unrecorded
+                                .insert(door.clone(), format!("state: {state}; file: {e}"));
+                        }
+                        (
+                            Level::Error,
+                            format!("{door}: cannot mark one-time sequence {text} used: {e}"),
+                        )
+                    }
                     None => (
                         Level::Info,
-                        format!("{door}: one-time sequence {index} used (no file)"),
+                        format!("{door}: one-time sequence {text} used (no file)"),
                     ),
                 };
                 self.log.line(level, &line);
@@ -605,7 +694,10 @@ impl Daemon {
                 None
             }
             Action::Persist(s) => {
-                if let Err(e) = knock_config::write_atomically(&self.state_file, &s.to_bytes()) {
+                self.unsaved = knock_config::write_atomically(&self.state_file, &s.to_bytes())
+                    .err()
+                    .map(|e| e.to_string());
+                if let Some(e) = &self.unsaved {
                     self.log.line(
                         Level::Error,
                         &format!("cannot save the engine's state: {e}"),

@@ -74,6 +74,7 @@
 //! );
 //! ```
 
+mod once;
 mod plan;
 mod report;
 mod snapshot;
@@ -85,12 +86,15 @@ use std::time::Duration;
 
 use knock_config::derive::{window_of, window_start};
 use knock_config::Config;
-use knock_core::{Decision, DoorId, Event, Limits, Listen, Matcher, Timestamp};
+use knock_core::{
+    Decision, Door, DoorId, Event, Limits, Listen, Matcher, Sequences, Step, Timestamp,
+};
 
+use once::UsedOnce;
 use plan::DoorPlan;
 pub use plan::How;
 pub use report::Report;
-pub use snapshot::{SavedBlock, SavedGrant, SavedWindows, Snapshot, SnapshotError};
+pub use snapshot::{SavedBlock, SavedGrant, SavedSequences, SavedWindows, Snapshot, SnapshotError};
 
 /// One moment on both clocks: the monotonic one (the matcher's time) and
 /// the wall clock (Unix time, for derived windows and what outlives the
@@ -199,12 +203,16 @@ pub enum Action {
         /// The source.
         src: IpAddr,
     },
-    /// Mark one-time sequence `index` of `door` used in its file.
+    /// Mark the one-time sequence `sequence` of `door` used in its file
+    /// (knockd's record of it; the engine's own is in the snapshot, which
+    /// comes first). It comes before the `Open` that the sequence allowed:
+    /// a shell that could record the use neither in the snapshot nor in the
+    /// file must not apply that `Open` (see [`Engine::handle_unrecorded`]).
     MarkUsed {
         /// The door.
         door: Arc<str>,
-        /// The sequence's index in the door's list.
-        index: usize,
+        /// The sequence used.
+        sequence: Vec<Step>,
         /// Unused sequences left.
         remaining: usize,
     },
@@ -338,6 +346,10 @@ pub struct Engine {
     dirty: bool,
     listen_generation: u64,
     stats: EngineStats,
+    /// The configuration's doors as loaded, before used one-time sequences
+    /// are taken out.
+    base_doors: Vec<Door>,
+    used_once: UsedOnce,
 }
 
 fn plans(matcher: &Matcher, config: &Config) -> HashMap<DoorId, DoorPlan> {
@@ -368,7 +380,8 @@ impl Engine {
     /// # Errors
     /// Doors the matcher refuses.
     pub fn new(config: Config, opts: EngineOptions, now: Now) -> Result<Engine, EngineError> {
-        let mut matcher = Matcher::with_seed(config.core_doors(), opts.limits, opts.seed)?;
+        let base_doors = config.core_doors();
+        let mut matcher = Matcher::with_seed(base_doors.clone(), opts.limits, opts.seed)?;
         matcher.set_blacklist(config.options.core_blacklist());
         let mut e = Engine {
             plans: plans(&matcher, &config),
@@ -384,6 +397,8 @@ impl Engine {
             dirty: false,
             listen_generation: u64::MAX,
             stats: EngineStats::default(),
+            base_doors,
+            used_once: UsedOnce::default(),
         };
         e.update_windows(true);
         e.finish();
@@ -464,6 +479,7 @@ impl Engine {
             grants,
             blocks,
             used_windows,
+            used_sequences: self.used_once.saved(),
         }
     }
 
@@ -475,6 +491,15 @@ impl Engine {
     /// ids continue after the last one issued.
     pub fn restore(&mut self, now: Now, snapshot: Snapshot) {
         self.tick(now);
+        for bad in self.used_once.restore(&snapshot.used_sequences) {
+            self.log(
+                Level::Error,
+                format!("state: unreadable used one-time sequence {bad}, skipped"),
+            );
+        }
+        if let Err(e) = self.apply_used_once() {
+            self.log(Level::Error, format!("state: used one-time sequences: {e}"));
+        }
         self.matcher.reserve_grant_ids(snapshot.next_grant);
         for w in &snapshot.used_windows {
             if let Some(id) = self.matcher.door_id(&w.door) {
@@ -589,9 +614,15 @@ impl Engine {
     /// Doors the matcher refuses.
     pub fn handle_reload(&mut self, now: Now, config: Config) -> Result<(), EngineError> {
         self.tick(now);
-        self.matcher.replace_doors(config.core_doors())?;
+        let base_doors = config.core_doors();
+        let mut used_once = self.used_once.clone();
+        used_once.prune(&base_doors);
+        self.matcher.replace_doors(used_once.filter(&base_doors))?;
+        self.base_doors = base_doors;
+        self.used_once = used_once;
         self.matcher.set_blacklist(config.options.core_blacklist());
         self.plans = plans(&self.matcher, &config);
+        self.owe_marks();
         self.windows.clear();
         self.update_windows(true);
         self.decisions();
@@ -599,6 +630,33 @@ impl Engine {
         self.log(Level::Info, "configuration reloaded".to_owned());
         self.finish();
         Ok(())
+    }
+
+    /// The shell did not apply the `Open` of grant `grant` because the
+    /// one-time sequence that allowed it could be recorded neither in the
+    /// persisted snapshot nor in its file (`why`): a restart could accept
+    /// that sequence again, so the door stays shut. The grant needs no close.
+    pub fn handle_unrecorded(&mut self, now: Now, grant: u64, why: &str) {
+        self.tick(now);
+        self.stats.apply_failures += 1;
+        if let Some(h) = self.held.remove(&grant) {
+            self.dirty = true;
+            self.log(
+                Level::Error,
+                format!(
+                    "{}: {}: not opening: the one-time sequence used could not be recorded ({why})",
+                    h.src, h.door
+                ),
+            );
+        } else {
+            self.log(
+                Level::Error,
+                format!(
+                    "grant {grant}: not opening: the one-time sequence used could not be recorded ({why})"
+                ),
+            );
+        }
+        self.finish();
     }
 
     /// The outcome of an applied [`Action`] (`Err`: what went wrong).
@@ -793,6 +851,50 @@ impl Engine {
         self.staged.push(Action::Close(grant));
     }
 
+    /// Builds the matcher's doors again without the used one-time
+    /// sequences (after a restore added some), keeping each door's plan,
+    /// and asks for the marks still owed.
+    fn apply_used_once(&mut self) -> Result<(), EngineError> {
+        self.used_once.prune(&self.base_doors);
+        if self.used_once.iter().next().is_none() {
+            return Ok(());
+        }
+        self.matcher
+            .replace_doors(self.used_once.filter(&self.base_doors))?;
+        let plans = std::mem::take(&mut self.plans);
+        self.plans = plans
+            .into_values()
+            .filter_map(|p| Some((self.matcher.door_id(&p.name)?, p)))
+            .collect();
+        self.owe_marks();
+        Ok(())
+    }
+
+    /// A `MarkUsed` for every used one-time sequence whose file still lists
+    /// it as unused (a mark that failed, or a file edited back).
+    fn owe_marks(&mut self) {
+        let owed: Vec<(Arc<str>, Vec<Step>)> = self
+            .used_once
+            .iter()
+            .map(|(door, s)| (Arc::from(door), s.clone()))
+            .collect();
+        for (door, sequence) in owed {
+            let remaining = self
+                .matcher
+                .door_id(&door)
+                .and_then(|id| self.matcher.door(id))
+                .map_or(0, |d| match &d.sequences {
+                    Sequences::OneTime { list, next } => list.len().saturating_sub(*next),
+                    _ => 0,
+                });
+            self.staged.push(Action::MarkUsed {
+                door,
+                sequence,
+                remaining,
+            });
+        }
+    }
+
     /// Turns the matcher's decisions into actions.
     fn decisions(&mut self) {
         while let Some(d) = self.matcher.poll_decision() {
@@ -948,19 +1050,39 @@ impl Engine {
                 index,
                 remaining,
             } => {
+                let Some(sequence) = self.matcher.door(door).and_then(|d| match &d.sequences {
+                    Sequences::OneTime { list, .. } => list.get(index).cloned(),
+                    _ => None,
+                }) else {
+                    return;
+                };
                 if reports {
                     let mut r = self.report("sequence_consumed", &name, None);
                     r.index = Some(index);
                     r.remaining = Some(remaining);
-                    r.would_mark = self.plans.get(&door).and_then(|p| p.one_time_line(index));
+                    r.would_mark = self
+                        .plans
+                        .get(&door)
+                        .and_then(|p| p.one_time_line(&sequence));
                     self.staged.push(Action::Report(r));
                 }
+                // Recorded in the snapshot, which goes out before any action
+                // of this batch; the mark goes before the open it allowed.
+                self.used_once.record(&name, sequence.clone());
                 self.dirty = true;
-                self.staged.push(Action::MarkUsed {
-                    door: name,
-                    index,
-                    remaining,
-                });
+                let at = self
+                    .staged
+                    .iter()
+                    .rposition(|a| matches!(a, Action::Open(g) if g.door == name))
+                    .unwrap_or(self.staged.len());
+                self.staged.insert(
+                    at,
+                    Action::MarkUsed {
+                        door: name,
+                        sequence,
+                        remaining,
+                    },
+                );
             }
             Decision::Blocked { src, until, .. } => {
                 let until_unix = now.unix_of(until);

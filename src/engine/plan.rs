@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use knock_config::{DerivedSequence, DoorConfig, FirewallKind};
+use knock_config::{DerivedSequence, DoorConfig, FirewallKind, SequenceEntry};
 use knock_core::Step;
 use knock_firewall::DoorCommands;
 use serde::{Deserialize, Serialize};
@@ -50,8 +50,9 @@ pub(crate) struct DoorPlan {
     action: DoorAction,
     /// Time-derived sequences: the parameters and secret.
     pub(crate) derived: Option<DerivedSequence>,
-    /// A one-time sequence file: its path and the line of each sequence.
-    one_time: Option<(PathBuf, Vec<usize>)>,
+    /// A one-time sequence file: its path, and the line of each unused
+    /// sequence as loaded.
+    one_time: Option<(PathBuf, Vec<SequenceEntry>)>,
 }
 
 impl DoorPlan {
@@ -74,10 +75,7 @@ impl DoorPlan {
         let one_time = match &d.sequence {
             knock_config::SequenceSource::OneTime {
                 loaded: Some(f), ..
-            } => Some((
-                f.path().to_owned(),
-                f.entries().iter().map(|e| e.line).collect(),
-            )),
+            } => Some((f.path().to_owned(), f.entries().to_vec())),
             _ => None,
         };
         DoorPlan {
@@ -112,9 +110,10 @@ impl DoorPlan {
         self.how(src, false)
     }
 
-    /// `path:line` of one-time sequence `index`.
-    pub(crate) fn one_time_line(&self, index: usize) -> Option<String> {
+    /// `path:line` of the one-time sequence `steps`.
+    pub(crate) fn one_time_line(&self, steps: &[Step]) -> Option<String> {
         let (path, lines) = self.one_time.as_ref()?;
-        Some(format!("{}:{}", path.display(), lines.get(index)?))
+        let e = lines.iter().find(|e| e.steps == steps)?;
+        Some(format!("{}:{}", path.display(), e.line))
     }
 }

@@ -26,6 +26,10 @@ pub struct Snapshot {
     pub blocks: Vec<SavedBlock>,
     /// Each time-derived door's used windows.
     pub used_windows: Vec<SavedWindows>,
+    /// One-time sequences used and not yet marked in their file (or not
+    /// yet seen marked): never accepted again.
+    #[serde(default)]
+    pub used_sequences: Vec<SavedSequences>,
 }
 
 /// One grant in a [`Snapshot`].
@@ -63,6 +67,15 @@ pub struct SavedWindows {
     pub door: String,
     /// Its used windows, oldest first.
     pub windows: Vec<u64>,
+}
+
+/// One door's used one-time sequences in a [`Snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSequences {
+    /// The door's name.
+    pub door: String,
+    /// The sequences, as knockd.conf writes them (`7000:tcp,8000:udp`).
+    pub sequences: Vec<String>,
 }
 
 /// A snapshot that cannot be read.

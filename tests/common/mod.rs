@@ -25,6 +25,8 @@ pub struct Setup<'a> {
     files: Vec<(&'a str, &'a str, u32)>,
     drop_22: bool,
     client_addrs: Vec<&'a str>,
+    mount: Option<(&'a str, bool)>,
+    state: Option<&'a str>,
 }
 
 impl<'a> Setup<'a> {
@@ -35,7 +37,26 @@ impl<'a> Setup<'a> {
             files: Vec::new(),
             drop_22: true,
             client_addrs: Vec::new(),
+            mount: None,
+            state: None,
         }
+    }
+
+    /// `--state-dir` is the temp dir's subdirectory `sub` (default: the
+    /// temp dir itself).
+    pub fn state_dir(mut self, sub: &'a str) -> Self {
+        self.state = Some(sub);
+        self
+    }
+
+    /// Runs knockd in a private mount namespace where the temp dir's
+    /// subdirectory `sub` is a bind mount of itself, read-only from the
+    /// start with `read_only` (a read-only filesystem as knockd sees it;
+    /// [`Server::remount_read_only`] makes it read-only later). Nothing
+    /// outside the daemon's own mount namespace changes.
+    pub fn bind_mount(mut self, sub: &'a str, read_only: bool) -> Self {
+        self.mount = Some((sub, read_only));
+        self
     }
 
     /// A file written to the temp dir before knockd starts, with `mode`.
@@ -56,10 +77,28 @@ impl<'a> Setup<'a> {
         self
     }
 
+    /// Creates the namespaces and writes the files, without starting knockd
+    /// (see [`Server::try_restart`]).
+    pub fn prepare(self) -> Server {
+        let mut s = self.build();
+        s.write_conf_only();
+        s
+    }
+
     /// Creates the namespaces and starts knockd.
     pub fn start(self) -> Server {
+        let mut s = self.build();
+        s.write_conf_only();
+        s.spawn();
+        s
+    }
+
+    fn build(self) -> Server {
         let pair = Pair::new().expect("namespaces");
         let dir = tempfile::tempdir().expect("tempdir");
+        if let Some((sub, _)) = self.mount {
+            fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
         for (name, content, mode) in &self.files {
             let p = dir.path().join(name);
             fs::write(&p, content).unwrap();
@@ -80,14 +119,14 @@ impl<'a> Setup<'a> {
             }
         }
         pair.server.tcp_listen(22).unwrap();
-        let mut s = Server {
+        Server {
             pair,
             dir,
             child: None,
-        };
-        s.write_conf(self.conf);
-        s.spawn();
-        s
+            mount: self.mount.map(|(sub, ro)| (sub.to_owned(), ro)),
+            conf: self.conf.to_owned(),
+            state: self.state.unwrap_or("").to_owned(),
+        }
     }
 }
 
@@ -99,6 +138,13 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     /// The daemon (taken when a test stops it itself).
     pub child: Option<Child>,
+    /// A subdirectory bind-mounted in the daemon's own mount namespace, and
+    /// whether it starts read-only ([`Setup::bind_mount`]).
+    mount: Option<(String, bool)>,
+    /// The knockd.conf text given to [`Setup::new`].
+    conf: String,
+    /// The state directory, relative to the temp dir.
+    state: String,
 }
 
 impl Server {
@@ -110,6 +156,11 @@ impl Server {
     /// A file in the temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    fn write_conf_only(&mut self) {
+        let conf = self.conf.clone();
+        self.write_conf(&conf);
     }
 
     /// Rewrites knockd.conf (`{DIR}` is the temp dir).
@@ -136,6 +187,20 @@ impl Server {
     }
 
     fn launch(&mut self, extra: &[&str], append: bool) {
+        if let Some(status) = self.try_launch(extra, append) {
+            panic!("knockd exited at start ({status}):\n{}", self.log());
+        }
+    }
+
+    /// Starts knockd like [`Server::restart`] (or the first time, if no
+    /// daemon ran yet), but a daemon that exits at start is not a failure:
+    /// its exit status is returned (`None`: it runs).
+    pub fn try_restart(&mut self, extra: &[&str]) -> Option<std::process::ExitStatus> {
+        assert!(self.child.is_none(), "restart: the daemon still runs");
+        self.try_launch(extra, true)
+    }
+
+    fn try_launch(&mut self, extra: &[&str], append: bool) -> Option<std::process::ExitStatus> {
         let open = |name: &str| {
             fs::OpenOptions::new()
                 .create(true)
@@ -149,10 +214,26 @@ impl Server {
         let err = open("stderr.log");
         // Where this run's stderr begins: "starting up" must be this run's.
         let from = err.metadata().unwrap().len();
-        let child = self
-            .pair
-            .server
-            .command(example_bin("knockd").to_str().unwrap())
+        let knockd = example_bin("knockd");
+        let mut cmd = match &self.mount {
+            None => self.pair.server.command(knockd.to_str().unwrap()),
+            Some((sub, ro)) => {
+                // A private mount namespace of the daemon's own: bind the
+                // directory over itself (read-only if asked), then exec.
+                let mut c = self.pair.server.command("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(
+                        "mount --bind \"$D\" \"$D\" && \
+                         { [ -z \"$RO\" ] || mount -o remount,bind,ro \"$D\"; } && exec \"$@\"",
+                    )
+                    .arg("sh")
+                    .arg(&knockd)
+                    .env("D", self.path(sub))
+                    .env("RO", if *ro { "1" } else { "" });
+                c
+            }
+        };
+        let child = cmd
             .args([
                 "-c",
                 self.path("knockd.conf").to_str().unwrap(),
@@ -161,27 +242,53 @@ impl Server {
             ])
             .args(["-v", "--events-json"])
             .args(["-g", self.path("knockd.log").to_str().unwrap()])
-            .args(["--state-dir", self.dir.path().to_str().unwrap()])
+            .args(["--state-dir", self.path(&self.state).to_str().unwrap()])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .unwrap();
-        self.child = Some(child);
+        let mut child = child;
         let stderr_tail = || {
             let all = fs::read(self.path("stderr.log")).unwrap_or_default();
             let from = usize::try_from(from).unwrap().min(all.len());
             String::from_utf8_lossy(&all[from..]).into_owned()
         };
-        wait_for("knockd to start", Duration::from_secs(20), || {
-            if append {
-                stderr_tail().contains("starting up")
-            } else {
-                self.log().contains("starting up")
-            }
+        let mut exited = None;
+        wait_for("knockd to start or exit", Duration::from_secs(20), || {
+            exited = child.try_wait().unwrap();
+            exited.is_some()
+                || if append {
+                    stderr_tail().contains("starting up")
+                } else {
+                    self.log().contains("starting up")
+                }
         });
-        std::thread::sleep(Duration::from_millis(300));
+        if exited.is_none() {
+            self.child = Some(child);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        exited
+    }
+
+    /// Makes the [`Setup::bind_mount`] directory read-only in the running
+    /// daemon's mount namespace (a filesystem that fails under it).
+    pub fn remount_read_only(&self) {
+        let (sub, _) = self.mount.as_ref().expect("Setup::bind_mount");
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let dir = self.path(sub);
+        knock_testnet::run(&[
+            "nsenter",
+            "-t",
+            &pid,
+            "-m",
+            "mount",
+            "-o",
+            "remount,bind,ro",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap();
     }
 
     /// Sends `sig` (e.g. `-HUP`) to the daemon.
