@@ -191,7 +191,19 @@ pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, 
     #[cfg(feature = "nftables")]
     {
         let nft = nft_config(config);
-        if nft.holds_anything() || knock_firewall::NftSink::table_exists(&nft.table)? {
+        // Without nftables doors, only a table left by an earlier config
+        // needs the sink (to delete it). Not being allowed to look keeps
+        // whatever is there: a guard stays closed.
+        let leftover = || match knock_firewall::NftSink::table_exists(&nft.table) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot look for an nftables table left by an earlier configuration: {e}"
+                );
+                false
+            }
+        };
+        if nft.holds_anything() || leftover() {
             sinks.insert(
                 FirewallKind::Nftables,
                 Box::new(knock_firewall::NftSink::new(nft)?),
