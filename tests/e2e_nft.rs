@@ -245,3 +245,25 @@ fn a_start_the_kernel_refuses_leaves_the_old_table_and_grant() {
     let table = nft_table(&s);
     assert!(table.contains("tcp dport 22 drop"), "{table}");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_reload_that_moves_a_door_keeps_its_live_grant() {
+    let s = Setup::new(&ssh_door("60")).no_iptables_drop().start();
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    // A new door before `ssh`: the door's sets are another pair now.
+    let conf = format!(
+        "[web]\n    sequence = 5000,6000\n    open = tcp/443\n    firewall = nftables\n{}",
+        ssh_door("60")
+    );
+    s.write_conf(&conf);
+    s.signal("-HUP");
+    wait_for("the reload", Duration::from_secs(5), || {
+        s.log().contains("configuration reloaded")
+    });
+    assert!(s.connects(SERVER_V4), "the grant survives\n{}", s.log());
+    assert!(!s.connects(SERVER_V6), "the guard stays");
+    let table = nft_table(&s);
+    assert!(table.contains("tcp dport 443 drop"), "{table}");
+}
