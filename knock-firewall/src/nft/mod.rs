@@ -513,20 +513,20 @@ impl NftSink {
                 .iter()
                 .find(|s| s.get_name().map(String::as_str) == Some(name))
         };
+        // The block sets, when the config has them.
+        let blocks = [("block4", false), ("block6", true)]
+            .into_iter()
+            .filter_map(|(name, v6)| Some((set(name)?, v6)));
         // Blocks first.
-        if self.cfg.blocklist {
-            for (name, v6) in [("block4", false), ("block6", true)] {
-                if let Some(set) = set(name) {
-                    let r = saddr_in(
-                        Rule::new(&chain).map_err(berr)?,
-                        v6,
-                        if v6 { 128 } else { 32 },
-                        set,
-                    )?
-                    .drop();
-                    batch.add(&r, MsgType::Add);
-                }
-            }
+        for (set, v6) in blocks {
+            let r = saddr_in(
+                Rule::new(&chain).map_err(berr)?,
+                v6,
+                if v6 { 128 } else { 32 },
+                set,
+            )?
+            .drop();
+            batch.add(&r, MsgType::Add);
         }
         let mut guarded = BTreeSet::new();
         for d in &self.cfg.doors {
