@@ -318,21 +318,24 @@ impl NftSink {
     /// # Errors
     /// What [`NftSink::new`] would fail with.
     pub fn check(cfg: NftConfig) -> Result<Checked, Error> {
-        let sink = NftSink::unchecked(cfg)?;
+        let limits_only = |cfg: &NftConfig, why: String| {
+            cfg.check_limits()?;
+            Ok(Checked::LimitsOnly(why))
+        };
+        let fallback = cfg.clone();
+        let sink = match NftSink::unchecked(cfg) {
+            Ok(s) => s,
+            Err(e @ Error::Config(_)) => return Err(e),
+            // No netlink socket: nothing to ask.
+            Err(e) => return limits_only(&fallback, e.to_string()),
+        };
         let mut sock = match NlSocket::open() {
             Ok(s) => s,
-            Err(e) => {
-                return Ok(Checked::LimitsOnly(format!(
-                    "netfilter netlink socket: {e}"
-                )))
-            }
+            Err(e) => return limits_only(&fallback, format!("netfilter netlink socket: {e}")),
         };
         match sink.install(&mut sock, false) {
             Ok(()) => Ok(Checked::Kernel),
-            Err(Error::PermissionDenied { detail, .. }) => {
-                sink.cfg.check_limits()?;
-                Ok(Checked::LimitsOnly(detail))
-            }
+            Err(Error::PermissionDenied { detail, .. }) => limits_only(&fallback, detail),
             Err(e) => Err(e),
         }
     }
