@@ -662,10 +662,14 @@ impl Daemon {
                     None => Err("no firewall sink to block it; its knocks are ignored only".into()),
                 })
             }
-            Action::Unblock { src } => Some(match self.blocking_sink() {
-                Some(s) => s.unblock(src).map_err(|e| e.to_string()),
-                None => Ok(()),
-            }),
+            // Every sink: the block may be in one that held the blocklist
+            // before a reload (unblocking an address not blocked is fine).
+            Action::Unblock { src } => Some(
+                self.sinks
+                    .values_mut()
+                    .map(|s| s.unblock(src).map_err(|e| e.to_string()))
+                    .fold(Ok(()), Result::and),
+            ),
             Action::MarkUsed {
                 door,
                 sequence,
