@@ -51,6 +51,15 @@ fn many_doors(n: u16, extra: u16) -> String {
     conf
 }
 
+/// `iptables -S KNOCK` (empty while iptables cannot read it, e.g. while
+/// the daemon is changing it).
+fn knock_chain(s: &Server) -> String {
+    s.pair
+        .server
+        .run(&["iptables", "-S", "KNOCK"])
+        .unwrap_or_default()
+}
+
 fn nft_table(s: &Server) -> String {
     s.pair
         .server
@@ -266,4 +275,61 @@ fn a_reload_that_moves_a_door_keeps_its_live_grant() {
     assert!(!s.connects(SERVER_V6), "the guard stays");
     let table = nft_table(&s);
     assert!(table.contains("tcp dport 443 drop"), "{table}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_reload_without_the_blacklist_lifts_a_block_held_by_iptables() {
+    // An iptables door: the blocklist lives in iptables.
+    let blocking = "[options]\n    blacklist = 3 invalid in 60s for 300s\n\
+        [ssh]\n    sequence = 7000,8000,9000\n    strict = yes\n    open = tcp/22\n    firewall = iptables\n";
+    let s = Setup::new(blocking).start();
+    // An attempt that a wrong port invalidates, then ports of no sequence.
+    s.knock(SERVER_V4, &["7000", "1001", "1002", "1003", "1004"]);
+    wait_for(
+        &format!("the block\n{}", s.log()),
+        Duration::from_secs(5),
+        || knock_chain(&s).contains(CLIENT_V4),
+    );
+    s.write_conf(&blocking.replace("    blacklist = 3 invalid in 60s for 300s\n", ""));
+    s.signal("-HUP");
+    wait_for(
+        &format!("the block lifted\n{}", s.log()),
+        Duration::from_secs(5),
+        || {
+            s.pair
+                .server
+                .run(&["iptables", "-S", "KNOCK"])
+                .is_ok_and(|c| !c.contains(CLIENT_V4))
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_reload_that_moves_the_blacklist_to_iptables_moves_its_blocks() {
+    // No native door: the blocklist lives in nftables.
+    let blacklist = "[options]\n    blacklist = 3 invalid in 60s for 300s\n\
+        [ssh]\n    sequence = 7000,8000,9000\n    strict = yes\n    \
+        command = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n";
+    let s = Setup::new(blacklist).start();
+    // An attempt that a wrong port invalidates, then ports of no sequence.
+    s.knock(SERVER_V4, &["7000", "1001", "1002", "1003", "1004"]);
+    wait_for(
+        &format!("the block\n{}", s.log()),
+        Duration::from_secs(5),
+        || nft_table(&s).contains(CLIENT_V4),
+    );
+    // An iptables door: the blocklist moves to iptables, the block with it.
+    s.write_conf(&format!(
+        "{blacklist}[web]\n    sequence = 5000,6000\n    open = tcp/443\n    firewall = iptables\n"
+    ));
+    s.signal("-HUP");
+    wait_for(
+        &format!("the block in iptables\n{}", s.log()),
+        Duration::from_secs(5),
+        || knock_chain(&s).contains(CLIENT_V4),
+    );
+    assert_eq!(nft_table(&s), "", "no nftables table left");
+    assert!(!s.connects(SERVER_V4), "still blocked");
 }
