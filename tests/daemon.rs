@@ -205,3 +205,36 @@ fn one_time_sequence_is_marked_in_its_file_and_the_filter_follows() {
         "filter swapped"
     );
 }
+
+#[test]
+fn a_fifo_as_state_file_stops_start_up_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("engine.state");
+    nix::unistd::mkfifo(&state, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let log_file = dir.path().join("knockd.log");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (opts, log_path) = (options(&dir), log_file.clone());
+    std::thread::spawn(move || {
+        let config = Config::from_knockd_str(NATIVE, "test.conf").unwrap();
+        let sinks: HashMap<FirewallKind, BoxedSink> = [(
+            FirewallKind::Nftables,
+            Box::new(MockFirewallSink::new()) as BoxedSink,
+        )]
+        .into();
+        let log = Logger::new(Some(&log_path), false).unwrap();
+        // The daemon (and its log) is dropped here: the log is flushed.
+        let started = Daemon::with_sinks(config, sinks, opts, log).map(|_| ());
+        let _ = tx.send(started.map_err(|e| e.to_string()));
+    });
+    let started = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("start-up blocked on the FIFO");
+    let e = started.unwrap_err();
+    let shown = state.display().to_string();
+    assert!(
+        e.contains(&shown) && e.contains("not a regular file (a FIFO)"),
+        "{e}"
+    );
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(log.contains(&e), "{log}");
+}

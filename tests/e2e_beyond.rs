@@ -2,8 +2,9 @@
 //! a port sweep, the scanner blacklist, time-derived sequences with our
 //! `knock` client, per-door `from` and `grant_prefix`. Our `knockd` runs in a
 //! server namespace; knocks come from a client namespace that has a second
-//! address (198.18.0.3), used by the sweeper or the neighbour. Root only;
-//! `.ci/run` runs them with `--include-ignored`.
+//! address (198.18.0.3), used by the sweeper or the neighbour. Root only
+//! (but `knockd --check` on FIFOs and devices); `.ci/run` runs them with
+//! `--include-ignored`.
 
 // Test support code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -414,6 +415,74 @@ fn bad_secret_files_stop_knockd_at_start_up() {
     let msg = check();
     assert!(
         msg.contains(&at) && msg.contains("readable by everyone"),
+        "{msg}"
+    );
+}
+
+/// `knockd --check` on a configuration naming a FIFO (a sequence file, a
+/// one-time file, a secret file, the configuration itself, the state file)
+/// or a device exits 1 at once, saying which file and why, instead of
+/// blocking on the FIFO or reading the device forever. Needs no root.
+#[test]
+fn check_refuses_fifos_and_devices_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let conf = dir.path().join("knockd.conf");
+    let state_dir = tempfile::tempdir().unwrap();
+    let check = |conf: &std::path::Path| {
+        let mut child = Command::new(example_bin("knockd"))
+            .args(["--check", "-c", conf.to_str().unwrap()])
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("knockd --check still running after 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for (key, file, what) in [
+        ("sequence_secret_file", &fifo, "not a regular file (a FIFO)"),
+        ("sequence", &fifo, "not a regular file (a FIFO)"),
+        ("one_time_sequences", &fifo, "not a regular file (a FIFO)"),
+        (
+            "sequence",
+            &std::path::PathBuf::from("/dev/zero"),
+            "not a regular file (a character device)",
+        ),
+    ] {
+        fs::write(&conf, format!("[d]\n    {key} = {}\n", file.display())).unwrap();
+        let msg = check(&conf);
+        let shown = file.display().to_string();
+        assert!(
+            msg.contains(&conf.display().to_string()) && msg.contains(&shown) && msg.contains(what),
+            "{key}: {msg}"
+        );
+    }
+    let msg = check(&fifo);
+    assert!(
+        msg.contains(&fifo.display().to_string()) && msg.contains("not a regular file (a FIFO)"),
+        "{msg}"
+    );
+    // A good configuration, but a FIFO where the state is kept.
+    let state = state_dir.path().join("engine.state");
+    nix::unistd::mkfifo(&state, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    fs::write(&conf, "[d]\n    sequence = 7000,8000\n").unwrap();
+    let msg = check(&conf);
+    assert!(
+        msg.contains(&state.display().to_string()) && msg.contains("not a regular file (a FIFO)"),
         "{msg}"
     );
 }

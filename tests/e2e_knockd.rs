@@ -250,6 +250,25 @@ fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
 
 #[test]
 #[ignore = "needs root"]
+fn a_reload_naming_a_fifo_fails_at_once_and_the_old_doors_keep_working() {
+    let s = Server::start(CLASSIC);
+    let fifo = s.path("seq.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    s.write_conf("[openSSH]\n sequence = {DIR}/seq.fifo\n");
+    s.signal("-HUP");
+    wait_for("reload failure logged", Duration::from_secs(3), || {
+        let log = s.log();
+        log.contains("reload failed")
+            && log.contains(&fifo.display().to_string())
+            && log.contains("not a regular file (a FIFO)")
+    });
+    // The daemon did not block in the reload: the old doors still open.
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+}
+
+#[test]
+#[ignore = "needs root"]
 fn ack_knocks_on_a_syn_door_do_not_open() {
     use knock::capture::craft;
     use knock::core::TcpFlags;

@@ -511,6 +511,52 @@ fn knock_sequence_file_errors_name_the_file_and_line() {
     assert!(text(&out.stderr).contains(".missing"));
 }
 
+/// Runs `cmd`, failing the test if it has not exited within 10 s (it is
+/// killed then).
+fn run_promptly(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn knock_refuses_a_fifo_or_device_as_sequence_or_secret_file_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let shown = fifo.display().to_string();
+    for (file, what) in [
+        (shown.as_str(), "not a regular file (a FIFO)"),
+        ("/dev/zero", "not a regular file (a character device)"),
+    ] {
+        for args in [
+            ["--sequence-file", file, "--line", "1"],
+            ["--door", "d", "--secret-file", file],
+        ] {
+            let out = run_promptly(Command::new(example("knock")).arg("198.18.0.1").args(args));
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr.contains(file) && stderr.contains(what),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+}
+
 #[test]
 fn knock_usage_errors_exit_2() {
     for args in [

@@ -52,7 +52,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use knock_config::derive::{self, Secret};
-use knock_config::{parse_step, Config, DerivedSequence, SequenceFile, MAX_SEQUENCE_FILE_SIZE};
+use knock_config::{
+    parse_step, read_regular_file, Config, DerivedSequence, SequenceFile, MAX_CONFIG_FILE_SIZE,
+    MAX_SEQUENCE_FILE_SIZE,
+};
 use knock_core::{Proto, Step};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -185,8 +188,10 @@ impl Args {
     fn derived_sequence(&self, door: &str) -> Result<Vec<Step>> {
         let mut spec = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                let bytes = read_regular_file(path, MAX_CONFIG_FILE_SIZE)
                     .with_context(|| format!("{}: cannot read configuration", path.display()))?;
+                let text = String::from_utf8(bytes)
+                    .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
                 // Parse only: the server's secret path may not exist here.
                 let config = if path.extension().is_some_and(|e| e == "toml") {
                     Config::parse_toml_str(&text, path)?
@@ -259,14 +264,9 @@ impl Args {
 /// The sequence on 1-based line `line` of a knockd sequence file.
 fn sequence_from_file(path: &Path, line: usize) -> Result<Vec<Step>> {
     let shown = path.display();
-    let size = std::fs::metadata(path)
-        .with_context(|| format!("{shown}: cannot read sequence file"))?
-        .len();
-    if size > MAX_SEQUENCE_FILE_SIZE {
-        bail!("{shown}: {size} bytes is too large for a sequence file");
-    }
-    let text = std::fs::read_to_string(path)
+    let bytes = read_regular_file(path, MAX_SEQUENCE_FILE_SIZE)
         .with_context(|| format!("{shown}: cannot read sequence file"))?;
+    let text = String::from_utf8(bytes).with_context(|| format!("{shown}: not UTF-8 text"))?;
     let count = text.lines().count();
     let Some(wanted) = line.checked_sub(1).and_then(|i| text.lines().nth(i)) else {
         bail!("{shown}:{line}: no such line (lines are numbered from 1; the file has {count})");

@@ -74,9 +74,10 @@ impl fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SecretError {
-    /// It cannot be read (missing, permissions...).
-    #[error("cannot read it: {0}")]
-    Unreadable(#[source] std::io::Error),
+    /// It cannot be read: missing, permissions, not a regular file (a FIFO
+    /// would block), larger than [`MAX_SECRET_FILE_SIZE`].
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// It is empty (or only whitespace).
     #[error("it is empty (expected a secret, e.g. 32 random bytes: head -c 32 /dev/urandom | base64 > FILE)")]
     Empty,
@@ -86,10 +87,11 @@ pub enum SecretError {
         /// The file's permission bits.
         mode: u32,
     },
-    /// Larger than 64 KiB: surely not a secret file.
-    #[error("it is {0} bytes (a secret file holds at most 65536)")]
-    TooLarge(u64),
 }
+
+/// The largest secret file read (64 KiB: anything larger is surely not a
+/// secret file).
+pub const MAX_SECRET_FILE_SIZE: u64 = 65_536;
 
 impl Secret {
     /// A secret from bytes (trailing ASCII whitespace removed); `None` if empty.
@@ -100,13 +102,14 @@ impl Secret {
         Some(Secret(bytes[..=end].to_vec()))
     }
 
-    /// Reads a secret file: it must exist, not be readable by everyone, and
-    /// not be empty.
+    /// Reads a secret file: it must be a regular file (checked on the open
+    /// descriptor, so a FIFO cannot block us), not readable by everyone, of
+    /// at most [`MAX_SECRET_FILE_SIZE`] bytes and not empty.
     ///
     /// # Errors
     /// [`SecretError`].
     pub fn load(path: &Path) -> Result<Secret, SecretError> {
-        let meta = std::fs::metadata(path).map_err(SecretError::Unreadable)?;
+        let (file, meta) = crate::file::open_regular(path)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -115,10 +118,9 @@ impl Secret {
                 return Err(SecretError::WorldReadable { mode });
             }
         }
-        if meta.len() > 65_536 {
-            return Err(SecretError::TooLarge(meta.len()));
-        }
-        let bytes = std::fs::read(path).map_err(SecretError::Unreadable)?;
+        #[cfg(not(unix))]
+        let _ = meta;
+        let bytes = crate::file::read_at_most(file, MAX_SECRET_FILE_SIZE)?;
         Secret::from_bytes(&bytes).ok_or(SecretError::Empty)
     }
 

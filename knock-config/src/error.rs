@@ -62,6 +62,129 @@ impl fmt::Display for Location {
     }
 }
 
+/// How many characters of a quoted entry or door name an error shows.
+pub const EXCERPT_CHARS: usize = 40;
+
+/// How many characters of a parser's message an error shows at most.
+const MESSAGE_CHARS: usize = 300;
+
+/// `text` cut after `max` characters: the part kept and whether it was cut.
+fn cut(text: &str, max: usize) -> (&str, bool) {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => (&text[..i], true),
+        None => (text, false),
+    }
+}
+
+/// Text from a file quoted in an error: `"text"` (Rust string syntax) when
+/// short, else `"its first 40 characters…" (N bytes)`, so that a 100 kB
+/// line never ends up whole in a log line.
+fn quoted(text: &str) -> Excerpt<'_> {
+    Excerpt {
+        text,
+        kind: ExcerptKind::Quoted,
+    }
+}
+
+/// A door or section name: as is when short, else `first 40 chars… (N bytes)`.
+fn name(text: &str) -> Excerpt<'_> {
+    Excerpt {
+        text,
+        kind: ExcerptKind::Name,
+    }
+}
+
+/// A parser's message, which may quote the text it rejects: every word of
+/// more than 40 characters is cut to 40 and `…`, and the whole to 300.
+fn parser_message(text: &str) -> Excerpt<'_> {
+    Excerpt {
+        text,
+        kind: ExcerptKind::Message,
+    }
+}
+
+/// See [`quoted`], [`name`] and [`parser_message`].
+struct Excerpt<'a> {
+    text: &'a str,
+    kind: ExcerptKind,
+}
+
+enum ExcerptKind {
+    Quoted,
+    Name,
+    Message,
+}
+
+impl fmt::Display for Excerpt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (shown, was_cut) = cut(self.text, EXCERPT_CHARS);
+        let ellipsis = if was_cut { "…" } else { "" };
+        match self.kind {
+            ExcerptKind::Quoted => {
+                // As `{:?}` writes it, with the ellipsis inside the quotes.
+                let debug = format!("{shown:?}");
+                let open = debug.strip_suffix('"').unwrap_or(&debug);
+                write!(f, "{open}{ellipsis}\"")?;
+            }
+            ExcerptKind::Name => write!(f, "{shown}{ellipsis}")?,
+            ExcerptKind::Message => {
+                let mut out = String::new();
+                for word in self.text.split_inclusive(char::is_whitespace) {
+                    match cut(word, EXCERPT_CHARS) {
+                        (w, false) => out.push_str(w),
+                        (w, true) => {
+                            out.push_str(w);
+                            out.push('…');
+                            // Keep the separator the word ended with.
+                            if let Some(c) = word.chars().last().filter(|c| c.is_whitespace()) {
+                                out.push(c);
+                            }
+                        }
+                    }
+                }
+                let (all, too_long) = cut(&out, MESSAGE_CHARS);
+                return write!(f, "{all}{}", if too_long { "…" } else { "" });
+            }
+        }
+        if was_cut {
+            write!(f, " ({} bytes)", self.text.len())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_keep_short_text_and_cut_long_text() {
+        assert_eq!(quoted("a\"b").to_string(), r#""a\"b""#);
+        let long = format!("{}\"{}", "x".repeat(39), "y".repeat(100));
+        assert_eq!(
+            quoted(&long).to_string(),
+            format!(r#""{}\"…" (140 bytes)"#, "x".repeat(39))
+        );
+        assert_eq!(name("web").to_string(), "web");
+        assert_eq!(
+            name(&"é".repeat(50)).to_string(),
+            format!("{}… (100 bytes)", "é".repeat(40))
+        );
+        let msg = format!("unknown variant `{}`, expected `a` or `b`", "z".repeat(99));
+        assert_eq!(
+            parser_message(&msg).to_string(),
+            format!("unknown variant `{}… expected `a` or `b`", "z".repeat(39))
+        );
+        assert_eq!(
+            parser_message(&"ab ".repeat(200))
+                .to_string()
+                .chars()
+                .count(),
+            MESSAGE_CHARS + 1
+        );
+    }
+}
+
 /// What is wrong with one entry of a sequence (`7000:tcp`) or an `open`
 /// entry (`tcp/22`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -93,10 +216,13 @@ pub enum StepError {
 /// the offending text and what was expected; [`Display`](fmt::Display)
 /// renders all of it on one line, compiler style:
 /// `/etc/knockd.conf:7:19: sequence entry "1000-2000": a port range; ...`.
+/// Text from the file longer than [`EXCERPT_CHARS`] characters is shown as
+/// an excerpt with its length (`"99999999…" (100000 bytes)`); the fields
+/// keep it whole.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A file could not be read or written.
+    /// A file could not be written (reads give [`ConfigError::File`]).
     #[error("{}: {action}: {source}", path.display())]
     Io {
         /// The file.
@@ -107,18 +233,18 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// A file is too large to be a configuration or sequence file.
-    #[error("{}: file is {size} bytes (at most {max})", path.display())]
-    TooLarge {
+    /// A configuration or sequence file that cannot be read: missing, not
+    /// a regular file, too large.
+    #[error("{}: {source}", path.display())]
+    File {
         /// The file.
         path: PathBuf,
-        /// Its size.
-        size: u64,
-        /// The limit.
-        max: u64,
+        /// Why.
+        #[source]
+        source: crate::file::FileError,
     },
     /// A line that is neither a comment, a `[section]` nor `key = value`.
-    #[error("{at}: {text:?}: expected {expected}")]
+    #[error("{at}: {}: expected {expected}", quoted(.text))]
     Syntax {
         /// Where.
         at: Location,
@@ -128,7 +254,7 @@ pub enum ConfigError {
         expected: &'static str,
     },
     /// A key this section does not know.
-    #[error("{at}: unknown key {key:?} in [{section}] (expected one of: {expected})")]
+    #[error("{at}: unknown key {} in [{}] (expected one of: {expected})", quoted(.key), name(.section))]
     UnknownKey {
         /// Where.
         at: Location,
@@ -140,7 +266,7 @@ pub enum ConfigError {
         expected: &'static str,
     },
     /// A `key = value` line before the first `[section]`.
-    #[error("{at}: {key:?} outside a section (expected [options] or [door name] first)")]
+    #[error("{at}: {} outside a section (expected [options] or [door name] first)", quoted(.key))]
     KeyOutsideSection {
         /// Where.
         at: Location,
@@ -148,7 +274,7 @@ pub enum ConfigError {
         key: String,
     },
     /// A key given twice in one section (aliases count as the same key).
-    #[error("{at}: {key:?} is set twice in [{section}] (first on line {first_line})")]
+    #[error("{at}: {} is set twice in [{}] (first on line {first_line})", quoted(.key), name(.section))]
     DuplicateKey {
         /// Where the second one is.
         at: Location,
@@ -160,7 +286,7 @@ pub enum ConfigError {
         first_line: usize,
     },
     /// Two doors with the same name.
-    #[error("{at}: door [{door}] is defined twice (first on line {first_line})")]
+    #[error("{at}: door [{}] is defined twice (first on line {first_line})", name(.door))]
     DuplicateDoor {
         /// Where the second one is.
         at: Location,
@@ -170,7 +296,7 @@ pub enum ConfigError {
         first_line: usize,
     },
     /// A value of the wrong shape (duration, address, boolean...).
-    #[error("{at}: {key} = {text:?}: expected {expected}")]
+    #[error("{at}: {key} = {}: expected {expected}", quoted(.text))]
     BadValue {
         /// Where.
         at: Location,
@@ -182,7 +308,7 @@ pub enum ConfigError {
         expected: String,
     },
     /// A bad entry in a sequence or an `open` list.
-    #[error("{at}: {key} entry {text:?}: {reason}")]
+    #[error("{at}: {key} entry {}: {reason}", quoted(.text))]
     BadStep {
         /// Where (the column points at the entry).
         at: Location,
@@ -194,7 +320,7 @@ pub enum ConfigError {
         reason: StepError,
     },
     /// A bad `tcpflags` entry.
-    #[error("{at}: tcpflags {text:?}: {problem} (expected a comma-separated list without spaces of fin, syn, rst, psh, ack, urg, ece, cwr, each optionally prefixed by !)")]
+    #[error("{at}: tcpflags {}: {problem} (expected a comma-separated list without spaces of fin, syn, rst, psh, ack, urg, ece, cwr, each optionally prefixed by !)", quoted(.text))]
     BadFlags {
         /// Where (the column points at the entry).
         at: Location,
@@ -204,7 +330,7 @@ pub enum ConfigError {
         problem: &'static str,
     },
     /// A sequence longer than [`knock_core::MAX_STEPS`].
-    #[error("{at}: sequence {text:?} has {count} steps (at most 32)")]
+    #[error("{at}: sequence {} has {count} steps (at most 32)", quoted(.text))]
     TooManySteps {
         /// Where.
         at: Location,
@@ -214,7 +340,7 @@ pub enum ConfigError {
         count: usize,
     },
     /// A door without `sequence`, `one_time_sequences` or `sequence_secret_file`.
-    #[error("{at}: door [{door}] has no sequence (expected sequence, one_time_sequences or sequence_secret_file)")]
+    #[error("{at}: door [{}] has no sequence (expected sequence, one_time_sequences or sequence_secret_file)", name(.door))]
     NoSequence {
         /// Where the door's section starts.
         at: Location,
@@ -222,7 +348,7 @@ pub enum ConfigError {
         door: String,
     },
     /// Two keys that exclude each other, or a key that needs another.
-    #[error("{at}: door [{door}]: {problem}")]
+    #[error("{at}: door [{}]: {problem}", name(.door))]
     Conflict {
         /// Where the door's section starts (or the offending key).
         at: Location,
@@ -232,15 +358,16 @@ pub enum ConfigError {
         problem: String,
     },
     /// `UseSyslog` with a value.
-    #[error("{at}: UseSyslog takes no value (found {text:?}); write the bare word `UseSyslog` to log to syslog, or leave it out")]
+    #[error("{at}: UseSyslog takes no value (found {}); write the bare word `UseSyslog` to log to syslog, or leave it out", quoted(.text))]
     UseSyslogValue {
         /// Where.
         at: Location,
         /// The line.
         text: String,
     },
-    /// A sequence file that does not exist or cannot be read.
-    #[error("{at}: door [{door}]: cannot read sequence file {}: {source}", path.display())]
+    /// A sequence file that does not exist or cannot be read (also one that
+    /// is not a regular file, or is too large).
+    #[error("{at}: door [{}]: cannot read sequence file {}: {source}", name(.door), path.display())]
     SequenceFileMissing {
         /// Where the key naming the file is (0 line for TOML).
         at: Location,
@@ -248,9 +375,9 @@ pub enum ConfigError {
         door: String,
         /// The file.
         path: PathBuf,
-        /// The OS error.
+        /// Why.
         #[source]
-        source: std::io::Error,
+        source: crate::file::FileError,
     },
     /// A sequence file without a single sequence line.
     #[error("{}: sequence file has no sequence (expected lines like ` 7000:tcp,8000:udp`)", path.display())]
@@ -288,7 +415,7 @@ pub enum ConfigError {
         len: usize,
     },
     /// The TOML text is not valid TOML or does not fit the schema.
-    #[error("{at}: {message}")]
+    #[error("{at}: {}", parser_message(.message))]
     Toml {
         /// Where.
         at: Location,
@@ -302,7 +429,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A door the core rejects.
-    #[error("{at}: door [{door}]: {source}")]
+    #[error("{at}: door [{}]: {source}", name(.door))]
     Door {
         /// Where the door is defined.
         at: Location,
@@ -313,7 +440,7 @@ pub enum ConfigError {
         source: DoorError,
     },
     /// A `sequence_secret_file` that cannot be used.
-    #[error("{at}: door [{door}]: secret file {}: {source}", path.display())]
+    #[error("{at}: door [{}]: secret file {}: {source}", name(.door), path.display())]
     SecretFile {
         /// Where `sequence_secret_file` is (line 0 for TOML).
         at: Location,

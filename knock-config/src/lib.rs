@@ -26,7 +26,12 @@
 //!   When the matcher emits `SequenceConsumed { door, index, .. }`, call
 //!   `config.door_mut(name)?.sequence_file_mut()?.mark_used(index)`.
 //! * [`ConfigError`]: one error type; every variant names the file, the line
-//!   (and column where it helps), the offending text and what was expected.
+//!   (and column where it helps), the offending text (an excerpt of
+//!   [`EXCERPT_CHARS`] characters when it is longer) and what was expected.
+//! * [`read_regular_file`]: how every file a configuration names is read
+//!   (the configuration, sequence and secret files): only a regular file,
+//!   opened without blocking (a FIFO is refused, not waited on) and read up
+//!   to a limit, whatever size it claims (`/dev/zero` is refused too).
 //!
 //! The knockd.conf dialect, its quirks and our extension keys are described
 //! in [`knockd_conf`]; the TOML schema in [`toml_schema`].
@@ -82,6 +87,7 @@
 
 pub mod derive;
 mod error;
+mod file;
 mod knockd;
 pub mod knockd_conf;
 mod model;
@@ -92,7 +98,8 @@ mod value;
 
 use std::path::Path;
 
-pub use error::{ConfigError, Location, StepError};
+pub use error::{ConfigError, Location, StepError, EXCERPT_CHARS};
+pub use file::{read_regular_file, FileError, FileKind};
 pub use model::{
     BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix, Options,
     SequenceSource, DEFAULT_CMD_TIMEOUT, DEFAULT_INTERFACE, DEFAULT_PID_FILE,
@@ -131,8 +138,9 @@ impl Config {
     /// Reads a knockd.conf and the sequence files it names.
     ///
     /// # Errors
-    /// As [`from_knockd_str`](Self::from_knockd_str), I/O errors, a file that
-    /// is not UTF-8 or larger than [`MAX_CONFIG_FILE_SIZE`].
+    /// As [`from_knockd_str`](Self::from_knockd_str), and
+    /// [`ConfigError::File`] (missing, not a regular file, larger than
+    /// [`MAX_CONFIG_FILE_SIZE`]) or a file that is not UTF-8.
     pub fn from_knockd_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let text = read_text(path)?;
@@ -162,7 +170,8 @@ impl Config {
     /// Reads a TOML configuration and the sequence files it names.
     ///
     /// # Errors
-    /// As [`from_toml_str`](Self::from_toml_str) and I/O errors.
+    /// As [`from_toml_str`](Self::from_toml_str) and those of reading the
+    /// file (as [`from_knockd_file`](Self::from_knockd_file)).
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let text = read_text(path)?;
@@ -185,9 +194,11 @@ impl Config {
     /// configuration in errors.
     ///
     /// # Errors
-    /// [`ConfigError::SequenceFileMissing`], [`ConfigError::EmptySequenceFile`]
-    /// (also for a reusable file whose lines are all commented out),
-    /// [`ConfigError::SecretFile`] (missing, empty or world-readable),
+    /// [`ConfigError::SequenceFileMissing`] (missing, not a regular file,
+    /// larger than [`MAX_SEQUENCE_FILE_SIZE`]),
+    /// [`ConfigError::EmptySequenceFile`] (also for a reusable file whose
+    /// lines are all commented out), [`ConfigError::SecretFile`] (missing,
+    /// not a regular file, too large, empty or world-readable),
     /// malformed lines, and [`ConfigError::Door`].
     pub fn load_sequence_files(&mut self, origin: impl AsRef<Path>) -> Result<(), ConfigError> {
         let origin = origin.as_ref();
@@ -214,7 +225,7 @@ impl Config {
                 continue;
             }
             let file = SequenceFile::load(&*path).map_err(|e| match e {
-                ConfigError::Io { source, .. } => ConfigError::SequenceFileMissing {
+                ConfigError::File { source, .. } => ConfigError::SequenceFileMissing {
                     at: Location::new(origin, 0),
                     door: door.name.clone(),
                     path: path.clone(),

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use knock_core::Step;
 
 use crate::error::{ConfigError, Location};
+use crate::file::{FileError, FileKind};
 use crate::value::{parse_sequence, sequence_to_string};
 
 /// The largest sequence file read (1 MiB).
@@ -59,7 +60,8 @@ impl SequenceFile {
     /// Reads and parses a sequence file.
     ///
     /// # Errors
-    /// I/O errors, a file over [`MAX_SEQUENCE_FILE_SIZE`], a line that does
+    /// [`ConfigError::File`] (missing, not a regular file, over
+    /// [`MAX_SEQUENCE_FILE_SIZE`]), a line that does
     /// not parse (with its number and column), a file without any sequence
     /// line at all ([`ConfigError::EmptySequenceFile`]). A one-time file
     /// whose lines are all used parses, with no entry.
@@ -127,7 +129,8 @@ impl SequenceFile {
     /// [`ConfigError::NoSuchSequence`] for a bad index,
     /// [`ConfigError::SequenceGone`] when the sequence is no longer an
     /// unused line of the file (nothing is written), a changed file that no
-    /// longer parses, and I/O errors.
+    /// longer parses, [`ConfigError::File`] when it can no longer be read
+    /// (or is no longer a regular file), and [`ConfigError::Io`] writing it.
     pub fn mark_used(&mut self, index: usize) -> Result<Marked, ConfigError> {
         let Some(target) = self.entries.get(index) else {
             return Err(ConfigError::NoSuchSequence {
@@ -231,32 +234,25 @@ fn parse_entries(bytes: &[u8], path: &Path) -> Result<(Vec<SequenceEntry>, usize
     Ok((entries, used))
 }
 
-/// Reads a whole file of at most `max` bytes.
+/// Reads a whole regular file of at most `max` bytes
+/// ([`read_regular_file`](crate::read_regular_file)).
 pub(crate) fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, ConfigError> {
-    let io = |source| ConfigError::Io {
+    crate::file::read_regular_file(path, max).map_err(|source| ConfigError::File {
         path: path.to_owned(),
-        action: "cannot read",
         source,
-    };
-    let meta = fs::metadata(path).map_err(io)?;
-    if meta.len() > max {
-        return Err(ConfigError::TooLarge {
-            path: path.to_owned(),
-            size: meta.len(),
-            max,
-        });
-    }
-    fs::read(path).map_err(io)
+    })
 }
 
 /// Replaces `path`'s content (or creates it) crash-safely: a temporary
 /// file in the same directory, fsync, rename over, fsync the directory. An
 /// existing file keeps its permissions (and, where allowed, its owner) and
 /// is followed if it is a symlink; a new one gets the process's defaults.
-/// Readers see the old content or the new, never a mix.
+/// Readers see the old content or the new, never a mix. An existing path
+/// that is not a regular file (a FIFO, a device, a directory) is left alone.
 ///
 /// # Errors
-/// [`ConfigError::Io`] naming the step and the file.
+/// [`ConfigError::Io`] naming the step and the file;
+/// [`ConfigError::File`] for an existing path that is not a regular file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     let Staging { target, dir, tmp } = staging(path)?;
     let meta = match fs::metadata(&target) {
@@ -264,6 +260,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io("cannot stat", &target)(e)),
     };
+    if let Some(meta) = meta.as_ref().filter(|m| !m.is_file()) {
+        // Never replace a FIFO, a device or a directory with a file.
+        return Err(ConfigError::File {
+            path: target,
+            source: FileError::NotRegular(FileKind::of(meta)),
+        });
+    }
     let open = || {
         fs::OpenOptions::new()
             .write(true)
@@ -306,18 +309,26 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
 }
 
 /// Whether [`write_atomically`] could replace (or create) `path` now,
-/// without changing it: an existing file must open for writing, and its
-/// directory must take the temporary file (created and removed again).
+/// without changing it: an existing file must be a regular file that opens
+/// for writing (a FIFO is refused, not waited on), and its directory must
+/// take the temporary file (created and removed again).
 ///
 /// # Errors
 /// [`ConfigError::Io`] naming the file or directory and the cause (a
-/// read-only filesystem, permissions).
+/// read-only filesystem, permissions); [`ConfigError::File`] for a path
+/// that is not a regular file.
 pub fn check_writable(path: &Path) -> Result<(), ConfigError> {
     let Staging { target, tmp, .. } = staging(path)?;
-    match fs::OpenOptions::new().write(true).open(&target) {
+    match crate::file::open_regular_for_write(&target) {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("cannot write", &target)(e)),
+        Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(FileError::Io(e)) => return Err(io("cannot write", &target)(e)),
+        Err(source) => {
+            return Err(ConfigError::File {
+                path: target,
+                source,
+            })
+        }
     }
     let probe = fs::OpenOptions::new()
         .write(true)
@@ -435,6 +446,52 @@ mod tests {
             write_atomically(&missing_dir, b"x"),
             Err(ConfigError::Io { .. })
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn check_writable_refuses_a_fifo_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(check_writable(&path).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("check_writable blocked on the FIFO");
+        let e = result.unwrap_err();
+        assert!(
+            e.contains(&fifo.display().to_string()) && e.contains("not a regular file (a FIFO)"),
+            "{e}"
+        );
+        let e = check_writable(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a regular file (a directory)"), "{e}");
+        // A regular file and a missing one are fine.
+        let file = write(dir.path(), "f", "x");
+        check_writable(&file).unwrap();
+        check_writable(&dir.path().join("missing")).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn write_atomically_leaves_a_fifo_or_directory_alone() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = write_atomically(&fifo, b"x").unwrap_err();
+        assert!(e.to_string().contains("not a regular file (a FIFO)"), "{e}");
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        let e = write_atomically(dir.path(), b"x").unwrap_err();
+        assert!(
+            e.to_string().contains("not a regular file (a directory)"),
+            "{e}"
+        );
+        // Nothing else was created.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -411,7 +411,9 @@ impl Daemon {
                 );
             }
         }
-        match std::fs::read(&d.state_file) {
+        // Our own file, so no size limit; but only a regular file: a FIFO
+        // put there would block start-up.
+        match knock_config::read_regular_file(&d.state_file, u64::MAX) {
             Ok(bytes) => match Snapshot::from_bytes(&bytes) {
                 Ok(s) => d.engine.restore(now, s),
                 Err(e) => {
@@ -427,7 +429,9 @@ impl Daemon {
                     );
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e)
+                if e.io_error().map(std::io::Error::kind) == Some(std::io::ErrorKind::NotFound) => {
+            }
             Err(e) => d.log.line(
                 Level::Error,
                 &format!("{}: cannot read state: {e}", d.state_file.display()),

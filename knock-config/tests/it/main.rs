@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod errors;
+mod files;
 mod real_world;
 mod roundtrip;
 mod toml_format;
