@@ -66,9 +66,11 @@ struct Args {
     #[arg(long = "events-json")]
     events_json: bool,
     /// Parse the configuration, print errors and exit (status 1 for an
-    /// invalid configuration). Also warns, without failing, about what a
-    /// start here would fail on or wait for: missing CAP_NET_RAW /
-    /// CAP_NET_ADMIN, interfaces that do not exist.
+    /// invalid configuration, or one the firewall cannot hold: as root the
+    /// nftables ruleset is tried against the kernel and not applied). As
+    /// root it also fails on files it could not write at start; it warns,
+    /// without failing, about what a start here would fail on or wait for:
+    /// missing CAP_NET_RAW / CAP_NET_ADMIN, interfaces that do not exist.
     #[arg(long = "check")]
     check: bool,
     /// Print the configuration as TOML and exit.
@@ -158,12 +160,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         args.interface.clone()
     };
     if args.check {
-        // What the engine would refuse at start, refused here too.
+        // What the engine would refuse at start, refused here too, and
+        // what the firewall cannot hold (a dry run in the kernel).
         knock::engine::Engine::check(&config, knock::core::Limits::default())?;
-        // And what it must be able to write.
+        // And what it must be able to write: an error as root (as the
+        // daemon runs), a warning for a user checking the file.
         let mut opts = DaemonOptions::default();
         opts.state_dir = args.state_dir.clone();
-        knock::daemon::preflight(&config, &opts)?;
+        if let Err(e) = knock::daemon::preflight(&config, &opts) {
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!("knockd: warning: {}", knock::error_line(&e));
+            } else {
+                return Err(e.into());
+            }
+        }
+        if let Some(note) = knock::daemon::check_firewall(&config)? {
+            eprintln!("knockd: note: {note}");
+        }
         // What this environment lacks is only a warning: the file may be
         // checked elsewhere (as a user, on another host) than it runs.
         for w in caps::environment(&config, &interfaces) {

@@ -125,7 +125,7 @@ pub use error::Error;
 pub use grant::{mask, Grant};
 pub use iptables::{IptablesConfig, IptablesSink};
 #[cfg(feature = "nftables")]
-pub use nft::{NftConfig, NftDoor, NftSink};
+pub use nft::{Checked as NftChecked, NftConfig, NftDoor, NftSink, MAX_TIMEOUT as NFT_MAX_TIMEOUT};
 #[cfg(feature = "mock")]
 pub use sink::MockFirewallSink;
 pub use sink::{Action, FirewallSink, FnSink, Reconciled, RecordingSink};

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use knock_core::Step;
-use knock_firewall::{FirewallSink, Grant, NftConfig, NftDoor, NftSink};
+use knock_firewall::{FirewallSink, Grant, NftChecked, NftConfig, NftDoor, NftSink};
 use knock_testnet::{Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 
 const WAIT: Duration = Duration::from_millis(700);
@@ -225,4 +225,202 @@ fn nft_kill9_leaves_nothing_open() {
         .run(&["nft", "list", "set", "inet", "knock", "d0_ssh_4"])
         .unwrap();
     assert!(!set.contains("198.18.0.2"), "{set}");
+}
+
+/// `n` doors; the first, `ssh`, opens tcp/22 plus `extra_ports` more ports,
+/// the others open one port each.
+fn big_config(n: usize, extra_ports: u16) -> NftConfig {
+    let mut ports = vec![Step::tcp(22)];
+    ports.extend((0..extra_ports).map(|p| Step::tcp(10_000 + p)));
+    let mut doors = vec![NftDoor::new("ssh", ports, Some(Duration::from_secs(30)))];
+    for i in 1..n {
+        let port = 3000 + u16::try_from(i).unwrap();
+        doors.push(NftDoor::new(
+            format!("door{i}"),
+            vec![Step::tcp(port)],
+            Some(Duration::from_secs(30)),
+        ));
+    }
+    NftConfig {
+        doors,
+        ..NftConfig::default()
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_installs_configs_of_many_doors_and_ports() {
+    // 60 doors overflowed the receive buffer with acknowledgements
+    // (ENOBUFS), 130 doors or 400 ports made one message too big
+    // (EMSGSIZE) for the default socket buffers.
+    for (doors, extra) in [(60, 0), (130, 0), (1, 399)] {
+        let pair = pair();
+        pair.server
+            .enter(|| {
+                let mut sink = NftSink::new(big_config(doors, extra))
+                    .unwrap_or_else(|e| panic!("{doors} doors, {} ports: {e}", extra + 1));
+                assert!(!connects(&pair, SERVER_V4), "guarded ({doors} doors)");
+                sink.open(&ssh_grant(CLIENT_V4, 1, 60)).unwrap();
+                assert!(connects(&pair, SERVER_V4), "opened ({doors} doors)");
+                let table = pair
+                    .server
+                    .run(&["nft", "list", "table", "inet", "knock"])
+                    .unwrap();
+                let last = if extra > 0 {
+                    format!("tcp dport {} drop", 10_000 + extra - 1)
+                } else {
+                    format!("tcp dport {} drop", 3000 + doors - 1)
+                };
+                assert!(table.contains(&last), "{doors} doors: no `{last}`");
+                sink.remove().unwrap();
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_a_refused_install_keeps_the_previous_table_and_its_elements() {
+    let pair = pair();
+    pair.server
+        .enter(|| {
+            let mut sink = NftSink::new(config(Duration::from_secs(30), 32)).unwrap();
+            sink.open(&ssh_grant(CLIENT_V4, 1, 600)).unwrap();
+            let scanner = ip("198.18.0.66");
+            sink.block(scanner, SystemTime::now() + Duration::from_secs(600))
+                .unwrap();
+            assert!(connects(&pair, SERVER_V4));
+            // A lifetime beyond what the kernel takes as a timeout (about
+            // 584 years in milliseconds): the kernel refuses the set.
+            let huge = config(Duration::from_secs(100_000_000_000), 32);
+            let err = NftSink::new(huge).expect_err("the kernel refuses such a timeout");
+            assert!(
+                err.to_string().contains("longer than an nftables timeout"),
+                "{err}"
+            );
+            // Nothing changed: the guard, the grant and the block are there.
+            assert!(connects(&pair, SERVER_V4), "the grant survives");
+            assert!(!connects(&pair, SERVER_V6), "the guard still drops");
+            let table = pair
+                .server
+                .run(&["nft", "list", "table", "inet", "knock"])
+                .unwrap();
+            assert!(table.contains("tcp dport 22 drop"), "{table}");
+            assert!(table.contains(CLIENT_V4), "{table}");
+            assert!(table.contains("198.18.0.66"), "{table}");
+            // The old sink still works on the old table.
+            sink.close(&ssh_grant(CLIENT_V4, 1, 600)).unwrap();
+            assert!(!connects(&pair, SERVER_V4));
+            sink.remove().unwrap();
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_check_asks_the_kernel_and_changes_nothing() {
+    let pair = pair();
+    pair.server
+        .enter(|| {
+            // The ruleset, without the elements' running "expires".
+            let list = || {
+                let all = pair
+                    .server
+                    .run(&["nft", "list", "ruleset"])
+                    .unwrap_or_default();
+                all.lines()
+                    .map(|l| l.split(" expires ").next().unwrap_or_default().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert_eq!(
+                NftSink::check(big_config(140, 0)).unwrap(),
+                NftChecked::Kernel
+            );
+            assert!(!list().contains("knock"), "a check installs nothing");
+            let huge = config(Duration::from_secs(100_000_000_000), 32);
+            let err = NftSink::check(huge).expect_err("the kernel refuses");
+            assert!(err.to_string().contains("longer than"), "{err}");
+            // With a table in place, a check of another config leaves it be.
+            let mut sink = NftSink::new(config(Duration::from_secs(30), 32)).unwrap();
+            sink.open(&ssh_grant(CLIENT_V4, 1, 60)).unwrap();
+            let before = list();
+            NftSink::check(big_config(3, 0)).unwrap();
+            assert_eq!(list(), before);
+            assert!(connects(&pair, SERVER_V4));
+            sink.remove().unwrap();
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_a_new_config_replaces_only_what_changed_and_none_removes_the_table() {
+    let pair = pair();
+    pair.server
+        .enter(|| {
+            let two = |lifetime| NftConfig {
+                doors: vec![
+                    NftDoor::new("ssh", vec![Step::tcp(22)], Some(lifetime)),
+                    NftDoor::new("web", vec![Step::tcp(443)], Some(lifetime)),
+                ],
+                ..NftConfig::default()
+            };
+            let set_list = || {
+                pair.server
+                    .run(&["nft", "list", "sets", "inet"])
+                    .unwrap_or_default()
+            };
+            let mut sink = NftSink::new(two(Duration::from_secs(30))).unwrap();
+            sink.open(&ssh_grant(CLIENT_V4, 1, 600)).unwrap();
+            sink.block(
+                ip("198.18.0.66"),
+                SystemTime::now() + Duration::from_secs(600),
+            )
+            .unwrap();
+            // `web` goes: its sets go, `ssh`'s grant and the block stay.
+            drop(sink);
+            let sink = NftSink::new(config(Duration::from_secs(30), 32)).unwrap();
+            let sets = set_list();
+            assert!(!sets.contains("web"), "{sets}");
+            assert!(sets.contains("198.18.0.66"), "{sets}");
+            assert!(connects(&pair, SERVER_V4), "the grant stays");
+            // A new lifetime keeps the set and its elements.
+            drop(sink);
+            let mut sink = NftSink::new(config(Duration::from_secs(90), 32)).unwrap();
+            assert!(connects(&pair, SERVER_V4), "the grant stays");
+            // A set of ours of another shape (made by hand) is replaced in
+            // the same transaction: the guard never lapses.
+            pair.server
+                .run(&[
+                    "nft",
+                    "add",
+                    "set",
+                    "inet",
+                    "knock",
+                    "d1_web_4",
+                    "{ type ipv4_addr; }",
+                ])
+                .unwrap();
+            let _web = NftSink::new(two(Duration::from_secs(30))).unwrap();
+            let web = pair
+                .server
+                .run(&["nft", "list", "set", "inet", "knock", "d1_web_4"])
+                .unwrap();
+            assert!(web.contains("timeout 30s"), "{web}");
+            assert!(connects(&pair, SERVER_V4), "the grant stays");
+            // No doors and no blocklist: nothing to hold, the table goes;
+            // the old sink still closes (nothing left) without an error.
+            let mut none = NftSink::new(NftConfig {
+                blocklist: false,
+                ..NftConfig::default()
+            })
+            .unwrap();
+            assert!(!NftSink::table_exists("knock").unwrap());
+            sink.close(&ssh_grant(CLIENT_V4, 1, 600)).unwrap();
+            none.close(&ssh_grant(CLIENT_V4, 1, 600)).unwrap();
+            none.unblock(ip("198.18.0.66")).unwrap();
+            assert!(connects(&pair, SERVER_V4), "no guard any more");
+        })
+        .unwrap();
 }

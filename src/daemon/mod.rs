@@ -130,57 +130,112 @@ impl Clock {
     }
 }
 
+/// The nftables table our sink keeps.
+#[cfg(feature = "nftables")]
+fn nft_config(config: &Config) -> knock_firewall::NftConfig {
+    let mut nft = knock_firewall::NftConfig::default();
+    for d in &config.doors {
+        if d.firewall == FirewallKind::Nftables {
+            nft.doors.push(
+                knock_firewall::NftDoor::new(d.name.clone(), d.open.clone(), d.grant_lifetime())
+                    .with_prefix(d.grant_prefix.v4, d.grant_prefix.v6),
+            );
+        }
+    }
+    nft.blocklist = blocking_firewall(config) == Some(FirewallKind::Nftables);
+    nft
+}
+
+/// The backend that holds the blocklist's blocks, if the config has one:
+/// nftables when it is built in and a door uses it or no door uses
+/// iptables, else iptables.
+pub fn blocking_firewall(config: &Config) -> Option<FirewallKind> {
+    config.options.blacklist.as_ref()?;
+    let uses = |k: FirewallKind| config.doors.iter().any(|d| d.firewall == k);
+    let nft = cfg!(feature = "nftables")
+        && (uses(FirewallKind::Nftables) || !uses(FirewallKind::Iptables));
+    Some(if nft {
+        FirewallKind::Nftables
+    } else {
+        FirewallKind::Iptables
+    })
+}
+
 /// Builds the native sinks the config's doors ask for (and, with a
 /// `blacklist`, one for the blocklist if no door has one). Commands need
 /// no sink: the daemon's [`CommandRunner`] runs what the engine renders.
+///
+/// The nftables table is replaced in one transaction: if the kernel
+/// refuses it, the table that was there stays as it was, guard, grants and
+/// blocks included. A config that no longer uses nftables deletes our
+/// table, if there is one (no guard of an old door stays behind); the
+/// sink is kept to close the grants and lift the blocks that were in it.
 ///
 /// # Errors
 /// A sink that cannot be set up.
 pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
     let mut sinks: HashMap<FirewallKind, BoxedSink> = HashMap::new();
-    #[cfg(feature = "nftables")]
-    let mut nft = knock_firewall::NftConfig::default();
-    #[cfg(feature = "nftables")]
-    let mut has_nft = false;
-    let mut has_iptables = false;
+    let uses = |k: FirewallKind| config.doors.iter().any(|d| d.firewall == k);
     for d in &config.doors {
-        match d.firewall {
-            FirewallKind::Command => {}
-            FirewallKind::Iptables => has_iptables = true,
-            #[cfg(feature = "nftables")]
-            FirewallKind::Nftables => {
-                has_nft = true;
-                nft.doors.push(
-                    knock_firewall::NftDoor::new(
-                        d.name.clone(),
-                        d.open.clone(),
-                        d.grant_lifetime(),
-                    )
-                    .with_prefix(d.grant_prefix.v4, d.grant_prefix.v6),
-                );
-            }
-            #[allow(unreachable_patterns)]
-            _ => tracing::error!(door = %d.name, "firewall kind not built into this binary"),
+        if !matches!(d.firewall, FirewallKind::Command | FirewallKind::Iptables)
+            && !cfg!(feature = "nftables")
+        {
+            tracing::error!(door = %d.name, "firewall kind not built into this binary");
         }
     }
-    if has_iptables {
+    let blocker = blocking_firewall(config);
+    if uses(FirewallKind::Iptables) || blocker == Some(FirewallKind::Iptables) {
         let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig::default())?;
         sinks.insert(FirewallKind::Iptables, Box::new(sink));
     }
-    let blocklist = config.options.blacklist.is_some();
     #[cfg(feature = "nftables")]
-    if has_nft || (blocklist && !has_iptables) {
-        sinks.insert(
-            FirewallKind::Nftables,
-            Box::new(knock_firewall::NftSink::new(nft)?),
-        );
-    }
-    #[cfg(not(feature = "nftables"))]
-    if blocklist && !has_iptables {
-        let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig::default())?;
-        sinks.insert(FirewallKind::Iptables, Box::new(sink));
+    {
+        let nft = nft_config(config);
+        // Without nftables doors, only a table left by an earlier config
+        // needs the sink (to delete it). Not being allowed to look keeps
+        // whatever is there: a guard stays closed.
+        let leftover = || match knock_firewall::NftSink::table_exists(&nft.table) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot look for an nftables table left by an earlier configuration: {e}"
+                );
+                false
+            }
+        };
+        if nft.holds_anything() || leftover() {
+            sinks.insert(
+                FirewallKind::Nftables,
+                Box::new(knock_firewall::NftSink::new(nft)?),
+            );
+        }
     }
     Ok(sinks)
+}
+
+/// Asks the firewall whether it can hold `config` (`--check`): for
+/// nftables, a dry run of the transaction that would install it (the
+/// kernel checks it, then aborts it; nothing changes). Returns what could
+/// not be checked against the kernel, if anything (no permission, ...).
+///
+/// # Errors
+/// What the firewall refuses.
+pub fn check_firewall(config: &Config) -> Result<Option<String>, DaemonError> {
+    #[cfg(feature = "nftables")]
+    {
+        let nft = nft_config(config);
+        if nft.holds_anything() {
+            return match knock_firewall::NftSink::check(nft)? {
+                knock_firewall::NftChecked::Kernel => Ok(None),
+                knock_firewall::NftChecked::LimitsOnly(why) => Ok(Some(format!(
+                    "the nftables ruleset was not tried against the kernel ({why}); only its limits were checked"
+                ))),
+                _ => Ok(None),
+            };
+        }
+    }
+    let _ = config;
+    Ok(None)
 }
 
 /// A random hasher seed for the matcher.
@@ -265,6 +320,8 @@ pub struct Daemon {
     /// Doors whose used one-time sequence was recorded neither in the
     /// snapshot nor in its file, with why: their next `Open` is held back.
     unrecorded: HashMap<Arc<str>, String>,
+    /// The sink that holds blocks ([`blocking_firewall`]).
+    blocker: Option<FirewallKind>,
 }
 
 impl Daemon {
@@ -304,6 +361,7 @@ impl Daemon {
             .with_only_ipv4(opts.only_ipv4)
             .with_reports(opts.events_json);
         let seqfiles = sequence_files(&config);
+        let blocker = blocking_firewall(&config);
         let ready = (|| {
             std::fs::create_dir_all(&opts.state_dir).map_err(|source| DaemonError::State {
                 path: opts.state_dir.clone(),
@@ -342,6 +400,7 @@ impl Daemon {
             wake,
             unsaved: None,
             unrecorded: HashMap::new(),
+            blocker,
         };
         let now = d.clock.now();
         for (kind, sink) in &mut d.sinks {
@@ -379,6 +438,7 @@ impl Daemon {
             ),
         }
         d.apply();
+        d.reapply();
         Ok(d)
     }
 
@@ -424,7 +484,9 @@ impl Daemon {
 
     /// Replaces the configuration (SIGHUP). Doors that did not change keep
     /// their in-flight attempts; every grant stays and closes on time. On
-    /// error the old configuration stays. Never waits for a running command.
+    /// error the old configuration stays, and so does the firewall: the
+    /// nftables table is replaced in one transaction, all or nothing. Never
+    /// waits for a running command.
     ///
     /// # Errors
     /// An invalid config or a sink that cannot be set up (nothing changed).
@@ -435,11 +497,66 @@ impl Daemon {
         // engine and the kernel, not in the sink objects. On error the old
         // sinks stay.
         self.sinks = build_sinks(&config)?;
+        self.blocker = blocking_firewall(&config);
         self.seqfiles = sequence_files(&config);
         let now = self.clock.now();
         self.engine.handle_reload(now, config)?;
         self.apply();
+        self.reapply();
         Ok(())
+    }
+
+    /// Gives the firewall every native grant and block the engine holds
+    /// (after the sinks were built: a set whose shape changed was created
+    /// empty, the blocklist may have moved to another backend). Opening an
+    /// open grant or blocking a blocked address changes nothing. What
+    /// cannot be given back is an error in the log and on stderr.
+    fn reapply(&mut self) {
+        let snapshot = self.engine.snapshot();
+        for g in snapshot.grants.iter().filter(|g| !g.closing) {
+            let How::Native {
+                firewall,
+                ports,
+                prefix_v4,
+                prefix_v6,
+            } = &g.close
+            else {
+                continue;
+            };
+            let until = SystemTime::UNIX_EPOCH + Duration::from_millis(g.until_ms);
+            let grant = Grant::new(g.door.clone(), g.src, g.id, ports.clone())
+                .with_prefix(*prefix_v4, *prefix_v6)
+                .with_expiry(Some(until));
+            let done = match self.sinks.get_mut(firewall) {
+                Some(sink) => sink.open(&grant).map_err(|e| e.to_string()),
+                None => Err(format!("no {} firewall sink", firewall.as_str())),
+            };
+            if let Err(e) = done {
+                self.log.line(
+                    Level::Error,
+                    &format!(
+                        "{}: {}: the grant is no longer in the firewall after the new configuration: {e}",
+                        g.src, g.door
+                    ),
+                );
+            }
+        }
+        for b in &snapshot.blocks {
+            let until = SystemTime::UNIX_EPOCH + Duration::from_millis(b.until_ms);
+            if until <= SystemTime::now() {
+                continue;
+            }
+            let done = match self.blocking_sink() {
+                Some(s) => s.block(b.src, until).map_err(|e| e.to_string()),
+                None => Err("no firewall sink to block it".into()),
+            };
+            if let Err(e) = done {
+                self.log.line(
+                    Level::Error,
+                    &format!("{}: the block is no longer in the firewall: {e}", b.src),
+                );
+            }
+        }
     }
 
     /// Runs until `stop` is set (or the source ends, for replays).
@@ -564,10 +681,14 @@ impl Daemon {
                     None => Err("no firewall sink to block it; its knocks are ignored only".into()),
                 })
             }
-            Action::Unblock { src } => Some(match self.blocking_sink() {
-                Some(s) => s.unblock(src).map_err(|e| e.to_string()),
-                None => Ok(()),
-            }),
+            // Every sink: the block may be in one that held the blocklist
+            // before a reload (unblocking an address not blocked is fine).
+            Action::Unblock { src } => Some(
+                self.sinks
+                    .values_mut()
+                    .map(|s| s.unblock(src).map_err(|e| e.to_string()))
+                    .fold(Ok(()), Result::and),
+            ),
             Action::MarkUsed {
                 door,
                 sequence,
@@ -633,11 +754,9 @@ impl Daemon {
         }
     }
 
-    /// The sink that blocks: nftables, else iptables.
+    /// The sink that holds blocks ([`blocking_firewall`]).
     fn blocking_sink(&mut self) -> Option<&mut BoxedSink> {
-        let kind = [FirewallKind::Nftables, FirewallKind::Iptables]
-            .into_iter()
-            .find(|k| self.sinks.contains_key(k))?;
+        let kind = self.blocker?;
         self.sinks.get_mut(&kind)
     }
 

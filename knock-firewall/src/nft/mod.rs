@@ -21,7 +21,7 @@ use rustables::{
 use crate::error::Error;
 use crate::grant::{mask, Grant};
 use crate::sink::{FirewallSink, Reconciled};
-use netlink::{ElemOp, NlSocket};
+use netlink::{ElemOp, NlSocket, SetInfo};
 
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const TYPE_IPV4: u32 = 7;
@@ -76,6 +76,11 @@ pub struct NftConfig {
     pub guard: bool,
     /// The doors.
     pub doors: Vec<NftDoor>,
+    /// Keep the `block4`/`block6` sets and their rules. Without them and
+    /// without doors the table has nothing to hold: [`NftSink::new`]
+    /// deletes it (a config that no longer uses nftables leaves no guard
+    /// behind), and the sink only closes and unblocks what is left.
+    pub blocklist: bool,
 }
 
 impl Default for NftConfig {
@@ -85,8 +90,62 @@ impl Default for NftConfig {
             priority: -5,
             guard: true,
             doors: Vec::new(),
+            blocklist: true,
         }
     }
+}
+
+impl NftConfig {
+    /// Whether the table has anything to hold (doors or the blocklist).
+    pub fn holds_anything(&self) -> bool {
+        self.blocklist || !self.doors.is_empty()
+    }
+
+    /// What nftables cannot hold, found without asking the kernel: a table
+    /// name it refuses, a grant lifetime beyond its largest timeout.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the value and the limit.
+    pub fn check_limits(&self) -> Result<(), Error> {
+        if self.table.is_empty()
+            || self.table.len() > 32
+            || !self
+                .table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(Error::Config(format!(
+                "nftables table name {:?} (1 to 32 letters, digits, `_` or `-`)",
+                self.table
+            )));
+        }
+        for d in &self.doors {
+            if let Some(t) = d.lifetime.filter(|&t| t > MAX_TIMEOUT) {
+                return Err(Error::Config(format!(
+                    "door `{}`: a grant lifetime of {} s is longer than an nftables timeout can be ({} s)",
+                    d.name,
+                    t.as_secs(),
+                    MAX_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The longest timeout the kernel takes: in milliseconds, times a million,
+/// it must fit 64 bits (`nf_msecs_to_jiffies64`); about 584 years.
+pub const MAX_TIMEOUT: Duration = Duration::from_millis(u64::MAX / 1_000_000 - 1);
+
+/// What [`NftSink::check`] could verify.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Checked {
+    /// The kernel took the whole transaction (and aborted it, as asked).
+    Kernel,
+    /// Only the static limits: the kernel could not be asked (the reason,
+    /// e.g. no permission).
+    LimitsOnly(String),
 }
 
 #[derive(Clone, Debug)]
@@ -99,7 +158,7 @@ struct DoorSets {
 
 /// Grants as elements of per-door nftables sets that the kernel expires.
 ///
-/// The ruleset (set up once, with rustables, in one transaction):
+/// The ruleset (built with rustables, installed in one transaction):
 ///
 /// ```text
 /// table inet knock {
@@ -205,6 +264,22 @@ fn block_target(src: IpAddr) -> (&'static str, Vec<u8>) {
     }
 }
 
+fn timeout_ms(t: Duration) -> u64 {
+    u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Whether the kernel's `old` set can become the set `want` in place (same
+/// name and shape). A new default timeout (a door's new lifetime) does not
+/// count: adding the set again updates it (Linux 6.8 on; older kernels keep
+/// the old one, a fallback only, since every grant with an end gives its
+/// element its own timeout).
+fn same_set(want: &Set, old: &SetInfo) -> bool {
+    want.get_name().map(String::as_str) == Some(old.name.as_str())
+        && want.get_flags().copied() == Some(old.flags)
+        && want.get_key_type().copied() == Some(old.key_type)
+        && want.get_key_len().copied() == Some(old.key_len)
+}
+
 const fn libc_nfproto_ipv4() -> u8 {
     2
 }
@@ -216,7 +291,59 @@ impl NftSink {
     /// Installs (or re-installs) our table, sets and rules, keeping the
     /// elements of sets that already exist (grants survive a restart), and
     /// opens the netlink socket. Works in the network namespace of the calling thread.
+    ///
+    /// One transaction does it all, however many doors and ports: the
+    /// chain's rules are replaced, the sets of doors that are gone (or of
+    /// another shape) deleted and the new ones added. The kernel applies
+    /// it whole or not at all, so on error the table that was there stays
+    /// as it was, guard, grants and blocks included.
+    ///
+    /// # Errors
+    /// The kernel refused (named, with the reason where
+    /// [`NftConfig::check_limits`] can tell it), or no netlink socket.
     pub fn new(cfg: NftConfig) -> Result<NftSink, Error> {
+        let sink = NftSink::unchecked(cfg)?;
+        let mut sock = NlSocket::open()
+            .map_err(|e| Error::from_io("open netfilter netlink socket".into(), "netlink", e))?;
+        sink.install(&mut sock, true)?;
+        Ok(sink)
+    }
+
+    /// A dry run of [`NftSink::new`]: the kernel checks the whole
+    /// transaction that would install `cfg` (in the network namespace of
+    /// the calling thread), then aborts it, as `nft --check` does. Nothing
+    /// changes. Without the privilege to ask the kernel, only
+    /// [`NftConfig::check_limits`] is checked.
+    ///
+    /// # Errors
+    /// What [`NftSink::new`] would fail with.
+    pub fn check(cfg: NftConfig) -> Result<Checked, Error> {
+        let limits_only = |cfg: &NftConfig, why: String| {
+            cfg.check_limits()?;
+            Ok(Checked::LimitsOnly(why))
+        };
+        let fallback = cfg.clone();
+        let sink = match NftSink::unchecked(cfg) {
+            Ok(s) => s,
+            Err(e @ Error::Config(_)) => return Err(e),
+            // No netlink socket: nothing to ask.
+            Err(e) => return limits_only(&fallback, e.to_string()),
+        };
+        let mut sock = match NlSocket::open() {
+            Ok(s) => s,
+            Err(e) => return limits_only(&fallback, format!("netfilter netlink socket: {e}")),
+        };
+        match sink.install(&mut sock, false) {
+            Ok(()) => Ok(Checked::Kernel),
+            Err(Error::PermissionDenied { detail, .. }) => limits_only(&fallback, detail),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The sink for `cfg`, nothing sent to the kernel yet. The kernel is
+    /// the judge of what it can hold; [`NftConfig::check_limits`] explains
+    /// a refusal (and stands in for the kernel where it cannot be asked).
+    fn unchecked(cfg: NftConfig) -> Result<NftSink, Error> {
         if cfg.table.is_empty()
             || cfg.table.len() > 32
             || !cfg
@@ -247,36 +374,34 @@ impl NftSink {
             .collect();
         let sock = NlSocket::open()
             .map_err(|e| Error::from_io("open netfilter netlink socket".into(), "netlink", e))?;
-        let sink = NftSink { cfg, sets, sock };
-        if let Err(e) = sink.install(false) {
-            // A set changed shape (new lifetime, ...): start over.
-            tracing::warn!(error = %e, table = %sink.cfg.table, "cannot update the knock table in place, recreating it");
-            sink.install(true)?;
-        }
-        Ok(sink)
+        Ok(NftSink { cfg, sets, sock })
     }
 
-    fn install(&self, recreate: bool) -> Result<(), Error> {
-        let what = format!("install nftables table {}", self.cfg.table);
-        let berr = |e: rustables::error::BuilderError| Error::Config(format!("nftables rule: {e}"));
-        let table = Table::new(ProtocolFamily::Inet).with_name(&self.cfg.table);
-        if recreate {
-            let mut b = Batch::new();
-            b.add(&table, MsgType::Add);
-            b.add(&table, MsgType::Del);
-            b.send().map_err(|e| query_err(what.clone(), e))?;
+    /// Whether table `name` exists in the `inet` family (in the network
+    /// namespace of the calling thread). `false` too where nftables is not
+    /// available at all.
+    ///
+    /// # Errors
+    /// The kernel could not be asked (e.g. no permission).
+    pub fn table_exists(name: &str) -> Result<bool, Error> {
+        let what = || format!("look for nftables table {name}");
+        let mut sock = match NlSocket::open() {
+            Ok(s) => s,
+            // No nf_tables in this kernel: no table either.
+            Err(e) if e.raw_os_error() == Some(93) => return Ok(false),
+            Err(e) => return Err(Error::from_io(what(), "netlink", e)),
+        };
+        match sock.list_tables() {
+            Ok(tables) => Ok(tables.iter().any(|t| t == name)),
+            Err(Ok(errno)) => Err(Error::from_errno(what(), errno)),
+            Err(Err(e)) => Err(Error::from_io(what(), "netlink", e)),
         }
-        let mut batch = Batch::new();
-        batch.add(&table, MsgType::Add);
-        let chain = Chain::new(&table)
-            .with_name("input")
-            .with_hook(Hook::new(HookClass::In, self.cfg.priority))
-            .with_type(ChainType::Filter)
-            .with_policy(ChainPolicy::Accept);
-        batch.add(&chain, MsgType::Add);
-        // Flush our chain: the rules are rebuilt from the config below.
-        batch.add(&Rule::new(&chain).map_err(berr)?, MsgType::Del);
+    }
 
+    /// The set messages of one transaction: the sets we want, created,
+    /// and the table's other sets, or ours of another shape, deleted
+    /// (after the chain's rules, which reference them, are gone).
+    fn wanted_sets(&self) -> Vec<Set> {
         let mut id: u32 = 1;
         let mut new_set = |name: &str, v6: bool, timeout: Option<Duration>| {
             let mut s = Set::default()
@@ -289,27 +414,114 @@ impl NftSink {
             id += 1;
             s.family = ProtocolFamily::Inet;
             if let Some(t) = timeout {
-                s.set_timeout(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+                s.set_timeout(timeout_ms(t));
             }
             s
         };
-        let block4 = new_set("block4", false, None);
-        let block6 = new_set("block6", true, None);
-        batch.add(&block4, MsgType::Add);
-        batch.add(&block6, MsgType::Add);
-        let mut door_sets = Vec::new();
+        let mut out = Vec::new();
+        if self.cfg.blocklist {
+            out.push(new_set("block4", false, None));
+            out.push(new_set("block6", true, None));
+        }
         for d in &self.cfg.doors {
             let Some(ds) = self.sets.get(&d.name) else {
                 continue;
             };
-            let s4 = new_set(&ds.v4, false, d.lifetime);
-            let s6 = new_set(&ds.v6, true, d.lifetime);
-            batch.add(&s4, MsgType::Add);
-            batch.add(&s6, MsgType::Add);
-            door_sets.push((d, ds.clone(), s4, s6));
+            out.push(new_set(&ds.v4, false, d.lifetime));
+            out.push(new_set(&ds.v6, true, d.lifetime));
         }
+        out
+    }
+
+    /// Installs the ruleset as ONE transaction on `sock`: the kernel
+    /// applies all of it or none (the old table, its rules and elements
+    /// stay as they were). `commit` false: a dry run.
+    fn install(&self, sock: &mut NlSocket, commit: bool) -> Result<(), Error> {
+        let what = format!(
+            "{} nftables table {}",
+            if commit { "install" } else { "check" },
+            self.cfg.table
+        );
+        let existing = match sock.list_sets(&self.cfg.table) {
+            Ok(sets) => sets,
+            Err(Ok(errno)) => return Err(Error::from_errno(what, errno)),
+            Err(Err(e)) => return Err(Error::from_io(what, "netlink", e)),
+        };
+        let batch = self.transaction(&existing)?;
+        let size = batch.len();
+        match sock.transact(batch, commit) {
+            Ok(()) => Ok(()),
+            Err(Ok(errno)) => {
+                // Say why, where we can tell.
+                let why = match self.cfg.check_limits() {
+                    Err(Error::Config(why)) => Some(why),
+                    _ => (errno == 90).then(|| {
+                        format!(
+                            "a ruleset of {} MiB, more than the {} MiB allowed",
+                            size >> 20,
+                            netlink::MAX_TRANSACTION >> 20
+                        )
+                    }),
+                };
+                let what = match why {
+                    Some(why) => format!("{what} ({why})"),
+                    None => what,
+                };
+                Err(Error::from_errno(what, errno))
+            }
+            Err(Err(e)) => Err(Error::from_io(what, "netlink", e)),
+        }
+    }
+
+    /// The messages of the install transaction, given the sets the table has.
+    fn transaction(&self, existing: &[SetInfo]) -> Result<Vec<u8>, Error> {
+        let berr = |e: rustables::error::BuilderError| Error::Config(format!("nftables rule: {e}"));
+        let table = Table::new(ProtocolFamily::Inet).with_name(&self.cfg.table);
+        let mut batch = Batch::new();
+        batch.add(&table, MsgType::Add);
+        if !self.cfg.holds_anything() {
+            // Nothing to guard or block: no table (an absent one is
+            // created and deleted in the same transaction: no error).
+            batch.add(&table, MsgType::Del);
+            return Ok(batch.finalize());
+        }
+        let chain = Chain::new(&table)
+            .with_name("input")
+            .with_hook(Hook::new(HookClass::In, self.cfg.priority))
+            .with_type(ChainType::Filter)
+            .with_policy(ChainPolicy::Accept);
+        batch.add(&chain, MsgType::Add);
+        // Flush our chain: the rules are rebuilt from the config below.
+        batch.add(&Rule::new(&chain).map_err(berr)?, MsgType::Del);
+
+        let wanted = self.wanted_sets();
+        for old in existing {
+            let keep = wanted.iter().any(|w| same_set(w, old));
+            if !keep {
+                // A door that is gone, or a set of another shape (made by
+                // hand or by another program): it goes, with its elements,
+                // in this transaction.
+                let mut s = Set::default()
+                    .with_table(&self.cfg.table)
+                    .with_name(&old.name);
+                s.family = ProtocolFamily::Inet;
+                batch.add(&s, MsgType::Del);
+            }
+        }
+        for s in &wanted {
+            batch.add(s, MsgType::Add);
+        }
+        let set = |name: &str| {
+            wanted
+                .iter()
+                .find(|s| s.get_name().map(String::as_str) == Some(name))
+        };
+        // The block sets, when the config has them.
+        let blocks = [("block4", false), ("block6", true)]
+            .into_iter()
+            .filter_map(|(name, v6)| Some((set(name)?, v6)));
         // Blocks first.
-        for (set, v6) in [(&block4, false), (&block6, true)] {
+        for (set, v6) in blocks {
             let r = saddr_in(
                 Rule::new(&chain).map_err(berr)?,
                 v6,
@@ -320,7 +532,13 @@ impl NftSink {
             batch.add(&r, MsgType::Add);
         }
         let mut guarded = BTreeSet::new();
-        for (d, ds, s4, s6) in &door_sets {
+        for d in &self.cfg.doors {
+            let Some(ds) = self.sets.get(&d.name) else {
+                continue;
+            };
+            let (Some(s4), Some(s6)) = (set(&ds.v4), set(&ds.v6)) else {
+                continue;
+            };
             for &step in &d.ports {
                 for (set, v6, prefix) in [(s4, false, ds.prefix_v4), (s6, true, ds.prefix_v6)] {
                     let r = saddr_in(Rule::new(&chain).map_err(berr)?, v6, prefix, set)?
@@ -347,7 +565,7 @@ impl NftSink {
                 batch.add(&drop, MsgType::Add);
             }
         }
-        batch.send().map_err(|e| query_err(what, e))
+        Ok(batch.finalize())
     }
 
     /// Deletes our table (and every grant and block in it).
@@ -416,8 +634,14 @@ impl FirewallSink for NftSink {
         self.apply(what, &ops, false)
     }
 
+    /// Deletes the element. A grant of a door this sink does not have is
+    /// closed already: installing the sink deleted the sets of doors that
+    /// are gone, with their elements.
     fn close(&mut self, grant: &Grant) -> Result<(), Error> {
         let what = format!("close {grant}");
+        if !self.sets.contains_key(&grant.door) {
+            return Ok(());
+        }
         let (set, key) = self.target(&what, grant)?;
         let table = self.cfg.table.clone();
         let ops = [ElemOp {
