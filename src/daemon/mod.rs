@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use knock_capture::{CaptureError, Next, Source};
-use knock_config::{Config, FirewallKind, SequenceFile};
+use knock_config::{BlacklistReach, Config, FirewallKind, SequenceFile};
 use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
 
@@ -138,8 +138,19 @@ impl Clock {
 /// A sink that cannot be set up.
 pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
     let mut sinks: HashMap<FirewallKind, BoxedSink> = HashMap::new();
+    let block_reach = match config.options.blacklist_reach {
+        BlacklistReach::Host => knock_firewall::BlockReach::Host,
+        _ => knock_firewall::BlockReach::Ports(config.protected_ports()),
+    };
+    let iptables = knock_firewall::IptablesConfig {
+        block_reach: block_reach.clone(),
+        ..knock_firewall::IptablesConfig::default()
+    };
     #[cfg(feature = "nftables")]
-    let mut nft = knock_firewall::NftConfig::default();
+    let mut nft = knock_firewall::NftConfig {
+        block_reach,
+        ..knock_firewall::NftConfig::default()
+    };
     #[cfg(feature = "nftables")]
     let mut has_nft = false;
     let mut has_iptables = false;
@@ -164,7 +175,7 @@ pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, 
         }
     }
     if has_iptables {
-        let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig::default())?;
+        let sink = knock_firewall::IptablesSink::new(iptables.clone())?;
         sinks.insert(FirewallKind::Iptables, Box::new(sink));
     }
     let blocklist = config.options.blacklist.is_some();
@@ -177,10 +188,25 @@ pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, 
     }
     #[cfg(not(feature = "nftables"))]
     if blocklist && !has_iptables {
-        let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig::default())?;
+        let sink = knock_firewall::IptablesSink::new(iptables.clone())?;
         sinks.insert(FirewallKind::Iptables, Box::new(sink));
     }
     Ok(sinks)
+}
+
+/// A warning for a `blacklist` whose blocks can refuse nothing in the
+/// firewall: `blacklist_reach = doors` and no door with native `open` ports
+/// (the daemon cannot know the ports of shell commands).
+fn blacklist_reach_warning(config: &Config) -> Option<String> {
+    let doors_only = !matches!(config.options.blacklist_reach, BlacklistReach::Host);
+    (config.options.blacklist.is_some() && doors_only && config.protected_ports().is_empty()).then(
+        || {
+            "blacklist: no door has native `open` ports, so with blacklist_reach = doors a block \
+         only makes the daemon ignore the source's knocks; set blacklist_reach = host to \
+         refuse its new connections in the firewall"
+                .to_owned()
+        },
+    )
 }
 
 /// A random hasher seed for the matcher.
@@ -304,6 +330,7 @@ impl Daemon {
             .with_only_ipv4(opts.only_ipv4)
             .with_reports(opts.events_json);
         let seqfiles = sequence_files(&config);
+        let reach_warning = blacklist_reach_warning(&config);
         let ready = (|| {
             std::fs::create_dir_all(&opts.state_dir).map_err(|source| DaemonError::State {
                 path: opts.state_dir.clone(),
@@ -343,6 +370,9 @@ impl Daemon {
             unsaved: None,
             unrecorded: HashMap::new(),
         };
+        if let Some(w) = reach_warning {
+            d.log.line(Level::Warn, &w);
+        }
         let now = d.clock.now();
         for (kind, sink) in &mut d.sinks {
             if let Err(e) = sink.reconcile(SystemTime::now()) {
@@ -426,8 +456,12 @@ impl Daemon {
         // sinks stay.
         self.sinks = build_sinks(&config)?;
         self.seqfiles = sequence_files(&config);
+        let reach_warning = blacklist_reach_warning(&config);
         let now = self.clock.now();
         self.engine.handle_reload(now, config)?;
+        if let Some(w) = reach_warning {
+            self.log.line(Level::Warn, &w);
+        }
         self.apply();
         Ok(())
     }
