@@ -168,7 +168,7 @@ fn a_port_sweep_never_opens_a_strict_door_and_the_real_knocker_still_does() {
 #[test]
 #[ignore = "needs root"]
 fn the_blacklist_blocks_a_sweeper_others_are_unaffected_and_the_block_expires() {
-    let conf = format!("[options]\n    blacklist = 3 invalid in 60s for 4s\n{STRICT}");
+    let conf = format!("[options]\n    blacklist = 3 invalid in 60s for 8s\n{STRICT}");
     let s = Setup::new(&conf).client_addr("198.18.0.3/24").start();
     // The door opens through a shell command, whose ports the daemon cannot
     // know: with the default reach a block refuses nothing in the firewall,
@@ -183,7 +183,7 @@ fn the_blacklist_blocks_a_sweeper_others_are_unaffected_and_the_block_expires() 
         Duration::from_secs(5),
         || {
             s.log()
-                .contains(&format!("{NEIGHBOUR}: ssh: blacklisted for 4 s"))
+                .contains(&format!("{NEIGHBOUR}: ssh: blacklisted for 8 s"))
         },
     );
     let blocked_at = Instant::now();
@@ -201,11 +201,11 @@ fn the_blacklist_blocks_a_sweeper_others_are_unaffected_and_the_block_expires() 
     s.wait_open_from(CLIENT_V4);
     assert_eq!(s.opens(NEIGHBOUR), 0, "{}", s.log());
     assert!(
-        blocked_at.elapsed() < Duration::from_secs(4),
+        blocked_at.elapsed() < Duration::from_secs(8),
         "test too slow"
     );
     // The block expires; then the same source may knock.
-    wait_for("the block to end", Duration::from_secs(8), || {
+    wait_for("the block to end", Duration::from_secs(12), || {
         s.log()
             .contains(&format!("{NEIGHBOUR}: ssh: blacklist entry expired"))
     });
@@ -630,6 +630,20 @@ fn a_block_keeps_established_sessions(firewall: &str, reach: Option<&str>) {
         "iptables" => s.pair.server.run(&["iptables", "-S"]).unwrap(),
         _ => s.pair.server.run(&["nft", "list", "ruleset"]).unwrap(),
     };
+    // The log line comes before the sink call: wait for the block itself.
+    wait_for(
+        &format!("the block in {firewall}\n{}", rules()),
+        Duration::from_secs(5),
+        || match firewall {
+            "iptables" => rules().contains("knock-block:until="),
+            _ => s
+                .pair
+                .server
+                .run(&["nft", "list", "set", "inet", "knock", "block4"])
+                .unwrap()
+                .contains(CLIENT_V4),
+        },
+    );
     assert!(
         echoes(&mut session, b"after the block"),
         "the block cut an established session ({firewall})\n{}\n{}",
