@@ -4,14 +4,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, Location};
-use crate::model::{Config, DerivedSequence, DoorConfig, FirewallKind, Options, SequenceSource};
+use crate::model::{
+    BlacklistReach, Config, DerivedSequence, DoorConfig, FirewallKind, Options, SequenceSource,
+};
 use crate::value::{
     parse_blacklist, parse_bool, parse_duration, parse_flags, parse_grant_prefix, parse_net,
     parse_open_list, parse_port_range, parse_protocols, parse_sequence, split_list,
     DURATION_EXPECTED,
 };
 
-const OPTION_KEYS: &str = "UseSyslog, LogFile, PidFile, Interface, blacklist";
+const OPTION_KEYS: &str = "UseSyslog, LogFile, PidFile, Interface, blacklist, blacklist_reach";
 const DOOR_KEYS: &str = "sequence, one_time_sequences, seq_timeout (timeout), tcpflags, start_command (command), \
 start_command_6 (command_6), stop_command, stop_command_6, cmd_timeout, target, open, firewall, grant_prefix, \
 allow_repeat, cooldown, from, strict, sequence_secret_file, sequence_length, sequence_period, sequence_ports, \
@@ -53,6 +55,7 @@ fn option_key(lower: &str) -> Option<&'static str> {
         "pidfile" => "pidfile",
         "interface" => "interface",
         "blacklist" => "blacklist",
+        "blacklist_reach" => "blacklist_reach",
         _ => return None,
     })
 }
@@ -297,6 +300,10 @@ fn build_options(s: &mut Section, opts: &mut Options) -> Result<(), ConfigError>
                 "N invalid in DURATION for DURATION, e.g. 3 invalid in 60s for 180s",
             )
         })?);
+    }
+    if let Some(e) = s.take("blacklist_reach") {
+        opts.blacklist_reach =
+            BlacklistReach::from_name(&e.value).ok_or_else(|| bad(&e, "doors or host"))?;
     }
     Ok(())
 }

@@ -51,7 +51,8 @@
 //! | door | `sequence_period` | `sequence_period = 30s` | how long one derived sequence is valid (above 0; `seq_timeout` at most 100 periods) | `30s` |
 //! | door | `sequence_ports` | `sequence_ports = 10000-60000` | where derived ports fall (no port twice in a sequence) | `1024-65535` |
 //! | door | `sequence_protocols` | `sequence_protocols = tcp,udp` | protocols of derived steps | `tcp` |
-//! | options | `blacklist` | `blacklist = 3 invalid in 60s for 180s` | a source with N strikes within the window is blocked in the firewall for the given time and ignored meanwhile; a strike is a knock that invalidates an attempt or, once the source has one, that touches a new non-step port of a strict door ([`knock_core::Blacklist`]) | none |
+//! | options | `blacklist` | `blacklist = 3 invalid in 60s for 180s` | a source with N strikes within the window is blocked for the given time: its knocks are ignored and the firewall refuses its new connections (established ones pass); a strike is a knock that invalidates an attempt or, once the source has one, that touches a new non-step port of a strict door ([`knock_core::Blacklist`]) | none |
+//! | options | `blacklist_reach` | `blacklist_reach = host` | which new connections a block refuses: `doors` (to every native door's `open` ports) or `host` (to every port) ([`BlacklistReach`](crate::BlacklistReach)) | `doors` |
 //!
 //! Booleans are `yes`/`no` (also `true`/`false`, `on`/`off`). A door has
 //! exactly one of `sequence`, `one_time_sequences` and

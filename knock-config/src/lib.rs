@@ -101,8 +101,8 @@ use std::path::Path;
 pub use error::{ConfigError, Location, StepError, EXCERPT_CHARS};
 pub use file::{read_regular_file, FileError, FileKind};
 pub use model::{
-    BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix, Options,
-    SequenceSource, DEFAULT_CMD_TIMEOUT, DEFAULT_INTERFACE, DEFAULT_PID_FILE,
+    BlacklistReach, BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix,
+    Options, SequenceSource, DEFAULT_CMD_TIMEOUT, DEFAULT_INTERFACE, DEFAULT_PID_FILE,
 };
 pub use seqfile::{
     check_writable, write_atomically, Marked, SequenceEntry, SequenceFile, MAX_SEQUENCE_FILE_SIZE,

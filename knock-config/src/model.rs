@@ -44,6 +44,9 @@ pub struct Options {
     pub interfaces: Vec<String>,
     /// Extension `blacklist = 3 invalid in 60s for 180s`.
     pub blacklist: Option<BlacklistRule>,
+    /// Extension `blacklist_reach = doors|host`: what a block refuses in the
+    /// firewall (default `doors`).
+    pub blacklist_reach: BlacklistReach,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             pid_file: PathBuf::from(DEFAULT_PID_FILE),
             interfaces: vec![DEFAULT_INTERFACE.to_owned()],
             blacklist: None,
+            blacklist_reach: BlacklistReach::default(),
         }
     }
 }
@@ -74,6 +78,43 @@ pub struct BlacklistRule {
 impl BlacklistRule {
     pub(crate) fn is_valid(&self) -> bool {
         self.invalid > 0 && !self.window.is_zero() && !self.block.is_zero()
+    }
+}
+
+/// Extension `blacklist_reach`: where a [`BlacklistRule`] block refuses new
+/// connections in the firewall. A block never cuts an established
+/// connection, and the matcher ignores the blocked source's knocks in
+/// either case.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BlacklistReach {
+    /// New connections to the ports the doors protect (every native door's
+    /// `open` ports). Strikes can come from spoofed packets, so this keeps
+    /// what a spoofer can deny a victim to the doors.
+    #[default]
+    Doors,
+    /// New connections to every port of the host.
+    Host,
+}
+
+impl BlacklistReach {
+    /// The name used in both formats.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BlacklistReach::Doors => "doors",
+            BlacklistReach::Host => "host",
+        }
+    }
+
+    pub(crate) fn from_name(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "doors" => Some(BlacklistReach::Doors),
+            "host" => Some(BlacklistReach::Host),
+            _ => None,
+        }
     }
 }
 
@@ -446,6 +487,16 @@ impl Config {
     /// The door with this name.
     pub fn door(&self, name: &str) -> Option<&DoorConfig> {
         self.doors.iter().find(|d| d.name == name)
+    }
+
+    /// The ports the doors protect: every door's native `open` ports, sorted,
+    /// each once (what a `blacklist_reach = doors` block refuses). Doors that
+    /// open through shell commands add none: the daemon cannot know theirs.
+    pub fn protected_ports(&self) -> Vec<Step> {
+        let mut ports: Vec<Step> = self.doors.iter().flat_map(|d| d.open.clone()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// The door with this name, mutably (to mark one-time sequences).

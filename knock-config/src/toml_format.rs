@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, Location};
 use crate::model::{
-    BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix, Options,
-    SequenceSource,
+    BlacklistReach, BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix,
+    Options, SequenceSource,
 };
 use crate::value::{
     add_flag, duration_to_string, flags_to_list, open_to_string, parse_duration, parse_net,
@@ -79,6 +79,8 @@ struct TomlOptions {
     interfaces: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     blacklist: Option<TomlBlacklist>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blacklist_reach: Option<BlacklistReach>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -201,6 +203,9 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             ));
         }
         options.blacklist = Some(rule);
+    }
+    if let Some(reach) = raw.options.blacklist_reach {
+        options.blacklist_reach = reach;
     }
     let mut doors: Vec<DoorConfig> = Vec::new();
     let mut lines: Vec<usize> = Vec::new();
@@ -435,6 +440,9 @@ pub(crate) fn to_string(config: &Config) -> Result<String, ConfigError> {
                 window: Dur(b.window),
                 block: Dur(b.block),
             }),
+            blacklist_reach: (o.blacklist.is_some()
+                || o.blacklist_reach != BlacklistReach::default())
+            .then_some(o.blacklist_reach),
         },
         doors: config
             .doors

@@ -10,6 +10,7 @@
 //! pid_file = "/var/run/knockd.pid"  # the default
 //! interfaces = ["eth0", "wg0"]    # default ["eth0"]
 //! blacklist = { invalid = 3, window = "60s", block = "180s" }
+//! blacklist_reach = "doors"       # the default; or "host"
 //!
 //! [[door]]
 //! name = "openSSH"

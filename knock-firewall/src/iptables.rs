@@ -9,7 +9,7 @@ use iptables::IPTables;
 
 use crate::error::Error;
 use crate::grant::{unix_secs, Grant};
-use crate::sink::{FirewallSink, Reconciled};
+use crate::sink::{BlockReach, FirewallSink, Reconciled};
 use knock_core::Step;
 
 /// Configuration of an [`IptablesSink`].
@@ -23,6 +23,8 @@ pub struct IptablesConfig {
     pub ipv4: bool,
     /// Manage IPv6 (`ip6tables`).
     pub ipv6: bool,
+    /// Where a block refuses new connections (default: the whole host).
+    pub block_reach: BlockReach,
 }
 
 impl Default for IptablesConfig {
@@ -32,11 +34,20 @@ impl Default for IptablesConfig {
             parent: "INPUT".into(),
             ipv4: true,
             ipv6: true,
+            block_reach: BlockReach::Host,
         }
     }
 }
 
 const TABLE: &str = "filter";
+
+/// A rule without a target that [`IptablesSink::new`] keeps in our chain. It
+/// only makes the kernel track connections in this network namespace from
+/// the start (it does that only while a rule asks for conntrack): a block's
+/// "not established" would otherwise meet a session it never saw begin, and
+/// drop it.
+const CONNTRACK_SPEC: &str =
+    "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment knock-conntrack";
 
 /// Grants as iptables rules.
 ///
@@ -47,8 +58,11 @@ const TABLE: &str = "filter";
 ///   characters of the door name other than `[A-Za-z0-9_.-]` become `_`).
 /// * `open` checks with `iptables -C` before appending: two opens give one rule.
 /// * Blocks are `DROP` rules inserted at the top of the chain, tagged
-///   `knock-block:until=UNIXSECS`; [`unblock`](FirewallSink::unblock)
-///   deletes them.
+///   `knock-block:until=UNIXSECS`, that match only packets conntrack does
+///   not count as established or related (`-m conntrack ! --ctstate
+///   RELATED,ESTABLISHED`): one rule for [`BlockReach::Host`], one per port
+///   for [`BlockReach::Ports`]. [`unblock`](FirewallSink::unblock) deletes
+///   them.
 /// * iptables rules have no expiry of their own and this sink keeps no timer:
 ///   the engine closes grants and unblocks addresses on time. The `until` in
 ///   the comments is for [`reconcile`](FirewallSink::reconcile) at the next
@@ -116,6 +130,8 @@ enum Tag {
     Block {
         until: u64,
     },
+    /// The rule of [`CONNTRACK_SPEC`].
+    Conntrack,
 }
 
 /// Parses one line of `iptables -S CHAIN` (`-A CHAIN ...`): the rule spec and our tag.
@@ -141,6 +157,9 @@ fn parse_rule(line: &str, chain: &str) -> Option<(String, Option<String>, Option
 }
 
 fn parse_tag(c: &str) -> Option<Tag> {
+    if c == "knock-conntrack" {
+        return Some(Tag::Conntrack);
+    }
     if let Some(rest) = c.strip_prefix("knock-block:until=") {
         return rest.parse().ok().map(|until| Tag::Block { until });
     }
@@ -208,6 +227,13 @@ impl IptablesSink {
             ipt.new_chain(TABLE, chain)
                 .map_err(|e| convert(what.clone(), v6, e))?;
         }
+        let tracked = ipt
+            .exists(TABLE, chain, CONNTRACK_SPEC)
+            .map_err(|e| convert(what.clone(), v6, e))?;
+        if !tracked {
+            ipt.append(TABLE, chain, CONNTRACK_SPEC)
+                .map_err(|e| convert(what.clone(), v6, e))?;
+        }
         let jump = format!("-j {chain}");
         let jumps = ipt
             .exists(TABLE, &self.cfg.parent, &jump)
@@ -247,6 +273,29 @@ impl IptablesSink {
         )
     }
 
+    /// The rule specs of a block of `cidr` until `until` (UNIX seconds):
+    /// new connections only (established and related packets pass), to each
+    /// port of `reach` or, for [`BlockReach::Host`], to any.
+    pub fn block_specs(reach: &BlockReach, cidr: &str, until: u64) -> Vec<String> {
+        const NEW_ONLY: &str = "-m conntrack ! --ctstate RELATED,ESTABLISHED";
+        let tail = format!("{NEW_ONLY} -m comment --comment knock-block:until={until} -j DROP");
+        match reach {
+            BlockReach::Host => vec![format!("-s {cidr} {tail}")],
+            BlockReach::Ports(ports) => ports
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .map(|step| {
+                    format!(
+                        "-s {cidr} -p {p} -m {p} --dport {port} {tail}",
+                        p = step.proto,
+                        port = step.port
+                    )
+                })
+                .collect(),
+        }
+    }
+
     fn list(&self, ipt: &IPTables, v6: bool, what: &str) -> Result<Vec<String>, Error> {
         ipt.list(TABLE, &self.cfg.chain)
             .map_err(|e| convert(what.to_owned(), v6, e))
@@ -274,14 +323,22 @@ impl IptablesSink {
         Ok(n)
     }
 
-    /// The rules of our chain, as `iptables -S` prints them (for tests and debugging).
+    /// The rules of our chain, as `iptables -S` prints them (for tests and
+    /// debugging), without the conntrack rule that [`IptablesSink::new`]
+    /// keeps there.
     pub fn rules(&self, v6: bool) -> Result<Vec<String>, Error> {
         let ipt = if v6 { &self.v6 } else { &self.v4 };
         match ipt {
             Some(ipt) => Ok(self
                 .list(ipt, v6, "list rules")?
                 .into_iter()
-                .filter(|l| l.starts_with("-A "))
+                .filter(|l| {
+                    l.starts_with("-A ")
+                        && !matches!(
+                            parse_rule(l, &self.cfg.chain),
+                            Some((_, _, Some(Tag::Conntrack)))
+                        )
+                })
                 .collect()),
             None => Ok(Vec::new()),
         }
@@ -311,6 +368,7 @@ impl IptablesSink {
                     false
                 }
             }
+            Some(Tag::Conntrack) => false,
             None => {
                 leftovers += 1;
                 true
@@ -385,15 +443,15 @@ impl FirewallSink for IptablesSink {
         let (ipt, v6) = self.family(&what, src)?;
         let cidr = format!("{src}/{}", if v6 { 128 } else { 32 });
         let until = unix_secs(until);
-        let spec = format!("-s {cidr} -m comment --comment knock-block:until={until} -j DROP");
-        if ipt
-            .exists(TABLE, &self.cfg.chain, &spec)
-            .map_err(|e| convert(what.clone(), v6, e))?
-        {
-            return Ok(());
+        for spec in Self::block_specs(&self.cfg.block_reach, &cidr, until) {
+            let present = ipt
+                .exists(TABLE, &self.cfg.chain, &spec)
+                .map_err(|e| convert(what.clone(), v6, e))?;
+            if !present {
+                ipt.insert(TABLE, &self.cfg.chain, &spec, 1)
+                    .map_err(|e| convert(what.clone(), v6, e))?;
+            }
         }
-        ipt.insert(TABLE, &self.cfg.chain, &spec, 1)
-            .map_err(|e| convert(what.clone(), v6, e))?;
         // An earlier block of the same address is superseded.
         self.delete_where(ipt, v6, &what, |s, tag| {
             matches!(tag, Some(Tag::Block { until: u }) if *u != until) && s == Some(cidr.as_str())
@@ -454,7 +512,36 @@ mod tests {
                 until: None
             })
         );
+        assert_eq!(parse_tag("knock-conntrack"), Some(Tag::Conntrack));
         assert_eq!(parse_tag("something else"), None);
         assert!(parse_rule("-N KNOCK", "KNOCK").is_none());
+    }
+
+    #[test]
+    fn block_specs_are_new_connections_only_per_port_or_host() {
+        let host = IptablesSink::block_specs(&BlockReach::Host, "198.18.0.7/32", 9);
+        assert_eq!(
+            host,
+            ["-s 198.18.0.7/32 -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment knock-block:until=9 -j DROP"]
+        );
+        let ports = BlockReach::Ports(vec![Step::udp(1194), Step::tcp(22), Step::tcp(22)]);
+        let specs = IptablesSink::block_specs(&ports, "2001:db8::7/128", 9);
+        assert_eq!(specs.len(), 2, "{specs:?}");
+        assert!(
+            specs[0].starts_with(
+                "-s 2001:db8::7/128 -p tcp -m tcp --dport 22 -m conntrack ! --ctstate"
+            ),
+            "{specs:?}"
+        );
+        assert!(specs[1].contains("-p udp -m udp --dport 1194"), "{specs:?}");
+        for spec in specs.iter().chain(&host) {
+            let line = format!("-A KNOCK {spec}");
+            let (_, src, tag) = parse_rule(&line, "KNOCK").unwrap();
+            assert!(src.is_some_and(|s| s.ends_with("/32") || s.ends_with("/128")));
+            assert_eq!(tag, Some(Tag::Block { until: 9 }));
+        }
+        assert!(
+            IptablesSink::block_specs(&BlockReach::Ports(vec![]), "198.18.0.7/32", 9).is_empty()
+        );
     }
 }

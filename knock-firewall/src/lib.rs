@@ -28,8 +28,9 @@
 //! ## Brief overview
 //! * [`Grant`]: door name, knocker address (or its /24, /64 with
 //!   [`Grant::with_prefix`]), grant id (`u64`), ports, wall-clock expiry.
-//! * [`FirewallSink`]: `open`, `extend`, `close`, `block` (until a time),
-//!   `unblock`, and `reconcile`, called once at start-up. Every operation is
+//! * [`FirewallSink`]: `open`, `extend`, `close`, `block` (until a time;
+//!   new connections only, to the ports of the sink's [`BlockReach`] or to
+//!   the whole host), `unblock`, and `reconcile`, called once at start-up. Every operation is
 //!   idempotent and returns a typed [`Error`] naming the grant or address and
 //!   the cause (missing binary, permission denied, kernel error).
 //! * [`IptablesSink`]: `iptables`/`ip6tables` through the `iptables` crate,
@@ -128,4 +129,4 @@ pub use iptables::{IptablesConfig, IptablesSink};
 pub use nft::{Checked as NftChecked, NftConfig, NftDoor, NftSink, MAX_TIMEOUT as NFT_MAX_TIMEOUT};
 #[cfg(feature = "mock")]
 pub use sink::MockFirewallSink;
-pub use sink::{Action, FirewallSink, FnSink, Reconciled, RecordingSink};
+pub use sink::{Action, BlockReach, FirewallSink, FnSink, Reconciled, RecordingSink};

@@ -5,7 +5,29 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use knock_core::Step;
+
 use crate::grant::Grant;
+
+/// What a sink's [`block`](FirewallSink::block) refuses.
+///
+/// A block only ever refuses *new* connections: a packet that conntrack
+/// counts as part of an established connection (or related to one, such as
+/// an ICMP error) passes, so a session opened before the block goes on. The
+/// reach says to which destinations new connections are refused. Block
+/// triggers can come from spoofed packets, so a wide reach lets a spoofer
+/// deny a victim more: see the README's security notes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BlockReach {
+    /// New connections to these ports (normally the ports the doors'
+    /// grants open). With none, the firewall refuses nothing and the block
+    /// is the matcher ignoring the address's knocks.
+    Ports(Vec<Step>),
+    /// New connections to every port of the host.
+    #[default]
+    Host,
+}
 
 /// What [`FirewallSink::reconcile`] did at start-up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,9 +88,10 @@ pub trait FirewallSink {
     /// Entries still valid are kept; the caller decides about them.
     fn reconcile(&mut self, now: SystemTime) -> Result<Reconciled, Self::Error>;
 
-    /// Drops all traffic from `src`. The caller calls
-    /// [`unblock`](Self::unblock) at `until`; the sink records `until` as its
-    /// safety net (blocking an already blocked address moves its end).
+    /// Refuses new connections from `src` within the sink's [`BlockReach`];
+    /// established connections (and related packets) still pass. The caller
+    /// calls [`unblock`](Self::unblock) at `until`; the sink records `until`
+    /// as its safety net (blocking an already blocked address moves its end).
     fn block(&mut self, src: IpAddr, until: SystemTime) -> Result<(), Self::Error>;
 
     /// Lets traffic from `src` through again. Unblocking an address that is

@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use knock_core::Step;
 use knock_firewall::{
-    CommandRunner, Done, DoorCommands, FirewallSink, Grant, IptablesConfig, IptablesSink, Job,
-    Outcome, RunnerConfig,
+    BlockReach, CommandRunner, Done, DoorCommands, FirewallSink, Grant, IptablesConfig,
+    IptablesSink, Job, Outcome, RunnerConfig,
 };
-use knock_testnet::{Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
+use knock_testnet::{echoes, Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 
 const WAIT: Duration = Duration::from_millis(700);
 
@@ -147,6 +147,102 @@ fn iptables_block_until_then_unblock_v4_v6() {
                     .unwrap(); // never blocked
                                // The grant was untouched all along.
                 assert_eq!(sink.rules(v6).unwrap().len(), 1);
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn iptables_block_keeps_established_sessions_v4_v6() {
+    let pair = guarded_pair();
+    pair.server.tcp_echo(2222).unwrap();
+    for prog in ["iptables", "ip6tables"] {
+        pair.server
+            .run(&[
+                prog, "-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "DROP",
+            ])
+            .unwrap();
+    }
+    pair.server
+        .enter(|| {
+            let mut sink = IptablesSink::new(IptablesConfig::default()).unwrap();
+            for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+                sink.open(&Grant::new("ssh", ip(client), 1, vec![Step::tcp(2222)]))
+                    .unwrap();
+                let mut conn = pair
+                    .client
+                    .tcp_stream(ip(server), 2222, Duration::from_secs(2))
+                    .unwrap();
+                assert!(echoes(&mut conn, b"before"), "no echo before the block");
+                sink.block(ip(client), SystemTime::now() + Duration::from_secs(60))
+                    .unwrap();
+                assert!(
+                    echoes(&mut conn, b"after"),
+                    "the block cut the session of {client}"
+                );
+                assert!(
+                    !pair.client.tcp_connect(ip(server), 2222, WAIT),
+                    "a new connection of blocked {client}"
+                );
+                sink.unblock(ip(client)).unwrap();
+                assert!(pair.client.tcp_connect(ip(server), 2222, WAIT));
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn iptables_block_reach_is_the_ports_or_the_host() {
+    let pair = guarded_pair();
+    pair.server.tcp_echo(2222).unwrap();
+    pair.server.tcp_listen(8080).unwrap();
+    pair.server
+        .run(&[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "DROP",
+        ])
+        .unwrap();
+    let connects = |port| pair.client.tcp_connect(ip(SERVER_V4), port, WAIT);
+    pair.server
+        .enter(|| {
+            for (reach, other_port_open, rules) in [
+                (
+                    BlockReach::Ports(vec![Step::tcp(2222), Step::udp(1194), Step::tcp(2222)]),
+                    true,
+                    2,
+                ),
+                (BlockReach::Host, false, 1),
+            ] {
+                let mut sink = IptablesSink::new(IptablesConfig {
+                    block_reach: reach.clone(),
+                    ..IptablesConfig::default()
+                })
+                .unwrap();
+                let g = Grant::new("ssh", ip(CLIENT_V4), 1, vec![Step::tcp(2222)]);
+                sink.open(&g).unwrap();
+                assert!(connects(2222) && connects(8080));
+                let mut conn = pair
+                    .client
+                    .tcp_stream(ip(SERVER_V4), 2222, Duration::from_secs(2))
+                    .unwrap();
+                assert!(echoes(&mut conn, b"before"));
+                sink.block(ip(CLIENT_V4), SystemTime::now() + Duration::from_secs(60))
+                    .unwrap();
+                let blocks: Vec<String> = sink
+                    .rules(false)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| r.contains("knock-block:until="))
+                    .collect();
+                // One rule per distinct port, or one for the host.
+                assert_eq!(blocks.len(), rules, "{reach:?}: {blocks:?}");
+                assert!(!connects(2222), "{reach:?}: the door's port");
+                assert_eq!(connects(8080), other_port_open, "{reach:?}: another port");
+                assert!(echoes(&mut conn, b"after"), "{reach:?}: the session");
+                sink.unblock(ip(CLIENT_V4)).unwrap();
+                assert!(connects(2222) && connects(8080), "{reach:?}: unblocked");
+                sink.close(&g).unwrap();
             }
         })
         .unwrap();

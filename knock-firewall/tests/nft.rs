@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use knock_core::Step;
-use knock_firewall::{FirewallSink, Grant, NftChecked, NftConfig, NftDoor, NftSink};
-use knock_testnet::{Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
+use knock_firewall::{BlockReach, FirewallSink, Grant, NftChecked, NftConfig, NftDoor, NftSink};
+use knock_testnet::{echoes, Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 
 const WAIT: Duration = Duration::from_millis(700);
 
@@ -166,6 +166,102 @@ fn nft_block_is_expired_by_the_kernel() {
             assert!(!connects(&pair, SERVER_V4), "blocked");
             std::thread::sleep(Duration::from_millis(1200));
             assert!(connects(&pair, SERVER_V4), "block expired");
+        })
+        .unwrap();
+}
+
+/// A TCP session from a granted client to an echo server on tcp/2222 (the
+/// door's port), opened before its address is blocked.
+fn session_2222(pair: &Pair, server: &str) -> std::net::TcpStream {
+    let mut conn = pair
+        .client
+        .tcp_stream(ip(server), 2222, Duration::from_secs(2))
+        .unwrap();
+    assert!(echoes(&mut conn, b"before"), "no echo before the block");
+    conn
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_block_keeps_established_sessions_v4_v6() {
+    let pair = pair();
+    pair.server.tcp_echo(2222).unwrap();
+    pair.server
+        .enter(|| {
+            let cfg = NftConfig {
+                doors: vec![NftDoor::new(
+                    "ssh",
+                    vec![Step::tcp(2222)],
+                    Some(Duration::from_secs(60)),
+                )],
+                ..NftConfig::default()
+            };
+            let mut sink = NftSink::new(cfg).unwrap();
+            for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+                let g = Grant::new("ssh", ip(client), 1, vec![Step::tcp(2222)])
+                    .with_expiry(Some(SystemTime::now() + Duration::from_secs(60)));
+                sink.open(&g).unwrap();
+                let mut conn = session_2222(&pair, server);
+                sink.block(ip(client), SystemTime::now() + Duration::from_secs(60))
+                    .unwrap();
+                assert!(
+                    echoes(&mut conn, b"after"),
+                    "the block cut the session of {client}"
+                );
+                assert!(
+                    !pair.client.tcp_connect(ip(server), 2222, WAIT),
+                    "a new connection of blocked {client}"
+                );
+                sink.unblock(ip(client)).unwrap();
+                assert!(pair.client.tcp_connect(ip(server), 2222, WAIT));
+            }
+            sink.remove().unwrap();
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nft_block_reach_is_the_ports_or_the_host() {
+    let pair = pair();
+    pair.server.tcp_echo(2222).unwrap();
+    pair.server.tcp_listen(8080).unwrap();
+    let connects = |port| pair.client.tcp_connect(ip(SERVER_V4), port, WAIT);
+    pair.server
+        .enter(|| {
+            for (reach, other_port_open) in [
+                (
+                    BlockReach::Ports(vec![Step::tcp(2222), Step::udp(1194)]),
+                    true,
+                ),
+                (BlockReach::Host, false),
+            ] {
+                let cfg = NftConfig {
+                    doors: vec![NftDoor::new(
+                        "ssh",
+                        vec![Step::tcp(2222)],
+                        Some(Duration::from_secs(60)),
+                    )],
+                    block_reach: reach.clone(),
+                    ..NftConfig::default()
+                };
+                let mut sink = NftSink::new(cfg).unwrap();
+                sink.open(
+                    &Grant::new("ssh", ip(CLIENT_V4), 1, vec![Step::tcp(2222)])
+                        .with_expiry(Some(SystemTime::now() + Duration::from_secs(60))),
+                )
+                .unwrap();
+                assert!(connects(2222) && connects(8080));
+                let mut conn = session_2222(&pair, SERVER_V4);
+                sink.block(ip(CLIENT_V4), SystemTime::now() + Duration::from_secs(60))
+                    .unwrap();
+                assert!(!connects(2222), "{reach:?}: the door's port");
+                assert_eq!(connects(8080), other_port_open, "{reach:?}: another port");
+                assert!(echoes(&mut conn, b"after"), "{reach:?}: the session");
+                sink.unblock(ip(CLIENT_V4)).unwrap();
+                assert!(connects(2222) && connects(8080), "{reach:?}: unblocked");
+                sink.remove().unwrap();
+            }
         })
         .unwrap();
 }

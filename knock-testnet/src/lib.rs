@@ -154,6 +154,43 @@ impl Netns {
         Ok(addr)
     }
 
+    /// Listens on TCP `port` (all addresses, IPv4 and IPv6) inside the
+    /// namespace and echoes back what each connection sends, each on its
+    /// own thread, for the rest of the process.
+    pub fn tcp_echo(&self, port: u16) -> io::Result<std::net::SocketAddr> {
+        use std::io::{Read, Write};
+        let listener = self.enter(move || {
+            std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))
+        })??;
+        let addr = listener.local_addr()?;
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 512];
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        if conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(addr)
+    }
+
+    /// A TCP connection from this namespace to `addr:port` (the socket
+    /// stays in this namespace; use it from any thread).
+    pub fn tcp_stream(
+        &self,
+        addr: std::net::IpAddr,
+        port: u16,
+        timeout: std::time::Duration,
+    ) -> io::Result<std::net::TcpStream> {
+        self.enter(move || {
+            std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(addr, port), timeout)
+        })?
+    }
+
     /// Whether a TCP connect from this namespace to `addr:port` completes
     /// within `timeout` (a Rust connect, no `nc` process).
     pub fn tcp_connect(
@@ -179,6 +216,21 @@ impl Drop for Netns {
         }
         let _ = run(&["ip", "netns", "del", &self.name]);
     }
+}
+
+/// Sends `msg` over `conn` (to a [`Netns::tcp_echo`] server) and whether
+/// the same bytes come back within 2 s.
+pub fn echoes(conn: &mut std::net::TcpStream, msg: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    if conn
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .is_err()
+        || conn.write_all(msg).is_err()
+    {
+        return false;
+    }
+    let mut got = vec![0u8; msg.len()];
+    conn.read_exact(&mut got).is_ok() && got == msg
 }
 
 /// Two namespaces joined by a veth pair: `server` (kn0, 198.18.0.1/24,

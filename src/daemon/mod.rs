@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use knock_capture::{CaptureError, Next, Source};
-use knock_config::{Config, FirewallKind, SequenceFile};
+use knock_config::{BlacklistReach, Config, FirewallKind, SequenceFile};
 use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
 
@@ -143,6 +143,7 @@ fn nft_config(config: &Config) -> knock_firewall::NftConfig {
         }
     }
     nft.blocklist = blocking_firewall(config) == Some(FirewallKind::Nftables);
+    nft.block_reach = block_reach(config);
     nft
 }
 
@@ -185,7 +186,10 @@ pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, 
     }
     let blocker = blocking_firewall(config);
     if uses(FirewallKind::Iptables) || blocker == Some(FirewallKind::Iptables) {
-        let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig::default())?;
+        let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig {
+            block_reach: block_reach(config),
+            ..knock_firewall::IptablesConfig::default()
+        })?;
         sinks.insert(FirewallKind::Iptables, Box::new(sink));
     }
     #[cfg(feature = "nftables")]
@@ -236,6 +240,29 @@ pub fn check_firewall(config: &Config) -> Result<Option<String>, DaemonError> {
     }
     let _ = config;
     Ok(None)
+}
+
+/// Where the firewall's blocks reach (`blacklist_reach`).
+fn block_reach(config: &Config) -> knock_firewall::BlockReach {
+    match config.options.blacklist_reach {
+        BlacklistReach::Host => knock_firewall::BlockReach::Host,
+        _ => knock_firewall::BlockReach::Ports(config.protected_ports()),
+    }
+}
+
+/// A warning for a `blacklist` whose blocks can refuse nothing in the
+/// firewall: `blacklist_reach = doors` and no door with native `open` ports
+/// (the daemon cannot know the ports of shell commands).
+fn blacklist_reach_warning(config: &Config) -> Option<String> {
+    let doors_only = !matches!(config.options.blacklist_reach, BlacklistReach::Host);
+    (config.options.blacklist.is_some() && doors_only && config.protected_ports().is_empty()).then(
+        || {
+            "blacklist: no door has native `open` ports, so with blacklist_reach = doors a block \
+         only makes the daemon ignore the source's knocks; set blacklist_reach = host to \
+         refuse its new connections in the firewall"
+                .to_owned()
+        },
+    )
 }
 
 /// A random hasher seed for the matcher.
@@ -362,6 +389,7 @@ impl Daemon {
             .with_reports(opts.events_json);
         let seqfiles = sequence_files(&config);
         let blocker = blocking_firewall(&config);
+        let reach_warning = blacklist_reach_warning(&config);
         let ready = (|| {
             std::fs::create_dir_all(&opts.state_dir).map_err(|source| DaemonError::State {
                 path: opts.state_dir.clone(),
@@ -402,6 +430,9 @@ impl Daemon {
             unrecorded: HashMap::new(),
             blocker,
         };
+        if let Some(w) = reach_warning {
+            d.log.line(Level::Warn, &w);
+        }
         let now = d.clock.now();
         for (kind, sink) in &mut d.sinks {
             if let Err(e) = sink.reconcile(SystemTime::now()) {
@@ -499,8 +530,12 @@ impl Daemon {
         self.sinks = build_sinks(&config)?;
         self.blocker = blocking_firewall(&config);
         self.seqfiles = sequence_files(&config);
+        let reach_warning = blacklist_reach_warning(&config);
         let now = self.clock.now();
         self.engine.handle_reload(now, config)?;
+        if let Some(w) = reach_warning {
+            self.log.line(Level::Warn, &w);
+        }
         self.apply();
         self.reapply();
         Ok(())

@@ -191,7 +191,8 @@ pub enum Action {
     Extend(GrantAction),
     /// Close a grant (run its stop command or remove its entries).
     Close(GrantAction),
-    /// Drop all new connections from `src` until `until` (Unix time).
+    /// Refuse new connections from `src` (within the sinks' reach,
+    /// `blacklist_reach`; established ones pass) until `until` (Unix time).
     Block {
         /// The source.
         src: IpAddr,

@@ -523,6 +523,31 @@ fn bad_blacklist() {
 }
 
 #[test]
+fn bad_blacklist_reach() {
+    let e =
+        err("[options]\n  blacklist = 3 invalid in 60s for 180s\n  blacklist_reach = everything\n");
+    assert!(matches!(e, ConfigError::BadValue { .. }), "{e}");
+    says(
+        &e,
+        &[
+            "/etc/knockd.conf:3:21",
+            "blacklist_reach = \"everything\"",
+            "doors or host",
+        ],
+    );
+    let e = err("[options]\n  blacklist_reach =\n");
+    says(&e, &["/etc/knockd.conf:2", "doors or host"]);
+    let e = err("[options]\n  blacklist_reach = doors\n  Blacklist_Reach = host\n");
+    says(&e, &["/etc/knockd.conf:3", "set twice", "first on line 2"]);
+    let e = Config::from_toml_str(
+        "[options]\nblacklist = { invalid = 3, window = 60, block = 180 }\nblacklist_reach = \"all\"\n",
+        "k.toml",
+    )
+    .unwrap_err();
+    says(&e, &["k.toml:3:19", "unknown variant", "doors", "host"]);
+}
+
+#[test]
 fn bad_interface() {
     let e = err("[options]\n  Interface = eth0,,wg0\n");
     says(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use knock_config::{Config, FirewallKind, SequenceSource};
+use knock_config::{BlacklistReach, Config, FirewallKind, SequenceSource};
 use knock_core::{
     Decision, Event, FlagFilter, Limits, Matcher, Sequences, Step, TcpFlags, Timestamp,
 };
@@ -304,6 +304,7 @@ fn extension_keys() {
     let conf = "[options]
   Interface = eth0, wg0
   blacklist = 3 invalid in 60s for 3m
+  blacklist_reach = Host
 [web]
   sequence = 1111,2222
   open = tcp/22,udp/1194
@@ -329,6 +330,17 @@ fn extension_keys() {
         (b.invalid, b.window, b.block),
         (3, Duration::from_secs(60), Duration::from_secs(180))
     );
+    assert_eq!(c.options.blacklist_reach, BlacklistReach::Host);
+    let plain = Config::parse_knockd_str(
+        "[options]\n  blacklist = 3 invalid in 60s for 3m\n",
+        "k.conf",
+    );
+    assert_eq!(
+        plain.unwrap().options.blacklist_reach,
+        BlacklistReach::Doors
+    );
+    // The doors' native `open` ports, each once: what the default reach blocks.
+    assert_eq!(c.protected_ports(), [Step::tcp(22), Step::udp(1194)]);
     let w = &c.doors[0];
     assert_eq!(w.open, [Step::tcp(22), Step::udp(1194)]);
     assert_eq!(w.firewall, FirewallKind::Iptables);

@@ -129,9 +129,10 @@ fn knockd_conf() -> impl Strategy<Value = String> {
         prop::option::of("[a-z]{1,8}"),
         prop::collection::vec("[a-z0-9]{1,6}", 1..3),
         prop::option::of((1u32..10, 1u64..600, 1u64..6000)),
+        prop::option::of(prop::sample::select(vec!["doors", "host", "Host"])),
         prop::collection::vec(door_lines(), 0..5),
     )
-        .prop_map(|(syslog, log, ifaces, bl, doors)| {
+        .prop_map(|(syslog, log, ifaces, bl, reach, doors)| {
             let mut s = String::from("# generated\n[options]\n");
             if syslog {
                 s.push_str("    UseSyslog\n");
@@ -142,6 +143,9 @@ fn knockd_conf() -> impl Strategy<Value = String> {
             let _ = writeln!(s, "    Interface = {}", ifaces.join(","));
             if let Some((n, w, b)) = bl {
                 let _ = writeln!(s, "    blacklist = {n} invalid in {w}s for {b}s");
+            }
+            if let Some(r) = reach {
+                let _ = writeln!(s, "    blacklist_reach = {r}");
             }
             for (i, lines) in doors.iter().enumerate() {
                 let _ = writeln!(s, "\n[door{i}]");

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use knock_config::{knockd_to_toml, Config, FirewallKind, SequenceSource};
+use knock_config::{knockd_to_toml, BlacklistReach, Config, FirewallKind, SequenceSource};
 use knock_core::{FlagFilter, Step, TcpFlags};
 
 #[test]
@@ -13,6 +13,7 @@ use_syslog = true
 log_file = "/var/log/knockd.log"
 interfaces = ["eth0", "wg0"]
 blacklist = { invalid = 3, window = "60s", block = 180 }
+blacklist_reach = "host"
 
 [[door]]
 name = "openSSH"
@@ -44,6 +45,7 @@ sequence_protocols = ["tcp", "udp"]
     assert!(c.options.use_syslog);
     assert_eq!(c.options.interfaces, ["eth0", "wg0"]);
     assert_eq!(c.options.blacklist.unwrap().block, Duration::from_secs(180));
+    assert_eq!(c.options.blacklist_reach, BlacklistReach::Host);
     let d = &c.doors[0];
     assert_eq!(
         d.sequence,

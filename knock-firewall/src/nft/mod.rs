@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use knock_core::{Proto, Step};
 use rustables::error::QueryError;
 use rustables::expr::{
-    Bitwise, Cmp, CmpOp, HighLevelPayload, IPv4HeaderField, IPv6HeaderField, Lookup, Meta,
-    MetaType, NetworkHeaderField,
+    Bitwise, Cmp, CmpOp, ConnTrackState, Conntrack, ConntrackKey, HighLevelPayload,
+    IPv4HeaderField, IPv6HeaderField, Lookup, Meta, MetaType, NetworkHeaderField,
 };
 use rustables::{
     Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, Protocol, ProtocolFamily, Rule,
@@ -20,7 +20,7 @@ use rustables::{
 
 use crate::error::Error;
 use crate::grant::{mask, Grant};
-use crate::sink::{FirewallSink, Reconciled};
+use crate::sink::{BlockReach, FirewallSink, Reconciled};
 use netlink::{ElemOp, NlSocket, SetInfo};
 
 const NFT_SET_TIMEOUT: u32 = 0x10;
@@ -81,6 +81,8 @@ pub struct NftConfig {
     /// deletes it (a config that no longer uses nftables leaves no guard
     /// behind), and the sink only closes and unblocks what is left.
     pub blocklist: bool,
+    /// Where a block refuses new connections (default: the whole host).
+    pub block_reach: BlockReach,
 }
 
 impl Default for NftConfig {
@@ -91,6 +93,7 @@ impl Default for NftConfig {
             guard: true,
             doors: Vec::new(),
             blocklist: true,
+            block_reach: BlockReach::Host,
         }
     }
 }
@@ -165,7 +168,8 @@ struct DoorSets {
 ///   set block4 { type ipv4_addr; flags timeout; }       set block6 { ... }
 ///   set d0_ssh_4 { type ipv4_addr; flags timeout; timeout 30s; }   d0_ssh_6 ...
 ///   chain input { type filter hook input priority -5; policy accept;
-///     ip saddr @block4 drop;  ip6 saddr @block6 drop
+///     ip saddr @block4 tcp dport 22 ct state != established,related drop
+///     (and ip6; per port of BlockReach::Ports, without `dport` for Host)
 ///     ip saddr & 255.255.255.255 @d0_ssh_4 tcp dport 22 accept   (and ip6)
 ///     tcp dport 22 ct state established accept;  tcp dport 22 drop   (guard)
 ///   }
@@ -254,6 +258,37 @@ fn saddr_in(mut rule: Rule, v6: bool, prefix: u8, set: &Set) -> Result<Rule, Err
     }
     rule.add_expr(Lookup::new(set).map_err(berr)?);
     Ok(rule)
+}
+
+/// The rules of a block set: drop what comes from an address in `set` and
+/// is not part of (or related to) an established connection, to each port
+/// of `reach` or, for [`BlockReach::Host`], to any.
+fn block_rules(chain: &Chain, v6: bool, set: &Set, reach: &BlockReach) -> Result<Vec<Rule>, Error> {
+    let berr = |e: rustables::error::BuilderError| Error::Config(format!("nftables rule: {e}"));
+    let new_only = |mut rule: Rule| -> Result<Rule, Error> {
+        let settled = (ConnTrackState::ESTABLISHED | ConnTrackState::RELATED).bits();
+        rule.add_expr(Conntrack::new(ConntrackKey::State));
+        rule.add_expr(Bitwise::new(settled.to_ne_bytes(), 0u32.to_ne_bytes()).map_err(berr)?);
+        rule.add_expr(Cmp::new(CmpOp::Eq, 0u32.to_ne_bytes()));
+        Ok(rule.drop())
+    };
+    let from_set = || {
+        saddr_in(
+            Rule::new(chain).map_err(berr)?,
+            v6,
+            if v6 { 128 } else { 32 },
+            set,
+        )
+    };
+    match reach {
+        BlockReach::Host => Ok(vec![new_only(from_set()?)?]),
+        BlockReach::Ports(ports) => ports
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(|step| new_only(from_set()?.dport(step.port, proto(step.proto))))
+            .collect(),
+    }
 }
 
 /// The block set of `src`'s family and its key.
@@ -522,14 +557,9 @@ impl NftSink {
             .filter_map(|(name, v6)| Some((set(name)?, v6)));
         // Blocks first.
         for (set, v6) in blocks {
-            let r = saddr_in(
-                Rule::new(&chain).map_err(berr)?,
-                v6,
-                if v6 { 128 } else { 32 },
-                set,
-            )?
-            .drop();
-            batch.add(&r, MsgType::Add);
+            for r in block_rules(&chain, v6, set, &self.cfg.block_reach)? {
+                batch.add(&r, MsgType::Add);
+            }
         }
         let mut guarded = BTreeSet::new();
         for d in &self.cfg.doors {
