@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use knock_capture::{CaptureError, Next, Source};
+use knock_capture::{CaptureError, Next, Source, Widening};
 use knock_config::{Config, FirewallKind, SequenceFile};
 use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
@@ -204,6 +204,8 @@ pub struct Daemon {
     opts: DaemonOptions,
     /// A listen set not yet pushed to the source.
     listen: Option<Vec<Listen>>,
+    /// How the source's kernel filter was last reported widened (warned once per change).
+    widened: Option<Widening>,
     /// The end of the runner's wake-up stream that capture sources poll.
     wake: UnixStream,
 }
@@ -270,6 +272,7 @@ impl Daemon {
             log,
             opts,
             listen: None,
+            widened: None,
             wake,
         };
         let now = d.clock.now();
@@ -407,6 +410,13 @@ impl Daemon {
             if let Err(e) = source.set_listen(&set) {
                 self.listen = Some(set);
                 return Err(e.into());
+            }
+            let widened = source.filter_widening();
+            if widened != self.widened {
+                if let Some(w) = &widened {
+                    self.log.line(Level::Warn, &format!("capture: {w}"));
+                }
+                self.widened = widened;
             }
         }
         Ok(())
