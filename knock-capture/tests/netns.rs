@@ -145,18 +145,17 @@ fn send_socket_knocks(client: &Netns, vlan: bool) {
         .unwrap();
 }
 
-/// The knocks above that are knocks, as seen on the parent interface.
-fn socket_knocks(vlan: bool) -> Vec<Key> {
-    let mut v = vlan_knocks(vlan);
-    v.extend([
+/// The knocks above that are knocks, as seen on the parent interface (the
+/// VLAN knocks count on the VLAN interface only).
+fn socket_knocks() -> Vec<Key> {
+    vec![
         tcp(C4, S4, 7000),
         tcp(C4, S4, 7001),
         udp(C4, S4, 9000),
         tcp(C6, S6, 7000),
         udp(C6, S6, 9000),
         udp(C6, S6, 9001),
-    ]);
-    v
+    ]
 }
 
 /// The VLAN socket knocks that are knocks.
@@ -337,7 +336,7 @@ fn af_packet_kernel_filter_v4_v6_vlan_and_multi_interface() {
         assert_eq!(c.link, LinkType::Ethernet);
         by_if.entry(c.ifindex).or_default().push(key(c));
     }
-    let mut want_parent = socket_knocks(vlan);
+    let mut want_parent = socket_knocks();
     want_parent.extend(crafted_knocks());
     let n_parent = want_parent.len() as u64;
     assert_eq!(
@@ -349,9 +348,14 @@ fn af_packet_kernel_filter_v4_v6_vlan_and_multi_interface() {
         vec![udp(C4, S4, 9000)]
     );
     if vlan {
+        // The crafted frames tagged 100 arrive on kn0.100 untagged, for
+        // this host (their destinations are kn0's addresses); the QinQ one
+        // belongs to no interface here.
+        let mut want = vlan_knocks(true);
+        want.extend([tcp(C4, S4, 7000), udp(C6, S6, 9000)]);
         assert_eq!(
             sorted(by_if.remove(&idx[2]).unwrap_or_default()),
-            sorted(vlan_knocks(true))
+            sorted(want)
         );
     }
     assert!(by_if.is_empty(), "{by_if:?}");
@@ -438,7 +442,7 @@ fn pnet_source_same_filter() {
         .send_frames(CLIENT_IF, &crafted_frames())
         .unwrap();
     let got = collect(&mut src, Duration::from_millis(700));
-    let mut want = socket_knocks(false);
+    let mut want = socket_knocks();
     want.extend(crafted_knocks());
     assert_eq!(sorted(got.iter().map(key).collect()), sorted(want));
     check_accounting(&src.stats(), 8, 1, 1);
