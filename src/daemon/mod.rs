@@ -204,7 +204,8 @@ pub struct Daemon {
     opts: DaemonOptions,
     /// A listen set not yet pushed to the source.
     listen: Option<Vec<Listen>>,
-    /// How the source's kernel filter was last reported widened (warned once per change).
+    /// How the source's kernel filter was last reported widened (a warning
+    /// when the kind of widening changes, not at every listen-set change).
     widened: Option<Widening>,
     /// The end of the runner's wake-up stream that capture sources poll.
     wake: UnixStream,
@@ -412,12 +413,15 @@ impl Daemon {
                 return Err(e.into());
             }
             let widened = source.filter_widening();
-            if widened != self.widened {
+            let kind = |w: &Option<Widening>| {
+                w.map(|w| (w.any_destination, w.any_flags, w.optmem_limited))
+            };
+            if kind(&widened) != kind(&self.widened) {
                 if let Some(w) = &widened {
                     self.log.line(Level::Warn, &format!("capture: {w}"));
                 }
-                self.widened = widened;
             }
+            self.widened = widened;
         }
         Ok(())
     }
