@@ -965,3 +965,36 @@ fn many_doors(n: u16, optmem: Option<u32>) {
         .unwrap_or_else(|e| panic!("{what}: swap: {e}"));
     knock(&mut src, door_ports(1, 10_001));
 }
+
+/// An address added after the source was opened counts from its first
+/// knock (the address set is re-read when an unknown destination shows
+/// up), in the source's namespace whichever thread reads it.
+#[test]
+#[ignore = "needs root"]
+fn an_address_added_later_counts() {
+    let Some(pair) = setup() else { return };
+    let ls = vec![Listen::new(Step::tcp(7001), syn_not_ack(), None)];
+    let mut src = pair
+        .server
+        .enter(|| AfPacketSource::open(SERVER_IF, &ls).unwrap())
+        .unwrap();
+    let new = Ipv4Addr::new(198, 18, 0, 60);
+    pair.client
+        .send_frames(CLIENT_IF, &[syn4(&[], C4, new, 7001)])
+        .unwrap();
+    assert!(collect(&mut src, Duration::from_millis(300)).is_empty());
+    assert_eq!(src.stats().not_for_host, 1);
+    pair.server
+        .run(&["ip", "addr", "add", "198.18.0.60/32", "dev", SERVER_IF])
+        .unwrap();
+    // The set is re-read at most once a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    pair.client
+        .send_frames(CLIENT_IF, &[syn4(&[], C4, new, 7001)])
+        .unwrap();
+    let got = collect(&mut src, Duration::from_millis(300));
+    assert_eq!(
+        got.iter().map(key).collect::<Vec<_>>(),
+        vec![tcp(C4, new, 7001)]
+    );
+}
