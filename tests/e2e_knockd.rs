@@ -274,12 +274,25 @@ fn ack_knocks_on_a_syn_door_do_not_open() {
     use knock::core::TcpFlags;
     let s = Server::start(CLASSIC);
     let (client, server) = ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
+    // Addressed to the server's MAC: frames for another MAC never count.
+    let mac_text = s
+        .pair
+        .server
+        .run(&["cat", "/sys/class/net/kn0/address"])
+        .unwrap();
+    let mac: Vec<u8> = mac_text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
     let frames: Vec<Vec<u8>> = [7000u16, 8000, 9000]
         .iter()
         .map(|&port| {
             let tcp = craft::tcp(40000, port, TcpFlags::ACK);
             let ip = craft::ipv4(client, server, 6, &[], craft::Frag::default(), &tcp);
-            craft::ethernet(&[], craft::ETH_IPV4, &ip)
+            let mut f = craft::ethernet(&[], craft::ETH_IPV4, &ip);
+            f[..6].copy_from_slice(&mac);
+            f
         })
         .collect();
     s.pair

@@ -7,7 +7,9 @@ use std::time::Instant;
 use knock_core::{Listen, Timestamp};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::bpf::{self, Program};
+use crate::bpf::{self, Widening, PACKET_HOST};
+use crate::local::LocalAddrs;
+use crate::parse::ETH_VLAN;
 use crate::source::{Captured, Next, Source, Stats, UserFilter};
 use crate::{parse, sys, CaptureError, LinkType};
 
@@ -106,21 +108,48 @@ pub(crate) fn resolve(fd: BorrowedFd<'_>, name: &str) -> Result<(u32, LinkType),
     Ok((idx, link))
 }
 
-/// Compiles and attaches the filter for `listen`. A listen set too large for
-/// one program falls back to passing every frame (user space still filters);
-/// returns whether it did.
+/// Compiles and attaches the filter for `listen`; returns how it had to be
+/// widened to fit, if it had to.
+///
+/// The kernel charges a program to the socket's option memory
+/// (`net.core.optmem_max`), and while it replaces a program it charges the
+/// old and the new one together. When that memory runs out, a program
+/// being replaced is first swapped for the smallest one (or, if even that
+/// does not fit, removed: user space still checks every frame), then the
+/// instruction budget is halved until the program fits.
 pub(crate) fn install_filter(
     fd: BorrowedFd<'_>,
     link: LinkType,
     listen: &[Listen],
-) -> Result<bool, CaptureError> {
-    let (prog, fallback) = match bpf::compile(link, listen) {
-        Ok(p) => (p, false),
-        Err(CaptureError::FilterTooLong(_)) => (Program::accept_all(), true),
-        Err(e) => return Err(e),
-    };
-    sys::attach_filter(fd, &prog).map_err(|e| CaptureError::io("SO_ATTACH_FILTER", e))?;
-    Ok(fallback)
+    replacing: bool,
+) -> Result<Option<Widening>, CaptureError> {
+    let attach_err = |e| CaptureError::io("SO_ATTACH_FILTER", e);
+    let no_memory = |e: &io::Error| e.raw_os_error() == Some(libc::ENOMEM);
+    let mut budget = bpf::DEFAULT_BUDGET;
+    let mut holding_old = replacing;
+    loop {
+        let c = bpf::compile_within(link, listen, budget)?;
+        match sys::attach_filter(fd, &c.program) {
+            Ok(()) => {
+                return Ok(c.widening.map(|w| Widening {
+                    optmem_limited: budget < bpf::DEFAULT_BUDGET,
+                    ..w
+                }))
+            }
+            Err(e) if no_memory(&e) && holding_old => {
+                holding_old = false;
+                let small = bpf::compile_within(link, listen, bpf::MIN_BUDGET)?;
+                if let Err(e) = sys::attach_filter(fd, &small.program) {
+                    if !no_memory(&e) {
+                        return Err(attach_err(e));
+                    }
+                    sys::detach_filter(fd).map_err(|e| CaptureError::io("SO_DETACH_FILTER", e))?;
+                }
+            }
+            Err(e) if no_memory(&e) && budget > bpf::MIN_BUDGET => budget /= 2,
+            Err(e) => return Err(attach_err(e)),
+        }
+    }
 }
 
 /// Shared state of the live sources: kernel counters and the user-space re-check.
@@ -130,27 +159,47 @@ pub(crate) struct LiveState {
     pub(crate) filter: UserFilter,
     pub(crate) epoch: Instant,
     pub(crate) link: LinkType,
+    local: LocalAddrs,
 }
 
 impl LiveState {
-    pub(crate) fn new(link: LinkType, listen: &[Listen], epoch: Instant) -> Self {
+    /// The state of a source opened in the calling thread's network namespace.
+    pub(crate) fn new(
+        link: LinkType,
+        listen: &[Listen],
+        epoch: Instant,
+    ) -> Result<Self, CaptureError> {
         let mut filter = UserFilter::default();
         filter.set(listen);
-        LiveState {
+        Ok(LiveState {
             stats: Stats::default(),
             filter,
             epoch,
             link,
-        }
+            local: LocalAddrs::open()?,
+        })
     }
 
-    /// Parses and re-checks one frame.
-    pub(crate) fn frame(&mut self, bytes: &[u8], ifindex: u32) -> Option<Captured> {
+    /// Checks one frame of packet type `pkttype`: for this host, a knock
+    /// of the listen set.
+    pub(crate) fn frame(&mut self, bytes: &[u8], ifindex: u32, pkttype: u8) -> Option<Captured> {
+        // The kernel filter drops these already; this is for frames queued
+        // before it was attached, and in case there is none.
+        let tagged = self.link == LinkType::Ethernet
+            && bytes
+                .get(12..14)
+                .is_some_and(|t| ETH_VLAN.contains(&u16::from_be_bytes([t[0], t[1]])));
+        if pkttype != PACKET_HOST || tagged {
+            self.stats.received += 1;
+            self.stats.not_for_host += 1;
+            return None;
+        }
         let r = parse(self.link, bytes, live_time(self.epoch));
         self.stats.count(&r);
         let event = r.ok()?;
+        let local = &mut self.local;
         self.filter
-            .admits(&event, &mut self.stats)
+            .admits(&event, &mut self.stats, |a| local.contains(a))
             .then_some(Captured {
                 event,
                 link: self.link,
@@ -185,7 +234,7 @@ pub struct AfPacketSource {
     ifindex: u32,
     buf: Vec<u8>,
     state: LiveState,
-    fallback: bool,
+    widening: Option<Widening>,
 }
 
 impl AfPacketSource {
@@ -208,7 +257,8 @@ impl AfPacketSource {
     ) -> Result<AfPacketSource, CaptureError> {
         let sock = raw_socket(cfg.rcvbuf)?;
         let (ifindex, link) = resolve(sock.as_fd(), name)?;
-        let fallback = install_filter(sock.as_fd(), link, listen)?;
+        let widening = install_filter(sock.as_fd(), link, listen, false)?;
+        let state = LiveState::new(link, listen, cfg.epoch)?;
         sys::bind_all_protocols(sock.as_fd(), ifindex)
             .map_err(|e| CaptureError::io(format!("bind {name}"), e))?;
         // Binding to an interface that is down succeeds, but leaves ENETDOWN
@@ -228,8 +278,8 @@ impl AfPacketSource {
             name: name.into(),
             ifindex,
             buf: vec![0; cfg.frame_buf.max(128)],
-            state: LiveState::new(link, listen, cfg.epoch),
-            fallback,
+            state,
+            widening,
         })
     }
 
@@ -248,12 +298,6 @@ impl AfPacketSource {
         self.state.link
     }
 
-    /// Whether the listen set was too large for a kernel program, so every
-    /// frame is passed and filtered in user space.
-    pub fn filter_fallback(&self) -> bool {
-        self.fallback
-    }
-
     /// Gives up the socket (e.g. to hand it to another reader).
     pub fn into_fd(self) -> OwnedFd {
         self.sock.into()
@@ -266,7 +310,7 @@ impl Source for AfPacketSource {
             match sys::recv_frame(self.sock.as_fd(), &mut self.buf) {
                 Ok(info) => {
                     let bytes = self.buf.get(..info.len).unwrap_or(&[]);
-                    if let Some(c) = self.state.frame(bytes, info.ifindex) {
+                    if let Some(c) = self.state.frame(bytes, info.ifindex, info.pkttype) {
                         return Ok(Next::Event(c));
                     }
                     continue;
@@ -288,7 +332,7 @@ impl Source for AfPacketSource {
     }
 
     fn set_listen(&mut self, listen: &[Listen]) -> Result<(), CaptureError> {
-        self.fallback = install_filter(self.sock.as_fd(), self.state.link, listen)?;
+        self.widening = install_filter(self.sock.as_fd(), self.state.link, listen, true)?;
         self.state.filter.set(listen);
         Ok(())
     }
@@ -300,6 +344,10 @@ impl Source for AfPacketSource {
 
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.sock.as_fd())
+    }
+
+    fn filter_widening(&self) -> Option<Widening> {
+        self.widening
     }
 }
 

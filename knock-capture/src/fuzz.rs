@@ -37,9 +37,19 @@ pub fn check(data: &[u8]) {
     let parsed = parse(link, frame, Timestamp::ZERO);
     let Ok(event) = parsed else { return };
     let ls = listen_set();
-    if ls.iter().any(|l| l.matches(&event)) {
-        if let Ok(prog) = bpf::compile(link, &ls) {
-            assert_ne!(prog.run(frame), 0, "kernel filter drops knock {event:?}");
+    // A frame with a VLAN tag left in its data is not for a host that
+    // captures on an untagged interface: the program drops it on purpose.
+    let tagged = link == LinkType::Ethernet
+        && frame
+            .get(12..14)
+            .is_some_and(|t| crate::parse::ETH_VLAN.contains(&u16::from_be_bytes([t[0], t[1]])));
+    if ls.iter().any(|l| l.matches(&event)) && !tagged {
+        if let Ok(c) = bpf::compile(link, &ls) {
+            assert_ne!(
+                c.program.run(frame),
+                0,
+                "kernel filter drops knock {event:?}"
+            );
         }
     }
 }

@@ -21,16 +21,25 @@
 //! * [`AfPacketSource`]: the daemon's default. [`PnetSource`]: the same over
 //!   `pnet_datalink`. [`ReplaySource`]: pcap / pcapng, timestamps from the
 //!   file. [`MultiSource`]: several sources (interfaces) at once.
-//! * [`bpf`]: the classic-BPF generator, with a small interpreter for tests.
+//! * [`bpf`]: the classic-BPF generator, with a small interpreter for tests;
+//!   [`Source::filter_widening`] says when a large listen set did not fit
+//!   exactly. [`LocalAddrs`]: the host's addresses, for the destination check.
 //! * [`craft`]: frame builders for tests, benches and fuzzers; [`fuzz::check`]:
 //!   what a fuzz target calls with arbitrary bytes.
 //!
 //! ## Design
 //! The kernel filter is an optimisation, never the decision: it passes every
-//! frame that *might* be a knock (IPv6 with extension headers, IPv4 fragments,
-//! frames still carrying VLAN tags) and user space re-checks every frame with
+//! frame that *might* be a knock (IPv6 with extension headers, IPv4
+//! fragments, and more when a large listen set had to be widened to fit,
+//! see [`bpf::Widening`]) and user space re-checks every frame with
 //! [`parse`] and [`knock_core::Listen::matches`]. A frame the filter passed
 //! but user space rejects is counted in [`Stats`], not silently lost.
+//!
+//! Live sources count only traffic for this host, in the kernel filter and
+//! again in user space: frames of packet type `PACKET_HOST` without VLAN
+//! tags the interface does not terminate, to one of the host's addresses
+//! ([`LocalAddrs`]) or to the target of the door whose entry matched.
+//! Replays count every packet of the file.
 //!
 //! ## Example
 //! ```
@@ -59,6 +68,7 @@ pub mod bpf;
 pub mod craft;
 mod error;
 pub mod fuzz;
+mod local;
 mod multi;
 mod parse;
 mod pnet_source;
@@ -67,7 +77,9 @@ mod source;
 mod sys;
 
 pub use afpacket::{interface_names, link_of_hw_type, AfPacketSource, LiveConfig};
+pub use bpf::Widening;
 pub use error::CaptureError;
+pub use local::LocalAddrs;
 pub use multi::MultiSource;
 pub use parse::{parse, Layer, LinkType, Reject, MAX_EXTENSION_HEADERS, MAX_VLAN_TAGS};
 pub use pnet_source::PnetSource;

@@ -588,4 +588,11 @@ impl<S: Source> Source for MultiSource<S> {
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
+
+    /// The first source's widening that is widened most (fewest ranges).
+    fn filter_widening(&self) -> Option<crate::Widening> {
+        self.sources()
+            .filter_map(Source::filter_widening)
+            .min_by_key(|w| w.ranges)
+    }
 }

@@ -8,6 +8,7 @@ use knock_core::Listen;
 use pnet_datalink::{Channel, ChannelType, Config, DataLinkReceiver};
 
 use crate::afpacket::{install_filter, poll_timeout, raw_socket, resolve, LiveConfig, LiveState};
+use crate::bpf::{Widening, PACKET_HOST};
 use crate::source::{Next, Source, Stats};
 use crate::{sys, CaptureError};
 
@@ -29,6 +30,7 @@ pub struct PnetSource {
     name: String,
     ifindex: u32,
     state: LiveState,
+    widening: Option<Widening>,
 }
 
 impl std::fmt::Debug for PnetSource {
@@ -54,7 +56,8 @@ impl PnetSource {
             .ok_or_else(|| CaptureError::NoSuchInterface(name.into()))?;
         let sock = raw_socket(cfg.rcvbuf)?;
         let (ifindex, link) = resolve(sock.as_fd(), name)?;
-        install_filter(sock.as_fd(), link, listen)?;
+        let widening = install_filter(sock.as_fd(), link, listen, false)?;
+        let state = LiveState::new(link, listen, cfg.epoch)?;
         let (fd, raw) = sys::HandedOff::new(OwnedFd::from(sock));
         let config = Config {
             read_buffer_size: cfg.frame_buf.max(128),
@@ -80,7 +83,8 @@ impl PnetSource {
             fd,
             name: name.into(),
             ifindex,
-            state: LiveState::new(link, listen, cfg.epoch),
+            state,
+            widening,
         })
     }
 
@@ -95,7 +99,9 @@ impl Source for PnetSource {
         loop {
             match self.rx.next() {
                 Ok(bytes) => {
-                    if let Some(c) = self.state.frame(bytes, self.ifindex) {
+                    // pnet does not say the packet type: the kernel
+                    // filter passes only PACKET_HOST frames.
+                    if let Some(c) = self.state.frame(bytes, self.ifindex, PACKET_HOST) {
                         return Ok(Next::Event(c));
                     }
                     continue;
@@ -124,7 +130,7 @@ impl Source for PnetSource {
 
     fn set_listen(&mut self, listen: &[Listen]) -> Result<(), CaptureError> {
         let link = self.state.link;
-        install_filter(self.fd.borrow(), link, listen)?;
+        self.widening = install_filter(self.fd.borrow(), link, listen, true)?;
         self.state.filter.set(listen);
         Ok(())
     }
@@ -136,5 +142,9 @@ impl Source for PnetSource {
 
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.fd.borrow())
+    }
+
+    fn filter_widening(&self) -> Option<Widening> {
+        self.widening
     }
 }

@@ -212,7 +212,7 @@ impl Source for ReplaySource {
         while let Some((r, link, ifindex)) = self.next_frame()? {
             self.stats.count(&r);
             if let Ok(event) = r {
-                if self.filter.admits(&event, &mut self.stats) {
+                if self.filter.admits(&event, &mut self.stats, |_| true) {
                     return Ok(Next::Event(Captured {
                         event,
                         link,

@@ -3,8 +3,11 @@
 use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
+use std::net::IpAddr;
+
 use knock_core::{Event, Listen};
 
+use crate::bpf::Widening;
 use crate::parse::{LinkType, Reject};
 
 /// One knock and where it was seen.
@@ -81,6 +84,12 @@ pub struct Stats {
     /// Frames that parsed but matched no listen entry (the kernel passed
     /// them as undecidable, or a replay filtered them).
     pub unmatched: u64,
+    /// Frames of live sources that were not for this host: another
+    /// host's frame (promiscuous mode), a broadcast or multicast, a frame
+    /// with a VLAN tag the interface does not terminate, or a knock of the
+    /// listen set to an address that is neither one of the host's nor the
+    /// door's target (traffic a router forwards).
+    pub not_for_host: u64,
     /// Frames on links with no parser (a pcapng interface of another type).
     pub unsupported_link: u64,
     /// Frames the kernel filter passed (`tp_packets`, including drops), for
@@ -116,6 +125,7 @@ impl Stats {
         self.received += o.received;
         self.events += o.events;
         self.unmatched += o.unmatched;
+        self.not_for_host += o.not_for_host;
         self.unsupported_link += o.unsupported_link;
         for (a, b) in self.rejects.iter_mut().zip(o.rejects.iter()) {
             *a += b;
@@ -152,6 +162,14 @@ pub trait Source {
     /// The descriptor to wait on, for live sources; `None` for sources that
     /// are always ready (replays). [`crate::MultiSource`] polls these.
     fn poll_fd(&self) -> Option<BorrowedFd<'_>>;
+
+    /// How the kernel filter had to be widened to fit (worth a warning: the
+    /// filter passes traffic no door asks for, which costs user-space
+    /// work); `None` when it is exact or there is none. Read it after opening
+    /// a source and after each [`Source::set_listen`].
+    fn filter_widening(&self) -> Option<Widening> {
+        None
+    }
 }
 
 impl<S: Source + ?Sized> Source for Box<S> {
@@ -166,6 +184,9 @@ impl<S: Source + ?Sized> Source for Box<S> {
     }
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
         (**self).poll_fd()
+    }
+    fn filter_widening(&self) -> Option<Widening> {
+        (**self).filter_widening()
     }
 }
 
@@ -182,17 +203,32 @@ impl UserFilter {
         self.listen = Some(listen.to_vec());
     }
 
-    /// Whether `e` is a knock of the listen set; counts it as an event or unmatched.
-    pub(crate) fn admits(&self, e: &Event, stats: &mut Stats) -> bool {
-        let ok = match &self.listen {
-            None => true,
-            Some(l) => l.iter().any(|x| x.matches(e)),
+    /// Whether `e` is a knock of the listen set for this host: an entry
+    /// with a target matches it, or one without a target does and
+    /// `is_local(e.dst)`. Counts it as an event, unmatched or not for this host.
+    pub(crate) fn admits(
+        &self,
+        e: &Event,
+        stats: &mut Stats,
+        is_local: impl FnOnce(IpAddr) -> bool,
+    ) -> bool {
+        let (any, targeted) = match &self.listen {
+            None => (true, false),
+            Some(l) => {
+                let mut hits = l.iter().filter(|x| x.matches(e)).peekable();
+                (hits.peek().is_some(), hits.any(|x| x.dst.is_some()))
+            }
         };
-        if ok {
-            stats.events += 1;
-        } else {
+        if !any {
             stats.unmatched += 1;
+            return false;
         }
-        ok
+        if targeted || is_local(e.dst) {
+            stats.events += 1;
+            true
+        } else {
+            stats.not_for_host += 1;
+            false
+        }
     }
 }

@@ -62,6 +62,16 @@ pub(crate) fn attach_filter(fd: BorrowedFd<'_>, prog: &Program) -> io::Result<()
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
+/// Removes the socket's filter (it then passes every frame).
+pub(crate) fn detach_filter(fd: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_DETACH_FILTER,
+        &0 as &libc::c_int,
+    )
+}
+
 /// Stops the kernel from handing us our own outgoing frames.
 pub(crate) fn ignore_outgoing(fd: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt(
@@ -154,6 +164,8 @@ pub(crate) fn hw_type(fd: BorrowedFd<'_>, name: &str) -> io::Result<u16> {
 pub(crate) struct FrameInfo {
     pub(crate) len: usize,
     pub(crate) ifindex: u32,
+    /// `sll_pkttype`: `PACKET_HOST`, `PACKET_OTHERHOST`, ...
+    pub(crate) pkttype: u8,
 }
 
 /// Reads one frame without blocking; `WouldBlock` when none is queued.
@@ -178,6 +190,7 @@ pub(crate) fn recv_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Frame
             // MSG_TRUNC returns the real length; never claim more than we hold.
             len: (n as usize).min(buf.len()),
             ifindex: sa.sll_ifindex as u32,
+            pkttype: sa.sll_pkttype,
         })
     }
 }

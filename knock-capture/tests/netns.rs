@@ -69,7 +69,33 @@ fn setup() -> Option<Pair> {
         knock_testnet::is_root(),
         "needs root (network namespaces): run as root"
     );
-    Some(Pair::new().unwrap())
+    let pair = Pair::new().unwrap();
+    // Crafted frames are addressed to `craft::DST_MAC`: make that the
+    // server's address, so they reach it as frames for this host.
+    pair.server
+        .run(&[
+            "ip",
+            "link",
+            "set",
+            SERVER_IF,
+            "address",
+            &mac_text(craft::DST_MAC),
+        ])
+        .unwrap();
+    Some(pair)
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// `frame` with its destination MAC replaced by `mac`.
+fn to_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&mac);
+    frame
 }
 
 /// VLAN 100 on both sides, when the kernel has 802.1Q devices (some
@@ -119,18 +145,17 @@ fn send_socket_knocks(client: &Netns, vlan: bool) {
         .unwrap();
 }
 
-/// The knocks above that are knocks, as seen on the parent interface.
-fn socket_knocks(vlan: bool) -> Vec<Key> {
-    let mut v = vlan_knocks(vlan);
-    v.extend([
+/// The knocks above that are knocks, as seen on the parent interface (the
+/// VLAN knocks count on the VLAN interface only).
+fn socket_knocks() -> Vec<Key> {
+    vec![
         tcp(C4, S4, 7000),
         tcp(C4, S4, 7001),
         udp(C4, S4, 9000),
         tcp(C6, S6, 7000),
         udp(C6, S6, 9000),
         udp(C6, S6, 9001),
-    ]);
-    v
+    ]
 }
 
 /// The VLAN socket knocks that are knocks.
@@ -205,8 +230,9 @@ fn crafted_knocks() -> Vec<Key> {
 
 /// Tagged frames: one 802.1Q tag (the kernel moves it out of the data
 /// before taps see the frame), and QinQ (the outer tag is moved, the inner
-/// one stays in the data and the filter passes it up). All knocks.
-fn tagged_frames() -> (Vec<Vec<u8>>, Vec<Key>) {
+/// one stays in the data). Knocks on a VLAN interface, never on the
+/// untagged parent: the kernel filter drops them there.
+fn tagged_frames() -> Vec<Vec<u8>> {
     let ip = craft::ipv4(
         C4,
         S4,
@@ -216,7 +242,7 @@ fn tagged_frames() -> (Vec<Vec<u8>>, Vec<Key>) {
         &craft::tcp(5, 7000, TcpFlags::SYN),
     );
     let ip6 = craft::ipv6(C6, S6, &[], 17, &craft::udp(6, 9000, b"k"));
-    let frames = vec![
+    vec![
         craft::ethernet(&[(craft::TPID_8021Q, 100)], craft::ETH_IPV4, &ip),
         craft::ethernet(&[(craft::TPID_8021Q, 100)], craft::ETH_IPV6, &ip6),
         craft::ethernet(
@@ -224,11 +250,7 @@ fn tagged_frames() -> (Vec<Vec<u8>>, Vec<Key>) {
             craft::ETH_IPV4,
             &ip,
         ),
-    ];
-    (
-        frames,
-        vec![tcp(C4, S4, 7000), udp(C6, S6, 9000), tcp(C4, S4, 7000)],
-    )
+    ]
 }
 
 /// Reads events until `quiet` passes with none.
@@ -273,6 +295,7 @@ fn af_packet_kernel_filter_v4_v6_vlan_and_multi_interface() {
         &[
             "ip", "link", "add", "kx0", "type", "veth", "peer", "name", "kx1",
         ][..],
+        &["ip", "link", "set", "kx0", "address", "02:00:00:00:00:03"],
         &["ip", "link", "set", "kx0", "up"],
         &["ip", "link", "set", "kx1", "up"],
     ] {
@@ -294,14 +317,16 @@ fn af_packet_kernel_filter_v4_v6_vlan_and_multi_interface() {
     pair.client
         .send_frames(CLIENT_IF, &crafted_frames())
         .unwrap();
-    let (tagged, tagged_knocks) = tagged_frames();
-    pair.client.send_frames(CLIENT_IF, &tagged).unwrap();
+    pair.client
+        .send_frames(CLIENT_IF, &tagged_frames())
+        .unwrap();
     let side = |port| {
-        craft::ethernet(
+        let f = craft::ethernet(
             &[],
             craft::ETH_IPV4,
             &craft::ipv4(C4, S4, 17, &[], Frag::default(), &craft::udp(7, port, b"k")),
-        )
+        );
+        to_mac(f, [0x02, 0, 0, 0, 0, 3])
     };
     pair.server
         .send_frames("kx1", &[side(9000), side(9002)])
@@ -313,9 +338,8 @@ fn af_packet_kernel_filter_v4_v6_vlan_and_multi_interface() {
         assert_eq!(c.link, LinkType::Ethernet);
         by_if.entry(c.ifindex).or_default().push(key(c));
     }
-    let mut want_parent = socket_knocks(vlan);
+    let mut want_parent = socket_knocks();
     want_parent.extend(crafted_knocks());
-    want_parent.extend(tagged_knocks);
     let n_parent = want_parent.len() as u64;
     assert_eq!(
         sorted(by_if.remove(&idx[0]).unwrap_or_default()),
@@ -326,9 +350,14 @@ fn af_packet_kernel_filter_v4_v6_vlan_and_multi_interface() {
         vec![udp(C4, S4, 9000)]
     );
     if vlan {
+        // The crafted frames tagged 100 arrive on kn0.100 untagged, for
+        // this host (their destinations are kn0's addresses); the QinQ one
+        // belongs to no interface here.
+        let mut want = vlan_knocks(true);
+        want.extend([tcp(C4, S4, 7000), udp(C6, S6, 9000)]);
         assert_eq!(
             sorted(by_if.remove(&idx[2]).unwrap_or_default()),
-            sorted(vlan_knocks(true))
+            sorted(want)
         );
     }
     assert!(by_if.is_empty(), "{by_if:?}");
@@ -416,7 +445,7 @@ fn pnet_source_same_filter() {
         .send_frames(CLIENT_IF, &crafted_frames())
         .unwrap();
     let got = collect(&mut src, Duration::from_millis(700));
-    let mut want = socket_knocks(false);
+    let mut want = socket_knocks();
     want.extend(crafted_knocks());
     assert_eq!(sorted(got.iter().map(key).collect()), sorted(want));
     check_accounting(&src.stats(), 8, 1, 1);
@@ -601,6 +630,20 @@ fn tun_raw_ip_link() {
     ns.run(&["ip", "tuntap", "add", "dev", "tn0", "mode", "tun"])
         .unwrap();
     ns.run(&["ip", "link", "set", "tn0", "up"]).unwrap();
+    // The packets are for this host: it has their destination addresses.
+    ns.run(&["ip", "addr", "add", "198.18.0.1/32", "dev", "tn0"])
+        .unwrap();
+    ns.run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::1/128",
+        "dev",
+        "tn0",
+        "nodad",
+    ])
+    .unwrap();
     let mut src = ns
         .enter(|| AfPacketSource::open("tn0", &listen()).unwrap())
         .unwrap();
@@ -687,6 +730,278 @@ fn a_waker_ends_the_wait_and_is_drained() {
     );
 }
 
+/// A frame of an IPv4 TCP SYN `src -> dst:port`, with VLAN tags `vlans`.
+fn syn4(vlans: &[(u16, u16)], src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    let ip = craft::ipv4(
+        src,
+        dst,
+        6,
+        &[],
+        Frag::default(),
+        &craft::tcp(40000, port, TcpFlags::SYN),
+    );
+    craft::ethernet(vlans, craft::ETH_IPV4, &ip)
+}
+
+/// Only frames for this host count: the frame's packet type must be
+/// PACKET_HOST (not another host's frame seen in promiscuous mode, not a
+/// broadcast), it must not carry VLAN tags the interface does not terminate,
+/// and its destination must be one of the host's addresses or a door's
+/// target. The same tagged knock counts on the VLAN interface.
+#[test]
+#[ignore = "needs root"]
+fn only_frames_for_this_host_count() {
+    let Some(pair) = setup() else { return };
+    let vlan = try_vlan(&pair);
+    pair.server
+        .run(&["ip", "link", "set", SERVER_IF, "promisc", "on"])
+        .unwrap();
+    // A door target the host does not carry (a forwarded / DNAT address).
+    let target = Ipv4Addr::new(198, 18, 0, 50);
+    let ls = vec![
+        Listen::new(Step::tcp(7001), syn_not_ack(), None),
+        Listen::new(Step::udp(9000), FlagFilter::ANY, None),
+        Listen::new(Step::tcp(7100), syn_not_ack(), Some(target.into())),
+    ];
+    let (mut src, mut vsrc) = pair
+        .server
+        .enter(|| {
+            let v = vlan.then(|| AfPacketSource::open("kn0.100", &ls).unwrap());
+            (AfPacketSource::open(SERVER_IF, &ls).unwrap(), v)
+        })
+        .unwrap();
+    let foreign4 = Ipv4Addr::new(198, 18, 0, 77);
+    let foreign6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x77);
+    let udp6 = |dst| {
+        craft::ethernet(
+            &[],
+            craft::ETH_IPV6,
+            &craft::ipv6(C6, dst, &[], 17, &craft::udp(40000, 9000, b"k")),
+        )
+    };
+    let other_mac = [0x02, 0, 0, 0, 0, 0x99];
+    let frames = vec![
+        // For this host: counted.
+        syn4(&[], C4, S4, 7001),
+        udp6(S6),
+        syn4(&[], C4, target, 7100),
+        // To the server's MAC but another IP (routed through it): ignored.
+        syn4(&[], C4, foreign4, 7001),
+        udp6(foreign6),
+        // Another host's frame, seen because of promiscuous mode: ignored.
+        to_mac(syn4(&[], C4, S4, 7001), other_mac),
+        to_mac(udp6(S6), other_mac),
+        // A broadcast frame: ignored.
+        to_mac(syn4(&[], C4, S4, 7001), [0xff; 6]),
+        // Tagged frames on the untagged interface: ignored there.
+        syn4(&[(craft::TPID_8021Q, 200)], C4, S4, 7001),
+        syn4(
+            &[(craft::TPID_8021AD, 5), (craft::TPID_8021Q, 6)],
+            C4,
+            S4,
+            7001,
+        ),
+        syn4(&[(craft::TPID_8021Q, 100)], VC4, VS4, 7001),
+    ];
+    pair.client.send_frames(CLIENT_IF, &frames).unwrap();
+    let got = collect(&mut src, Duration::from_millis(700));
+    assert_eq!(
+        sorted(got.iter().map(key).collect()),
+        sorted(vec![
+            tcp(C4, S4, 7001),
+            udp(C6, S6, 9000),
+            tcp(C4, target, 7100)
+        ])
+    );
+    let st = src.stats();
+    assert_eq!(st.events, 3, "{st:?}");
+    // Other hosts' and tagged frames stop in the kernel; the foreign
+    // addresses are only known in user space.
+    assert_eq!(st.kernel_packets, st.received, "{st:?}");
+    assert_eq!(st.received, 5, "{st:?}");
+    if let Some(v) = &mut vsrc {
+        let got = collect(v, Duration::from_millis(300));
+        assert_eq!(
+            got.iter().map(key).collect::<Vec<_>>(),
+            vec![tcp(VC4, VS4, 7001)]
+        );
+    }
+}
+
+/// Knocks over loopback keep working: 127.0.0.1, another 127/8 address and ::1.
+#[test]
+#[ignore = "needs root"]
+fn loopback_knocks_count() {
+    assert!(knock_testnet::is_root(), "needs root (network namespaces)");
+    let ns = Netns::new("lo").unwrap();
+    let ls = vec![
+        Listen::new(Step::tcp(7001), syn_not_ack(), None),
+        Listen::new(Step::udp(9000), FlagFilter::ANY, None),
+    ];
+    let mut src = ns
+        .enter(|| AfPacketSource::open("lo", &ls).unwrap())
+        .unwrap();
+    ns.knock(
+        &[
+            ("127.0.0.1", 7001, "tcp"),
+            ("127.0.0.2", 7001, "tcp"),
+            ("::1", 9000, "udp"),
+            ("127.0.0.1", 9000, "udp"),
+        ],
+        0,
+    )
+    .unwrap();
+    let got = collect(&mut src, Duration::from_millis(500));
+    let mut dsts: Vec<(Proto, IpAddr, u16)> = got
+        .iter()
+        .map(|c| (c.event.proto, c.event.dst, c.event.dst_port))
+        .collect();
+    dsts.sort();
+    let lo4 = |d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d));
+    let mut want = vec![
+        (Proto::Tcp, lo4(1), 7001),
+        (Proto::Tcp, lo4(2), 7001),
+        (Proto::Udp, IpAddr::V6(Ipv6Addr::LOCALHOST), 9000),
+        (Proto::Udp, lo4(1), 9000),
+    ];
+    want.sort();
+    assert_eq!(dsts, want);
+}
+
+/// Door `i` (from 0) of the many-doors tests: three TCP ports, far apart.
+fn door_ports(i: u16, base: u16) -> [u16; 3] {
+    [base + 7 * i, base + 10_000 + 7 * i, base + 20_000 + 7 * i]
+}
+
+fn doors(n: u16, base: u16) -> Vec<Listen> {
+    (0..n)
+        .flat_map(|i| door_ports(i, base))
+        .map(|p| Listen::new(Step::tcp(p), syn_not_ack(), None))
+        .collect()
+}
+
+/// SYNs from the client to `port` on the server, as crafted frames.
+fn syn_flood(port: u16, n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|_| syn4(&[], C4, S4, port)).collect()
+}
+
+/// 60, 120 and 400 doors of three TCP ports: the kernel filter attaches
+/// (with the default `optmem_max` and with 20480, set inside the test's
+/// namespace: the sysctl is per namespace), a knock on door 1 comes
+/// through, a flood to an unused port never reaches user space, and a
+/// filter swap between two large sets works.
+#[test]
+#[ignore = "needs root"]
+fn many_doors_attach_and_stay_selective() {
+    for optmem in [None, Some(20480)] {
+        for n in [60, 120, 400] {
+            many_doors(n, optmem);
+        }
+    }
+}
+
+fn many_doors(n: u16, optmem: Option<u32>) {
+    let Some(pair) = setup() else { return };
+    if let Some(v) = optmem {
+        let host = || std::fs::read_to_string("/proc/sys/net/core/optmem_max").unwrap();
+        let before = host();
+        pair.server
+            .run(&["sysctl", "-q", "-w", &format!("net.core.optmem_max={v}")])
+            .unwrap();
+        let seen = pair
+            .server
+            .run(&["cat", "/proc/sys/net/core/optmem_max"])
+            .unwrap();
+        assert_eq!(
+            seen.trim(),
+            v.to_string(),
+            "optmem_max is not per namespace"
+        );
+        assert_eq!(host(), before, "the test changed the host's optmem_max");
+    }
+    let what = format!("{n} doors, optmem_max {optmem:?}");
+    let mut src = pair
+        .server
+        .enter(|| AfPacketSource::open(SERVER_IF, &doors(n, 10_000)))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let widening = src.filter_widening();
+    eprintln!("{what}: {widening:?}");
+    match (n, optmem) {
+        // 180 ranges: exact wherever the default optmem_max holds.
+        (60, None) => assert_eq!(widening, None, "{what}"),
+        // 1200 ranges are more than one program checks: said so.
+        (400, _) => {
+            let w = widening.unwrap_or_else(|| panic!("{what}: not widened"));
+            assert_eq!(w.exact_ranges, 1200, "{what}");
+            assert!(w.to_string().contains("widened"), "{w}");
+        }
+        _ => {}
+    }
+    let door1 = door_ports(1, 10_000);
+    let knock = |src: &mut AfPacketSource, ports: [u16; 3]| {
+        let t: Vec<(&str, u16, &str)> = ports.iter().map(|&p| ("198.18.0.1", p, "tcp")).collect();
+        pair.client.knock(&t, 0).unwrap();
+        let got = collect(src, Duration::from_millis(500));
+        assert_eq!(
+            got.iter().map(key).collect::<Vec<_>>(),
+            ports.iter().map(|&p| tcp(C4, S4, p)).collect::<Vec<_>>(),
+            "{what}"
+        );
+    };
+    knock(&mut src, door1);
+    pair.client
+        .send_frames(CLIENT_IF, &syn_flood(5000, 300))
+        .unwrap();
+    assert!(collect(&mut src, Duration::from_millis(300)).is_empty());
+    let st = src.stats();
+    assert_eq!(st.events, 3, "{what}: {st:?}");
+    assert_eq!(
+        st.received, 3,
+        "{what}: the flood reached user space: {st:?}"
+    );
+    assert_eq!(st.kernel_packets, 3, "{what}: {st:?}");
+
+    // Swap to another set as large (both programs are charged to the
+    // socket while the kernel replaces one with the other).
+    src.set_listen(&doors(n, 10_001))
+        .unwrap_or_else(|e| panic!("{what}: swap: {e}"));
+    knock(&mut src, door_ports(1, 10_001));
+}
+
+/// An address added after the source was opened counts from its first
+/// knock (the address set is re-read when an unknown destination shows
+/// up), in the source's namespace whichever thread reads it.
+#[test]
+#[ignore = "needs root"]
+fn an_address_added_later_counts() {
+    let Some(pair) = setup() else { return };
+    let ls = vec![Listen::new(Step::tcp(7001), syn_not_ack(), None)];
+    let mut src = pair
+        .server
+        .enter(|| AfPacketSource::open(SERVER_IF, &ls).unwrap())
+        .unwrap();
+    let new = Ipv4Addr::new(198, 18, 0, 60);
+    pair.client
+        .send_frames(CLIENT_IF, &[syn4(&[], C4, new, 7001)])
+        .unwrap();
+    assert!(collect(&mut src, Duration::from_millis(300)).is_empty());
+    assert_eq!(src.stats().not_for_host, 1);
+    pair.server
+        .run(&["ip", "addr", "add", "198.18.0.60/32", "dev", SERVER_IF])
+        .unwrap();
+    // The set is re-read at most once a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    pair.client
+        .send_frames(CLIENT_IF, &[syn4(&[], C4, new, 7001)])
+        .unwrap();
+    let got = collect(&mut src, Duration::from_millis(300));
+    assert_eq!(
+        got.iter().map(key).collect::<Vec<_>>(),
+        vec![tcp(C4, new, 7001)]
+    );
+}
+
 /// Reads `src` until `until`, returning everything it reported.
 fn read_until(src: &mut impl Source, until: Instant) -> Vec<Next> {
     let mut out = Vec::new();
@@ -706,6 +1021,10 @@ fn multi_source_interfaces_fail_and_recover_on_their_own() {
     let veth = |a: &str, b: &str| {
         pair.server
             .run(&["ip", "link", "add", a, "type", "veth", "peer", "name", b])
+            .unwrap();
+        // Crafted frames reach `a` as frames for this host.
+        pair.server
+            .run(&["ip", "link", "set", a, "address", &mac_text(craft::DST_MAC)])
             .unwrap();
         for n in [a, b] {
             pair.server.run(&["ip", "link", "set", n, "up"]).unwrap();

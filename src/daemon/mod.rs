@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use knock_capture::{CaptureError, Next, Source};
+use knock_capture::{CaptureError, Next, Source, Widening};
 use knock_config::{BlacklistReach, Config, FirewallKind, SequenceFile};
 use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
@@ -340,6 +340,9 @@ pub struct Daemon {
     opts: DaemonOptions,
     /// A listen set not yet pushed to the source.
     listen: Option<Vec<Listen>>,
+    /// How the source's kernel filter was last reported widened (a warning
+    /// when the kind of widening changes, not at every listen-set change).
+    widened: Option<Widening>,
     /// The end of the runner's wake-up stream that capture sources poll.
     wake: UnixStream,
     /// Why the last snapshot could not be saved (`None`: it was).
@@ -425,6 +428,7 @@ impl Daemon {
             log,
             opts,
             listen: None,
+            widened: None,
             wake,
             unsaved: None,
             unrecorded: HashMap::new(),
@@ -651,6 +655,16 @@ impl Daemon {
                 self.listen = Some(set);
                 return Err(e.into());
             }
+            let widened = source.filter_widening();
+            let kind = |w: &Option<Widening>| {
+                w.map(|w| (w.any_destination, w.any_flags, w.optmem_limited))
+            };
+            if kind(&widened) != kind(&self.widened) {
+                if let Some(w) = &widened {
+                    self.log.line(Level::Warn, &format!("capture: {w}"));
+                }
+            }
+            self.widened = widened;
         }
         Ok(())
     }
