@@ -305,12 +305,14 @@ fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
     let m = daemon.matcher().stats();
     let e = daemon.engine().stats();
     daemon.log(&format!(
-        "stats: {} frames read, {} knocks, {} rejected, kernel: {} passed, {} dropped; \
+        "stats: {} frames read, {} knocks, {} rejected, {} not for this host, \
+         kernel: {} passed, {} dropped; \
          matcher: {} events, {} sources, {} evicted, {} opens; \
          engine: {} grants restored, {} failed opens or blocks, {} failed closes",
         c.received,
         c.events,
         c.rejected_total(),
+        c.not_for_host,
         c.kernel_packets,
         c.kernel_drops,
         m.events,
@@ -328,6 +330,7 @@ fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
                 "events": c.events,
                 "rejected": c.rejected_total(),
                 "unmatched": c.unmatched,
+                "not_for_host": c.not_for_host,
                 "kernel_packets": c.kernel_packets,
                 "kernel_drops": c.kernel_drops,
             },
