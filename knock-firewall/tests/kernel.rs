@@ -2,6 +2,8 @@
 //! Needs root: `cargo test -p knock-firewall --all-features -- --include-ignored`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+mod support;
+
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
@@ -167,27 +169,7 @@ fn iptables_block_keeps_established_sessions_v4_v6() {
     pair.server
         .enter(|| {
             let mut sink = IptablesSink::new(IptablesConfig::default()).unwrap();
-            for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
-                sink.open(&Grant::new("ssh", ip(client), 1, vec![Step::tcp(2222)]))
-                    .unwrap();
-                let mut conn = pair
-                    .client
-                    .tcp_stream(ip(server), 2222, Duration::from_secs(2))
-                    .unwrap();
-                assert!(echoes(&mut conn, b"before"), "no echo before the block");
-                sink.block(ip(client), SystemTime::now() + Duration::from_secs(60))
-                    .unwrap();
-                assert!(
-                    echoes(&mut conn, b"after"),
-                    "the block cut the session of {client}"
-                );
-                assert!(
-                    !pair.client.tcp_connect(ip(server), 2222, WAIT),
-                    "a new connection of blocked {client}"
-                );
-                sink.unblock(ip(client)).unwrap();
-                assert!(pair.client.tcp_connect(ip(server), 2222, WAIT));
-            }
+            support::block_keeps_established_sessions(&pair, &mut sink);
         })
         .unwrap();
 }

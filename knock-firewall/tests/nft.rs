@@ -2,6 +2,8 @@
 #![cfg(feature = "nftables")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::process::Stdio;
@@ -197,24 +199,7 @@ fn nft_block_keeps_established_sessions_v4_v6() {
                 ..NftConfig::default()
             };
             let mut sink = NftSink::new(cfg).unwrap();
-            for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
-                let g = Grant::new("ssh", ip(client), 1, vec![Step::tcp(2222)])
-                    .with_expiry(Some(SystemTime::now() + Duration::from_secs(60)));
-                sink.open(&g).unwrap();
-                let mut conn = session_2222(&pair, server);
-                sink.block(ip(client), SystemTime::now() + Duration::from_secs(60))
-                    .unwrap();
-                assert!(
-                    echoes(&mut conn, b"after"),
-                    "the block cut the session of {client}"
-                );
-                assert!(
-                    !pair.client.tcp_connect(ip(server), 2222, WAIT),
-                    "a new connection of blocked {client}"
-                );
-                sink.unblock(ip(client)).unwrap();
-                assert!(pair.client.tcp_connect(ip(server), 2222, WAIT));
-            }
+            support::block_keeps_established_sessions(&pair, &mut sink);
             sink.remove().unwrap();
         })
         .unwrap();
