@@ -267,6 +267,52 @@ fn native_doors_carry_their_ports_and_extend_in_the_firewall() {
 }
 
 #[test]
+fn a_restore_or_reload_asks_the_firewall_to_hold_native_grants_and_blocks_again() {
+    let conf = "[options]\n blacklist = 2 invalid in 60s for 30s\n[ssh]\n sequence = 7000,8000,9000\n open = tcp/22\n firewall = nftables\n cmd_timeout = 20\n";
+    let mut e = engine(conf, at(0, 0));
+    assert_eq!(
+        opens(&knock(&mut e, at(0, 1000), &[7000, 8000, 9000])).len(),
+        1
+    );
+    // Another source strikes twice (a wrong second knock): blocked.
+    let other: IpAddr = "198.18.0.9".parse().unwrap();
+    for t in [1100, 1200] {
+        e.handle_event(at(0, t), &syn(other, 7000));
+        e.handle_event(at(0, t + 10), &syn(other, 9000));
+    }
+    let a = drain(&mut e);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Block { src, .. } if *src == other)),
+        "{a:?}"
+    );
+
+    let held_again = |a: &[Action]| {
+        let grant = a.iter().any(|x| {
+            matches!(x, Action::Extend(g) if g.src == me()
+                && g.until == Some(Duration::from_secs(EPOCH + 21))
+                && matches!(g.how, How::Native { .. }))
+        });
+        let block = a
+            .iter()
+            .any(|x| matches!(x, Action::Block { src, .. } if *src == other));
+        grant && block
+    };
+    let config = Config::from_knockd_str(conf, "test.conf").unwrap();
+    e.handle_reload(at(0, 2000), config).unwrap();
+    let a = drain(&mut e);
+    assert!(held_again(&a), "after a reload: {a:?}");
+
+    // A restart (a reboot emptied the kernel's sets): the same.
+    let s = e.snapshot();
+    let mut e = engine(conf, at(5, 0));
+    e.restore(at(5, 0), s);
+    let a = drain(&mut e);
+    assert!(held_again(&a), "after a restore: {a:?}");
+    assert!(opens(&a).is_empty(), "no second open: {a:?}");
+}
+
+#[test]
 fn blocks_end_on_the_engine_s_clock_and_survive_a_restart() {
     let conf = "[options]\n blacklist = 2 invalid in 60s for 30s\n[ssh]\n sequence = 7000,8000,9000\n open = tcp/22\n";
     let mut e = engine(conf, at(0, 0));

@@ -473,7 +473,6 @@ impl Daemon {
             ),
         }
         d.apply();
-        d.reapply();
         Ok(d)
     }
 
@@ -541,61 +540,7 @@ impl Daemon {
             self.log.line(Level::Warn, &w);
         }
         self.apply();
-        self.reapply();
         Ok(())
-    }
-
-    /// Gives the firewall every native grant and block the engine holds
-    /// (after the sinks were built: a set whose shape changed was created
-    /// empty, the blocklist may have moved to another backend). Opening an
-    /// open grant or blocking a blocked address changes nothing. What
-    /// cannot be given back is an error in the log and on stderr.
-    fn reapply(&mut self) {
-        let snapshot = self.engine.snapshot();
-        for g in snapshot.grants.iter().filter(|g| !g.closing) {
-            let How::Native {
-                firewall,
-                ports,
-                prefix_v4,
-                prefix_v6,
-            } = &g.close
-            else {
-                continue;
-            };
-            let until = SystemTime::UNIX_EPOCH + Duration::from_millis(g.until_ms);
-            let grant = Grant::new(g.door.clone(), g.src, g.id, ports.clone())
-                .with_prefix(*prefix_v4, *prefix_v6)
-                .with_expiry(Some(until));
-            let done = match self.sinks.get_mut(firewall) {
-                Some(sink) => sink.open(&grant).map_err(|e| e.to_string()),
-                None => Err(format!("no {} firewall sink", firewall.as_str())),
-            };
-            if let Err(e) = done {
-                self.log.line(
-                    Level::Error,
-                    &format!(
-                        "{}: {}: the grant is no longer in the firewall after the new configuration: {e}",
-                        g.src, g.door
-                    ),
-                );
-            }
-        }
-        for b in &snapshot.blocks {
-            let until = SystemTime::UNIX_EPOCH + Duration::from_millis(b.until_ms);
-            if until <= SystemTime::now() {
-                continue;
-            }
-            let done = match self.blocking_sink() {
-                Some(s) => s.block(b.src, until).map_err(|e| e.to_string()),
-                None => Err("no firewall sink to block it".into()),
-            };
-            if let Err(e) = done {
-                self.log.line(
-                    Level::Error,
-                    &format!("{}: the block is no longer in the firewall: {e}", b.src),
-                );
-            }
-        }
     }
 
     /// Runs until `stop` is set (or the source ends, for replays).

@@ -563,6 +563,7 @@ impl Engine {
                 });
             }
         }
+        self.reassert();
         self.finish();
     }
 
@@ -624,6 +625,7 @@ impl Engine {
         self.matcher.set_blacklist(config.options.core_blacklist());
         self.plans = plans(&self.matcher, &config);
         self.owe_marks();
+        self.reassert();
         self.windows.clear();
         self.update_windows(true);
         self.decisions();
@@ -698,14 +700,18 @@ impl Engine {
                     self.log(Level::Error, line);
                 }
             }
-            (Applied::Open(id) | Applied::Extend(id), Err(e)) => {
+            (applied @ (Applied::Open(id) | Applied::Extend(id)), Err(e)) => {
                 self.stats.apply_failures += 1;
                 let who = self
                     .held
                     .get(&id)
                     .map(|h| format!("{}: {}", h.src, h.door))
                     .unwrap_or_else(|| format!("grant {id}"));
-                self.log(Level::Error, format!("{who}: open failed: {e}"));
+                let what = match applied {
+                    Applied::Open(_) => "open failed",
+                    _ => "the grant is no longer in the firewall",
+                };
+                self.log(Level::Error, format!("{who}: {what}: {e}"));
             }
             (Applied::Block(src), Err(e)) => {
                 self.stats.apply_failures += 1;
@@ -894,6 +900,35 @@ impl Engine {
                 remaining,
             });
         }
+    }
+
+    /// Asks the firewall to hold again every native grant and block the
+    /// engine holds, as `Extend` and `Block` (both idempotent): after a
+    /// restore (a reboot empties the kernel's sets) and a reload (a door's
+    /// sets may have been built anew, the blocklist may have moved to
+    /// another backend). Commands are not run again.
+    fn reassert(&mut self) {
+        for (&id, h) in &self.held {
+            if let Some(how @ How::Native { .. }) = &h.close {
+                self.staged.push(Action::Extend(GrantAction {
+                    grant: id,
+                    door: h.door.clone(),
+                    src: h.src,
+                    until: Some(h.until),
+                    how: how.clone(),
+                }));
+            }
+        }
+        let now = self.now;
+        let blocks: Vec<Action> = self
+            .matcher
+            .blocks()
+            .map(|(_, src, until)| Action::Block {
+                src,
+                until: now.unix_of(until),
+            })
+            .collect();
+        self.staged.extend(blocks);
     }
 
     /// Turns the matcher's decisions into actions.
