@@ -117,6 +117,7 @@ mod grant;
 mod iptables;
 #[cfg(feature = "nftables")]
 mod nft;
+mod ruleset;
 mod sink;
 
 pub use command::{
@@ -129,4 +130,5 @@ pub use iptables::{IptablesConfig, IptablesSink};
 pub use nft::{Checked as NftChecked, NftConfig, NftDoor, NftSink, MAX_TIMEOUT as NFT_MAX_TIMEOUT};
 #[cfg(feature = "mock")]
 pub use sink::MockFirewallSink;
+pub use ruleset::{Dropper, Fate, HostRuleset, Manager, Placement};
 pub use sink::{Action, BlockReach, FirewallSink, FnSink, Reconciled, RecordingSink};
