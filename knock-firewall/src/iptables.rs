@@ -217,6 +217,78 @@ impl IptablesSink {
         Ok(sink)
     }
 
+    /// Whether our chain exists (in either family `cfg` manages): a sink
+    /// is then needed to close what an earlier configuration left there.
+    ///
+    /// # Errors
+    /// iptables cannot be run or asked.
+    pub fn chain_exists(cfg: &IptablesConfig) -> Result<bool, Error> {
+        for v6 in [false, true] {
+            if (v6 && !cfg.ipv6) || (!v6 && !cfg.ipv4) {
+                continue;
+            }
+            let what = format!("look for chain {}", cfg.chain);
+            let ipt = iptables::new(v6).map_err(|e| convert(what.clone(), v6, e))?;
+            if ipt
+                .chain_exists(TABLE, &cfg.chain)
+                .map_err(|e| convert(what, v6, e))?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Removes our chain and the jump to it, in each family where the
+    /// chain holds no grant and no block (only the conntrack rule this
+    /// sink keeps, or nothing). A chain that still holds something stays
+    /// (the next start reconciles it). Returns whether nothing of ours is
+    /// left.
+    ///
+    /// # Errors
+    /// iptables cannot be run or refuses a change.
+    pub fn retire(cfg: &IptablesConfig) -> Result<bool, Error> {
+        let mut gone = true;
+        for v6 in [false, true] {
+            if (v6 && !cfg.ipv6) || (!v6 && !cfg.ipv4) {
+                continue;
+            }
+            let chain = &cfg.chain;
+            let what = format!("remove chain {chain} ({})", program(v6));
+            let ipt = iptables::new(v6).map_err(|e| convert(what.clone(), v6, e))?;
+            if !ipt
+                .chain_exists(TABLE, chain)
+                .map_err(|e| convert(what.clone(), v6, e))?
+            {
+                continue;
+            }
+            let rules = ipt
+                .list(TABLE, chain)
+                .map_err(|e| convert(what.clone(), v6, e))?;
+            let holds = rules.iter().any(|l| match parse_rule(l, chain) {
+                Some((_, _, Some(Tag::Conntrack))) | None => false,
+                Some(_) => true,
+            });
+            if holds {
+                gone = false;
+                continue;
+            }
+            let jump = format!("-j {chain}");
+            while ipt
+                .exists(TABLE, &cfg.parent, &jump)
+                .map_err(|e| convert(what.clone(), v6, e))?
+            {
+                ipt.delete(TABLE, &cfg.parent, &jump)
+                    .map_err(|e| convert(what.clone(), v6, e))?;
+            }
+            ipt.flush_chain(TABLE, chain)
+                .map_err(|e| convert(what.clone(), v6, e))?;
+            ipt.delete_chain(TABLE, chain)
+                .map_err(|e| convert(what.clone(), v6, e))?;
+        }
+        Ok(gone)
+    }
+
     fn setup(&self, ipt: &IPTables, v6: bool) -> Result<(), Error> {
         let chain = &self.cfg.chain;
         let what = format!("set up chain {chain} ({})", program(v6));

@@ -25,7 +25,9 @@ use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
 
 mod log;
+mod placement;
 pub use log::Logger;
+pub use placement::{place_doors, Placed, Placements, Refused};
 
 use crate::engine::{
     Action, Applied, Engine, EngineError, EngineOptions, GrantAction, How, Level, Now, Snapshot,
@@ -64,6 +66,9 @@ pub enum DaemonError {
         /// Why.
         source: Box<knock_config::ConfigError>,
     },
+    /// A native door whose grants the host's firewall would drop.
+    #[error(transparent)]
+    Refused(#[from] Refused),
     /// The state directory cannot be used.
     #[error("state directory {path}: {source}")]
     State {
@@ -176,7 +181,6 @@ pub fn blocking_firewall(config: &Config) -> Option<FirewallKind> {
 /// A sink that cannot be set up.
 pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
     let mut sinks: HashMap<FirewallKind, BoxedSink> = HashMap::new();
-    let uses = |k: FirewallKind| config.doors.iter().any(|d| d.firewall == k);
     for d in &config.doors {
         if !matches!(d.firewall, FirewallKind::Command | FirewallKind::Iptables)
             && !cfg!(feature = "nftables")
@@ -184,8 +188,14 @@ pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, 
             tracing::error!(door = %d.name, "firewall kind not built into this binary");
         }
     }
-    let blocker = blocking_firewall(config);
-    if uses(FirewallKind::Iptables) || blocker == Some(FirewallKind::Iptables) {
+    // Our chain left by an earlier configuration needs the sink too (to
+    // close what it holds; it is removed once empty). Without iptables on
+    // the host there is no chain.
+    let leftover = || {
+        knock_firewall::IptablesSink::chain_exists(&knock_firewall::IptablesConfig::default())
+            .unwrap_or(false)
+    };
+    if iptables_used(config) || leftover() {
         let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig {
             block_reach: block_reach(config),
             ..knock_firewall::IptablesConfig::default()
@@ -240,6 +250,25 @@ pub fn check_firewall(config: &Config) -> Result<Option<String>, DaemonError> {
     }
     let _ = config;
     Ok(None)
+}
+
+/// Whether a door or the blocklist of `config` uses iptables.
+fn iptables_used(config: &Config) -> bool {
+    config
+        .doors
+        .iter()
+        .any(|d| d.firewall == FirewallKind::Iptables)
+        || blocking_firewall(config) == Some(FirewallKind::Iptables)
+}
+
+/// Logs where native grants go (and warnings on stderr too).
+fn place_log(log: &mut Logger, placed: &Placements) {
+    for w in &placed.warnings {
+        log.line(Level::Warn, w);
+    }
+    for p in &placed.doors {
+        log.line(Level::Info, &p.to_string());
+    }
 }
 
 /// Where the firewall's blocks reach (`blacklist_reach`).
@@ -352,6 +381,9 @@ pub struct Daemon {
     unrecorded: HashMap<Arc<str>, String>,
     /// The sink that holds blocks ([`blocking_firewall`]).
     blocker: Option<FirewallKind>,
+    /// The sinks were built from the config ([`Daemon::new`]): our iptables
+    /// chain is removed when nothing uses it any more.
+    own_sinks: bool,
 }
 
 impl Daemon {
@@ -362,25 +394,39 @@ impl Daemon {
     /// An invalid config, a sink that cannot be set up, a state directory
     /// that cannot be created.
     pub fn new(
-        config: Config,
+        mut config: Config,
         opts: DaemonOptions,
         mut log: Logger,
     ) -> Result<Daemon, DaemonError> {
+        let placed = place_doors(&mut config, !opts.only_ipv4)
+            .map_err(|e| log.fatal(DaemonError::from(e)))?;
+        place_log(&mut log, &placed);
         let sinks = build_sinks(&config).map_err(|e| log.fatal(e))?;
-        Daemon::with_sinks(config, sinks, opts, log)
+        let ipt_used = iptables_used(&config);
+        let mut d = Daemon::with_sinks(config, sinks, opts, log)?;
+        d.own_sinks = true;
+        d.retire_iptables(ipt_used);
+        Ok(d)
     }
 
     /// A daemon with the given sinks (tests use recording or mock sinks).
+    /// The host's ruleset is not read here: a `firewall = auto` door is
+    /// given to the nftables sink ([`Daemon::new`] resolves it first).
     ///
     /// # Errors
     /// As [`Daemon::new`], but for the sinks. Like [`Daemon::new`], the
     /// error is also logged (stderr, log file, syslog).
     pub fn with_sinks(
-        config: Config,
+        mut config: Config,
         sinks: HashMap<FirewallKind, BoxedSink>,
         opts: DaemonOptions,
         mut log: Logger,
     ) -> Result<Daemon, DaemonError> {
+        for d in &mut config.doors {
+            if d.firewall == FirewallKind::Auto {
+                d.firewall = FirewallKind::Nftables;
+            }
+        }
         let clock = Clock {
             start: Instant::now(),
         };
@@ -433,6 +479,7 @@ impl Daemon {
             unsaved: None,
             unrecorded: HashMap::new(),
             blocker,
+            own_sinks: false,
         };
         if let Some(w) = reach_warning {
             d.log.line(Level::Warn, &w);
@@ -525,14 +572,17 @@ impl Daemon {
     ///
     /// # Errors
     /// An invalid config or a sink that cannot be set up (nothing changed).
-    pub fn reload(&mut self, config: Config) -> Result<(), DaemonError> {
+    pub fn reload(&mut self, mut config: Config) -> Result<(), DaemonError> {
+        let placed = place_doors(&mut config, !self.opts.only_ipv4)?;
         Engine::check(&config, self.opts.limits)?;
+        place_log(&mut self.log, &placed);
         preflight(&config, &self.opts)?;
         // Native sinks carry the doors' ports; pending state lives in the
         // engine and the kernel, not in the sink objects. On error the old
         // sinks stay.
         self.sinks = build_sinks(&config)?;
         self.blocker = blocking_firewall(&config);
+        let ipt_used = iptables_used(&config);
         self.seqfiles = sequence_files(&config);
         let reach_warning = blacklist_reach_warning(&config);
         let now = self.clock.now();
@@ -542,7 +592,27 @@ impl Daemon {
         }
         self.apply();
         self.reapply();
+        self.retire_iptables(ipt_used);
         Ok(())
+    }
+
+    /// Removes our iptables chain and the jump to it if `in_use` is false
+    /// and the chain holds no grant and no block (only for sinks this
+    /// daemon built itself). The sink goes too, unless stopping.
+    fn retire_iptables(&mut self, in_use: bool) {
+        if in_use || !self.own_sinks || !self.sinks.contains_key(&FirewallKind::Iptables) {
+            return;
+        }
+        match knock_firewall::IptablesSink::retire(&knock_firewall::IptablesConfig::default()) {
+            Ok(true) => {
+                self.sinks.remove(&FirewallKind::Iptables);
+            }
+            Ok(false) => {}
+            Err(e) => self.log.line(
+                Level::Warn,
+                &format!("iptables firewall: cannot remove our chain: {e}"),
+            ),
+        }
     }
 
     /// Gives the firewall every native grant and block the engine holds
@@ -872,6 +942,8 @@ impl Daemon {
                 self.apply();
             }
         }
+        // Nothing of ours stays in iptables if it holds nothing.
+        self.retire_iptables(false);
         self.log.flush();
     }
 
