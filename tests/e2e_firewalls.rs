@@ -179,3 +179,36 @@ fn a_reload_into_a_refused_door_keeps_the_old_config() {
     assert!(!s.log().contains("configuration reloaded"), "{}", s.log());
     assert!(leftovers(&s).is_empty());
 }
+
+/// Runs ufw `cmds` in the server namespace with knock-firewall's test
+/// script: a private mount namespace puts copies of /etc/ufw and
+/// /etc/default/ufw (kept in `dir`) and an empty /run over the real ones,
+/// for that process tree only, so the machine's own ufw files and firewall
+/// stay as they are.
+fn ufw(pair: &Pair, dir: &std::path::Path, cmds: &[&str]) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/knock-firewall/tests/data/ruleset/ufw-netns.sh"
+    );
+    let mut args = vec![script, pair.server.name(), dir.to_str().unwrap()];
+    args.extend_from_slice(cmds);
+    knock_testnet::run(&args).unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ufw_default_deny_gets_grants_that_close_on_time() {
+    let ufw_dir = tempfile::tempdir().unwrap();
+    let s = Setup::new(&ssh_door(None))
+        .no_iptables_drop()
+        .before_start(|pair| ufw(pair, ufw_dir.path(), &["default deny incoming", "--force enable"]))
+        .start();
+    assert!(!s.connects(SERVER_V4), "ufw drops tcp/22");
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    wait_for("the grant to close", Duration::from_secs(8), || {
+        !s.connects_within(SERVER_V4, Duration::from_millis(300))
+    });
+    // ufw still works with our chain in place.
+    ufw(&s.pair, ufw_dir.path(), &["status"]);
+}
