@@ -95,9 +95,15 @@ fn the_guides_firewall_gets_grants_in_iptables_that_close_and_leave_nothing() {
     // --check says where the door's grants go.
     let out = check(&s);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        stdout.lines().any(|l| l.contains("[ssh]") && l.contains("iptables")),
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("[ssh]") && l.contains("iptables")),
         "{stdout}"
     );
     assert!(!s.connects(SERVER_V4), "the host's policy drops tcp/22");
@@ -132,7 +138,10 @@ fn a_native_nft_chain_that_drops_refuses_the_start_and_the_check() {
     let out = check(&s);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("inet fw") && stderr.contains("input"), "{stderr}");
+    assert!(
+        stderr.contains("inet fw") && stderr.contains("input"),
+        "{stderr}"
+    );
     // Nothing of ours was installed by the refused start.
     let left = leftovers(&s);
     assert!(left.is_empty(), "{left:?}");
@@ -163,11 +172,9 @@ fn a_reload_into_a_refused_door_keeps_the_old_config() {
     // Starts as a command door (nothing native), then the host's nftables
     // chain drops tcp/22 and the reload asks for a native door: refused,
     // the old config stays.
-    let s = Setup::new(
-        "[ssh]\n    sequence = 7000,8000,9000\n    command = /bin/true\n",
-    )
-    .no_iptables_drop()
-    .start();
+    let s = Setup::new("[ssh]\n    sequence = 7000,8000,9000\n    command = /bin/true\n")
+        .no_iptables_drop()
+        .start();
     nft_policy_drop(&s.pair);
     s.write_conf(&ssh_door(None));
     s.signal("-HUP");
@@ -201,7 +208,13 @@ fn ufw_default_deny_gets_grants_that_close_on_time() {
     let ufw_dir = tempfile::tempdir().unwrap();
     let s = Setup::new(&ssh_door(None))
         .no_iptables_drop()
-        .before_start(|pair| ufw(pair, ufw_dir.path(), &["default deny incoming", "--force enable"]))
+        .before_start(|pair| {
+            ufw(
+                pair,
+                ufw_dir.path(),
+                &["default deny incoming", "--force enable"],
+            )
+        })
         .start();
     assert!(!s.connects(SERVER_V4), "ufw drops tcp/22");
     s.knock(SERVER_V4, &["7000", "8000", "9000"]);

@@ -93,7 +93,9 @@ impl HostRuleset {
     /// The ruleset cannot be read (no permission, `nft` missing, output
     /// that does not parse).
     pub fn read() -> Result<HostRuleset, Error> {
-        Err(Error::Config("reading the host's ruleset is not built yet".into()))
+        Err(Error::Config(
+            "reading the host's ruleset is not built yet".into(),
+        ))
     }
 
     /// What the host does with a new connection to `step` over IPv6

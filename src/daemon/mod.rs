@@ -68,7 +68,7 @@ pub enum DaemonError {
     },
     /// A native door whose grants the host's firewall would drop.
     #[error(transparent)]
-    Refused(#[from] Refused),
+    Refused(#[from] Box<Refused>),
     /// The state directory cannot be used.
     #[error("state directory {path}: {source}")]
     State {

@@ -152,7 +152,7 @@ fn fix(step: Step, d: &Dropper, auto: bool) -> String {
 ///
 /// # Errors
 /// The first door whose grants the host would drop wherever they go.
-pub fn place_doors(config: &mut Config, ipv6: bool) -> Result<Placements, Refused> {
+pub fn place_doors(config: &mut Config, ipv6: bool) -> Result<Placements, Box<Refused>> {
     let mut out = Placements::default();
     let native = |k: FirewallKind| k != FirewallKind::Command;
     if !config.doors.iter().any(|d| native(d.firewall)) {
@@ -187,13 +187,15 @@ pub fn place_doors(config: &mut Config, ipv6: bool) -> Result<Placements, Refuse
         }
     };
     for d in config.doors.iter_mut().filter(|d| native(d.firewall)) {
-        let refuse = |(v6, step, dropper): (bool, Step, Dropper), how: &str, auto: bool| Refused {
-            door: d.name.clone(),
-            step: step_str(step),
-            family: family(v6),
-            fix: fix(step, &dropper, auto),
-            dropper,
-            how: how.to_owned(),
+        let refuse = |(v6, step, dropper): (bool, Step, Dropper), how: &str, auto: bool| {
+            Box::new(Refused {
+                door: d.name.clone(),
+                step: step_str(step),
+                family: family(v6),
+                fix: fix(step, &dropper, auto),
+                dropper,
+                how: how.to_owned(),
+            })
         };
         let in_nft = if nft_built {
             first_drop(&rs, families, &d.open, &ours)
@@ -203,11 +205,17 @@ pub fn place_doors(config: &mut Config, ipv6: bool) -> Result<Placements, Refuse
         let in_ipt = || first_drop(&rs, families, &d.open, &Placement::IptablesInput);
         let (firewall, why) = match d.firewall {
             FirewallKind::Nftables => match in_nft {
-                None => (FirewallKind::Nftables, "set in the config; nothing else on the host drops its ports".to_owned()),
+                None => (
+                    FirewallKind::Nftables,
+                    "set in the config; nothing else on the host drops its ports".to_owned(),
+                ),
                 Some(drop) => return Err(refuse(drop, " (firewall = nftables)", false)),
             },
             FirewallKind::Iptables => match in_ipt() {
-                None => (FirewallKind::Iptables, "set in the config; nothing else on the host drops its ports".to_owned()),
+                None => (
+                    FirewallKind::Iptables,
+                    "set in the config; nothing else on the host drops its ports".to_owned(),
+                ),
                 Some(drop) => return Err(refuse(drop, " (firewall = iptables)", false)),
             },
             _ if nft_built && in_nft.is_none() => (
