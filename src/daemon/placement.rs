@@ -49,8 +49,9 @@ pub struct Placements {
 /// A door whose grants the host would drop.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "[{door}] {step} over {family}: its grants would be dropped by {dropper}{how}; \
-     knockd does not start a door whose grants do nothing. Fix: {fix}"
+    "[{door}] {step} over {family}: its grants would be dropped by {}{how}; \
+     knockd does not start a door whose grants do nothing. Fix: {fix}",
+    describe(dropper)
 )]
 pub struct Refused {
     /// The door.
@@ -89,6 +90,20 @@ fn family(v6: bool) -> &'static str {
     } else {
         "IPv4"
     }
+}
+
+/// `inet fw chain input (policy drop)`, as nft names tables.
+fn describe(d: &Dropper) -> String {
+    let managed = match d.manager {
+        Manager::Ufw => ", managed by ufw",
+        Manager::Firewalld => ", managed by firewalld",
+        Manager::IptablesLegacy => ", iptables-legacy",
+        _ => "",
+    };
+    format!(
+        "{} {} chain {} ({}{managed})",
+        d.family, d.table, d.chain, d.what
+    )
 }
 
 /// Whether a sink in iptables comes first where `d` drops.
@@ -238,6 +253,9 @@ pub fn place_doors(config: &mut Config, ipv6: bool) -> Result<Placements, Box<Re
                 } else {
                     Vec::new()
                 };
+                if let Some(drop) = nft_drops.iter().find(|(_, _, x)| !iptables_managed(x)) {
+                    return Err(refuse(drop.clone(), "", true));
+                }
                 if let Some(drop) = in_ipt() {
                     return Err(refuse(
                         drop,
@@ -245,13 +263,11 @@ pub fn place_doors(config: &mut Config, ipv6: bool) -> Result<Placements, Box<Re
                         true,
                     ));
                 }
-                if let Some(drop) = nft_drops.iter().find(|(_, _, x)| !iptables_managed(x)) {
-                    return Err(refuse(drop.clone(), "", true));
-                }
                 let why = match nft_drops.first() {
                     Some((_, _, x)) => format!(
-                        "auto: {x} would drop them past our nftables table; a jump at the top \
-                         of iptables' INPUT comes before it"
+                        "auto: {} would drop them past our nftables table; a jump at the top \
+                         of iptables' INPUT comes before it",
+                        describe(x)
                     ),
                     None => "auto: this binary has no nftables".to_owned(),
                 };
