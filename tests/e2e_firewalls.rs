@@ -225,3 +225,58 @@ fn ufw_default_deny_gets_grants_that_close_on_time() {
     // ufw still works with our chain in place.
     ufw(&s.pair, ufw_dir.path(), &["status"]);
 }
+
+/// Whether our iptables chain or its jump is in the server's rules.
+fn in_iptables(s: &Server) -> bool {
+    let save = s.pair.server.run(&["iptables-save"]).unwrap();
+    let save6 = s.pair.server.run(&["ip6tables-save"]).unwrap();
+    save.contains("KNOCK") || save6.contains("KNOCK")
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_door_moved_from_iptables_to_nftables_by_reload_leaves_nothing_in_iptables() {
+    let s = Setup::new(&ssh_door(Some("iptables")))
+        .no_iptables_drop()
+        .start();
+    assert!(in_iptables(&s));
+    // A live grant in iptables moves with the door; it closes on time.
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    wait_for("the grant", Duration::from_secs(5), || {
+        s.pair
+            .server
+            .run(&["iptables", "-S", "KNOCK"])
+            .unwrap_or_default()
+            .contains("198.18.0.2")
+    });
+    s.write_conf(&ssh_door(Some("nftables")));
+    s.signal("-HUP");
+    wait_for("the reload", Duration::from_secs(5), || {
+        s.log().contains("configuration reloaded")
+    });
+    // The grant closes on time in iptables, and our chain goes with it.
+    wait_for("our iptables chain to go", Duration::from_secs(8), || {
+        !in_iptables(&s)
+    });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_door_moved_from_iptables_to_nftables_by_restart_leaves_nothing_in_iptables() {
+    let mut s = Setup::new(&ssh_door(Some("iptables")))
+        .no_iptables_drop()
+        .start();
+    assert!(in_iptables(&s));
+    s.stop();
+    s.write_conf(&ssh_door(Some("nftables")));
+    s.restart(&[]);
+    assert!(
+        !in_iptables(&s),
+        "{}",
+        s.pair.server.run(&["iptables-save"]).unwrap()
+    );
+    s.stop();
+    // A clean stop keeps the nftables guard (the port stays closed) and
+    // leaves nothing in iptables.
+    assert!(!in_iptables(&s));
+}

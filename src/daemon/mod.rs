@@ -384,6 +384,8 @@ pub struct Daemon {
     /// The sinks were built from the config ([`Daemon::new`]): our iptables
     /// chain is removed when nothing uses it any more.
     own_sinks: bool,
+    /// A door or the blocklist of the current config uses iptables.
+    ipt_in_use: bool,
 }
 
 impl Daemon {
@@ -405,6 +407,7 @@ impl Daemon {
         let ipt_used = iptables_used(&config);
         let mut d = Daemon::with_sinks(config, sinks, opts, log)?;
         d.own_sinks = true;
+        d.ipt_in_use = ipt_used;
         d.retire_iptables(ipt_used);
         Ok(d)
     }
@@ -480,6 +483,7 @@ impl Daemon {
             unrecorded: HashMap::new(),
             blocker,
             own_sinks: false,
+            ipt_in_use: true,
         };
         if let Some(w) = reach_warning {
             d.log.line(Level::Warn, &w);
@@ -583,6 +587,7 @@ impl Daemon {
         self.sinks = build_sinks(&config)?;
         self.blocker = blocking_firewall(&config);
         let ipt_used = iptables_used(&config);
+        self.ipt_in_use = ipt_used;
         self.seqfiles = sequence_files(&config);
         let reach_warning = blacklist_reach_warning(&config);
         let now = self.clock.now();
@@ -920,6 +925,13 @@ impl Daemon {
                     Phase::Extend => sink.extend(&grant),
                     Phase::Close => sink.close(&grant),
                 };
+                // The last grant of a firewall no door uses any more takes
+                // our chain with it.
+                if matches!(phase, Phase::Close) && firewall == FirewallKind::Iptables && r.is_ok()
+                {
+                    let in_use = self.ipt_in_use;
+                    self.retire_iptables(in_use);
+                }
                 Some(r.map_err(|e| e.to_string()))
             }
         }
