@@ -146,26 +146,38 @@ fn ufw_allow_passes() {
     assert!(d.what.contains("chain ufw-not-local"), "{d}");
 }
 
-// firewalld.json: firewalld.nft (firewalld's layout written by hand) loaded
-// with `nft -f`, then `nft -j list ruleset`.
-#[test]
-fn firewalld_rejects_what_the_zone_does_not_allow() {
-    let host = nft("firewalld.json");
+// firewalld_default.json / firewalld_no_ssh.json:
+// tests/data/ruleset/firewalld-netns.sh (firewalld 1.3.3, nftables backend,
+// on a D-Bus system bus of its own in a namespace) with Debian's default
+// configuration (zone public: ssh, dhcpv6-client), then with
+// "--remove-service=ssh".
+fn assert_firewalld_rejects(host: &HostRuleset, step: Step) {
     for v6 in [false, true] {
-        assert_eq!(host.fate(v6, Step::tcp(22), &ours()), Fate::Passes);
-        let d = dropped(host.fate(v6, Step::tcp(2222), &ours()));
+        let d = dropped(host.fate(v6, step, &ours()));
         assert_eq!(d.manager, Manager::Firewalld);
         assert_eq!(
             (d.family.as_str(), d.table.as_str(), d.chain.as_str()),
             ("inet", "firewalld", "filter_INPUT")
         );
         assert!(d.what.contains("reject"), "{d}");
-        // DHCPv6 is allowed to a link-local address only.
+        // Not our business, but the iptables jump does not help either.
         assert!(matches!(
-            host.fate(v6, Step::udp(546), &ours()),
+            host.fate(v6, step, &Placement::IptablesInput),
             Fate::Dropped(_)
         ));
     }
+}
+
+#[test]
+fn firewalld_rejects_what_the_zone_does_not_allow() {
+    let host = nft("firewalld_default.json");
+    for v6 in [false, true] {
+        assert_eq!(host.fate(v6, Step::tcp(22), &ours()), Fate::Passes);
+    }
+    assert_firewalld_rejects(&host, Step::tcp(2222));
+    // DHCPv6 is allowed to a link-local address only.
+    assert_firewalld_rejects(&host, Step::udp(546));
+    assert_firewalld_rejects(&nft("firewalld_no_ssh.json"), Step::tcp(22));
 }
 
 // iptables_legacy_guide.save: the guide's three commands with
@@ -371,4 +383,28 @@ fn verdict_maps_decide_by_their_key() {
             Fate::Dropped(_)
         ));
     }
+}
+
+#[test]
+#[ignore = "needs root and firewalld"]
+fn read_firewalld() {
+    let ns = Netns::new("rs-fwd").expect("namespace (root?)");
+    let dir = std::env::temp_dir().join(format!("knock-fwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!("{DATA}/firewalld-netns.sh");
+    knock_testnet::run(&[
+        &script,
+        ns.name(),
+        dir.to_str().unwrap(),
+        "--add-port=2222/tcp",
+    ])
+    .unwrap();
+    let host = read_in(&ns);
+    drop(ns); // ends firewalld and its D-Bus
+    std::fs::remove_dir_all(&dir).unwrap();
+    for v6 in [false, true] {
+        assert_eq!(host.fate(v6, Step::tcp(2222), &ours()), Fate::Passes);
+        assert_eq!(host.fate(v6, Step::tcp(22), &ours()), Fate::Passes);
+    }
+    assert_firewalld_rejects(&host, Step::tcp(2223));
 }
