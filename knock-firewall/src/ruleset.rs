@@ -157,7 +157,27 @@ impl HostRuleset {
             .and_then(Value::as_array)
             .ok_or_else(|| bad("no `nftables` array".into()))?;
         let mut host = HostRuleset::default();
-        // Chains first, then their rules (the listing keeps rule order).
+        // Named sets (their elements), chains, then the rules of the chains
+        // (the listing keeps rule order).
+        let mut sets: BTreeMap<(String, String), Sets> = BTreeMap::new();
+        for item in items {
+            if let Some(set) = item.get("set") {
+                if let (Some(family), Some(table), Some(name)) = (
+                    str_of(set, "family"),
+                    str_of(set, "table"),
+                    str_of(set, "name"),
+                ) {
+                    let elems = set
+                        .get("elem")
+                        .and_then(Value::as_array)
+                        .map(|elems| elems.iter().map(element).collect())
+                        .unwrap_or_default();
+                    sets.entry((family.to_owned(), table.to_owned()))
+                        .or_default()
+                        .insert(name.to_owned(), Value::Array(elems));
+                }
+            }
+        }
         for item in items {
             if let Some(c) = item.get("chain") {
                 let (Some(family), Some(table), Some(name)) =
@@ -191,7 +211,11 @@ impl HostRuleset {
                 let Some(t) = host.nft_table(family, table) else {
                     continue;
                 };
-                let rule = nft_rule(r, &t.chains);
+                let no_sets = Sets::new();
+                let table_sets = sets
+                    .get(&(family.to_owned(), table.to_owned()))
+                    .unwrap_or(&no_sets);
+                let rule = nft_rule(r, &t.chains, table_sets);
                 match t.chains.get_mut(chain) {
                     Some(c) => c.rules.push(rule),
                     None => {
@@ -595,7 +619,27 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// A rule of `nft -j list ruleset`.
-fn nft_rule(r: &Value, chains: &BTreeMap<String, Chain>) -> Rule {
+/// The named sets of a table: their elements by name.
+type Sets = BTreeMap<String, Value>;
+
+/// An element of a set as listed: its value without timeout or comment.
+fn element(e: &Value) -> Value {
+    e.get("elem")
+        .and_then(|el| el.get("val"))
+        .cloned()
+        .unwrap_or_else(|| e.clone())
+}
+
+/// `right`, with a named set (`@name`) replaced by its elements; `None`
+/// for a set the listing does not have.
+fn resolve(right: &Value, sets: &Sets) -> Option<Value> {
+    match right.as_str().and_then(|s| s.strip_prefix('@')) {
+        Some(name) => sets.get(name).cloned(),
+        None => Some(right.clone()),
+    }
+}
+
+fn nft_rule(r: &Value, chains: &BTreeMap<String, Chain>, sets: &Sets) -> Rule {
     let mut rule = Rule {
         tests: Vec::new(),
         verdict: Verdict::Continue,
@@ -611,7 +655,7 @@ fn nft_rule(r: &Value, chains: &BTreeMap<String, Chain>) -> Rule {
         };
         match key.as_str() {
             "match" => {
-                let (test, text) = nft_match(body);
+                let (test, text) = nft_match(body, sets);
                 rule.tests.push(test);
                 words.push(text);
             }
@@ -704,11 +748,14 @@ fn nft_vmap(body: &Value, chains: &BTreeMap<String, Chain>) -> Option<Vec<(Test,
 }
 
 /// A `match` expression: the test and its short text.
-fn nft_match(m: &Value) -> (Test, String) {
+fn nft_match(m: &Value, sets: &Sets) -> (Test, String) {
     let op = str_of(m, "op").unwrap_or("?");
     let left = m.get("left").unwrap_or(&Value::Null);
     let right = m.get("right").unwrap_or(&Value::Null);
-    let (test, left_text) = nft_test(left, right);
+    let (test, left_text) = match resolve(right, sets) {
+        Some(right) => nft_test(left, &right),
+        None => (Test::Is(Tri::Unknown), nft_test(left, &Value::Null).1),
+    };
     let negate = match op {
         "==" | "in" => false,
         "!=" => true,
@@ -843,6 +890,8 @@ fn nft_test(left: &Value, right: &Value) -> (Test, String) {
 /// Strings: one, an array, or a `{"set": [...]}`.
 fn strings(v: &Value) -> Option<Vec<String>> {
     match v {
+        // A named set that was not looked up is no string to compare.
+        Value::String(s) if s.starts_with('@') => None,
         Value::String(s) => Some(vec![s.clone()]),
         Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_owned)).collect(),
         Value::Object(o) => o.get("set").and_then(strings),
@@ -1209,4 +1258,87 @@ fn run_bounded(program: &str, args: &[&str]) -> Result<String, Error> {
         program: program.to_owned(),
         detail: "output that is not UTF-8".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+    use super::*;
+
+    #[test]
+    fn output_is_bounded() {
+        let size = (MAX_OUTPUT + 1).to_string();
+        let err = run_bounded("head", &["-c", &size, "/dev/zero"]).unwrap_err();
+        assert!(err.to_string().contains("more than 32 MiB"), "{err}");
+        assert_eq!(run_bounded("echo", &["ok"]).unwrap(), "ok\n");
+    }
+
+    #[test]
+    fn failures_say_what_failed() {
+        let err = run_bounded("knock-no-such-program", &[]).unwrap_err();
+        assert!(matches!(err, Error::MissingBinary { .. }), "{err}");
+        let err = run_bounded("sh", &["-c", "echo broken >&2; exit 3"]).unwrap_err();
+        assert!(
+            matches!(&err, Error::Program { detail, .. } if detail == "broken"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    #[ignore = "needs root (to drop it)"]
+    fn without_privilege_is_permission_denied() {
+        // nft says "Operation not permitted", iptables-legacy-save
+        // "Permission denied".
+        for program in [&["nft", "list", "ruleset"][..], &["iptables-legacy-save"]] {
+            let mut args = vec!["--reuid=65534", "--regid=65534", "--clear-groups"];
+            args.extend_from_slice(program);
+            let err = run_bounded("setpriv", &args).unwrap_err();
+            assert!(matches!(err, Error::PermissionDenied { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn rule_words_keep_quoted_comments() {
+        assert_eq!(
+            split_words(r#"INPUT -m comment --comment "a \"b\" c" -j DROP"#).unwrap(),
+            [
+                "INPUT",
+                "-m",
+                "comment",
+                "--comment",
+                "a \"b\" c",
+                "-j",
+                "DROP"
+            ]
+        );
+        assert_eq!(split_words(r#"INPUT --comment "open"#), None);
+    }
+
+    #[test]
+    fn save_rules_match_what_they_say() {
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n:x - [0:0]\n\
+            -A INPUT ! -i lo -p udp -m multiport --dports 53,60000:61000 -j x\n\
+            -A INPUT -s 198.18.0.0/15 -p tcp -j DROP\n\
+            -A INPUT -p tcp -m conntrack --ctstate NEW -m tcp ! --dport 22 -j REJECT\n\
+            -A x -j DROP\nCOMMIT\n";
+        let host = HostRuleset::default()
+            .with_iptables_legacy_save(false, text)
+            .unwrap();
+        let fate = |step| match host.fate(false, step, &Placement::NftTable("k".into())) {
+            Fate::Dropped(d) => d.what,
+            Fate::Passes => "passes".into(),
+        };
+        assert_eq!(fate(Step::udp(60500)), "rule `-j DROP` (rule 1) in chain x");
+        assert_eq!(fate(Step::udp(54)), "passes");
+        assert_eq!(fate(Step::tcp(22)), "passes");
+        assert_eq!(
+            fate(Step::tcp(80)),
+            "rule `-p tcp -m conntrack --ctstate NEW -m tcp ! --dport 22 -j REJECT` (rule 3)"
+        );
+        let err = HostRuleset::default()
+            .with_iptables_legacy_save(false, "*filter\n-A INPUT -j DROP\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
 }

@@ -408,3 +408,20 @@ fn read_firewalld() {
     }
     assert_firewalld_rejects(&host, Step::tcp(2223));
 }
+
+// nft_named_sets.json: `table ip6 fw6` with sets allowed (interval:
+// 22, 8000-8080) and blocked (2222), chain input (priority filter - 5,
+// policy accept): `tcp dport @blocked drop`, `tcp dport != @allowed drop`.
+#[test]
+fn named_sets_are_looked_up() {
+    let host = nft("nft_named_sets.json");
+    assert_eq!(host.fate(true, Step::tcp(22), &ours()), Fate::Passes);
+    assert_eq!(host.fate(true, Step::tcp(8080), &ours()), Fate::Passes);
+    let d = dropped(host.fate(true, Step::tcp(2222), &ours()));
+    assert!(d.what.contains("@blocked"), "{d}");
+    let d = dropped(host.fate(true, Step::tcp(23), &ours()));
+    assert!(d.what.contains("!= @allowed"), "{d}");
+    // Only IPv6, and only TCP.
+    assert_eq!(host.fate(false, Step::tcp(23), &ours()), Fate::Passes);
+    assert_eq!(host.fate(true, Step::udp(23), &ours()), Fate::Passes);
+}
