@@ -8,6 +8,21 @@
 //! there; iptables-legacy keeps its own tables. [`HostRuleset::read`] reads
 //! both, and [`HostRuleset::fate`] says what happens to a new connection
 //! to a door's port once our accept is in place.
+//!
+//! The analysis is symbolic: one packet, a new connection (TCP SYN or UDP)
+//! to the door's port from an address we do not know, not on loopback,
+//! addressed to this host. Each match of a rule is true, false or unknown
+//! for it (`ct state new` is true, `iifname "lo"` false, `ip saddr
+//! 10.0.0.0/8` unknown, and so is anything not modelled: marks, limits,
+//! iptables extensions the listing does not spell out). A rule applies
+//! only when all its matches are true, so a conditional accept does not
+//! accept for everyone and a conditional drop does not drop for everyone.
+//! So an accept behind an unknown match (one reached only through an
+//! `-m addrtype` the JSON hides, say) is not counted, and the answer may
+//! name a drop that does not happen: the daemon then refuses or picks
+//! another place for its accept instead of reporting a door open that is
+//! not. A drop behind an unknown match (`ip saddr 203.0.113.0/24 drop`) is
+//! taken to be for someone else and is not reported.
 
 use std::collections::BTreeMap;
 use std::io::Read;
