@@ -280,3 +280,56 @@ fn a_door_moved_from_iptables_to_nftables_by_restart_leaves_nothing_in_iptables(
     // leaves nothing in iptables.
     assert!(!in_iptables(&s));
 }
+
+/// Starts firewalld in the server namespace with knock-firewall's test
+/// script (a D-Bus system bus of its own, private copies of its files in
+/// `dir`; the daemons end with the namespace), then runs `opts` with
+/// firewall-cmd.
+fn firewalld(pair: &Pair, dir: &std::path::Path, opts: &[&str]) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/knock-firewall/tests/data/ruleset/firewalld-netns.sh"
+    );
+    let mut args = vec![script, pair.server.name(), dir.to_str().unwrap()];
+    args.extend_from_slice(opts);
+    knock_testnet::run(&args).unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn firewalld_that_rejects_the_port_refuses_the_start() {
+    let fwd_dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(&ssh_door(None))
+        .no_iptables_drop()
+        .before_start(|pair| firewalld(pair, fwd_dir.path(), &["--remove-service=ssh"]))
+        .prepare();
+    let status = s.try_restart(&[]).expect("the start must fail");
+    assert!(!status.success());
+    let stderr = std::fs::read_to_string(s.path("stderr.log")).unwrap();
+    assert!(stderr.contains("inet firewalld"), "{stderr}");
+    assert!(stderr.contains("firewall-cmd"), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn firewalld_that_allows_the_port_gets_grants_in_our_nftables_table() {
+    let fwd_dir = tempfile::tempdir().unwrap();
+    let s = Setup::new(&ssh_door(None))
+        .no_iptables_drop()
+        .before_start(|pair| firewalld(pair, fwd_dir.path(), &[]))
+        .start();
+    let out = check(&s);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("[ssh]") && l.contains("nftables")),
+        "{stdout}"
+    );
+    assert!(!s.connects(SERVER_V4), "our table guards tcp/22");
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    wait_for("the grant to close", Duration::from_secs(8), || {
+        !s.connects_within(SERVER_V4, Duration::from_millis(300))
+    });
+}
