@@ -26,10 +26,15 @@ fn ssh_door(firewall: Option<&str>) -> String {
 /// The classic knockd guide's firewall: INPUT drops by default, loopback
 /// and established traffic are accepted.
 fn guide_firewall(pair: &Pair) {
+    guide_firewall_with(pair, "iptables");
+}
+
+/// [`guide_firewall`] with `iptables` (`iptables` or `iptables-legacy`).
+fn guide_firewall_with(pair: &Pair, iptables: &str) {
     for args in [
-        &["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"][..],
+        &[iptables, "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"][..],
         &[
-            "iptables",
+            iptables,
             "-A",
             "INPUT",
             "-m",
@@ -39,7 +44,7 @@ fn guide_firewall(pair: &Pair) {
             "-j",
             "ACCEPT",
         ],
-        &["iptables", "-P", "INPUT", "DROP"],
+        &[iptables, "-P", "INPUT", "DROP"],
     ] {
         pair.server.run(args).unwrap();
     }
@@ -332,4 +337,23 @@ fn firewalld_that_allows_the_port_gets_grants_in_our_nftables_table() {
     wait_for("the grant to close", Duration::from_secs(8), || {
         !s.connects_within(SERVER_V4, Duration::from_millis(300))
     });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_guides_firewall_in_iptables_legacy_gets_grants_there() {
+    let mut s = Setup::new(&ssh_door(None))
+        .no_iptables_drop()
+        .before_start(|pair| guide_firewall_with(pair, "iptables-legacy"))
+        .start();
+    assert!(!s.connects(SERVER_V4), "the legacy policy drops tcp/22");
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    wait_for("the grant to close", Duration::from_secs(8), || {
+        !s.connects_within(SERVER_V4, Duration::from_millis(300))
+    });
+    s.stop();
+    let legacy = s.pair.server.run(&["iptables-legacy-save"]).unwrap();
+    assert!(!legacy.contains("KNOCK"), "{legacy}");
+    assert!(leftovers(&s).is_empty(), "{:?}", leftovers(&s));
 }

@@ -25,6 +25,9 @@ pub struct IptablesConfig {
     pub ipv6: bool,
     /// Where a block refuses new connections (default: the whole host).
     pub block_reach: BlockReach,
+    /// Use `iptables-legacy`/`ip6tables-legacy` (a host whose firewall is
+    /// in the legacy tables) instead of `iptables`/`ip6tables`.
+    pub legacy: bool,
 }
 
 impl Default for IptablesConfig {
@@ -35,6 +38,7 @@ impl Default for IptablesConfig {
             ipv4: true,
             ipv6: true,
             block_reach: BlockReach::Host,
+            legacy: false,
         }
     }
 }
@@ -91,6 +95,29 @@ fn program(v6: bool) -> &'static str {
 }
 
 /// Turns the `iptables` crate's boxed error into ours.
+/// The iptables program for the family: `iptables`/`ip6tables`, or their
+/// `-legacy` variants (which support `-C` and `-w`).
+fn open_ipt(v6: bool, legacy: bool) -> Result<IPTables, Box<dyn StdError>> {
+    if !legacy {
+        return iptables::new(v6);
+    }
+    let cmd = if v6 {
+        "ip6tables-legacy"
+    } else {
+        "iptables-legacy"
+    };
+    let out = std::process::Command::new(cmd).arg("--version").output()?;
+    if !out.status.success() {
+        return Err(format!("{cmd} --version: {}", out.status).into());
+    }
+    Ok(IPTables {
+        cmd,
+        has_check: true,
+        has_wait: true,
+        is_numeric: false,
+    })
+}
+
 fn convert(what: String, v6: bool, e: Box<dyn StdError>) -> Error {
     if let Some(ioe) = e.downcast_ref::<io::Error>() {
         return Error::from_io(
@@ -206,7 +233,7 @@ impl IptablesSink {
                 continue;
             }
             let what = format!("set up chain {}", sink.cfg.chain);
-            let ipt = iptables::new(v6).map_err(|e| convert(what.clone(), v6, e))?;
+            let ipt = open_ipt(v6, sink.cfg.legacy).map_err(|e| convert(what.clone(), v6, e))?;
             sink.setup(&ipt, v6)?;
             if v6 {
                 sink.v6 = Some(ipt);
@@ -228,7 +255,7 @@ impl IptablesSink {
                 continue;
             }
             let what = format!("look for chain {}", cfg.chain);
-            let ipt = iptables::new(v6).map_err(|e| convert(what.clone(), v6, e))?;
+            let ipt = open_ipt(v6, cfg.legacy).map_err(|e| convert(what.clone(), v6, e))?;
             if ipt
                 .chain_exists(TABLE, &cfg.chain)
                 .map_err(|e| convert(what, v6, e))?
@@ -255,7 +282,7 @@ impl IptablesSink {
             }
             let chain = &cfg.chain;
             let what = format!("remove chain {chain} ({})", program(v6));
-            let ipt = iptables::new(v6).map_err(|e| convert(what.clone(), v6, e))?;
+            let ipt = open_ipt(v6, cfg.legacy).map_err(|e| convert(what.clone(), v6, e))?;
             if !ipt
                 .chain_exists(TABLE, chain)
                 .map_err(|e| convert(what.clone(), v6, e))?

@@ -177,9 +177,15 @@ pub fn blocking_firewall(config: &Config) -> Option<FirewallKind> {
 /// table, if there is one (no guard of an old door stays behind); the
 /// sink is kept to close the grants and lift the blocks that were in it.
 ///
+/// `iptables_legacy`: our iptables chain goes to the legacy tables
+/// ([`Placements::iptables_legacy`]).
+///
 /// # Errors
 /// A sink that cannot be set up.
-pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
+pub fn build_sinks(
+    config: &Config,
+    iptables_legacy: bool,
+) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
     let mut sinks: HashMap<FirewallKind, BoxedSink> = HashMap::new();
     for d in &config.doors {
         if !matches!(d.firewall, FirewallKind::Command | FirewallKind::Iptables)
@@ -192,12 +198,16 @@ pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, 
     // close what it holds; it is removed once empty). Without iptables on
     // the host there is no chain.
     let leftover = || {
-        knock_firewall::IptablesSink::chain_exists(&knock_firewall::IptablesConfig::default())
-            .unwrap_or(false)
+        knock_firewall::IptablesSink::chain_exists(&knock_firewall::IptablesConfig {
+            legacy: iptables_legacy,
+            ..knock_firewall::IptablesConfig::default()
+        })
+        .unwrap_or(false)
     };
     if iptables_used(config) || leftover() {
         let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig {
             block_reach: block_reach(config),
+            legacy: iptables_legacy,
             ..knock_firewall::IptablesConfig::default()
         })?;
         sinks.insert(FirewallKind::Iptables, Box::new(sink));
@@ -386,6 +396,8 @@ pub struct Daemon {
     own_sinks: bool,
     /// A door or the blocklist of the current config uses iptables.
     ipt_in_use: bool,
+    /// Our iptables chain is in the legacy tables.
+    ipt_legacy: bool,
 }
 
 impl Daemon {
@@ -403,11 +415,12 @@ impl Daemon {
         let placed = place_doors(&mut config, !opts.only_ipv4)
             .map_err(|e| log.fatal(DaemonError::from(e)))?;
         place_log(&mut log, &placed);
-        let sinks = build_sinks(&config).map_err(|e| log.fatal(e))?;
+        let sinks = build_sinks(&config, placed.iptables_legacy).map_err(|e| log.fatal(e))?;
         let ipt_used = iptables_used(&config);
         let mut d = Daemon::with_sinks(config, sinks, opts, log)?;
         d.own_sinks = true;
         d.ipt_in_use = ipt_used;
+        d.ipt_legacy = placed.iptables_legacy;
         d.retire_iptables(ipt_used);
         Ok(d)
     }
@@ -484,6 +497,7 @@ impl Daemon {
             blocker,
             own_sinks: false,
             ipt_in_use: true,
+            ipt_legacy: false,
         };
         if let Some(w) = reach_warning {
             d.log.line(Level::Warn, &w);
@@ -584,7 +598,8 @@ impl Daemon {
         // Native sinks carry the doors' ports; pending state lives in the
         // engine and the kernel, not in the sink objects. On error the old
         // sinks stay.
-        self.sinks = build_sinks(&config)?;
+        self.sinks = build_sinks(&config, placed.iptables_legacy)?;
+        self.ipt_legacy = placed.iptables_legacy;
         self.blocker = blocking_firewall(&config);
         let ipt_used = iptables_used(&config);
         self.ipt_in_use = ipt_used;
@@ -608,7 +623,11 @@ impl Daemon {
         if in_use || !self.own_sinks || !self.sinks.contains_key(&FirewallKind::Iptables) {
             return;
         }
-        match knock_firewall::IptablesSink::retire(&knock_firewall::IptablesConfig::default()) {
+        let cfg = knock_firewall::IptablesConfig {
+            legacy: self.ipt_legacy,
+            ..knock_firewall::IptablesConfig::default()
+        };
+        match knock_firewall::IptablesSink::retire(&cfg) {
             Ok(true) => {
                 self.sinks.remove(&FirewallKind::Iptables);
             }

@@ -44,6 +44,9 @@ pub struct Placements {
     pub doors: Vec<Placed>,
     /// What the operator must hear (the ruleset could not be read, ...).
     pub warnings: Vec<String>,
+    /// The host's iptables drops are in the legacy tables: our iptables
+    /// chain goes there (`iptables-legacy`).
+    pub iptables_legacy: bool,
 }
 
 /// A door whose grants the host would drop.
@@ -97,7 +100,6 @@ fn describe(d: &Dropper) -> String {
     let managed = match d.manager {
         Manager::Ufw => ", managed by ufw",
         Manager::Firewalld => ", managed by firewalld",
-        Manager::IptablesLegacy => ", iptables-legacy",
         _ => "",
     };
     format!(
@@ -201,6 +203,8 @@ pub fn place_doors(config: &mut Config, ipv6: bool) -> Result<Placements, Box<Re
             return Ok(out);
         }
     };
+    // Which iptables our chain goes to, once a door needs one.
+    let mut legacy: Option<bool> = None;
     for d in config.doors.iter_mut().filter(|d| native(d.firewall)) {
         let refuse = |(v6, step, dropper): (bool, Step, Dropper), how: &str, auto: bool| {
             Box::new(Refused {
@@ -241,15 +245,8 @@ pub fn place_doors(config: &mut Config, ipv6: bool) -> Result<Placements, Box<Re
                 // Every family and port that nftables would lose must be
                 // lost to iptables (or ufw) rules: a jump at the top of
                 // INPUT comes first there, and nothing else may drop.
-                let nft_drops: Vec<(bool, Step, Dropper)> = if nft_built {
-                    families
-                        .iter()
-                        .flat_map(|&v6| d.open.iter().map(move |&s| (v6, s)))
-                        .filter_map(|(v6, s)| match rs.fate(v6, s, &ours) {
-                            Fate::Dropped(x) => Some((v6, s, x)),
-                            _ => None,
-                        })
-                        .collect()
+                let nft_drops = if nft_built {
+                    all_drops(&rs, families, &d.open, &ours)
                 } else {
                     Vec::new()
                 };
@@ -274,6 +271,40 @@ pub fn place_doors(config: &mut Config, ipv6: bool) -> Result<Placements, Box<Re
                 (FirewallKind::Iptables, why)
             }
         };
+        if firewall == FirewallKind::Iptables {
+            // Our chain must be in the iptables that drops: the legacy
+            // tables or iptables over nftables (one for the whole config).
+            let drops = all_drops(&rs, families, &d.open, &ours);
+            let old = drops
+                .iter()
+                .find(|(_, _, x)| x.manager == Manager::IptablesLegacy);
+            let new = drops
+                .iter()
+                .find(|(_, _, x)| matches!(x.manager, Manager::Iptables | Manager::Ufw));
+            let wants = match (old, new) {
+                (Some(a), Some(_)) => {
+                    return Err(refuse(
+                        a.clone(),
+                        " and by iptables over nftables too: one chain of ours cannot come first in both",
+                        true,
+                    ))
+                }
+                (Some(_), None) => Some(true),
+                (None, Some(_)) => Some(false),
+                (None, None) => None,
+            };
+            match (legacy, wants, old.or(new)) {
+                (Some(l), Some(w), Some(x)) if l != w => {
+                    return Err(refuse(
+                        x.clone(),
+                        " while another door's grants must go to the other iptables (legacy or over nftables)",
+                        true,
+                    ))
+                }
+                (_, Some(w), _) => legacy = Some(w),
+                _ => {}
+            }
+        }
         d.firewall = firewall;
         out.doors.push(Placed {
             door: d.name.clone(),
@@ -281,5 +312,23 @@ pub fn place_doors(config: &mut Config, ipv6: bool) -> Result<Placements, Box<Re
             why,
         });
     }
+    out.iptables_legacy = legacy.unwrap_or(false);
     Ok(out)
+}
+
+/// Every drop of the door's ports, over each family, with our accept at `at`.
+fn all_drops(
+    rs: &HostRuleset,
+    families: &[bool],
+    open: &[Step],
+    at: &Placement,
+) -> Vec<(bool, Step, Dropper)> {
+    families
+        .iter()
+        .flat_map(|&v6| open.iter().map(move |&s| (v6, s)))
+        .filter_map(|(v6, s)| match rs.fate(v6, s, at) {
+            Fate::Dropped(x) => Some((v6, s, x)),
+            _ => None,
+        })
+        .collect()
 }
