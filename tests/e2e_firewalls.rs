@@ -357,3 +357,37 @@ fn the_guides_firewall_in_iptables_legacy_gets_grants_there() {
     assert!(!legacy.contains("KNOCK"), "{legacy}");
     assert!(leftovers(&s).is_empty(), "{:?}", leftovers(&s));
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_ruleset_that_cannot_be_read_falls_back_to_nftables_with_a_warning() {
+    let s = Setup::new(&ssh_door(None)).no_iptables_drop().prepare();
+    // No `nft` (nor iptables-legacy-save) on this PATH.
+    let empty = tempfile::tempdir().unwrap();
+    let path = format!("PATH={}", empty.path().display());
+    let out = s
+        .pair
+        .server
+        .output(&[
+            "/usr/bin/env",
+            &path,
+            example_bin("knockd").to_str().unwrap(),
+            "--check",
+            "-c",
+            s.path("knockd.conf").to_str().unwrap(),
+        ])
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("cannot read the host's firewall ruleset"),
+        "{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("[ssh]") && l.contains("nftables")),
+        "{stdout}"
+    );
+}
