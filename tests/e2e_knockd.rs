@@ -144,7 +144,10 @@ fn one_time_sequences_work_once_each_over_ipv4_and_ipv6() {
 #[test]
 #[ignore = "needs root"]
 fn native_nftables_door_opens_and_the_kernel_closes_it() {
-    let s = Server::start(
+    // nftables guards the door's ports itself: no iptables rule, so the
+    // test sees the nftables decision alone (and a native nftables door is
+    // refused where the host drops its port).
+    let s = Setup::new(
         "
 [ssh]
     sequence    = 7000,8000
@@ -152,11 +155,9 @@ fn native_nftables_door_opens_and_the_kernel_closes_it() {
     firewall    = nftables
     cmd_timeout = 2
 ",
-    );
-    // nftables guards the door's ports itself; drop the iptables rule so the
-    // test sees the nftables decision alone.
-    s.pair.server.run(&["iptables", "-F", "INPUT"]).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    )
+    .no_iptables_drop()
+    .start();
     assert!(!s.connects(SERVER_V4), "guard must drop tcp/22");
     s.knock(SERVER_V4, &["7000", "8000"]);
     s.wait_open(SERVER_V4);

@@ -153,7 +153,7 @@ fn open_capture(interfaces: &[String]) -> Result<MultiSource<AfPacketSource>, Ca
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let config = load(&args)?;
+    let mut config = load(&args)?;
     let interfaces = if args.interface.is_empty() {
         config.options.interfaces.clone()
     } else {
@@ -173,6 +173,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 return Err(e.into());
             }
+        }
+        // Where each native door's grants go on this host (a door whose
+        // grants the host would drop is refused, as at start).
+        let placed = knock::daemon::place_doors(&mut config, !args.only_ipv4)?;
+        for w in &placed.warnings {
+            eprintln!("knockd: warning: {w}");
+        }
+        for p in &placed.doors {
+            println!("{p}");
         }
         if let Some(note) = knock::daemon::check_firewall(&config)? {
             eprintln!("knockd: note: {note}");

@@ -446,18 +446,18 @@ fn build_door(mut s: Section) -> Result<DoorConfig, ConfigError> {
     let firewall = s.take("firewall");
     door.firewall = match &firewall {
         Some(e) => FirewallKind::from_name(&e.value)
-            .ok_or_else(|| bad(e, "iptables, nftables or command"))?,
+            .ok_or_else(|| bad(e, "auto, iptables, nftables or command"))?,
         None if door.open.is_empty() => FirewallKind::Command,
-        None => FirewallKind::Nftables,
+        None => FirewallKind::Auto,
     };
     match (&open, &firewall, door.firewall) {
         (Some(o), Some(_), FirewallKind::Command) => {
             return Err(conflict(
                 &o.at.with_column(1),
-                "open needs firewall = iptables or nftables (firewall = command runs only the commands)".to_owned(),
+                "open needs firewall = auto, iptables or nftables (firewall = command runs only the commands)".to_owned(),
             ))
         }
-        (None, Some(f), FirewallKind::Iptables | FirewallKind::Nftables) => {
+        (None, Some(f), FirewallKind::Iptables | FirewallKind::Nftables | FirewallKind::Auto) => {
             return Err(conflict(
                 &f.at.with_column(1),
                 format!("firewall = {} needs open = proto/port,... (e.g. open = tcp/22)", door.firewall.as_str()),

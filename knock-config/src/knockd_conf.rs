@@ -40,7 +40,7 @@
 //! | section | key | example | meaning | default |
 //! |---|---|---|---|---|
 //! | door | `open` | `open = tcp/22,udp/1194` | native grants for the knocker's address, lifetime `cmd_timeout`, no shell | none |
-//! | door | `firewall` | `firewall = nftables` | how `open` is applied: `iptables`, `nftables`, or `command` (no native grant) | `nftables` with `open`, else `command` |
+//! | door | `firewall` | `firewall = auto` | how `open` is applied: `auto` (the daemon reads the host's ruleset and picks nftables or iptables, whichever takes effect; it refuses to start where neither would), `iptables`, `nftables`, or `command` (no native grant) | `auto` with `open`, else `command` |
 //! | door | `grant_prefix` | `grant_prefix = 24,64` | a native grant covers the knocker's /24 (IPv4) or /64 (IPv6) | `32,128` |
 //! | door | `allow_repeat` | `allow_repeat = yes` | a repeated knock (retransmitted SYN) does not kill the attempt | `no` |
 //! | door | `cooldown` | `cooldown = 30` | after an open, ignore the source's knocks on this door this long | `0` |

@@ -73,7 +73,7 @@
 //! assert_eq!(doors[0].all_sequences()[0], [Step::tcp(7000), Step::udp(8000), Step::tcp(9000)]);
 //! assert_eq!(doors[0].seq_timeout, Duration::from_secs(5));
 //! assert_eq!(doors[0].grant_lifetime, None); // no stop_command: open only
-//! assert_eq!(config.doors[1].firewall, FirewallKind::Nftables);
+//! assert_eq!(config.doors[1].firewall, FirewallKind::Auto); // resolved by the daemon
 //! assert_eq!(doors[1].grant_lifetime, Some(Duration::from_secs(30)));
 //!
 //! // The same doors as TOML, and back.

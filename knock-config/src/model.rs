@@ -132,6 +132,10 @@ pub enum FirewallKind {
     Iptables,
     /// Native grants through nftables.
     Nftables,
+    /// Native grants where they take effect on this host: the daemon reads
+    /// the host's ruleset and picks nftables or iptables (the default with
+    /// `open`). Resolved before the engine or a sink sees the door.
+    Auto,
 }
 
 impl FirewallKind {
@@ -141,6 +145,7 @@ impl FirewallKind {
             FirewallKind::Command => "command",
             FirewallKind::Iptables => "iptables",
             FirewallKind::Nftables => "nftables",
+            FirewallKind::Auto => "auto",
         }
     }
 
@@ -149,6 +154,7 @@ impl FirewallKind {
             "command" => Some(FirewallKind::Command),
             "iptables" => Some(FirewallKind::Iptables),
             "nftables" => Some(FirewallKind::Nftables),
+            "auto" => Some(FirewallKind::Auto),
             _ => None,
         }
     }
@@ -332,7 +338,7 @@ pub struct DoorConfig {
     pub cmd_timeout: Duration,
     /// Extension `open = tcp/22,udp/1194`: native grants.
     pub open: Vec<Step>,
-    /// Extension `firewall`: how `open` is applied (default nftables with
+    /// Extension `firewall`: how `open` is applied (default `auto` with
     /// `open`, command without).
     pub firewall: FirewallKind,
     /// Extension `grant_prefix = 24,64`.

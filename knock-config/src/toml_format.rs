@@ -374,15 +374,15 @@ fn build_door(t: TomlDoor, at: &Location) -> Result<DoorConfig, ConfigError> {
     door.firewall = match t.firewall {
         Some(k) => k,
         None if door.open.is_empty() => FirewallKind::Command,
-        None => FirewallKind::Nftables,
+        None => FirewallKind::Auto,
     };
     match (has_open && !door.open.is_empty(), t.firewall, door.firewall) {
         (true, Some(_), FirewallKind::Command) => {
             return Err(conflict(
-                "open needs firewall = \"iptables\" or \"nftables\" (\"command\" runs only the commands)".to_owned(),
+                "open needs firewall = \"auto\", \"iptables\" or \"nftables\" (\"command\" runs only the commands)".to_owned(),
             ))
         }
-        (false, Some(_), FirewallKind::Iptables | FirewallKind::Nftables) => {
+        (false, Some(_), FirewallKind::Iptables | FirewallKind::Nftables | FirewallKind::Auto) => {
             return Err(conflict(format!(
                 "firewall = {:?} needs open = [\"tcp/22\", ...]",
                 door.firewall.as_str()

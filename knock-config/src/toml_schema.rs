@@ -26,7 +26,7 @@
 //! name = "web"
 //! one_time_sequences = "/etc/knockd/web.seq"   # or sequence_file = "..." (reusable)
 //! open = ["tcp/443", "udp/1194"]
-//! firewall = "nftables"           # "iptables", "nftables" or "command"
+//! firewall = "auto"               # "auto" (default with open), "iptables", "nftables" or "command"
 //! grant_prefix = [24, 64]
 //! allow_repeat = true
 //! cooldown = "30s"

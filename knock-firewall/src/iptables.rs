@@ -25,6 +25,9 @@ pub struct IptablesConfig {
     pub ipv6: bool,
     /// Where a block refuses new connections (default: the whole host).
     pub block_reach: BlockReach,
+    /// Use `iptables-legacy`/`ip6tables-legacy` (a host whose firewall is
+    /// in the legacy tables) instead of `iptables`/`ip6tables`.
+    pub legacy: bool,
 }
 
 impl Default for IptablesConfig {
@@ -35,6 +38,7 @@ impl Default for IptablesConfig {
             ipv4: true,
             ipv6: true,
             block_reach: BlockReach::Host,
+            legacy: false,
         }
     }
 }
@@ -91,6 +95,29 @@ fn program(v6: bool) -> &'static str {
 }
 
 /// Turns the `iptables` crate's boxed error into ours.
+/// The iptables program for the family: `iptables`/`ip6tables`, or their
+/// `-legacy` variants (which support `-C` and `-w`).
+fn open_ipt(v6: bool, legacy: bool) -> Result<IPTables, Box<dyn StdError>> {
+    if !legacy {
+        return iptables::new(v6);
+    }
+    let cmd = if v6 {
+        "ip6tables-legacy"
+    } else {
+        "iptables-legacy"
+    };
+    let out = std::process::Command::new(cmd).arg("--version").output()?;
+    if !out.status.success() {
+        return Err(format!("{cmd} --version: {}", out.status).into());
+    }
+    Ok(IPTables {
+        cmd,
+        has_check: true,
+        has_wait: true,
+        is_numeric: false,
+    })
+}
+
 fn convert(what: String, v6: bool, e: Box<dyn StdError>) -> Error {
     if let Some(ioe) = e.downcast_ref::<io::Error>() {
         return Error::from_io(
@@ -206,7 +233,7 @@ impl IptablesSink {
                 continue;
             }
             let what = format!("set up chain {}", sink.cfg.chain);
-            let ipt = iptables::new(v6).map_err(|e| convert(what.clone(), v6, e))?;
+            let ipt = open_ipt(v6, sink.cfg.legacy).map_err(|e| convert(what.clone(), v6, e))?;
             sink.setup(&ipt, v6)?;
             if v6 {
                 sink.v6 = Some(ipt);
@@ -215,6 +242,78 @@ impl IptablesSink {
             }
         }
         Ok(sink)
+    }
+
+    /// Whether our chain exists (in either family `cfg` manages): a sink
+    /// is then needed to close what an earlier configuration left there.
+    ///
+    /// # Errors
+    /// iptables cannot be run or asked.
+    pub fn chain_exists(cfg: &IptablesConfig) -> Result<bool, Error> {
+        for v6 in [false, true] {
+            if (v6 && !cfg.ipv6) || (!v6 && !cfg.ipv4) {
+                continue;
+            }
+            let what = format!("look for chain {}", cfg.chain);
+            let ipt = open_ipt(v6, cfg.legacy).map_err(|e| convert(what.clone(), v6, e))?;
+            if ipt
+                .chain_exists(TABLE, &cfg.chain)
+                .map_err(|e| convert(what, v6, e))?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Removes our chain and the jump to it, in each family where the
+    /// chain holds no grant and no block (only the conntrack rule this
+    /// sink keeps, or nothing). A chain that still holds something stays
+    /// (the next start reconciles it). Returns whether nothing of ours is
+    /// left.
+    ///
+    /// # Errors
+    /// iptables cannot be run or refuses a change.
+    pub fn retire(cfg: &IptablesConfig) -> Result<bool, Error> {
+        let mut gone = true;
+        for v6 in [false, true] {
+            if (v6 && !cfg.ipv6) || (!v6 && !cfg.ipv4) {
+                continue;
+            }
+            let chain = &cfg.chain;
+            let what = format!("remove chain {chain} ({})", program(v6));
+            let ipt = open_ipt(v6, cfg.legacy).map_err(|e| convert(what.clone(), v6, e))?;
+            if !ipt
+                .chain_exists(TABLE, chain)
+                .map_err(|e| convert(what.clone(), v6, e))?
+            {
+                continue;
+            }
+            let rules = ipt
+                .list(TABLE, chain)
+                .map_err(|e| convert(what.clone(), v6, e))?;
+            let holds = rules.iter().any(|l| match parse_rule(l, chain) {
+                Some((_, _, Some(Tag::Conntrack))) | None => false,
+                Some(_) => true,
+            });
+            if holds {
+                gone = false;
+                continue;
+            }
+            let jump = format!("-j {chain}");
+            while ipt
+                .exists(TABLE, &cfg.parent, &jump)
+                .map_err(|e| convert(what.clone(), v6, e))?
+            {
+                ipt.delete(TABLE, &cfg.parent, &jump)
+                    .map_err(|e| convert(what.clone(), v6, e))?;
+            }
+            ipt.flush_chain(TABLE, chain)
+                .map_err(|e| convert(what.clone(), v6, e))?;
+            ipt.delete_chain(TABLE, chain)
+                .map_err(|e| convert(what.clone(), v6, e))?;
+        }
+        Ok(gone)
     }
 
     fn setup(&self, ipt: &IPTables, v6: bool) -> Result<(), Error> {

@@ -117,6 +117,7 @@ mod grant;
 mod iptables;
 #[cfg(feature = "nftables")]
 mod nft;
+mod ruleset;
 mod sink;
 
 pub use command::{
@@ -127,6 +128,7 @@ pub use grant::{mask, Grant};
 pub use iptables::{IptablesConfig, IptablesSink};
 #[cfg(feature = "nftables")]
 pub use nft::{Checked as NftChecked, NftConfig, NftDoor, NftSink, MAX_TIMEOUT as NFT_MAX_TIMEOUT};
+pub use ruleset::{Dropper, Fate, HostRuleset, Manager, Placement};
 #[cfg(feature = "mock")]
 pub use sink::MockFirewallSink;
 pub use sink::{Action, BlockReach, FirewallSink, FnSink, Reconciled, RecordingSink};

@@ -25,7 +25,9 @@ use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
 
 mod log;
+mod placement;
 pub use log::Logger;
+pub use placement::{place_doors, Placed, Placements, Refused};
 
 use crate::engine::{
     Action, Applied, Engine, EngineError, EngineOptions, GrantAction, How, Level, Now, Snapshot,
@@ -64,6 +66,9 @@ pub enum DaemonError {
         /// Why.
         source: Box<knock_config::ConfigError>,
     },
+    /// A native door whose grants the host's firewall would drop.
+    #[error(transparent)]
+    Refused(#[from] Box<Refused>),
     /// The state directory cannot be used.
     #[error("state directory {path}: {source}")]
     State {
@@ -172,11 +177,16 @@ pub fn blocking_firewall(config: &Config) -> Option<FirewallKind> {
 /// table, if there is one (no guard of an old door stays behind); the
 /// sink is kept to close the grants and lift the blocks that were in it.
 ///
+/// `iptables_legacy`: our iptables chain goes to the legacy tables
+/// ([`Placements::iptables_legacy`]).
+///
 /// # Errors
 /// A sink that cannot be set up.
-pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
+pub fn build_sinks(
+    config: &Config,
+    iptables_legacy: bool,
+) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
     let mut sinks: HashMap<FirewallKind, BoxedSink> = HashMap::new();
-    let uses = |k: FirewallKind| config.doors.iter().any(|d| d.firewall == k);
     for d in &config.doors {
         if !matches!(d.firewall, FirewallKind::Command | FirewallKind::Iptables)
             && !cfg!(feature = "nftables")
@@ -184,10 +194,20 @@ pub fn build_sinks(config: &Config) -> Result<HashMap<FirewallKind, BoxedSink>, 
             tracing::error!(door = %d.name, "firewall kind not built into this binary");
         }
     }
-    let blocker = blocking_firewall(config);
-    if uses(FirewallKind::Iptables) || blocker == Some(FirewallKind::Iptables) {
+    // Our chain left by an earlier configuration needs the sink too (to
+    // close what it holds; it is removed once empty). Without iptables on
+    // the host there is no chain.
+    let leftover = || {
+        knock_firewall::IptablesSink::chain_exists(&knock_firewall::IptablesConfig {
+            legacy: iptables_legacy,
+            ..knock_firewall::IptablesConfig::default()
+        })
+        .unwrap_or(false)
+    };
+    if iptables_used(config) || leftover() {
         let sink = knock_firewall::IptablesSink::new(knock_firewall::IptablesConfig {
             block_reach: block_reach(config),
+            legacy: iptables_legacy,
             ..knock_firewall::IptablesConfig::default()
         })?;
         sinks.insert(FirewallKind::Iptables, Box::new(sink));
@@ -240,6 +260,25 @@ pub fn check_firewall(config: &Config) -> Result<Option<String>, DaemonError> {
     }
     let _ = config;
     Ok(None)
+}
+
+/// Whether a door or the blocklist of `config` uses iptables.
+fn iptables_used(config: &Config) -> bool {
+    config
+        .doors
+        .iter()
+        .any(|d| d.firewall == FirewallKind::Iptables)
+        || blocking_firewall(config) == Some(FirewallKind::Iptables)
+}
+
+/// Logs where native grants go (and warnings on stderr too).
+fn place_log(log: &mut Logger, placed: &Placements) {
+    for w in &placed.warnings {
+        log.line(Level::Warn, w);
+    }
+    for p in &placed.doors {
+        log.line(Level::Info, &p.to_string());
+    }
 }
 
 /// Where the firewall's blocks reach (`blacklist_reach`).
@@ -352,6 +391,13 @@ pub struct Daemon {
     unrecorded: HashMap<Arc<str>, String>,
     /// The sink that holds blocks ([`blocking_firewall`]).
     blocker: Option<FirewallKind>,
+    /// The sinks were built from the config ([`Daemon::new`]): our iptables
+    /// chain is removed when nothing uses it any more.
+    own_sinks: bool,
+    /// A door or the blocklist of the current config uses iptables.
+    ipt_in_use: bool,
+    /// Our iptables chain is in the legacy tables.
+    ipt_legacy: bool,
 }
 
 impl Daemon {
@@ -362,25 +408,41 @@ impl Daemon {
     /// An invalid config, a sink that cannot be set up, a state directory
     /// that cannot be created.
     pub fn new(
-        config: Config,
+        mut config: Config,
         opts: DaemonOptions,
         mut log: Logger,
     ) -> Result<Daemon, DaemonError> {
-        let sinks = build_sinks(&config).map_err(|e| log.fatal(e))?;
-        Daemon::with_sinks(config, sinks, opts, log)
+        let placed = place_doors(&mut config, !opts.only_ipv4)
+            .map_err(|e| log.fatal(DaemonError::from(e)))?;
+        place_log(&mut log, &placed);
+        let sinks = build_sinks(&config, placed.iptables_legacy).map_err(|e| log.fatal(e))?;
+        let ipt_used = iptables_used(&config);
+        let mut d = Daemon::with_sinks(config, sinks, opts, log)?;
+        d.own_sinks = true;
+        d.ipt_in_use = ipt_used;
+        d.ipt_legacy = placed.iptables_legacy;
+        d.retire_iptables(ipt_used);
+        Ok(d)
     }
 
     /// A daemon with the given sinks (tests use recording or mock sinks).
+    /// The host's ruleset is not read here: a `firewall = auto` door is
+    /// given to the nftables sink ([`Daemon::new`] resolves it first).
     ///
     /// # Errors
     /// As [`Daemon::new`], but for the sinks. Like [`Daemon::new`], the
     /// error is also logged (stderr, log file, syslog).
     pub fn with_sinks(
-        config: Config,
+        mut config: Config,
         sinks: HashMap<FirewallKind, BoxedSink>,
         opts: DaemonOptions,
         mut log: Logger,
     ) -> Result<Daemon, DaemonError> {
+        for d in &mut config.doors {
+            if d.firewall == FirewallKind::Auto {
+                d.firewall = FirewallKind::Nftables;
+            }
+        }
         let clock = Clock {
             start: Instant::now(),
         };
@@ -433,6 +495,9 @@ impl Daemon {
             unsaved: None,
             unrecorded: HashMap::new(),
             blocker,
+            own_sinks: false,
+            ipt_in_use: true,
+            ipt_legacy: false,
         };
         if let Some(w) = reach_warning {
             d.log.line(Level::Warn, &w);
@@ -524,14 +589,19 @@ impl Daemon {
     ///
     /// # Errors
     /// An invalid config or a sink that cannot be set up (nothing changed).
-    pub fn reload(&mut self, config: Config) -> Result<(), DaemonError> {
+    pub fn reload(&mut self, mut config: Config) -> Result<(), DaemonError> {
+        let placed = place_doors(&mut config, !self.opts.only_ipv4)?;
         Engine::check(&config, self.opts.limits)?;
+        place_log(&mut self.log, &placed);
         preflight(&config, &self.opts)?;
         // Native sinks carry the doors' ports; pending state lives in the
         // engine and the kernel, not in the sink objects. On error the old
         // sinks stay.
-        self.sinks = build_sinks(&config)?;
+        self.sinks = build_sinks(&config, placed.iptables_legacy)?;
+        self.ipt_legacy = placed.iptables_legacy;
         self.blocker = blocking_firewall(&config);
+        let ipt_used = iptables_used(&config);
+        self.ipt_in_use = ipt_used;
         self.seqfiles = sequence_files(&config);
         let reach_warning = blacklist_reach_warning(&config);
         let now = self.clock.now();
@@ -540,7 +610,31 @@ impl Daemon {
             self.log.line(Level::Warn, &w);
         }
         self.apply();
+        self.retire_iptables(ipt_used);
         Ok(())
+    }
+
+    /// Removes our iptables chain and the jump to it if `in_use` is false
+    /// and the chain holds no grant and no block (only for sinks this
+    /// daemon built itself). The sink goes too, unless stopping.
+    fn retire_iptables(&mut self, in_use: bool) {
+        if in_use || !self.own_sinks || !self.sinks.contains_key(&FirewallKind::Iptables) {
+            return;
+        }
+        let cfg = knock_firewall::IptablesConfig {
+            legacy: self.ipt_legacy,
+            ..knock_firewall::IptablesConfig::default()
+        };
+        match knock_firewall::IptablesSink::retire(&cfg) {
+            Ok(true) => {
+                self.sinks.remove(&FirewallKind::Iptables);
+            }
+            Ok(false) => {}
+            Err(e) => self.log.line(
+                Level::Warn,
+                &format!("iptables firewall: cannot remove our chain: {e}"),
+            ),
+        }
     }
 
     /// Runs until `stop` is set (or the source ends, for replays).
@@ -795,6 +889,13 @@ impl Daemon {
                     Phase::Extend => sink.extend(&grant),
                     Phase::Close => sink.close(&grant),
                 };
+                // The last grant of a firewall no door uses any more takes
+                // our chain with it.
+                if matches!(phase, Phase::Close) && firewall == FirewallKind::Iptables && r.is_ok()
+                {
+                    let in_use = self.ipt_in_use;
+                    self.retire_iptables(in_use);
+                }
                 Some(r.map_err(|e| e.to_string()))
             }
         }
@@ -817,6 +918,8 @@ impl Daemon {
                 self.apply();
             }
         }
+        // Nothing of ours stays in iptables if it holds nothing.
+        self.retire_iptables(false);
         self.log.flush();
     }
 

@@ -387,7 +387,7 @@ fn bad_firewall() {
         &[
             "/etc/knockd.conf:7:14",
             "firewall = \"pf\"",
-            "iptables, nftables or command",
+            "auto, iptables, nftables or command",
         ],
     );
 }
@@ -411,9 +411,15 @@ fn firewall_without_open_and_open_with_command() {
         &e,
         &[
             "/etc/knockd.conf:6",
-            "open needs firewall = iptables or nftables",
+            "open needs firewall = auto, iptables or nftables",
         ],
     );
+}
+
+#[test]
+fn auto_needs_open_too() {
+    let e = err(&door("  sequence = 1\n  firewall = auto"));
+    says(&e, &["/etc/knockd.conf:6", "firewall = auto needs open"]);
 }
 
 #[test]

@@ -61,7 +61,7 @@ sequence_protocols = ["tcp", "udp"]
     assert_eq!(d.seq_timeout, Duration::from_secs(5));
     assert_eq!(d.grant_lifetime(), Some(Duration::from_secs(10)));
     let w = &c.doors[1];
-    assert_eq!(w.firewall, FirewallKind::Nftables);
+    assert_eq!(w.firewall, FirewallKind::Auto);
     assert_eq!(w.cooldown, Duration::from_millis(500));
     assert_eq!(c.core_doors().len(), 3);
 }
@@ -83,6 +83,28 @@ cmd_timeout = "20s"
         Config::from_knockd_str(knockd, "k.conf").unwrap(),
         Config::from_toml_str(toml, "k.toml").unwrap()
     );
+}
+
+/// A door with `open` and no `firewall` is `auto` (the daemon picks where
+/// its grants take effect); `auto` can be written in both formats.
+#[test]
+fn open_defaults_to_auto_in_both_formats() {
+    let knockd = Config::from_knockd_str(
+        "[a]\n  sequence = 1,2\n  open = tcp/22\n[b]\n  sequence = 3,4\n  open = tcp/23\n  firewall = auto\n",
+        "k.conf",
+    )
+    .unwrap();
+    assert_eq!(knockd.doors[0].firewall, FirewallKind::Auto);
+    assert_eq!(knockd.doors[1].firewall, FirewallKind::Auto);
+    let toml = Config::from_toml_str(
+        "[[door]]\nname = \"a\"\nsequence = [\"1\", \"2\"]\nopen = [\"tcp/22\"]\n[[door]]\nname = \"b\"\nsequence = [\"3\"]\nopen = [\"tcp/23\"]\nfirewall = \"auto\"\n",
+        "k.toml",
+    )
+    .unwrap();
+    assert_eq!(toml.doors[0].firewall, FirewallKind::Auto);
+    assert_eq!(toml.doors[1].firewall, FirewallKind::Auto);
+    let back = Config::from_toml_str(&knockd.to_toml_string().unwrap(), "k.toml").unwrap();
+    assert_eq!(back.doors[1].firewall, FirewallKind::Auto);
 }
 
 #[test]
