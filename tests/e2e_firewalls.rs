@@ -64,19 +64,6 @@ fn nft_policy_drop(pair: &Pair) {
         .unwrap();
 }
 
-/// `knockd --check` on the server's knockd.conf, in its namespace.
-fn check(s: &Server) -> std::process::Output {
-    s.pair
-        .server
-        .output(&[
-            example_bin("knockd").to_str().unwrap(),
-            "--check",
-            "-c",
-            s.path("knockd.conf").to_str().unwrap(),
-        ])
-        .unwrap()
-}
-
 /// What is ours in the server's `iptables-save` and `nft list ruleset`.
 fn leftovers(s: &Server) -> Vec<String> {
     let save = s.pair.server.run(&["iptables-save"]).unwrap();
@@ -98,7 +85,7 @@ fn the_guides_firewall_gets_grants_in_iptables_that_close_and_leave_nothing() {
         .before_start(guide_firewall)
         .start();
     // --check says where the door's grants go.
-    let out = check(&s);
+    let out = s.check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -140,7 +127,7 @@ fn a_native_nft_chain_that_drops_refuses_the_start_and_the_check() {
     assert!(stderr.contains("inet fw"), "{stderr}");
     assert!(stderr.contains("input"), "{stderr}");
     assert!(stderr.contains("policy drop"), "{stderr}");
-    let out = check(&s);
+    let out = s.check();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -165,7 +152,7 @@ fn explicit_nftables_under_the_guides_firewall_is_refused() {
     assert!(stderr.contains("INPUT"), "{stderr}");
     assert!(stderr.contains("policy"), "{stderr}");
     assert!(!stderr.contains("OPEN SESAME"), "{stderr}");
-    let out = check(&s);
+    let out = s.check();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("INPUT"), "{stderr}");
@@ -323,7 +310,7 @@ fn firewalld_that_allows_the_port_gets_grants_in_our_nftables_table() {
         .no_iptables_drop()
         .before_start(|pair| firewalld(pair, fwd_dir.path(), &[]))
         .start();
-    let out = check(&s);
+    let out = s.check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout

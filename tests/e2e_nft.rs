@@ -130,15 +130,7 @@ fn check_refuses_what_the_kernel_cannot_hold() {
     let s = Setup::new(&ssh_door("60")).no_iptables_drop().start();
     let check = |conf: &str| {
         s.write_conf(conf);
-        s.pair
-            .server
-            .output(&[
-                example_bin("knockd").to_str().unwrap(),
-                "--check",
-                "-c",
-                s.path("knockd.conf").to_str().unwrap(),
-            ])
-            .unwrap()
+        s.check()
     };
     let out = check(&ssh_door(TOO_LONG));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -357,6 +357,19 @@ impl Server {
         });
     }
 
+    /// `knockd --check` on the server's knockd.conf, in its namespace.
+    pub fn check(&self) -> std::process::Output {
+        self.pair
+            .server
+            .output(&[
+                example_bin("knockd").to_str().unwrap(),
+                "--check",
+                "-c",
+                self.path("knockd.conf").to_str().unwrap(),
+            ])
+            .unwrap()
+    }
+
     /// `iptables -S <chain>` in the server namespace.
     pub fn iptables_s(&self, chain: &str) -> String {
         self.pair.server.run(&["iptables", "-S", chain]).unwrap()
