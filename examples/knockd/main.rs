@@ -290,6 +290,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Err(Logged.into());
     }
     daemon.force_listen_sync();
+    // Every socket is open with its filter and the firewall is reconciled:
+    // a knock from now on is seen.
+    daemon.notify_ready(source.interfaces());
     // Interfaces fail and come back on their own inside the source; an
     // error here is the wait itself failing, which nothing can retry.
     let ran = daemon.run(&mut source, &stop, &reload, || {
@@ -298,6 +301,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Err(e) = &ran {
         daemon.log_line(Level::Error, &format!("capture failed, stopping: {e}"));
     }
+    daemon.notify_stopping();
     let capture = source.stats();
     log_stats(&mut daemon, &capture, args.stats_json);
     daemon.shutdown();

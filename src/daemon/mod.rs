@@ -25,6 +25,7 @@ use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
 
 mod log;
+mod notify;
 mod placement;
 pub use log::Logger;
 pub use placement::{place_doors, Placed, Placements, Refused};
@@ -398,6 +399,8 @@ pub struct Daemon {
     ipt_in_use: bool,
     /// Our iptables chain is in the legacy tables.
     ipt_legacy: bool,
+    /// What the service manager was told (after [`Daemon::notify_ready`]).
+    readiness: Option<notify::Readiness>,
 }
 
 impl Daemon {
@@ -498,6 +501,7 @@ impl Daemon {
             own_sinks: false,
             ipt_in_use: true,
             ipt_legacy: false,
+            readiness: None,
         };
         if let Some(w) = reach_warning {
             d.log.line(Level::Warn, &w);
@@ -656,7 +660,9 @@ impl Daemon {
         self.sync_listen(source)?;
         while !stop.load(Ordering::Relaxed) {
             if reload_flag.swap(false, Ordering::Relaxed) {
+                self.notify_reloading();
                 let done = reload().and_then(|c| self.reload(c).map_err(|e| e.to_string()));
+                self.notify_reloaded(done.is_err());
                 if let Err(e) = done {
                     self.log.line(
                         Level::Error,
@@ -679,7 +685,10 @@ impl Daemon {
                 Ok(Next::Event(c)) => self.engine.handle_event(now, &c.event),
                 Ok(Next::Deadline) => self.engine.handle_timeout(now),
                 Ok(Next::End) => break,
-                Ok(Next::Interface(ev)) => self.log.interface(&ev),
+                Ok(Next::Interface(ev)) => {
+                    self.log.interface(&ev);
+                    self.notify_interface(&ev);
+                }
                 Err(e) => return Err(e.into()),
             }
             self.apply();
