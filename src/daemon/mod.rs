@@ -25,9 +25,11 @@ use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
 
 mod log;
+mod metrics;
 mod notify;
 mod placement;
 pub use log::Logger;
+pub use metrics::{DoorMetrics, MetricsSnapshot};
 pub use placement::{place_doors, Placed, Placements, Refused};
 
 use crate::engine::{
@@ -70,6 +72,14 @@ pub enum DaemonError {
     /// A native door whose grants the host's firewall would drop.
     #[error(transparent)]
     Refused(#[from] Box<Refused>),
+    /// The metrics endpoint cannot be served.
+    #[error("metrics: cannot serve on {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The state directory cannot be used.
     #[error("state directory {path}: {source}")]
     State {
@@ -385,6 +395,8 @@ pub struct Daemon {
     widened: Option<Widening>,
     /// The end of the runner's wake-up stream that capture sources poll.
     wake: UnixStream,
+    /// The other end, where a scrape wakes the loop ([`metrics`]).
+    poke: UnixStream,
     /// Why the last snapshot could not be saved (`None`: it was).
     unsaved: Option<String>,
     /// Doors whose used one-time sequence was recorded neither in the
@@ -401,6 +413,8 @@ pub struct Daemon {
     ipt_legacy: bool,
     /// What the service manager was told (after [`Daemon::notify_ready`]).
     readiness: Option<notify::Readiness>,
+    /// The metrics endpoint, if served ([`Daemon::serve_metrics`]).
+    metrics: Option<metrics::Endpoint>,
 }
 
 impl Daemon {
@@ -473,6 +487,12 @@ impl Daemon {
         })();
         let (engine, (wake, notify)) = ready.map_err(|e| log.fatal(e))?;
         let _ = notify.set_nonblocking(true);
+        let poke = notify.try_clone().map_err(|source| {
+            log.fatal(DaemonError::State {
+                path: opts.state_dir.clone(),
+                source,
+            })
+        })?;
         let runner = CommandRunner::new(RunnerConfig {
             max_run_time: opts.command_timeout,
             ..RunnerConfig::default()
@@ -495,6 +515,7 @@ impl Daemon {
             listen: None,
             widened: None,
             wake,
+            poke,
             unsaved: None,
             unrecorded: HashMap::new(),
             blocker,
@@ -502,6 +523,7 @@ impl Daemon {
             ipt_in_use: true,
             ipt_legacy: false,
             readiness: None,
+            metrics: None,
         };
         if let Some(w) = reach_warning {
             d.log.line(Level::Warn, &w);
@@ -693,6 +715,7 @@ impl Daemon {
             }
             self.apply();
             self.sync_listen(source)?;
+            self.answer_scrape(source);
         }
         Ok(())
     }
