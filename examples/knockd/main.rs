@@ -113,7 +113,7 @@ impl std::fmt::Display for Logged {
 
 impl std::error::Error for Logged {}
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let args = Args::parse();
     if args.version {
         println!("knockd (knock-rs) {}", env!("CARGO_PKG_VERSION"));
