@@ -299,3 +299,24 @@ fn the_metrics_snapshot_counts_by_door_and_adds_up_to_the_matcher() {
     );
     assert!(!text.contains("198.18."), "{text}");
 }
+
+#[test]
+fn a_door_on_a_firewall_not_built_in_is_refused() {
+    let config = Config::from_knockd_str(NATIVE, "test.conf").unwrap();
+    let checked = knock::daemon::check_built(&config);
+    if cfg!(feature = "nftables") {
+        checked.unwrap();
+    } else {
+        // Without the nftables feature (the build with no GPL code), such a
+        // door could never open: refused, naming the door and the way out.
+        let e = checked.unwrap_err().to_string();
+        assert!(
+            e.contains("[ssh]") && e.contains("nftables") && e.contains("iptables"),
+            "{e}"
+        );
+    }
+    let commands =
+        Config::from_knockd_str("[c]\n sequence = 1,2\n start_command = true\n", "test.conf")
+            .unwrap();
+    knock::daemon::check_built(&commands).unwrap();
+}

@@ -72,6 +72,15 @@ pub enum DaemonError {
     /// A native door whose grants the host's firewall would drop.
     #[error(transparent)]
     Refused(#[from] Box<Refused>),
+    /// A door needs a firewall this binary was built without.
+    #[error(
+        "[{door}] firewall = nftables: this knockd was built without the nftables feature; \
+         use firewall = iptables or auto (or a build with the default features)"
+    )]
+    NotBuilt {
+        /// The door.
+        door: String,
+    },
     /// The metrics endpoint cannot be served.
     #[error("metrics: cannot serve on {addr}: {source}")]
     Metrics {
@@ -198,13 +207,7 @@ pub fn build_sinks(
     iptables_legacy: bool,
 ) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
     let mut sinks: HashMap<FirewallKind, BoxedSink> = HashMap::new();
-    for d in &config.doors {
-        if !matches!(d.firewall, FirewallKind::Command | FirewallKind::Iptables)
-            && !cfg!(feature = "nftables")
-        {
-            tracing::error!(door = %d.name, "firewall kind not built into this binary");
-        }
-    }
+    check_built(config)?;
     // Our chain left by an earlier configuration needs the sink too (to
     // close what it holds; it is removed once empty). Without iptables on
     // the host there is no chain.
@@ -248,6 +251,22 @@ pub fn build_sinks(
     Ok(sinks)
 }
 
+/// Refuses a door on a firewall this binary was built without
+/// (`firewall = nftables` without the `nftables` feature): it could never
+/// open. `firewall = auto` doors must be placed first ([`place_doors`]).
+///
+/// # Errors
+/// [`DaemonError::NotBuilt`] for the first such door.
+pub fn check_built(config: &Config) -> Result<(), DaemonError> {
+    let unbuilt = |k: FirewallKind| k == FirewallKind::Nftables && !cfg!(feature = "nftables");
+    match config.doors.iter().find(|d| unbuilt(d.firewall)) {
+        Some(d) => Err(DaemonError::NotBuilt {
+            door: d.name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Asks the firewall whether it can hold `config` (`--check`): for
 /// nftables, a dry run of the transaction that would install it (the
 /// kernel checks it, then aborts it; nothing changes). Returns what could
@@ -256,6 +275,7 @@ pub fn build_sinks(
 /// # Errors
 /// What the firewall refuses.
 pub fn check_firewall(config: &Config) -> Result<Option<String>, DaemonError> {
+    check_built(config)?;
     #[cfg(feature = "nftables")]
     {
         let nft = nft_config(config);
