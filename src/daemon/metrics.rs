@@ -5,7 +5,7 @@
 //! The counters live where they are counted and nowhere else: the capture
 //! source's [`Stats`](knock_capture::Stats), the matcher's
 //! [`Stats`](knock_core::Stats), the engine's
-//! [`EngineStats`](crate::engine::EngineStats) and its per-door
+//! [`EngineStats`] and its per-door
 //! [`DoorStats`]. Only the daemon's loop may read them (the capture source
 //! is its own, and kernel counters are read with a syscall), so a scrape
 //! asks the loop:
@@ -15,7 +15,7 @@
 //! 2. On `GET /metrics` it raises a flag, writes one byte to the stream the
 //!    loop's wait also watches (the one the command runner uses, see
 //!    [`MultiSource::set_waker`](knock_capture::MultiSource::set_waker)),
-//!    and waits, at most [`ANSWER`], for a [`MetricsSnapshot`].
+//!    and waits, at most 5 s, for a [`MetricsSnapshot`].
 //! 3. The loop, at the end of each turn, checks the flag (one atomic load:
 //!    nothing else on the packet path) and, when it is raised, copies the
 //!    counters into a snapshot and hands it over.
@@ -38,7 +38,13 @@
 //! A field in [`MetricsSnapshot`], filled in
 //! [`Daemon::metrics_snapshot`] from the counter that owns it, and one
 //! line in `encode_snapshot` (`counter`, `gauge`, `door_counter` or
-//! `labelled_counter` for a bounded label such as a reject reason).
+//! `labelled_counter` for a bounded label such as a reject reason). For
+//! example, log lines the logger suppressed would be a `u64` field read
+//! from the [`Logger`](super::Logger) and
+//! `counter(e, "log_lines_suppressed", "...", s.log_suppressed)`; rejected
+//! SPA packets by reason a `Vec<(&'static str, u64)>` read from the
+//! verifier's counters and
+//! `labelled_counter(e, "spa_rejects", "...", "reason", ...)`.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -25,7 +25,7 @@ use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
 
 mod log;
-mod metrics;
+pub mod metrics;
 mod notify;
 mod placement;
 pub use log::Logger;
