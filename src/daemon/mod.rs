@@ -690,6 +690,11 @@ impl Daemon {
     /// [`MultiSource`](knock_capture::MultiSource) failing or back) is
     /// logged, as a warning or an error, and the loop goes on.
     ///
+    /// After [`Daemon::notify_ready`], reloads and interface changes are
+    /// reported to the service manager too; after
+    /// [`Daemon::serve_metrics`], a waiting scrape is answered at the end of
+    /// each turn ([`metrics`]).
+    ///
     /// # Errors
     /// The capture source failed as a whole.
     pub fn run<S: Source + ?Sized>(
