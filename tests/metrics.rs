@@ -97,7 +97,15 @@ fn a_knock_moves_the_counters_of_its_door() {
     let child = pair
         .server
         .command(knockd_bin().to_str().unwrap())
-        .args(["-c", &format!("{d}/knockd.conf"), "-i", SERVER_IF])
+        // kx9 does not exist: one interface failure, counted.
+        .args([
+            "-c",
+            &format!("{d}/knockd.conf"),
+            "-i",
+            SERVER_IF,
+            "-i",
+            "kx9",
+        ])
         .args(["-g", &format!("{d}/knockd.log"), "--state-dir", &d])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -133,6 +141,10 @@ fn a_knock_moves_the_counters_of_its_door() {
         );
     }
     let frames0 = value(&before, "knock_capture_frames_total");
+    assert_eq!(
+        value(&before, "knock_capture_interface_failures_total"),
+        1.0
+    );
 
     // A complete sequence at cmd.
     pair.client
