@@ -7,6 +7,8 @@
 #
 #   sudo benches/vs-knockd.sh                 # N = 1k 10k 20k 100k 1M
 #   sudo benches/vs-knockd.sh 1000 50000      # other N
+#   sudo METRICS=1 benches/vs-knockd.sh 100000 # also ours with --metrics,
+#                                              # scraped every 100 ms meanwhile
 #
 # Both daemons get the same knockd.conf (no log file, command door that
 # touches a marker file). Per run, once the daemon has gone idle (its CPU
@@ -112,9 +114,13 @@ capturing() { [ "$(wc -l <"/proc/$1/net/packet" 2>/dev/null || echo 0)" -gt 1 ];
 run_one() {
   local name=$1 pcap=$2 n=$3 out="$WORK/$1.out"
   rm -f "$WORK"/opened-*
+  local scraper=""
   if [ "$name" = knockd ]; then
     ip netns exec "$S" "$DEBIAN_KNOCKD" -c "$WORK/knockd.conf" -i kn0 \
       >"$out" 2>"$WORK/$name.err" &
+  elif [ "$name" = "knock-rs, scraped" ]; then
+    ip netns exec "$S" "$OURS" -c "$WORK/knockd.conf" -i kn0 --stats-json \
+      --state-dir "$WORK" --metrics 127.0.0.1:9464 >"$out" 2>"$WORK/$name.err" &
   else
     ip netns exec "$S" "$OURS" -c "$WORK/knockd.conf" -i kn0 --stats-json \
       --state-dir "$WORK" >"$out" 2>"$WORK/$name.err" &
@@ -123,6 +129,24 @@ run_one() {
   for _ in $(seq 200); do capturing "$DPID" && break; sleep 0.05; done
   capturing "$DPID" || { echo "$name did not start: $(cat "$WORK/$name.err")" >&2; exit 1; }
   sleep 0.3
+  if [ "$name" = "knock-rs, scraped" ]; then
+    ip netns exec "$S" python3 -c '
+import socket, time
+n = 0
+while True:
+    try:
+        s = socket.create_connection(("127.0.0.1", 9464))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        while s.recv(65536):
+            pass
+        s.close()
+        n += 1
+    except OSError:
+        pass
+    time.sleep(0.1)
+' &
+    scraper=$!
+  fi
   local rate
   rate=$(ip netns exec "$C" tcpreplay --topspeed -i kn1 "$pcap" 2>&1 |
     awk '/^Rated:/ {printf "%.0f", $(NF-1)}')
@@ -143,6 +167,7 @@ run_one() {
   hwm=$(hwm_kib "$DPID")
   # Reading PACKET_STATISTICS resets it: ours reads its own at exit.
   [ "$name" = knockd ] && drops=$(sock_drops "$DPID")
+  [ -n "$scraper" ] && { kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; }
   kill -TERM "$DPID"
   for _ in $(seq 100); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
   kill -9 "$DPID" 2>/dev/null || true
@@ -164,4 +189,5 @@ for n in "${SIZES[@]}"; do
   "$FLOODGEN" -n "$n" --dst-mac "$MAC" -o "$WORK/flood.pcap" 2>/dev/null
   run_one knockd "$WORK/flood.pcap" "$n"
   run_one knock-rs "$WORK/flood.pcap" "$n"
+  [ -n "${METRICS:-}" ] && run_one "knock-rs, scraped" "$WORK/flood.pcap" "$n"
 done

@@ -4,7 +4,8 @@
 //! behind features, [`capture`], [`firewall`] and [`config`]; plus the
 //! sans-IO gateway engine (`engine`, feature `engine`) that turns a
 //! configuration, knocks and the passage of time into firewall actions, and
-//! the daemon shell that drives it (`daemon`, feature `daemon`).
+//! the daemon shell that drives it (`daemon`, feature `daemon`). Feature
+//! `cli` builds the programs `knockd-rs` and `knock-rs` (`cargo install`).
 //!
 //! ## Which state lives where
 //! * knock-core's `Matcher`: attempts, grants' lifetimes, cooldowns, blocks,

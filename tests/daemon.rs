@@ -238,3 +238,85 @@ fn a_fifo_as_state_file_stops_start_up_at_once() {
     let log = std::fs::read_to_string(&log_file).unwrap();
     assert!(log.contains(&e), "{log}");
 }
+
+#[test]
+fn the_metrics_snapshot_counts_by_door_and_adds_up_to_the_matcher() {
+    let conf = "
+[ssh]
+    sequence    = 7000,8000
+    open        = tcp/22
+    firewall    = nftables
+    cmd_timeout = 60
+
+[web]
+    sequence    = 7100,8100
+    open        = tcp/443
+    firewall    = nftables
+    cmd_timeout = 60
+";
+    let mut sink = mock_sink();
+    sink.expect_open().times(2).returning(|_| Ok(()));
+    sink.expect_close().times(0..).returning(|_| Ok(()));
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(conf, vec![(FirewallKind::Nftables, Box::new(sink))], &dir);
+    // ssh opens; web is invalidated once (8000 is not its next step), then opens.
+    let mut src = Scripted {
+        knocks: [7000, 8000, 7100, 8000, 7100, 8100]
+            .iter()
+            .map(|&p| (p, TcpFlags::SYN))
+            .collect(),
+        idle_deadlines: 0,
+        listen: Vec::new(),
+    };
+    let stop = AtomicBool::new(false);
+    let reload = AtomicBool::new(false);
+    d.run(&mut src, &stop, &reload, || Err("no reload".into()))
+        .unwrap();
+    let snap = d.metrics_snapshot(&mut src);
+    let door = |name: &str| snap.doors.iter().find(|m| m.name == name).unwrap();
+    assert_eq!(
+        snap.doors
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>(),
+        ["ssh", "web"]
+    );
+    assert_eq!((door("ssh").stats.opens, door("ssh").grants_open), (1, 1));
+    assert_eq!((door("web").stats.opens, door("web").grants_open), (1, 1));
+    assert_eq!(door("ssh").stats.stages, 2);
+    let m = d.matcher().stats();
+    let sum = |f: fn(&knock::engine::DoorStats) -> u64| {
+        snap.doors.iter().map(|x| f(&x.stats)).sum::<u64>()
+    };
+    assert_eq!(sum(|s| s.opens), m.opens);
+    assert_eq!(sum(|s| s.stages), m.stages);
+    assert_eq!(sum(|s| s.invalidations), m.invalidated);
+    assert!(m.invalidated >= 1, "{m:?}");
+    let text = snap.encode().unwrap();
+    assert!(
+        text.contains("knock_door_opens_total{door=\"web\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("198.18."), "{text}");
+}
+
+#[test]
+fn a_door_on_a_firewall_not_built_in_is_refused() {
+    let config = Config::from_knockd_str(NATIVE, "test.conf").unwrap();
+    let checked = knock::daemon::check_built(&config);
+    if cfg!(feature = "nftables") {
+        checked.unwrap();
+    } else {
+        // Without the nftables feature (the build with no GPL code), such a
+        // door could never open: refused, naming the door and the way out.
+        let e = checked.unwrap_err().to_string();
+        assert!(
+            e.contains("[ssh]") && e.contains("nftables") && e.contains("iptables"),
+            "{e}"
+        );
+    }
+    let commands =
+        Config::from_knockd_str("[c]\n sequence = 1,2\n start_command = true\n", "test.conf")
+            .unwrap();
+    knock::daemon::check_built(&commands).unwrap();
+}

@@ -702,3 +702,23 @@ mod crashes {
         }
     }
 }
+
+#[test]
+fn door_counts_follow_the_doors_a_reload_keeps() {
+    let two = format!("{COMMANDS}\n[web]\n    sequence = 7100,8100\n    start_command = true\n");
+    let mut e = engine(&two, at(0, 0));
+    knock(&mut e, at(0, 1000), &[7000, 8000]);
+    knock(&mut e, at(0, 1100), &[7100, 8100]);
+    assert_eq!(e.door_stats("ssh").opens, 1);
+    assert_eq!(e.door_stats("web").opens, 1);
+    assert_eq!(e.door_stats("ssh").stages, 2);
+    // The grant of ssh closes after cmd_timeout: one close, counted at ssh.
+    let a = run_until(&mut e, 0, 6000);
+    confirm_closes(&mut e, at(0, 6000), &a);
+    assert_eq!(e.door_stats("ssh").closes, 1);
+    // web is gone after the reload: its counts go with it; ssh keeps its.
+    let config = Config::from_knockd_str(COMMANDS, "test.conf").unwrap();
+    e.handle_reload(at(0, 7000), config).unwrap();
+    assert_eq!(e.door_stats("web"), Default::default());
+    assert_eq!(e.door_stats("ssh").opens, 1);
+}

@@ -5,14 +5,16 @@
 //! 10 s with no traffic, the voluntary context switches of every thread
 //! (`/proc/PID/task/*/status`) may grow by at most [`MAX_WAKEUPS`]; then
 //! again with a grant open and its stop command pending (a deadline 10
-//! minutes away must not make anything tick). Root only; `.ci/run` runs it
-//! with `--include-ignored`.
+//! minutes away must not make anything tick). The metrics endpoint is on
+//! and scraped once before each window: its thread must sleep in `accept`.
+//! Root only; `.ci/run` runs it with `--include-ignored`.
 
 // Test support code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -65,6 +67,23 @@ fn wakeups(pid: u32, settle: Duration, window: Duration) -> (u64, String) {
     (total, report)
 }
 
+/// Where the endpoint listens, in the server namespace.
+const METRICS: &str = "127.0.0.1:9464";
+
+/// Scrapes the endpoint once from inside the server namespace; the body.
+fn scrape(pair: &Pair) -> String {
+    pair.server
+        .enter(|| {
+            let mut s = std::net::TcpStream::connect(METRICS).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: knockd\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .unwrap()
+}
+
 struct Knockd(Child);
 
 impl Drop for Knockd {
@@ -106,6 +125,7 @@ fn knockd_makes_no_periodic_wakeups_when_idle() {
         .command(knockd_bin().to_str().unwrap())
         .args(["-c", &format!("{d}/knockd.conf"), "-i", SERVER_IF])
         .args(["-g", &format!("{d}/knockd.log"), "--state-dir", &d])
+        .args(["--metrics", METRICS])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap())
@@ -118,6 +138,11 @@ fn knockd_makes_no_periodic_wakeups_when_idle() {
         log().contains("starting up")
     });
 
+    let first = scrape(&pair);
+    assert!(
+        first.contains("knock_door_opens_total{door=\"cmd\"} 0"),
+        "{first}"
+    );
     let (fresh, report) = wakeups(pid, Duration::from_secs(1), Duration::from_secs(10));
     eprintln!("idle, fresh: {fresh} voluntary context switches in 10 s\n{report}");
     assert!(
@@ -134,6 +159,11 @@ fn knockd_makes_no_periodic_wakeups_when_idle() {
         &format!("the start command\n{}", log()),
         Duration::from_secs(10),
         || opened.exists(),
+    );
+    let second = scrape(&pair);
+    assert!(
+        second.contains("knock_door_opens_total{door=\"cmd\"} 1"),
+        "{second}"
     );
     let (pending, report) = wakeups(pid, Duration::from_secs(1), Duration::from_secs(10));
     eprintln!("idle, stop pending: {pending} voluntary context switches in 10 s\n{report}");

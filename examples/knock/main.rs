@@ -368,7 +368,7 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let args = Args::parse(); // usage errors exit with 2, --help/--version with 0
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -86,6 +86,11 @@ struct Args {
     /// included) as one JSON object on stdout. They are logged either way.
     #[arg(long = "stats-json")]
     stats_json: bool,
+    /// Serve OpenMetrics (Prometheus) counters at http://ADDR:PORT/metrics
+    /// (overrides `metrics` in `[options]`). Bind it to loopback or a
+    /// management address.
+    #[arg(long = "metrics", value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn load(args: &Args) -> anyhow::Result<Config> {
@@ -108,7 +113,7 @@ impl std::fmt::Display for Logged {
 
 impl std::error::Error for Logged {}
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let args = Args::parse();
     if args.version {
         println!("knockd (knock-rs) {}", env!("CARGO_PKG_VERSION"));
@@ -246,7 +251,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(&pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("write pid file {}", pid_file.display()))?;
     }
+    let metrics = args.metrics.or(config.options.metrics);
     let mut daemon = Daemon::new(config, opts, log).map_err(|_| Logged)?;
+    if let Some(addr) = metrics {
+        if let Err(e) = daemon.serve_metrics(addr) {
+            daemon.log_line(
+                Level::Error,
+                &format!("cannot start: {}", knock::error_line(&e)),
+            );
+            daemon.shutdown();
+            return Err(Logged.into());
+        }
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -290,14 +306,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Err(Logged.into());
     }
     daemon.force_listen_sync();
+    // Every socket is open with its filter and the firewall is reconciled:
+    // a knock from now on is seen.
+    daemon.notify_ready(source.interfaces());
     // Interfaces fail and come back on their own inside the source; an
     // error here is the wait itself failing, which nothing can retry.
     let ran = daemon.run(&mut source, &stop, &reload, || {
-        load(&args).map_err(|e| knock::error_line(&*e))
+        let config = load(&args).map_err(|e| knock::error_line(&*e))?;
+        if args.metrics.is_none() && config.options.metrics != metrics {
+            tracing::warn!("a new metrics address takes effect at the next start");
+        }
+        Ok(config)
     });
     if let Err(e) = &ran {
         daemon.log_line(Level::Error, &format!("capture failed, stopping: {e}"));
     }
+    daemon.notify_stopping();
     let capture = source.stats();
     log_stats(&mut daemon, &capture, args.stats_json);
     daemon.shutdown();

@@ -219,6 +219,7 @@ impl<S: Source> MultiSource<S> {
                 self.retired.add(&s.stats());
             }
         }
+        self.retired.interface_failures += 1;
         slot.state = State::Down {
             kept,
             retry: can_reopen.then(|| now + FIRST_RETRY),

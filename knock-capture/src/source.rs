@@ -97,6 +97,9 @@ pub struct Stats {
     pub kernel_packets: u64,
     /// Frames the kernel dropped for lack of buffer space (`tp_drops`).
     pub kernel_drops: u64,
+    /// Times capture on an interface failed or could not start (each
+    /// [`InterfaceEvent::Down`] a [`MultiSource`](crate::MultiSource) reports).
+    pub interface_failures: u64,
 }
 
 impl Stats {
@@ -132,6 +135,7 @@ impl Stats {
         }
         self.kernel_packets += o.kernel_packets;
         self.kernel_drops += o.kernel_drops;
+        self.interface_failures += o.interface_failures;
     }
 }
 

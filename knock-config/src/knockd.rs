@@ -10,10 +10,11 @@ use crate::model::{
 use crate::value::{
     parse_blacklist, parse_bool, parse_duration, parse_flags, parse_grant_prefix, parse_net,
     parse_open_list, parse_port_range, parse_protocols, parse_sequence, split_list,
-    DURATION_EXPECTED,
+    DURATION_EXPECTED, METRICS_EXPECTED,
 };
 
-const OPTION_KEYS: &str = "UseSyslog, LogFile, PidFile, Interface, blacklist, blacklist_reach";
+const OPTION_KEYS: &str =
+    "UseSyslog, LogFile, PidFile, Interface, blacklist, blacklist_reach, metrics";
 const DOOR_KEYS: &str = "sequence, one_time_sequences, seq_timeout (timeout), tcpflags, start_command (command), \
 start_command_6 (command_6), stop_command, stop_command_6, cmd_timeout, target, open, firewall, grant_prefix, \
 allow_repeat, cooldown, from, strict, sequence_secret_file, sequence_length, sequence_period, sequence_ports, \
@@ -56,6 +57,7 @@ fn option_key(lower: &str) -> Option<&'static str> {
         "interface" => "interface",
         "blacklist" => "blacklist",
         "blacklist_reach" => "blacklist_reach",
+        "metrics" => "metrics",
         _ => return None,
     })
 }
@@ -304,6 +306,9 @@ fn build_options(s: &mut Section, opts: &mut Options) -> Result<(), ConfigError>
     if let Some(e) = s.take("blacklist_reach") {
         opts.blacklist_reach =
             BlacklistReach::from_name(&e.value).ok_or_else(|| bad(&e, "doors or host"))?;
+    }
+    if let Some(e) = s.take("metrics") {
+        opts.metrics = Some(e.value.parse().map_err(|_| bad(&e, METRICS_EXPECTED))?);
     }
     Ok(())
 }

@@ -52,6 +52,7 @@
 //! | door | `sequence_ports` | `sequence_ports = 10000-60000` | where derived ports fall (no port twice in a sequence) | `1024-65535` |
 //! | door | `sequence_protocols` | `sequence_protocols = tcp,udp` | protocols of derived steps | `tcp` |
 //! | options | `blacklist` | `blacklist = 3 invalid in 60s for 180s` | a source with N strikes within the window is blocked for the given time: its knocks are ignored and the firewall refuses its new connections (established ones pass); a strike is a knock that invalidates an attempt or, once the source has one, that touches a new non-step port of a strict door ([`knock_core::Blacklist`]) | none |
+//! | options | `metrics` | `metrics = 127.0.0.1:9464` | serve OpenMetrics (Prometheus) counters on this address and port, at `/metrics`; bind it to loopback or a management address | none |
 //! | options | `blacklist_reach` | `blacklist_reach = host` | which new connections a block refuses: `doors` (to every native door's `open` ports) or `host` (to every port) ([`BlacklistReach`](crate::BlacklistReach)) | `doors` |
 //!
 //! Booleans are `yes`/`no` (also `true`/`false`, `on`/`off`). A door has

@@ -1,6 +1,6 @@
 //! The configuration model both formats parse into.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +47,9 @@ pub struct Options {
     /// Extension `blacklist_reach = doors|host`: what a block refuses in the
     /// firewall (default `doors`).
     pub blacklist_reach: BlacklistReach,
+    /// Extension `metrics = 127.0.0.1:9464`: serve OpenMetrics on this
+    /// address and port (`None`: no endpoint, the default).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -58,6 +61,7 @@ impl Default for Options {
             interfaces: vec![DEFAULT_INTERFACE.to_owned()],
             blacklist: None,
             blacklist_reach: BlacklistReach::default(),
+            metrics: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::model::{
 };
 use crate::value::{
     add_flag, duration_to_string, flags_to_list, open_to_string, parse_duration, parse_net,
-    parse_open, parse_port_range, parse_protocols, parse_step, DURATION_EXPECTED,
+    parse_open, parse_port_range, parse_protocols, parse_step, DURATION_EXPECTED, METRICS_EXPECTED,
 };
 
 /// A duration: whole seconds (`25`) or a string with a unit (`"500ms"`).
@@ -81,6 +81,8 @@ struct TomlOptions {
     blacklist: Option<TomlBlacklist>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     blacklist_reach: Option<BlacklistReach>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metrics: Option<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -206,6 +208,16 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     }
     if let Some(reach) = raw.options.blacklist_reach {
         options.blacklist_reach = reach;
+    }
+    if let Some(m) = raw.options.metrics {
+        let (line, col) = line_col(text, m.span().start);
+        let value = m.into_inner();
+        options.metrics = Some(value.parse().map_err(|_| ConfigError::BadValue {
+            at: Location::at(file, line, col),
+            key: "options.metrics".to_owned(),
+            text: value.clone(),
+            expected: METRICS_EXPECTED.to_owned(),
+        })?);
     }
     let mut doors: Vec<DoorConfig> = Vec::new();
     let mut lines: Vec<usize> = Vec::new();
@@ -443,6 +455,7 @@ pub(crate) fn to_string(config: &Config) -> Result<String, ConfigError> {
             blacklist_reach: (o.blacklist.is_some()
                 || o.blacklist_reach != BlacklistReach::default())
             .then_some(o.blacklist_reach),
+            metrics: o.metrics.map(|a| toml::Spanned::new(0..0, a.to_string())),
         },
         doors: config
             .doors

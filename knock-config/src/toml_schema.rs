@@ -11,6 +11,7 @@
 //! interfaces = ["eth0", "wg0"]    # default ["eth0"]
 //! blacklist = { invalid = 3, window = "60s", block = "180s" }
 //! blacklist_reach = "doors"       # the default; or "host"
+//! metrics = "127.0.0.1:9464"      # OpenMetrics endpoint; default none
 //!
 //! [[door]]
 //! name = "openSSH"

@@ -205,6 +205,10 @@ pub(crate) fn flags_to_list(filter: &FlagFilter) -> Vec<String> {
         .collect()
 }
 
+/// What a `metrics` value must look like, for error messages.
+pub(crate) const METRICS_EXPECTED: &str =
+    "an address and a port, like 127.0.0.1:9464 or [::1]:9464";
+
 /// What a duration looks like, for error messages.
 pub(crate) const DURATION_EXPECTED: &str =
     "a duration: whole seconds (25) or a number with a unit ms, s, m, h (500ms, 25s, 2m)";

@@ -25,8 +25,11 @@ use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
 
 mod log;
+pub mod metrics;
+mod notify;
 mod placement;
 pub use log::Logger;
+pub use metrics::{DoorMetrics, MetricsSnapshot};
 pub use placement::{place_doors, Placed, Placements, Refused};
 
 use crate::engine::{
@@ -69,6 +72,23 @@ pub enum DaemonError {
     /// A native door whose grants the host's firewall would drop.
     #[error(transparent)]
     Refused(#[from] Box<Refused>),
+    /// A door needs a firewall this binary was built without.
+    #[error(
+        "[{door}] firewall = nftables: this knockd was built without the nftables feature; \
+         use firewall = iptables or auto (or a build with the default features)"
+    )]
+    NotBuilt {
+        /// The door.
+        door: String,
+    },
+    /// The metrics endpoint cannot be served.
+    #[error("metrics: cannot serve on {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The state directory cannot be used.
     #[error("state directory {path}: {source}")]
     State {
@@ -187,13 +207,7 @@ pub fn build_sinks(
     iptables_legacy: bool,
 ) -> Result<HashMap<FirewallKind, BoxedSink>, DaemonError> {
     let mut sinks: HashMap<FirewallKind, BoxedSink> = HashMap::new();
-    for d in &config.doors {
-        if !matches!(d.firewall, FirewallKind::Command | FirewallKind::Iptables)
-            && !cfg!(feature = "nftables")
-        {
-            tracing::error!(door = %d.name, "firewall kind not built into this binary");
-        }
-    }
+    check_built(config)?;
     // Our chain left by an earlier configuration needs the sink too (to
     // close what it holds; it is removed once empty). Without iptables on
     // the host there is no chain.
@@ -237,6 +251,22 @@ pub fn build_sinks(
     Ok(sinks)
 }
 
+/// Refuses a door on a firewall this binary was built without
+/// (`firewall = nftables` without the `nftables` feature): it could never
+/// open. `firewall = auto` doors must be placed first ([`place_doors`]).
+///
+/// # Errors
+/// [`DaemonError::NotBuilt`] for the first such door.
+pub fn check_built(config: &Config) -> Result<(), DaemonError> {
+    let unbuilt = |k: FirewallKind| k == FirewallKind::Nftables && !cfg!(feature = "nftables");
+    match config.doors.iter().find(|d| unbuilt(d.firewall)) {
+        Some(d) => Err(DaemonError::NotBuilt {
+            door: d.name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Asks the firewall whether it can hold `config` (`--check`): for
 /// nftables, a dry run of the transaction that would install it (the
 /// kernel checks it, then aborts it; nothing changes). Returns what could
@@ -245,6 +275,7 @@ pub fn build_sinks(
 /// # Errors
 /// What the firewall refuses.
 pub fn check_firewall(config: &Config) -> Result<Option<String>, DaemonError> {
+    check_built(config)?;
     #[cfg(feature = "nftables")]
     {
         let nft = nft_config(config);
@@ -384,6 +415,8 @@ pub struct Daemon {
     widened: Option<Widening>,
     /// The end of the runner's wake-up stream that capture sources poll.
     wake: UnixStream,
+    /// The other end, where a scrape wakes the loop ([`metrics`]).
+    poke: UnixStream,
     /// Why the last snapshot could not be saved (`None`: it was).
     unsaved: Option<String>,
     /// Doors whose used one-time sequence was recorded neither in the
@@ -398,6 +431,10 @@ pub struct Daemon {
     ipt_in_use: bool,
     /// Our iptables chain is in the legacy tables.
     ipt_legacy: bool,
+    /// What the service manager was told (after [`Daemon::notify_ready`]).
+    readiness: Option<notify::Readiness>,
+    /// The metrics endpoint, if served ([`Daemon::serve_metrics`]).
+    metrics: Option<metrics::Endpoint>,
 }
 
 impl Daemon {
@@ -470,6 +507,12 @@ impl Daemon {
         })();
         let (engine, (wake, notify)) = ready.map_err(|e| log.fatal(e))?;
         let _ = notify.set_nonblocking(true);
+        let poke = notify.try_clone().map_err(|source| {
+            log.fatal(DaemonError::State {
+                path: opts.state_dir.clone(),
+                source,
+            })
+        })?;
         let runner = CommandRunner::new(RunnerConfig {
             max_run_time: opts.command_timeout,
             ..RunnerConfig::default()
@@ -492,12 +535,15 @@ impl Daemon {
             listen: None,
             widened: None,
             wake,
+            poke,
             unsaved: None,
             unrecorded: HashMap::new(),
             blocker,
             own_sinks: false,
             ipt_in_use: true,
             ipt_legacy: false,
+            readiness: None,
+            metrics: None,
         };
         if let Some(w) = reach_warning {
             d.log.line(Level::Warn, &w);
@@ -644,6 +690,11 @@ impl Daemon {
     /// [`MultiSource`](knock_capture::MultiSource) failing or back) is
     /// logged, as a warning or an error, and the loop goes on.
     ///
+    /// After [`Daemon::notify_ready`], reloads and interface changes are
+    /// reported to the service manager too; after
+    /// [`Daemon::serve_metrics`], a waiting scrape is answered at the end of
+    /// each turn ([`metrics`]).
+    ///
     /// # Errors
     /// The capture source failed as a whole.
     pub fn run<S: Source + ?Sized>(
@@ -656,7 +707,9 @@ impl Daemon {
         self.sync_listen(source)?;
         while !stop.load(Ordering::Relaxed) {
             if reload_flag.swap(false, Ordering::Relaxed) {
+                self.notify_reloading();
                 let done = reload().and_then(|c| self.reload(c).map_err(|e| e.to_string()));
+                self.notify_reloaded(done.is_err());
                 if let Err(e) = done {
                     self.log.line(
                         Level::Error,
@@ -679,11 +732,15 @@ impl Daemon {
                 Ok(Next::Event(c)) => self.engine.handle_event(now, &c.event),
                 Ok(Next::Deadline) => self.engine.handle_timeout(now),
                 Ok(Next::End) => break,
-                Ok(Next::Interface(ev)) => self.log.interface(&ev),
+                Ok(Next::Interface(ev)) => {
+                    self.log.interface(&ev);
+                    self.notify_interface(&ev);
+                }
                 Err(e) => return Err(e.into()),
             }
             self.apply();
             self.sync_listen(source)?;
+            self.answer_scrape(source);
         }
         Ok(())
     }

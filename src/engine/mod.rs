@@ -74,6 +74,7 @@
 //! );
 //! ```
 
+mod counters;
 mod once;
 mod plan;
 mod report;
@@ -90,6 +91,8 @@ use knock_core::{
     Decision, Door, DoorId, Event, Limits, Listen, Matcher, Sequences, Step, Timestamp,
 };
 
+use counters::DoorCounts;
+pub use counters::DoorStats;
 use once::UsedOnce;
 use plan::DoorPlan;
 pub use plan::How;
@@ -347,6 +350,8 @@ pub struct Engine {
     dirty: bool,
     listen_generation: u64,
     stats: EngineStats,
+    /// The matcher's decisions counted by door.
+    door_stats: DoorCounts,
     /// The configuration's doors as loaded, before used one-time sequences
     /// are taken out.
     base_doors: Vec<Door>,
@@ -398,6 +403,7 @@ impl Engine {
             dirty: false,
             listen_generation: u64::MAX,
             stats: EngineStats::default(),
+            door_stats: DoorCounts::default(),
             base_doors,
             used_once: UsedOnce::default(),
         };
@@ -416,6 +422,12 @@ impl Engine {
     /// The engine's own counters.
     pub fn stats(&self) -> EngineStats {
         self.stats
+    }
+
+    /// The decisions of door `name` so far, counted by kind (zero for a door
+    /// that decided nothing yet, or that is not configured).
+    pub fn door_stats(&self, name: &str) -> DoorStats {
+        self.door_stats.get(name)
     }
 
     /// What the capture must pass now.
@@ -624,6 +636,9 @@ impl Engine {
         self.used_once = used_once;
         self.matcher.set_blacklist(config.options.core_blacklist());
         self.plans = plans(&self.matcher, &config);
+        let matcher = &self.matcher;
+        self.door_stats
+            .retain(|name| matcher.door_id(name).is_some());
         self.owe_marks();
         self.reassert();
         self.windows.clear();
@@ -947,6 +962,7 @@ impl Engine {
                     .map_or_else(|| d.door().to_string(), |x| x.name.clone()),
             ),
         };
+        self.door_stats.count(&name, &d);
         let now = self.now;
         let reports = self.opts.reports;
         match d {

@@ -554,6 +554,51 @@ fn bad_blacklist_reach() {
 }
 
 #[test]
+fn bad_metrics_address() {
+    let e = err("[options]\n  Interface = eth0\n  metrics = localhost\n");
+    assert!(matches!(e, ConfigError::BadValue { .. }), "{e}");
+    says(
+        &e,
+        &[
+            "/etc/knockd.conf:3:13",
+            "metrics = \"localhost\"",
+            "127.0.0.1:9464",
+        ],
+    );
+    let e = err("[options]\n  metrics = 127.0.0.1\n");
+    says(&e, &["/etc/knockd.conf:2", "an address and a port"]);
+    let e = err("[options]\n  metrics = ::1:9464\n");
+    says(&e, &["/etc/knockd.conf:2", "[::1]:9464"]);
+    let e = Config::from_toml_str(
+        "[options]\ninterfaces = [\"eth0\"]\nmetrics = \"127.0.0.1:99999\"\n",
+        "k.toml",
+    )
+    .unwrap_err();
+    says(
+        &e,
+        &[
+            "k.toml:3:11",
+            "options.metrics",
+            "127.0.0.1:99999",
+            "an address and a port",
+        ],
+    );
+}
+
+#[test]
+fn metrics_address_in_both_formats() {
+    let c = Config::from_knockd_str("[options]\n  metrics = [::1]:9464\n", FILE).unwrap();
+    assert_eq!(c.options.metrics, Some("[::1]:9464".parse().unwrap()));
+    let t = Config::from_toml_str("[options]\nmetrics = \"[::1]:9464\"\n", "k.toml").unwrap();
+    assert_eq!(t.options.metrics, c.options.metrics);
+    // The converter keeps it.
+    let back = Config::from_toml_str(&c.to_toml_string().unwrap(), "k.toml").unwrap();
+    assert_eq!(back.options.metrics, c.options.metrics);
+    let none = Config::from_knockd_str("[options]\n  Interface = eth0\n", FILE).unwrap();
+    assert_eq!(none.options.metrics, None);
+}
+
+#[test]
 fn bad_interface() {
     let e = err("[options]\n  Interface = eth0,,wg0\n");
     says(
