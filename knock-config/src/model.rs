@@ -47,6 +47,12 @@ pub struct Options {
     /// Extension `blacklist_reach = doors|host`: what a block refuses in the
     /// firewall (default `doors`).
     pub blacklist_reach: BlacklistReach,
+    /// Extension `spa_port`: the UDP port SPA packets are sent to
+    /// (fwknop's default 62201); used when a door is an SPA door.
+    pub spa_port: u16,
+    /// Extension `spa_window`: how far an SPA packet's timestamp may be
+    /// from the clock (fwknopd's `MAX_SPA_PACKET_AGE`, default 120 s).
+    pub spa_window: Duration,
 }
 
 impl Default for Options {
@@ -58,6 +64,8 @@ impl Default for Options {
             interfaces: vec![DEFAULT_INTERFACE.to_owned()],
             blacklist: None,
             blacklist_reach: BlacklistReach::default(),
+            spa_port: knock_spa::DEFAULT_PORT,
+            spa_window: knock_spa::DEFAULT_WINDOW,
         }
     }
 }
@@ -310,6 +318,10 @@ pub enum SequenceSource {
     },
     /// `sequence_secret_file = /path` and friends: time-derived sequences.
     Derived(DerivedSequence),
+    /// No sequence: Single Packet Authorization (`spa_key_base64` and
+    /// friends, or an `access.conf` stanza). The core door is
+    /// [`Sequences::Authorized`].
+    Spa(crate::spa::SpaDoor),
 }
 
 /// One door: the matcher's part and the actions.
@@ -458,6 +470,7 @@ impl DoorConfig {
                 windows: Vec::new(),
                 list: Vec::new(),
             },
+            SequenceSource::Spa(_) => Sequences::Authorized,
         };
         Some(
             Door::with_sequences(self.name.clone(), sequences)

@@ -143,6 +143,16 @@ impl Keys {
         Keys::new(&enc, &hmac)
     }
 
+    /// Both keys in base64 (`KEY_BASE64`, `HMAC_KEY_BASE64`), to write a
+    /// configuration back.
+    pub fn to_base64(&self) -> (Zeroizing<String>, Zeroizing<String>) {
+        let std = base64::engine::general_purpose::STANDARD;
+        (
+            Zeroizing::new(std.encode(&*self.enc)),
+            Zeroizing::new(std.encode(&*self.hmac)),
+        )
+    }
+
     /// Decodes one base64 key (either of fwknop's `*_BASE64` values).
     ///
     /// # Errors

@@ -1,0 +1,351 @@
+//! End-to-end tests of Single Packet Authorization against the real
+//! fwknop 2.6.10 (Debian's `fwknop-client` and `fwknop-server`): Debian's
+//! `fwknop` client opens our daemon's doors (over an existing drop, with
+//! nftables' kernel expiry, closing on time), replays and bad packets are
+//! refused and counted by reason, `-a` opens for another address, our
+//! client opens Debian's `fwknopd`, and IPv6 works end to end. Everything
+//! runs in network namespaces; root only (`--include-ignored`).
+
+// Test support code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use knock_testnet::{wait_for, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
+
+mod common;
+use common::{example_bin, Server, Setup};
+
+/// The test keys (`fwknop --key-gen`), as in knock-spa's fixtures.
+const KEY: &str = "ZxwCwpGiY1Iv/nzNSES5J5LjuyJ6VpuHvBjzhY2bvck=";
+const HMAC: &str =
+    "913yacJvmZCnAkEMp7qifH1iZ2fJpda27ZO2WLXNbIWtImTr3ITQBGCZWcSzjEJloNi/cyz13s+7LsyNiH4i8w==";
+/// Other keys of the right lengths.
+const OTHER_KEY: &str = "bUhlm/VPKwvKKGB+LqzAT26Y2b1tHExxJMA/qcp3Jf0=";
+const OTHER_HMAC: &str =
+    "Tm90IHRoZSBITUFDIGtleSBvZiB0aGlzIHNlcnZlciwgc2l4dHktZm91ciBieXRlcyBvZiBpdCwgaW4gYmFzZTY0Lg==";
+
+/// fwknopd's access.conf for tcp/22, `timeout` seconds.
+fn access_conf(timeout: u32) -> String {
+    format!(
+        "# as for fwknopd\nSOURCE ANY\n    OPEN_PORTS tcp/22\n    KEY_BASE64 {KEY}\n    HMAC_KEY_BASE64 {HMAC}\n    FW_ACCESS_TIMEOUT {timeout}\n"
+    )
+}
+
+/// Our knockd with `access` as `--access-conf` and `conf` as knockd.conf.
+fn server(conf: &str, access: &str, extra: &[&str]) -> Server {
+    server_with(Setup::new(conf), access, extra)
+}
+
+fn server_with(setup: Setup<'_>, access: &str, extra: &[&str]) -> Server {
+    let mut s = setup.prepare();
+    fs::write(s.path("access.conf"), access).unwrap();
+    let path = s.path("access.conf").display().to_string();
+    let mut args = vec!["--access-conf", path.as_str()];
+    args.extend_from_slice(extra);
+    s.restart(&args);
+    s
+}
+
+/// Runs Debian's `fwknop` in the client namespace (HOME in the test's temp
+/// dir, no rc file): `-D server --use-hmac` plus `args`.
+fn fwknop(s: &Server, server: &str, args: &[&str]) -> String {
+    let home = s.path("home");
+    fs::create_dir_all(&home).unwrap();
+    let out = s
+        .pair
+        .client
+        .command("fwknop")
+        .env("HOME", &home)
+        .args(["--no-rc-file", "--no-save-args", "--use-hmac", "-D", server])
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fwknop failed:\n{text}");
+    text
+}
+
+/// `fwknop -A tcp/22 -a addr` with the test keys.
+fn fwknop_access(s: &Server, server: &str, addr: &str, more: &[&str]) -> String {
+    let mut args = vec![
+        "-A",
+        "tcp/22",
+        "-a",
+        addr,
+        "--key-base64-rijndael",
+        KEY,
+        "--key-base64-hmac",
+        HMAC,
+    ];
+    args.extend_from_slice(more);
+    fwknop(s, server, &args)
+}
+
+fn nft_table(s: &Server) -> String {
+    s.pair
+        .server
+        .run(&["nft", "list", "table", "inet", "knock"])
+        .unwrap_or_default()
+}
+
+/// How many times the log says `what`.
+fn count(s: &Server, what: &str) -> usize {
+    fs::read_to_string(s.path("knockd.log"))
+        .unwrap_or_default()
+        .matches(what)
+        .count()
+}
+
+/// Stops the daemon and returns the `spa` object of its `--stats-json`.
+fn stop_for_stats(s: &mut Server) -> serde_json::Value {
+    s.stop();
+    let events = s.events();
+    let line = events
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"spa\""))
+        .unwrap_or_else(|| panic!("no stats line:\n{events}\n{}", s.log()));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v["spa"].clone()
+}
+
+/// Captures the client's datagrams to udp/62201 while `f` runs.
+fn capture_while(s: &Server, pcap: &std::path::Path, f: impl FnOnce()) {
+    let dump_log = s.path("tcpdump.log");
+    let mut dump = s
+        .pair
+        .client
+        .command("tcpdump")
+        .args([
+            "-i",
+            knock_testnet::CLIENT_IF,
+            "--immediate-mode",
+            "-U",
+            "-w",
+        ])
+        .arg(pcap)
+        .args(["udp port 62201"])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&dump_log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("tcpdump to listen", Duration::from_secs(10), || {
+        fs::read_to_string(&dump_log).is_ok_and(|l| l.contains("listening on"))
+    });
+    f();
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = Command::new("kill")
+        .args(["-INT", &dump.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    dump.wait().unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn fwknop_client_opens_over_a_drop_and_the_grant_closes_on_time() {
+    let mut s = server("[options]\n", &access_conf(3), &["--stats-json"]);
+    assert!(!s.connects(SERVER_V4), "tcp/22 is dropped");
+    let pcap = s.path("spa.pcap");
+    capture_while(&s, &pcap, || {
+        fwknop_access(&s, SERVER_V4, CLIENT_V4, &[]);
+    });
+    let opened = Instant::now();
+    s.wait_open(SERVER_V4);
+    let log = s.log();
+    assert!(
+        log.contains("stanza1: SPA request of user") && log.contains("for 198.18.0.2 tcp/22"),
+        "{log}"
+    );
+    // The host drops tcp/22 in iptables: `firewall = auto` puts the grant
+    // in our iptables chain, which comes before that drop.
+    let chain = s.iptables_s("KNOCK");
+    assert!(chain.contains("198.18.0.2/32"), "{chain}\n{log}");
+    assert!(!s.connects(SERVER_V6), "only the address asked for");
+    wait_for("the grant to close", Duration::from_secs(8), || {
+        !s.connects_within(SERVER_V4, Duration::from_millis(300))
+    });
+    let lasted = opened.elapsed();
+    assert!(
+        lasted >= Duration::from_millis(2_500) && lasted < Duration::from_secs(6),
+        "FW_ACCESS_TIMEOUT 3 lasted {lasted:?}"
+    );
+
+    // The same datagram again (tcpreplay of the capture): a replay.
+    let replayed = s
+        .pair
+        .client
+        .run(&[
+            "tcpreplay",
+            "-q",
+            "-i",
+            knock_testnet::CLIENT_IF,
+            pcap.to_str().unwrap(),
+        ])
+        .unwrap();
+    wait_for(
+        &format!("the replay to be refused ({replayed})\n{}", s.log()),
+        Duration::from_secs(3),
+        || count(&s, "SPA packet refused: replayed packet") == 1,
+    );
+    assert!(!s.connects(SERVER_V4), "a replay opens nothing");
+
+    // A wrong HMAC key, a wrong encryption key, a stale timestamp.
+    fwknop(
+        &s,
+        SERVER_V4,
+        &[
+            "-A",
+            "tcp/22",
+            "-a",
+            CLIENT_V4,
+            "--key-base64-rijndael",
+            KEY,
+            "--key-base64-hmac",
+            OTHER_HMAC,
+        ],
+    );
+    fwknop(
+        &s,
+        SERVER_V4,
+        &[
+            "-A",
+            "tcp/22",
+            "-a",
+            CLIENT_V4,
+            "--key-base64-rijndael",
+            OTHER_KEY,
+            "--key-base64-hmac",
+            HMAC,
+        ],
+    );
+    fwknop_access(&s, SERVER_V4, CLIENT_V4, &["--time-offset-minus", "300"]);
+    wait_for(
+        &format!("the bad packets to be refused\n{}", s.log()),
+        Duration::from_secs(3),
+        || count(&s, "SPA packet refused: timestamp outside the window") == 1,
+    );
+    assert!(!s.connects(SERVER_V4), "no bad packet opens");
+    let spa = stop_for_stats(&mut s);
+    assert_eq!(spa["accepted"], 1, "{spa}");
+    assert_eq!(spa["refused"]["replay"], 1, "{spa}");
+    assert_eq!(spa["refused"]["bad_hmac"], 1, "{spa}");
+    assert_eq!(spa["refused"]["bad_key"], 1, "{spa}");
+    assert_eq!(spa["refused"]["stale"], 1, "{spa}");
+    let log = s.log();
+    assert!(log.contains("stats: spa: 1 accepted"), "{log}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn in_nftables_the_kernel_expires_the_grant_too() {
+    // No drop of the host's: our nftables table guards tcp/22 itself, and
+    // each grant is a set element with the kernel's timeout as a net.
+    let s = server_with(
+        Setup::new("[options]\n").no_iptables_drop(),
+        &access_conf(4),
+        &[],
+    );
+    assert!(!s.connects(SERVER_V4), "our table guards tcp/22");
+    fwknop_access(&s, SERVER_V4, CLIENT_V4, &[]);
+    s.wait_open(SERVER_V4);
+    let table = nft_table(&s);
+    assert!(
+        table.contains("198.18.0.2") && table.contains("expires"),
+        "{table}\n{}",
+        s.log()
+    );
+    wait_for("the grant to close", Duration::from_secs(8), || {
+        !s.connects_within(SERVER_V4, Duration::from_millis(300))
+    });
+    assert!(!nft_table(&s).contains("198.18.0.2"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn allow_ip_opens_for_the_address_in_the_packet() {
+    let s = server_with(
+        Setup::new("[options]\n").client_addr("198.18.0.3/24"),
+        &access_conf(30),
+        &[],
+    );
+    fwknop_access(&s, SERVER_V4, "198.18.0.3", &[]);
+    wait_for(
+        &format!("the grant for 198.18.0.3\n{}", s.log()),
+        Duration::from_secs(5),
+        || nft_table(&s).contains("198.18.0.3"),
+    );
+    assert!(connects_from(&s, "198.18.0.3"), "{}", s.log());
+    assert!(!s.connects(SERVER_V4), "not the sender's address");
+    assert!(!nft_table(&s).contains(CLIENT_V4));
+}
+
+const CONNECT_FROM: &str = r#"
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam); s.bind((sys.argv[1], 0)); s.settimeout(0.7)
+try:
+    s.connect((sys.argv[2], 22)); sys.exit(0)
+except Exception:
+    sys.exit(1)
+"#;
+
+fn connects_from(s: &Server, src: &str) -> bool {
+    let dst = if src.contains(':') {
+        SERVER_V6
+    } else {
+        SERVER_V4
+    };
+    s.pair
+        .client
+        .output(&["python3", "-c", CONNECT_FROM, src, dst])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Our `knock --spa`: the same options as fwknop's.
+fn our_spa(s: &Server, server: &str, addr: &str) -> String {
+    let out = s
+        .pair
+        .client
+        .command(example_bin("knock").to_str().unwrap())
+        .args([
+            "--spa",
+            "--key-base64-rijndael",
+            KEY,
+            "--key-base64-hmac",
+            HMAC,
+            "-A",
+            "tcp/22",
+            "-a",
+            addr,
+            server,
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "knock --spa failed:\n{text}");
+    text
+}
+
+#[test]
+#[ignore = "needs root"]
+fn our_client_opens_our_daemon_over_ipv6() {
+    let s = server("[options]\n", &access_conf(30), &[]);
+    assert!(!connects_from(&s, CLIENT_V6));
+    our_spa(&s, SERVER_V6, CLIENT_V6);
+    wait_for(
+        &format!("tcp/22 over IPv6\n{}", s.log()),
+        Duration::from_secs(5),
+        || connects_from(&s, CLIENT_V6),
+    );
+    let table = nft_table(&s);
+    assert!(table.contains(CLIENT_V6), "{table}");
+    assert!(!s.connects(SERVER_V4), "only the IPv6 address");
+}
