@@ -436,3 +436,26 @@ fn our_client_opens_fwknopd() {
         out()
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn cmd_cycle_commands_open_and_close_with_the_address() {
+    let access = format!(
+        "SOURCE 198.18.0.0/24\n    KEY_BASE64 {KEY}\n    HMAC_KEY_BASE64 {HMAC}\n    \
+         CMD_CYCLE_OPEN iptables -I INPUT -s $IP -p tcp --dport 22 -j ACCEPT\n    \
+         CMD_CYCLE_CLOSE iptables -D INPUT -s $IP -p tcp --dport 22 -j ACCEPT\n    \
+         CMD_CYCLE_TIMER 3\n"
+    );
+    let s = server("[options]\n", &access, &[]);
+    fwknop_access(&s, SERVER_V4, CLIENT_V4, &[]);
+    s.wait_open(SERVER_V4);
+    let input = s.iptables_s("INPUT");
+    assert!(
+        input.contains("-A INPUT -s 198.18.0.2/32 -p tcp -m tcp --dport 22 -j ACCEPT"),
+        "{input}"
+    );
+    wait_for("the close command", Duration::from_secs(8), || {
+        !s.iptables_s("INPUT").contains("198.18.0.2")
+    });
+    assert!(!s.connects(SERVER_V4));
+}

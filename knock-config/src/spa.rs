@@ -308,12 +308,13 @@ fn read_access(
             if depth >= MAX_INCLUDE_DEPTH {
                 return Err(bad("fewer nested %include levels (at most 8)"));
             }
-            let inner = include(&path).map_err(|source| ConfigError::Include {
+            let wrap = |source| ConfigError::Include {
                 at: at.clone(),
                 path: path.clone(),
                 source: Box::new(source),
-            })?;
-            read_access(&inner, &path, include, depth + 1, out)?;
+            };
+            let inner = include(&path).map_err(wrap)?;
+            read_access(&inner, &path, include, depth + 1, out).map_err(wrap)?;
             continue;
         }
         if key == "%include_folder" {
