@@ -9,6 +9,8 @@
 //! the world must do comes out as [`Action`]s.
 //!
 //! ```text
+//!  SPA datagram ─► handle_spa(now, src, payload): knock_spa::Verifier, then
+//!                  the door's grant through the Matcher (handle_datagram routes)
 //!  knock Event ─► handle_event(now, ev)      ┌──────────── Engine ────────────┐
 //!  deadline    ─► handle_timeout(now)        │ Matcher (attempts, grants,     │
 //!  SIGHUP      ─► handle_reload(now, config) │  cooldowns, blocks, windows)   │
