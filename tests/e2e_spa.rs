@@ -459,3 +459,45 @@ fn cmd_cycle_commands_open_and_close_with_the_address() {
     });
     assert!(!s.connects(SERVER_V4));
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_replay_after_a_restart_is_still_refused() {
+    let mut s = server("[options]\n", &access_conf(30), &[]);
+    let pcap = s.path("spa.pcap");
+    capture_while(&s, &pcap, || {
+        fwknop_access(&s, SERVER_V4, CLIENT_V4, &[]);
+    });
+    s.wait_open(SERVER_V4);
+    s.stop();
+    let path = s.path("access.conf").display().to_string();
+    s.restart(&["--access-conf", &path]);
+    assert!(
+        s.connects(SERVER_V4),
+        "the grant was kept across the restart"
+    );
+    // Stopped with --close-at-exit, so that an open port afterwards could
+    // only come from the replay.
+    s.stop();
+    s.restart(&["--access-conf", &path, "--close-at-exit"]);
+    s.stop();
+    s.restart(&["--access-conf", &path]);
+    assert!(!s.connects(SERVER_V4), "closed at the last exit");
+    s.pair
+        .client
+        .run(&[
+            "tcpreplay",
+            "-q",
+            "-i",
+            knock_testnet::CLIENT_IF,
+            pcap.to_str().unwrap(),
+        ])
+        .unwrap();
+    wait_for("the replay to be refused", Duration::from_secs(3), || {
+        s.log().contains("SPA packet refused: replayed packet")
+    });
+    assert!(
+        !s.connects(SERVER_V4),
+        "a replay after a restart opens nothing"
+    );
+}
