@@ -825,3 +825,22 @@ fn junk_to_the_spa_port_is_counted_not_logged() {
     assert_eq!(s.rejected(knock::spa::Reject::Hmac), 100);
     assert!(e.snapshot().spa_replay.is_empty());
 }
+
+#[test]
+fn a_knock_door_on_the_spa_port_is_refused() {
+    let conf = format!(
+        "{}[knock]\n    sequence = 7000,62201:udp\n    cmd_timeout = 5\n    start_command = x\n",
+        spa_conf()
+    );
+    let config = Config::from_knockd_str(&conf, "test.conf").unwrap();
+    let e = Engine::check(&config, knock::core::Limits::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("door [knock] knocks on udp/62201"),
+        "{e}"
+    );
+    assert!(Engine::new(config, EngineOptions::default(), at(0, 0)).is_err());
+    // With another spa_port it is fine; without SPA doors too.
+    let moved = format!("[options]\n    spa_port = 62202\n{conf}");
+    let config = Config::from_knockd_str(&moved, "test.conf").unwrap();
+    assert!(Engine::check(&config, knock::core::Limits::default()).is_ok());
+}

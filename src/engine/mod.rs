@@ -297,6 +297,35 @@ pub enum EngineError {
     /// The configuration's doors are not valid for the matcher.
     #[error("invalid doors: {0}")]
     Doors(#[from] knock_core::DoorError),
+    /// A knock door uses the SPA port: its knocks would be read as SPA
+    /// packets.
+    #[error("door [{door}] knocks on udp/{port}, the SPA port (spa_port): choose another port for one of them")]
+    SpaPortClash {
+        /// The knock door.
+        door: String,
+        /// The SPA port.
+        port: u16,
+    },
+}
+
+/// Refuses a knock door with a UDP step on the SPA port, when there are SPA
+/// doors (datagrams to that port go to the verifier, not the matcher).
+fn check_spa_port(config: &Config) -> Result<(), EngineError> {
+    if config.doors.iter().all(|d| d.spa().is_none()) {
+        return Ok(());
+    }
+    let port = config.options.spa_port;
+    for d in config.core_doors() {
+        let clash = d
+            .all_sequences()
+            .iter()
+            .flatten()
+            .any(|s| s.proto == Proto::Udp && s.port == port);
+        if clash {
+            return Err(EngineError::SpaPortClash { door: d.name, port });
+        }
+    }
+    Ok(())
 }
 
 /// Counters beyond the matcher's.
@@ -382,7 +411,7 @@ impl Engine {
     /// Doors the matcher refuses.
     pub fn check(config: &Config, limits: Limits) -> Result<(), EngineError> {
         Matcher::new(config.core_doors(), limits)?;
-        Ok(())
+        check_spa_port(config)
     }
 
     /// An engine for `config`, starting at `now`.
@@ -390,6 +419,7 @@ impl Engine {
     /// # Errors
     /// Doors the matcher refuses.
     pub fn new(config: Config, opts: EngineOptions, now: Now) -> Result<Engine, EngineError> {
+        check_spa_port(&config)?;
         let base_doors = config.core_doors();
         let mut matcher = Matcher::with_seed(base_doors.clone(), opts.limits, opts.seed)?;
         matcher.set_blacklist(config.options.core_blacklist());
@@ -744,6 +774,7 @@ impl Engine {
     /// Doors the matcher refuses.
     pub fn handle_reload(&mut self, now: Now, config: Config) -> Result<(), EngineError> {
         self.tick(now);
+        check_spa_port(&config)?;
         let base_doors = config.core_doors();
         let mut used_once = self.used_once.clone();
         used_once.prune(&base_doors);
