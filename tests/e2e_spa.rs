@@ -176,6 +176,32 @@ fn fwknop_client_opens_over_a_drop_and_the_grant_closes_on_time() {
         "FW_ACCESS_TIMEOUT 3 lasted {lasted:?}"
     );
 
+    // The capture through the replay tool: the packet opens as it did,
+    // at the packet's time.
+    let out = Command::new(example_bin("replay"))
+        .arg("-c")
+        .arg(s.path("knockd.conf"))
+        .arg("--access-conf")
+        .arg(s.path("access.conf"))
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let opens: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains(r#""event":"open""#))
+        .collect();
+    assert_eq!(opens.len(), 1, "{lines}");
+    assert!(
+        opens[0].contains(r#""door":"stanza1""#) && opens[0].contains(CLIENT_V4),
+        "{lines}"
+    );
+
     // The same datagram again (tcpreplay of the capture): a replay.
     let replayed = s
         .pair
