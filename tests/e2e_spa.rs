@@ -527,3 +527,43 @@ fn a_replay_after_a_restart_is_still_refused() {
         "a replay after a restart opens nothing"
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn sighup_rereads_access_conf_new_keys_apply() {
+    let s = server("[options]\n", &access_conf(30), &[]);
+    // Rotate the keys: the new access.conf has the other ones.
+    fs::write(
+        s.path("access.conf"),
+        access_conf(30)
+            .replace(KEY, OTHER_KEY)
+            .replace(HMAC, OTHER_HMAC),
+    )
+    .unwrap();
+    s.signal("-HUP");
+    wait_for("the reload", Duration::from_secs(5), || {
+        s.log().contains("configuration reloaded")
+    });
+    fwknop_access(&s, SERVER_V4, CLIENT_V4, &[]);
+    // With -v the refusal of a bad HMAC is logged (at debug).
+    wait_for("the old keys to be refused", Duration::from_secs(3), || {
+        count(&s, "SPA packet refused: HMAC does not verify") == 1
+    });
+    assert!(!s.connects(SERVER_V4));
+    fwknop(
+        &s,
+        SERVER_V4,
+        &[
+            "-A",
+            "tcp/22",
+            "-a",
+            CLIENT_V4,
+            "--key-base64-rijndael",
+            OTHER_KEY,
+            "--key-base64-hmac",
+            OTHER_HMAC,
+        ],
+    );
+    s.wait_open(SERVER_V4);
+    assert_eq!(count(&s, "SPA request of user"), 1, "{}", s.log());
+}
