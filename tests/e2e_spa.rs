@@ -567,3 +567,18 @@ fn sighup_rereads_access_conf_new_keys_apply() {
     s.wait_open(SERVER_V4);
     assert_eq!(count(&s, "SPA request of user"), 1, "{}", s.log());
 }
+
+#[test]
+#[ignore = "needs root"]
+fn the_client_timeout_overrides_fw_access_timeout() {
+    // fwknop -f 2: message type 3, a grant of 2 s instead of the stanza's 30.
+    let s = server("[options]\n", &access_conf(30), &[]);
+    fwknop_access(&s, SERVER_V4, CLIENT_V4, &["-f", "2"]);
+    let opened = Instant::now();
+    s.wait_open(SERVER_V4);
+    wait_for("the 2 s grant to close", Duration::from_secs(6), || {
+        !s.connects_within(SERVER_V4, Duration::from_millis(300))
+    });
+    let lasted = opened.elapsed();
+    assert!(lasted < Duration::from_secs(5), "lasted {lasted:?}");
+}
