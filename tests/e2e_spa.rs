@@ -221,38 +221,39 @@ fn fwknop_client_opens_over_a_drop_and_the_grant_closes_on_time() {
     );
     assert!(!s.connects(SERVER_V4), "a replay opens nothing");
 
-    // A wrong HMAC key, a wrong encryption key, a stale timestamp.
-    fwknop(
-        &s,
-        SERVER_V4,
-        &[
-            "-A",
-            "tcp/22",
-            "-a",
-            CLIENT_V4,
-            "--key-base64-rijndael",
-            KEY,
-            "--key-base64-hmac",
-            OTHER_HMAC,
-        ],
+    // A wrong HMAC key, a wrong encryption key, a stale timestamp, each
+    // logged (warnings at most once a second: a second apart).
+    let with_keys = |k: &str, h: &str| {
+        fwknop(
+            &s,
+            SERVER_V4,
+            &[
+                "-A",
+                "tcp/22",
+                "-a",
+                CLIENT_V4,
+                "--key-base64-rijndael",
+                k,
+                "--key-base64-hmac",
+                h,
+            ],
+        )
+    };
+    with_keys(KEY, OTHER_HMAC);
+    wait_for("the bad HMAC to be refused", Duration::from_secs(3), || {
+        count(&s, "SPA packet refused: HMAC does not verify") == 1
+    });
+    std::thread::sleep(Duration::from_millis(1100));
+    with_keys(OTHER_KEY, HMAC);
+    wait_for(
+        "the wrong key to be refused",
+        Duration::from_secs(3),
+        || count(&s, "decryption failed (wrong encryption key)") == 1,
     );
-    fwknop(
-        &s,
-        SERVER_V4,
-        &[
-            "-A",
-            "tcp/22",
-            "-a",
-            CLIENT_V4,
-            "--key-base64-rijndael",
-            OTHER_KEY,
-            "--key-base64-hmac",
-            HMAC,
-        ],
-    );
+    std::thread::sleep(Duration::from_millis(1100));
     fwknop_access(&s, SERVER_V4, CLIENT_V4, &["--time-offset-minus", "300"]);
     wait_for(
-        &format!("the bad packets to be refused\n{}", s.log()),
+        "the stale packet to be refused",
         Duration::from_secs(3),
         || count(&s, "SPA packet refused: timestamp outside the window") == 1,
     );

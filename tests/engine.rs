@@ -844,3 +844,36 @@ fn a_knock_door_on_the_spa_port_is_refused() {
     let config = Config::from_knockd_str(&moved, "test.conf").unwrap();
     assert!(Engine::check(&config, knock::core::Limits::default()).is_ok());
 }
+
+#[test]
+fn a_replayed_packet_in_a_loop_warns_once_a_second() {
+    let mut e = engine(&spa_conf(), at(0, 0));
+    let packet = spa_packet(EPOCH, "198.18.0.2", 3);
+    e.handle_datagram(at(0, 0), &spa_event(me(), 62201), Some(&packet));
+    drain(&mut e);
+    let warns = |acts: &[Action]| -> Vec<String> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Log(Level::Warn, l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut lines = Vec::new();
+    for i in 0..1000u64 {
+        e.handle_datagram(at(0, i), &spa_event(me(), 62201), Some(&packet));
+        lines.extend(warns(&drain(&mut e)));
+    }
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    e.handle_datagram(at(0, 1500), &spa_event(me(), 62201), Some(&packet));
+    lines.extend(warns(&drain(&mut e)));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[1].contains("(999 more refusals in the last second not logged)"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        e.spa_stats().unwrap().rejected(knock::spa::Reject::Replay),
+        1001
+    );
+}

@@ -675,9 +675,10 @@ impl Engine {
     /// for the address it names, through the matcher like a knock door's
     /// open. Refusals are counted ([`spa_stats`](Self::spa_stats)) and
     /// logged: at `Warn` those of packets whose HMAC verified (replays,
-    /// stale timestamps, a wrong encryption key, a policy refusal), at
-    /// `Debug` with `-v` the rest (junk and wrong HMAC keys: a flood must
-    /// not flood the log).
+    /// stale timestamps, a wrong encryption key, a policy refusal), at most
+    /// one a second (the next says how many were left out), at `Debug`
+    /// with `-v` the rest (junk and wrong HMAC keys: a flood must not flood
+    /// the log).
     pub fn handle_spa(&mut self, now: Now, src: IpAddr, payload: &[u8]) {
         self.tick(now);
         let unix = self.now.unix;
@@ -735,7 +736,14 @@ impl Engine {
                     .map_or_else(String::new, |(n, _)| format!("{n}: "));
                 let line = format!("{src}: {name}SPA packet refused: {}", r.reason);
                 if !quiet {
-                    self.log(Level::Warn, line);
+                    if let Some(left_out) = spa.warn_due(self.now.mono) {
+                        let more = if left_out > 0 {
+                            format!(" ({left_out} more refusals in the last second not logged)")
+                        } else {
+                            String::new()
+                        };
+                        self.log(Level::Warn, line + &more);
+                    }
                 } else if self.opts.verbose {
                     self.log(Level::Debug, line);
                 }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use knock_config::Config;
-use knock_core::{DoorId, FlagFilter, Listen, Matcher, Step};
+use std::time::Duration;
+
+use knock_core::{DoorId, FlagFilter, Listen, Matcher, Step, Timestamp};
 use knock_spa::Verifier;
 
 /// The SPA doors of a configuration.
@@ -17,7 +19,16 @@ pub(crate) struct SpaDoors {
     pub(crate) doors: Vec<(Arc<str>, Option<DoorId>)>,
     /// The UDP port SPA packets come to.
     pub(crate) port: u16,
+    /// When a refusal was last logged as a warning.
+    warned_at: Option<Timestamp>,
+    /// Warnings not logged since then.
+    suppressed: u64,
 }
+
+/// At most one refusal warning per this long (the counters count them
+/// all): someone replaying a sniffed packet in a loop must not flood the
+/// log.
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(1);
 
 impl SpaDoors {
     /// The SPA doors of `config` (`None` without any), keeping the replay
@@ -43,7 +54,24 @@ impl SpaDoors {
             verifier,
             doors,
             port: config.options.spa_port,
+            warned_at: None,
+            suppressed: 0,
         })
+    }
+
+    /// Whether a refusal warning may be logged at `now`: `Some(n)` with the
+    /// number of warnings left out since the last one, or `None` (this one
+    /// is left out too) within [`WARN_EVERY`] of it.
+    pub(crate) fn warn_due(&mut self, now: Timestamp) -> Option<u64> {
+        if self
+            .warned_at
+            .is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.warned_at = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 
     /// What the capture must pass: every datagram to the SPA port.
