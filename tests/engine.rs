@@ -877,3 +877,28 @@ fn a_replayed_packet_in_a_loop_warns_once_a_second() {
         1001
     );
 }
+
+#[test]
+fn an_spa_door_without_a_close_still_persists_the_packet() {
+    // A start command and no stop command: no grant to hold, but the packet
+    // must be in the snapshot before the command runs (a restart must not
+    // accept it again).
+    let conf = format!(
+        "[spa]\n    spa_key_base64 = {SPA_KEY}\n    spa_hmac_key_base64 = {SPA_HMAC}\n    start_command = open %IP%\n"
+    );
+    let mut e = engine(&conf, at(0, 0));
+    drain(&mut e);
+    let first = spa_packet(EPOCH, "198.18.0.2", 4);
+    e.handle_datagram(at(0, 0), &spa_event(me(), 62201), Some(&first));
+    drain(&mut e);
+    // 200 s later the first packet has left the cache (its timestamp can no
+    // longer pass the window) as the second enters it: one entry either way.
+    let packet = spa_packet(EPOCH + 200, "198.18.0.2", 5);
+    e.handle_datagram(at(0, 200_000), &spa_event(me(), 62201), Some(&packet));
+    let acts = drain(&mut e);
+    let persisted = acts
+        .iter()
+        .position(|a| matches!(a, Action::Persist(s) if s.spa_replay.len() == 1));
+    let opened = acts.iter().position(|a| matches!(a, Action::Open(_)));
+    assert!(persisted.is_some() && persisted < opened, "{acts:?}");
+}

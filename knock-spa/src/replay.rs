@@ -41,6 +41,7 @@ pub struct ReplayCache {
     seen: HashSet<PacketDigest>,
     by_end: BTreeSet<(u64, PacketDigest)>,
     capacity: usize,
+    inserted: u64,
 }
 
 impl Default for ReplayCache {
@@ -56,6 +57,7 @@ impl ReplayCache {
             seen: HashSet::new(),
             by_end: BTreeSet::new(),
             capacity,
+            inserted: 0,
         }
     }
 
@@ -67,6 +69,13 @@ impl ReplayCache {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
+    }
+
+    /// How many packets were added so far (what changed since a snapshot
+    /// was taken: compare this, not [`len`](Self::len), which pruning
+    /// lowers).
+    pub fn inserted(&self) -> u64 {
+        self.inserted
     }
 
     /// Whether `d` was seen.
@@ -96,6 +105,7 @@ impl ReplayCache {
         }
         self.seen.insert(d);
         self.by_end.insert((until, d));
+        self.inserted += 1;
         true
     }
 

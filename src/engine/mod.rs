@@ -690,9 +690,9 @@ impl Engine {
             self.finish();
             return;
         };
-        let before = spa.verifier.replay_cache().len();
+        let before = spa.verifier.replay_cache().inserted();
         let verdict = spa.verifier.verify(unix, src, payload);
-        self.dirty |= spa.verifier.replay_cache().len() != before;
+        self.dirty |= spa.verifier.replay_cache().inserted() != before;
         match verdict {
             Ok(req) => {
                 let (name, door) = spa
