@@ -30,6 +30,8 @@ pub use knock_capture as capture;
 pub use knock_config as config;
 #[cfg(feature = "firewall")]
 pub use knock_firewall as firewall;
+#[cfg(feature = "engine")]
+pub use knock_spa as spa;
 
 #[cfg(feature = "daemon")]
 pub mod daemon;

@@ -36,6 +36,7 @@ impl Source for Scripted {
                 event,
                 link: LinkType::Ethernet,
                 ifindex: 1,
+                payload: None,
             }));
         }
         match (deadline, self.idle_deadlines) {

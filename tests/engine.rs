@@ -722,3 +722,203 @@ fn door_counts_follow_the_doors_a_reload_keeps() {
     assert_eq!(e.door_stats("web"), Default::default());
     assert_eq!(e.door_stats("ssh").opens, 1);
 }
+
+// ---- Single Packet Authorization ------------------------------------------
+
+const SPA_KEY: &str = "ZxwCwpGiY1Iv/nzNSES5J5LjuyJ6VpuHvBjzhY2bvck=";
+const SPA_HMAC: &str =
+    "913yacJvmZCnAkEMp7qifH1iZ2fJpda27ZO2WLXNbIWtImTr3ITQBGCZWcSzjEJloNi/cyz13s+7LsyNiH4i8w==";
+
+fn spa_conf() -> String {
+    format!(
+        "[spa]\n    spa_key_base64 = {SPA_KEY}\n    spa_hmac_key_base64 = {SPA_HMAC}\n    \
+         cmd_timeout = 30\n    start_command = open %IP%\n    stop_command = close %IP%\n"
+    )
+}
+
+/// An SPA packet made at Unix time `unix` asking tcp/22 for `addr`.
+fn spa_packet(unix: u64, addr: &str, rand: u64) -> Vec<u8> {
+    use knock::spa::{seal, Access, Keys, Message};
+    let keys = Keys::from_base64(SPA_KEY, SPA_HMAC).unwrap();
+    let access = Access {
+        addr: Some(addr.parse().unwrap()),
+        ports: vec![Step::tcp(22)],
+    };
+    let m = Message::access("alice", unix, access, rand);
+    seal(&keys, m.plaintext().as_bytes(), [5; 8]).into_bytes()
+}
+
+fn spa_event(src: IpAddr, port: u16) -> Event {
+    Event::udp(src, server(), port, Timestamp::ZERO)
+}
+
+#[test]
+fn an_spa_request_opens_its_door_for_the_address_it_names_then_closes() {
+    let now = at(0, 0);
+    let mut e = engine(&spa_conf(), now);
+    let listen = e.listen_set();
+    assert!(listen.iter().any(|l| l.port == 62201), "{listen:?}");
+    let packet = spa_packet(EPOCH, "198.18.0.9", 1);
+    e.handle_datagram(now, &spa_event(me(), 62201), Some(&packet));
+    let acts = drain(&mut e);
+    let open = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Open(g) => Some(g.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{acts:?}"));
+    assert_eq!(open.src, "198.18.0.9".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        open.how,
+        How::Command {
+            command: "open 198.18.0.9".into()
+        }
+    );
+    // Persisted first, with the packet in the replay cache.
+    let persisted = acts
+        .iter()
+        .position(|a| matches!(a, Action::Persist(s) if s.spa_replay.len() == 1));
+    let opened = acts.iter().position(|a| matches!(a, Action::Open(_)));
+    assert!(persisted < opened, "{acts:?}");
+    assert_eq!(e.poll_timeout(), Some(Timestamp::from_secs(30)));
+    e.handle_timeout(at(0, 30_000));
+    let closed = drain(&mut e)
+        .into_iter()
+        .any(|a| matches!(a, Action::Close(g) if g.how == How::Command { command: "close 198.18.0.9".into() }));
+    assert!(closed);
+    // A datagram to another port is a knock, not SPA.
+    e.handle_datagram(at(0, 31_000), &spa_event(me(), 9999), Some(&packet));
+    assert_eq!(e.spa_stats().unwrap().accepted, 1);
+}
+
+#[test]
+fn the_replay_cache_survives_a_restart() {
+    let now = at(0, 0);
+    let mut e = engine(&spa_conf(), now);
+    let packet = spa_packet(EPOCH, "198.18.0.2", 2);
+    e.handle_datagram(now, &spa_event(me(), 62201), Some(&packet));
+    drain(&mut e);
+    let snap = Snapshot::from_bytes(&e.snapshot().to_bytes()).unwrap();
+    assert_eq!(snap.spa_replay.len(), 1);
+
+    // A new process, 10 s later, with the snapshot.
+    let later = at(10, 0);
+    let mut f = engine(&spa_conf(), later);
+    f.restore(later, snap);
+    drain(&mut f);
+    f.handle_datagram(later, &spa_event(me(), 62201), Some(&packet));
+    let acts = drain(&mut f);
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Open(_))),
+        "{acts:?}"
+    );
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Log(Level::Warn, l) if l.contains("replayed packet"))),
+        "{acts:?}"
+    );
+    let stats = f.spa_stats().unwrap();
+    assert_eq!(stats.rejected(knock::spa::Reject::Replay), 1);
+    // Without the snapshot it would have opened: the cache is what refused it.
+    let mut g = engine(&spa_conf(), later);
+    g.handle_datagram(later, &spa_event(me(), 62201), Some(&packet));
+    assert!(drain(&mut g).iter().any(|a| matches!(a, Action::Open(_))));
+}
+
+#[test]
+fn junk_to_the_spa_port_is_counted_not_logged() {
+    let now = at(0, 0);
+    let mut e = engine(&spa_conf(), now);
+    for i in 0..100u8 {
+        let junk = vec![b'A' + (i % 26); 150 + usize::from(i)];
+        e.handle_datagram(now, &spa_event(me(), 62201), Some(&junk));
+    }
+    let acts = drain(&mut e);
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::Log(..) | Action::Persist(_))),
+        "{acts:?}"
+    );
+    let s = e.spa_stats().unwrap();
+    assert_eq!(s.rejected(knock::spa::Reject::Hmac), 100);
+    assert!(e.snapshot().spa_replay.is_empty());
+}
+
+#[test]
+fn a_knock_door_on_the_spa_port_is_refused() {
+    let conf = format!(
+        "{}[knock]\n    sequence = 7000,62201:udp\n    cmd_timeout = 5\n    start_command = x\n",
+        spa_conf()
+    );
+    let config = Config::from_knockd_str(&conf, "test.conf").unwrap();
+    let e = Engine::check(&config, knock::core::Limits::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("door [knock] knocks on udp/62201"),
+        "{e}"
+    );
+    assert!(Engine::new(config, EngineOptions::default(), at(0, 0)).is_err());
+    // With another spa_port it is fine; without SPA doors too.
+    let moved = format!("[options]\n    spa_port = 62202\n{conf}");
+    let config = Config::from_knockd_str(&moved, "test.conf").unwrap();
+    assert!(Engine::check(&config, knock::core::Limits::default()).is_ok());
+}
+
+#[test]
+fn a_replayed_packet_in_a_loop_warns_once_a_second() {
+    let mut e = engine(&spa_conf(), at(0, 0));
+    let packet = spa_packet(EPOCH, "198.18.0.2", 3);
+    e.handle_datagram(at(0, 0), &spa_event(me(), 62201), Some(&packet));
+    drain(&mut e);
+    let warns = |acts: &[Action]| -> Vec<String> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Log(Level::Warn, l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut lines = Vec::new();
+    for i in 0..1000u64 {
+        e.handle_datagram(at(0, i), &spa_event(me(), 62201), Some(&packet));
+        lines.extend(warns(&drain(&mut e)));
+    }
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    e.handle_datagram(at(0, 1500), &spa_event(me(), 62201), Some(&packet));
+    lines.extend(warns(&drain(&mut e)));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[1].contains("(999 more refusals in the last second not logged)"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        e.spa_stats().unwrap().rejected(knock::spa::Reject::Replay),
+        1001
+    );
+}
+
+#[test]
+fn an_spa_door_without_a_close_still_persists_the_packet() {
+    // A start command and no stop command: no grant to hold, but the packet
+    // must be in the snapshot before the command runs (a restart must not
+    // accept it again).
+    let conf = format!(
+        "[spa]\n    spa_key_base64 = {SPA_KEY}\n    spa_hmac_key_base64 = {SPA_HMAC}\n    start_command = open %IP%\n"
+    );
+    let mut e = engine(&conf, at(0, 0));
+    drain(&mut e);
+    let first = spa_packet(EPOCH, "198.18.0.2", 4);
+    e.handle_datagram(at(0, 0), &spa_event(me(), 62201), Some(&first));
+    drain(&mut e);
+    // 200 s later the first packet has left the cache (its timestamp can no
+    // longer pass the window) as the second enters it: one entry either way.
+    let packet = spa_packet(EPOCH + 200, "198.18.0.2", 5);
+    e.handle_datagram(at(0, 200_000), &spa_event(me(), 62201), Some(&packet));
+    let acts = drain(&mut e);
+    let persisted = acts
+        .iter()
+        .position(|a| matches!(a, Action::Persist(s) if s.spa_replay.len() == 1));
+    let opened = acts.iter().position(|a| matches!(a, Action::Open(_)));
+    assert!(persisted.is_some() && persisted < opened, "{acts:?}");
+}

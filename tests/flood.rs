@@ -201,9 +201,11 @@ fn flood_of_spoofed_first_knocks_does_not_stop_the_real_knocker() {
             Duration::from_millis(t),
         )
     };
-    assert!(
-        !connects(300),
-        "the nftables guard must drop tcp/22 before the knock"
+    // The capture socket opens a moment before the table's guard is in.
+    wait_for(
+        "the nftables guard to drop tcp/22 before the knock",
+        Duration::from_secs(5),
+        || !connects(300),
     );
 
     let started = Instant::now();
@@ -257,4 +259,110 @@ fn flood_of_spoofed_first_knocks_does_not_stop_the_real_knocker() {
         "VmHWM {hwm} KiB over the bound of {} KiB",
         hwm_bound_kib(n)
     );
+}
+
+const SPA_KEY: &str = "ZxwCwpGiY1Iv/nzNSES5J5LjuyJ6VpuHvBjzhY2bvck=";
+const SPA_HMAC: &str =
+    "913yacJvmZCnAkEMp7qifH1iZ2fJpda27ZO2WLXNbIWtImTr3ITQBGCZWcSzjEJloNi/cyz13s+7LsyNiH4i8w==";
+
+/// 50,000 junk datagrams to udp/62201 from spoofed sources (each passes the
+/// checks before the HMAC, so each costs one HMAC-SHA256), replayed at
+/// 25,000 a second; half a second in, Debian's `fwknop` sends a real
+/// packet from 198.18.0.2. Its grant must open within a second, the daemon
+/// must stay up and every junk datagram be counted as a bad HMAC.
+#[test]
+#[ignore = "needs root"]
+fn spa_flood_of_junk_does_not_delay_a_real_packet() {
+    let n: u32 = 50_000;
+    let pair = Pair::new().expect("namespaces");
+    let dir = tempfile::tempdir().unwrap();
+    pair.server.tcp_listen(22).unwrap();
+    let pcap = dir.path().join("spa-junk.pcap");
+    let st = Command::new(example_bin("floodgen"))
+        .args([
+            "--spa",
+            "-n",
+            &n.to_string(),
+            "--dst-mac",
+            &server_mac(&pair),
+        ])
+        .arg("-o")
+        .arg(&pcap)
+        .status()
+        .unwrap();
+    assert!(st.success(), "floodgen failed");
+    let conf = format!(
+        "[spa]\n    spa_key_base64 = {SPA_KEY}\n    spa_hmac_key_base64 = {SPA_HMAC}\n    \
+         open = tcp/22\n    firewall = nftables\n    cmd_timeout = 60\n"
+    );
+    let mut d = start_daemon(&pair, dir.path(), &conf);
+    let server: IpAddr = SERVER_V4.parse().unwrap();
+    let connects = |t: u64| {
+        pair.client
+            .tcp_connect(server, 22, Duration::from_millis(t))
+    };
+    // The capture socket opens a moment before the table's guard is in.
+    wait_for(
+        "the nftables guard on tcp/22",
+        Duration::from_secs(5),
+        || !connects(300),
+    );
+
+    let mut flood = pair
+        .client
+        .command("tcpreplay")
+        .args(["--pps", "25000", "-i", CLIENT_IF])
+        .arg(&pcap)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let home = dir.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    let sent = pair
+        .client
+        .command("fwknop")
+        .env("HOME", &home)
+        .args([
+            "--no-rc-file",
+            "--no-save-args",
+            "--use-hmac",
+            "-D",
+            SERVER_V4,
+        ])
+        .args(["-A", "tcp/22", "-a", "198.18.0.2"])
+        .args([
+            "--key-base64-rijndael",
+            SPA_KEY,
+            "--key-base64-hmac",
+            SPA_HMAC,
+        ])
+        .status()
+        .unwrap();
+    let t0 = Instant::now();
+    assert!(sent.success());
+    let mut opened = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        if connects(100) {
+            opened = Some(t0.elapsed());
+            break;
+        }
+    }
+    let flooding = flood.try_wait().unwrap().is_none();
+    let out = flood.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(d.child.try_wait().unwrap().is_none(), "the daemon stays up");
+    let cpu = cpu_seconds(d.pid());
+    let stats = d.stop();
+    let opened = opened.unwrap_or_else(|| panic!("never opened; stats: {stats}"));
+    eprintln!(
+        "SPA flood of {n}: open {opened:.2?} after the real packet (flood still running: {flooding}), \
+         daemon CPU {cpu:.2} s\nstats: {stats}"
+    );
+    assert!(flooding, "the real packet was sent during the flood");
+    assert!(opened < Duration::from_secs(1), "opened after {opened:?}");
+    assert_eq!(stats["spa"]["accepted"], 1, "{stats}");
+    assert_eq!(stats["capture"]["kernel_drops"], 0, "{stats}");
+    assert_eq!(stats["spa"]["refused"]["bad_hmac"], u64::from(n), "{stats}");
 }

@@ -6,8 +6,14 @@
 //! (the server veth's MAC), so that `tcpreplay` on the client side of a veth
 //! delivers them to the server's interface.
 //!
+//! With `--spa`, the N packets are instead UDP datagrams to the SPA port
+//! (62201) from N spoofed sources, each carrying 204 bytes of base64 junk:
+//! what passes every check before the HMAC, so each costs the daemon one
+//! HMAC-SHA256 (no real knock follows).
+//!
 //! ```text
 //! floodgen -n 200000 --dst-mac 02:11:22:33:44:55 -o flood.pcap
+//! floodgen --spa -n 50000 --dst-mac 02:11:22:33:44:55 -o spa-junk.pcap
 //! tcpreplay --topspeed -i kn1 flood.pcap
 //! ```
 
@@ -46,6 +52,12 @@ struct Args {
     /// Skip the real knock sequence at the end (flood only).
     #[arg(long = "no-real")]
     no_real: bool,
+    /// Junk SPA datagrams to udp/--spa-port instead of first knocks.
+    #[arg(long = "spa")]
+    spa: bool,
+    /// The SPA port (with --spa).
+    #[arg(long = "spa-port", default_value_t = 62201)]
+    spa_port: u16,
     /// Output file.
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
@@ -95,15 +107,25 @@ impl<W: Write> Pcap<W> {
 
     /// One TCP SYN from `src` to `dst:port`.
     fn syn(&mut self, src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> anyhow::Result<()> {
-        let sport = 40000 + u16::try_from(self.n % 20000).unwrap_or(0);
-        let ip = craft::ipv4(
-            src,
-            dst,
-            6,
-            &[],
-            craft::Frag::default(),
-            &craft::tcp(sport, port, TcpFlags::SYN),
-        );
+        let sport = self.sport();
+        let tcp = craft::tcp(sport, port, TcpFlags::SYN);
+        self.frame(src, dst, 6, &tcp)
+    }
+
+    /// One UDP datagram from `src` to `dst:port` carrying `data`.
+    fn udp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, port: u16, data: &[u8]) -> anyhow::Result<()> {
+        let sport = self.sport();
+        let udp = craft::udp(sport, port, data);
+        self.frame(src, dst, 17, &udp)
+    }
+
+    fn sport(&self) -> u16 {
+        40000 + u16::try_from(self.n % 20000).unwrap_or(0)
+    }
+
+    /// One Ethernet frame of an IPv4 packet of protocol `proto`.
+    fn frame(&mut self, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> anyhow::Result<()> {
+        let ip = craft::ipv4(src, dst, proto, &[], craft::Frag::default(), l4);
         let mut frame = Vec::with_capacity(14 + ip.len());
         frame.extend_from_slice(&self.dst_mac);
         frame.extend_from_slice(&self.src_mac);
@@ -121,6 +143,22 @@ impl<W: Write> Pcap<W> {
         self.n += 1;
         Ok(())
     }
+}
+
+/// 204 bytes of base64 characters (the size of fwknop's usual packet),
+/// different for every `i`.
+fn junk(i: u32) -> Vec<u8> {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..204)
+        .map(|_| {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            B64[(x % 64) as usize]
+        })
+        .collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,10 +179,16 @@ fn main() -> anyhow::Result<()> {
         parse_mac(&args.dst_mac)?,
         parse_mac(&args.src_mac)?,
     )?;
-    for i in 0..args.count {
-        pcap.syn(spoofed(i), args.dst, first)?;
+    if args.spa {
+        for i in 0..args.count {
+            pcap.udp(spoofed(i), args.dst, args.spa_port, &junk(i))?;
+        }
+    } else {
+        for i in 0..args.count {
+            pcap.syn(spoofed(i), args.dst, first)?;
+        }
     }
-    if !args.no_real {
+    if !args.no_real && !args.spa {
         for &port in &args.sequence {
             pcap.syn(args.src, args.dst, port)?;
         }

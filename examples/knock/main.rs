@@ -34,6 +34,17 @@
 //!   (clock skew, tests); `--print` prints the sequence (`port:proto ...`)
 //!   instead of knocking.
 //!
+//! * `--spa` sends one Single Packet Authorization packet instead, the
+//!   one Debian's `fwknop` client sends (fwknop 2.6, Rijndael with
+//!   HMAC-SHA256), with fwknop's option names: `--key-base64-rijndael KEY`
+//!   (or `--key-rijndael PASSPHRASE`), `--key-base64-hmac KEY`, `-A
+//!   tcp/22[,udp/1194]`, `-a ADDRESS` (the address to open for: this
+//!   host's, or another) or `-s` (the packet's source), `-U USER` (default
+//!   `$USER`), `-f SECS` (the client timeout), `-p PORT` (default 62201),
+//!   `-D HOST` (or the host argument). Either side can be replaced by
+//!   fwknop's: our knockd reads fwknopd's access.conf, fwknopd accepts
+//!   these packets.
+//!
 //! Exit status: 0 every knock was sent; 1 an error (unresolvable host, bad
 //! sequence file line, socket error); 2 a usage error.
 //!
@@ -41,6 +52,7 @@
 //! cargo run --example knock -- -v 198.18.0.1 7000 8000:udp 9000
 //! cargo run --example knock -- 198.18.0.1 --sequence-file /etc/knockd_seq --line 3
 //! cargo run --example knock -- 198.18.0.1 --secret-file ~/.knock/ssh.key --door openSSH -c knockd.conf
+//! cargo run --example knock -- --spa --key-base64-rijndael K --key-base64-hmac H -A tcp/22 -a 198.18.0.2 198.18.0.1
 //! ```
 
 use std::io::ErrorKind;
@@ -131,12 +143,87 @@ struct Args {
     #[arg(long, requires = "door")]
     print: bool,
 
+    /// Send a Single Packet Authorization packet (fwknop's) instead of knocks.
+    #[arg(long, conflicts_with_all = ["ports", "sequence_file", "door", "udp"])]
+    spa: bool,
+
+    /// SPA: the encryption key in base64 (fwknop's KEY_BASE64).
+    #[arg(long = "key-base64-rijndael", value_name = "KEY", requires = "spa")]
+    key_base64_rijndael: Option<String>,
+
+    /// SPA: the encryption key as a passphrase (fwknop's KEY).
+    #[arg(
+        long = "key-rijndael",
+        value_name = "PASSPHRASE",
+        requires = "spa",
+        conflicts_with = "key_base64_rijndael"
+    )]
+    key_rijndael: Option<String>,
+
+    /// SPA: the HMAC key in base64 (fwknop's HMAC_KEY_BASE64).
+    #[arg(long = "key-base64-hmac", value_name = "KEY", requires = "spa")]
+    key_base64_hmac: Option<String>,
+
+    /// SPA: fwknop's --use-hmac (always on: accepted for compatibility).
+    #[arg(long = "use-hmac", requires = "spa")]
+    use_hmac: bool,
+
+    /// SPA: the ports to open, `tcp/22[,udp/1194]`.
+    #[arg(short = 'A', long = "access", value_name = "LIST", requires = "spa")]
+    access: Option<String>,
+
+    /// SPA: the address to open for (this host's, or another).
+    #[arg(
+        short = 'a',
+        long = "allow-ip",
+        value_name = "ADDRESS",
+        requires = "spa",
+        conflicts_with = "source_ip"
+    )]
+    allow_ip: Option<IpAddr>,
+
+    /// SPA: open for the packet's source address (0.0.0.0).
+    #[arg(short = 's', long = "source-ip", requires = "spa")]
+    source_ip: bool,
+
+    /// SPA: the user name in the packet (default $USER).
+    #[arg(
+        short = 'U',
+        long = "spoof-user",
+        value_name = "USER",
+        requires = "spa"
+    )]
+    user: Option<String>,
+
+    /// SPA: ask for this firewall timeout (seconds).
+    #[arg(
+        short = 'f',
+        long = "fw-timeout",
+        value_name = "SECS",
+        requires = "spa"
+    )]
+    fw_timeout: Option<u32>,
+
+    /// SPA: the server's UDP port.
+    #[arg(short = 'p', long = "server-port", value_name = "PORT", default_value_t = knock_spa::DEFAULT_PORT)]
+    server_port: u16,
+
+    /// SPA: the server (fwknop's -D; or the host argument).
+    #[arg(
+        short = 'D',
+        long = "destination",
+        value_name = "HOST",
+        conflicts_with = "host"
+    )]
+    destination: Option<String>,
+
     /// The host to knock (name or address).
-    host: String,
+    #[arg(required_unless_present = "destination")]
+    host: Option<String>,
 
     /// The knocks: `port[:tcp|udp]`.
     #[arg(value_name = "PORT[:PROTO]", value_parser = parse_port_arg,
-          required_unless_present_any = ["sequence_file", "door"])]
+          required_unless_present_any = ["sequence_file", "door", "spa"])]
     ports: Vec<PortArg>,
 }
 
@@ -342,14 +429,90 @@ fn jitter(max: u64) -> Result<u64> {
     Ok(u64::from_le_bytes(bytes) % (max.saturating_add(1)).max(1))
 }
 
+/// Builds and sends the SPA packet (`--spa`).
+fn send_spa(args: &Args, ip: IpAddr) -> Result<()> {
+    use knock_spa::{seal, Access, Keys, Message};
+    let enc = match (&args.key_base64_rijndael, &args.key_rijndael) {
+        (Some(b64), _) => Keys::decode_base64(b64)
+            .context("--key-base64-rijndael")?
+            .to_vec(),
+        (None, Some(pass)) => pass.as_bytes().to_vec(),
+        (None, None) => bail!("--spa needs --key-base64-rijndael (or --key-rijndael)"),
+    };
+    let hmac = match &args.key_base64_hmac {
+        Some(b64) => Keys::decode_base64(b64).context("--key-base64-hmac")?,
+        None => bail!("--spa needs --key-base64-hmac (fwknop's HMAC_KEY_BASE64)"),
+    };
+    let keys = Keys::new(&enc, &hmac)?;
+    let access = args
+        .access
+        .as_deref()
+        .context("--spa needs -A proto/port, e.g. -A tcp/22")?;
+    let ports = access
+        .split(',')
+        .map(|p| knock_config::parse_open(p).map_err(|e| anyhow!("-A {p:?}: {e}")))
+        .collect::<Result<Vec<Step>>>()?;
+    let addr = match (args.allow_ip, args.source_ip) {
+        (Some(a), _) => Some(a),
+        (None, true) => None,
+        (None, false) => bail!("--spa needs -a ADDRESS (the address to open for) or -s"),
+    };
+    let user = args
+        .user
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .unwrap_or_else(|| "root".to_owned());
+    let mut random = [0u8; 16];
+    getrandom::getrandom(&mut random)
+        .map_err(|e| anyhow!("reading the system's random source: {e}"))?;
+    let (salt, rand) = random.split_at(8);
+    let mut salt8 = [0u8; 8];
+    salt8.copy_from_slice(salt);
+    let mut rand8 = [0u8; 8];
+    rand8.copy_from_slice(rand);
+    let now = derive::unix_now().as_secs();
+    let mut msg = Message::access(
+        &user,
+        now,
+        Access { addr, ports },
+        u64::from_le_bytes(rand8),
+    );
+    if let Some(t) = args.fw_timeout {
+        msg = msg.with_client_timeout(t);
+    }
+    let packet = seal(&keys, msg.plaintext().as_bytes(), salt8);
+    let to = SocketAddr::new(ip, args.server_port);
+    if args.verbose {
+        println!(
+            "SPA packet ({} bytes) to udp {to}: {}",
+            packet.len(),
+            msg.encode()
+        );
+    }
+    let sock = Socket::new(Domain::for_address(to), Type::DGRAM, Some(Protocol::UDP))?;
+    sock.send_to(packet.as_bytes(), &to.into())
+        .with_context(|| format!("SPA packet to {to}"))?;
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<()> {
+    let host = args
+        .host
+        .as_deref()
+        .or(args.destination.as_deref())
+        .context("no host given")?;
+    if args.spa {
+        let ip = resolve(host, args.ipv4, args.ipv6)?;
+        return send_spa(args, ip);
+    }
     let steps = args.sequence()?;
     if args.print {
         let text: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
         println!("{}", text.join(" "));
         return Ok(());
     }
-    let ip = resolve(&args.host, args.ipv4, args.ipv6)?;
+    let ip = resolve(host, args.ipv4, args.ipv6)?;
     for (i, step) in steps.iter().enumerate() {
         if i > 0 {
             let wait = args.delay.saturating_add(jitter(args.jitter)?);

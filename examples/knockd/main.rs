@@ -91,6 +91,11 @@ struct Args {
     /// management address.
     #[arg(long = "metrics", value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+    /// fwknopd's access.conf: its stanzas become Single Packet
+    /// Authorization doors (`stanza1`, `stanza2`, ...) beside the
+    /// configuration's doors.
+    #[arg(long = "access-conf", value_name = "FILE")]
+    access_conf: Option<PathBuf>,
 }
 
 fn load(args: &Args) -> anyhow::Result<Config> {
@@ -98,6 +103,10 @@ fn load(args: &Args) -> anyhow::Result<Config> {
         Some(p) => Config::from_toml_file(p)?,
         None => Config::from_knockd_file(&args.config)?,
     };
+    let mut config = config;
+    if let Some(p) = &args.access_conf {
+        config.add_access_conf(p)?;
+    }
     Ok(config)
 }
 
@@ -356,6 +365,23 @@ fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
         e.apply_failures,
         e.close_failures
     ));
+    let spa = daemon.engine().spa_stats();
+    if let Some(spa) = &spa {
+        let refused: Vec<String> = spa
+            .reasons()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{n} {}", r.as_str()))
+            .collect();
+        daemon.log(&format!(
+            "stats: spa: {} accepted, refused: {}",
+            spa.accepted,
+            if refused.is_empty() {
+                "none".to_owned()
+            } else {
+                refused.join(", ")
+            }
+        ));
+    }
     if json {
         let v = serde_json::json!({
             "capture": {
@@ -384,6 +410,13 @@ fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
                 "apply_failures": e.apply_failures,
                 "close_failures": e.close_failures,
             },
+            "spa": spa.map(|s| {
+                let mut refused = serde_json::Map::new();
+                for (r, n) in s.reasons() {
+                    refused.insert(r.as_str().to_owned(), n.into());
+                }
+                serde_json::json!({ "accepted": s.accepted, "refused": refused })
+            }),
         });
         println!("{v}");
     }

@@ -2,7 +2,7 @@
 //! what the daemon would have decided, one JSON object per line.
 //!
 //! ```text
-//! replay [-c knockd.conf | --config-toml knock.toml] [capture.pcap(ng)]
+//! replay [-c knockd.conf | --config-toml knock.toml] [--access-conf access.conf] [capture.pcap(ng)]
 //! cargo run --example replay                     # the demo in examples/data/
 //! cargo run --example replay -- -c /etc/knockd.conf /tmp/knocks.pcapng
 //! ```
@@ -20,6 +20,11 @@
 //! ```text
 //! {"event":"open","door":"openSSH","src":"198.18.0.2","time":1700000003.3,"grant":1,"until":1700000013.3,"would_run":"/sbin/iptables -I INPUT ..."}
 //! ```
+//!
+//! SPA doors (`spa_key_base64`, or fwknopd's stanzas with `--access-conf`)
+//! verify the capture's SPA packets with the packet's time as the clock,
+//! so a captured fwknop packet opens as it did (and a second copy of it is
+//! a replay).
 //!
 //! Without a configuration it reads `examples/data/knockd.conf`, without a
 //! capture `examples/data/knock.pcapng`. Exit status: 0 the whole capture
@@ -51,6 +56,10 @@ struct Args {
     /// A configuration in knock-rs's TOML format instead.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     config_toml: Option<PathBuf>,
+
+    /// fwknopd's access.conf: its stanzas become SPA doors.
+    #[arg(long = "access-conf", value_name = "FILE")]
+    access_conf: Option<PathBuf>,
 
     /// The pcap or pcapng file (default: examples/data/knock.pcapng).
     capture: Option<PathBuf>,
@@ -154,6 +163,10 @@ fn run(args: &Args) -> Result<()> {
         (Some(conf), None) => Config::from_knockd_file(conf)?,
         (None, None) => Config::from_knockd_file(data("knockd.conf"))?,
     };
+    let mut config = config;
+    if let Some(p) = &args.access_conf {
+        config.add_access_conf(p)?;
+    }
     let capture = args.capture.clone().unwrap_or_else(|| data("knock.pcapng"));
     let shown = capture.display();
     let mut source =
@@ -193,7 +206,9 @@ fn run(args: &Args) -> Result<()> {
             replay.engine.handle_timeout(at(now));
         }
         let timers = replay.run_timers_until(Some(now))?;
-        replay.engine.handle_event(at(now), &captured.event);
+        replay
+            .engine
+            .handle_datagram(at(now), &captured.event, captured.payload.as_deref());
         // A consumed one-time sequence changes what the kernel would pass.
         if let Some(set) = replay.drain(at(now))?.or(timers) {
             source.set_listen(&set)?;

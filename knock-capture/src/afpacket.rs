@@ -10,8 +10,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::bpf::{self, Widening, PACKET_HOST};
 use crate::local::LocalAddrs;
 use crate::parse::ETH_VLAN;
-use crate::source::{Captured, Next, Source, Stats, UserFilter};
-use crate::{parse, sys, CaptureError, LinkType};
+use crate::source::{datagram, Captured, Next, Source, Stats, UserFilter};
+use crate::{parse_with_payload, sys, CaptureError, LinkType};
 
 /// Options of a live capture socket.
 #[derive(Clone, Copy, Debug)]
@@ -194,16 +194,17 @@ impl LiveState {
             self.stats.not_for_host += 1;
             return None;
         }
-        let r = parse(self.link, bytes, live_time(self.epoch));
-        self.stats.count(&r);
-        let event = r.ok()?;
+        let r = parse_with_payload(self.link, bytes, live_time(self.epoch));
+        self.stats.count(&r.map(|(e, _)| e));
+        let (event, data) = r.ok()?;
         let local = &mut self.local;
         self.filter
             .admits(&event, &mut self.stats, |a| local.contains(a))
-            .then_some(Captured {
+            .then(|| Captured {
                 event,
                 link: self.link,
                 ifindex,
+                payload: datagram(&event, data),
             })
     }
 

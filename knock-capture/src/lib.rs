@@ -81,7 +81,9 @@ pub use bpf::Widening;
 pub use error::CaptureError;
 pub use local::LocalAddrs;
 pub use multi::MultiSource;
-pub use parse::{parse, Layer, LinkType, Reject, MAX_EXTENSION_HEADERS, MAX_VLAN_TAGS};
+pub use parse::{
+    parse, parse_with_payload, Layer, LinkType, Reject, MAX_EXTENSION_HEADERS, MAX_VLAN_TAGS,
+};
 pub use pnet_source::PnetSource;
 pub use replay::ReplaySource;
-pub use source::{Captured, InterfaceEvent, Next, Source, Stats};
+pub use source::{Captured, InterfaceEvent, Next, Source, Stats, MAX_PAYLOAD};

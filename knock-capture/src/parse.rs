@@ -18,7 +18,6 @@ use pnet_packet::sll2::SLL2Packet;
 use pnet_packet::tcp::TcpPacket;
 use pnet_packet::udp::UdpPacket;
 use pnet_packet::vlan::VlanPacket;
-use pnet_packet::Packet;
 
 /// EtherType of IPv4.
 pub(crate) const ETH_IPV4: u16 = 0x0800;
@@ -227,10 +226,24 @@ impl Reject {
 /// # let _ = Reject::Fragment;
 /// ```
 pub fn parse(link: LinkType, bytes: &[u8], time: Timestamp) -> Result<Event, Reject> {
+    parse_with_payload(link, bytes, time).map(|(e, _)| e)
+}
+
+/// [`parse`], and the transport payload: a UDP datagram's data (what a
+/// Single Packet Authorization packet is), or what follows the TCP header.
+/// For the first fragment of a fragmented datagram, what it carries.
+pub fn parse_with_payload(
+    link: LinkType,
+    bytes: &[u8],
+    time: Timestamp,
+) -> Result<(Event, &[u8]), Reject> {
     match link {
         LinkType::Ethernet => {
             let eth = EthernetPacket::new(bytes).ok_or(Reject::Truncated(Layer::Link))?;
-            ethertype(eth.get_ethertype().0, eth.payload(), time)
+            let payload = bytes
+                .get(EthernetPacket::minimum_packet_size()..)
+                .unwrap_or(&[]);
+            ethertype(eth.get_ethertype().0, payload, time)
         }
         LinkType::LinuxSll => {
             // pnet 0.35's SLL view miscomputes its minimum size and panics on
@@ -239,14 +252,22 @@ pub fn parse(link: LinkType, bytes: &[u8], time: Timestamp) -> Result<Event, Rej
                 return Err(Reject::Truncated(Layer::Link));
             }
             let sll = SLLPacket::new(bytes).ok_or(Reject::Truncated(Layer::Link))?;
-            ethertype(sll.get_protocol().0, sll.payload(), time)
+            ethertype(
+                sll.get_protocol().0,
+                bytes.get(SLL_LEN..).unwrap_or(&[]),
+                time,
+            )
         }
         LinkType::LinuxSll2 => {
             if bytes.len() < SLL2_LEN {
                 return Err(Reject::Truncated(Layer::Link));
             }
             let sll = SLL2Packet::new(bytes).ok_or(Reject::Truncated(Layer::Link))?;
-            ethertype(sll.get_protocol_type().0, sll.payload(), time)
+            ethertype(
+                sll.get_protocol_type().0,
+                bytes.get(SLL2_LEN..).unwrap_or(&[]),
+                time,
+            )
         }
         LinkType::RawIp => raw_ip(bytes, time),
         LinkType::Ipv4 => ipv4(bytes, time),
@@ -255,7 +276,7 @@ pub fn parse(link: LinkType, bytes: &[u8], time: Timestamp) -> Result<Event, Rej
 }
 
 /// Parses a packet with no link header, by its version nibble.
-pub(crate) fn raw_ip(bytes: &[u8], time: Timestamp) -> Result<Event, Reject> {
+pub(crate) fn raw_ip(bytes: &[u8], time: Timestamp) -> Result<(Event, &[u8]), Reject> {
     match bytes.first().map(|b| b >> 4) {
         None => Err(Reject::Truncated(Layer::Ipv4)),
         Some(4) => ipv4(bytes, time),
@@ -265,7 +286,7 @@ pub(crate) fn raw_ip(bytes: &[u8], time: Timestamp) -> Result<Event, Reject> {
 }
 
 /// Follows VLAN tags to IPv4 or IPv6.
-fn ethertype(mut ty: u16, mut payload: &[u8], time: Timestamp) -> Result<Event, Reject> {
+fn ethertype(mut ty: u16, mut payload: &[u8], time: Timestamp) -> Result<(Event, &[u8]), Reject> {
     let mut tags = 0;
     while ETH_VLAN.contains(&ty) {
         tags += 1;
@@ -287,7 +308,7 @@ fn ethertype(mut ty: u16, mut payload: &[u8], time: Timestamp) -> Result<Event, 
     }
 }
 
-fn ipv4(bytes: &[u8], time: Timestamp) -> Result<Event, Reject> {
+fn ipv4(bytes: &[u8], time: Timestamp) -> Result<(Event, &[u8]), Reject> {
     let ip = Ipv4Packet::new(bytes).ok_or(Reject::Truncated(Layer::Ipv4))?;
     if ip.get_version() != 4 {
         return Err(Reject::BadIpVersion);
@@ -317,7 +338,7 @@ fn ipv4(bytes: &[u8], time: Timestamp) -> Result<Event, Reject> {
     )
 }
 
-fn ipv6(bytes: &[u8], time: Timestamp) -> Result<Event, Reject> {
+fn ipv6(bytes: &[u8], time: Timestamp) -> Result<(Event, &[u8]), Reject> {
     let ip = Ipv6Packet::new(bytes).ok_or(Reject::Truncated(Layer::Ipv6))?;
     if ip.get_version() != 6 {
         return Err(Reject::BadIpVersion);
@@ -385,7 +406,7 @@ fn transport(
     src: IpAddr,
     dst: IpAddr,
     time: Timestamp,
-) -> Result<Event, Reject> {
+) -> Result<(Event, &[u8]), Reject> {
     match proto {
         IPPROTO_TCP => {
             let tcp = TcpPacket::new(bytes).ok_or(Reject::Truncated(Layer::Tcp))?;
@@ -397,7 +418,11 @@ fn transport(
                 return Err(Reject::Truncated(Layer::Tcp));
             }
             let flags = TcpFlags::from_bits(tcp.get_flags());
-            Ok(Event::tcp(src, dst, tcp.get_destination(), flags, time))
+            let data = bytes.get(off..).unwrap_or(&[]);
+            Ok((
+                Event::tcp(src, dst, tcp.get_destination(), flags, time),
+                data,
+            ))
         }
         IPPROTO_UDP => {
             let udp = UdpPacket::new(bytes).ok_or(Reject::Truncated(Layer::Udp))?;
@@ -408,7 +433,8 @@ fn transport(
             if !fragmented && len > bytes.len() {
                 return Err(Reject::Truncated(Layer::Udp));
             }
-            Ok(Event::udp(src, dst, udp.get_destination(), time))
+            let data = bytes.get(8..len.min(bytes.len())).unwrap_or(&[]);
+            Ok((Event::udp(src, dst, udp.get_destination(), time), data))
         }
         _ => Err(Reject::NotTcpOrUdp),
     }
@@ -468,6 +494,31 @@ mod tests {
     }
     fn tcp_ev6() -> Event {
         Event::tcp(C6.into(), S6.into(), 7000, TcpFlags::SYN, T)
+    }
+
+    #[test]
+    fn datagram_payload_without_link_padding() {
+        let data = b"an SPA packet would be base64";
+        let ip4 = craft::ipv4(
+            C4,
+            S4,
+            17,
+            &[],
+            Frag::default(),
+            &craft::udp(40000, 62201, data),
+        );
+        let ip6 = craft::ipv6(C6, S6, &[], 17, &craft::udp(40000, 62201, data));
+        for (ip, et) in [(ip4, ETH_IPV4), (ip6, ETH_IPV6)] {
+            let mut frame = craft::ethernet(&[], et, &ip);
+            frame.extend_from_slice(&[0; 16]); // trailing link padding
+            let (ev, got) = parse_with_payload(LinkType::Ethernet, &frame, T).unwrap();
+            assert_eq!(ev.dst_port, 62201);
+            assert_eq!(got, data);
+            let (_, got) = parse_with_payload(LinkType::RawIp, &ip, T).unwrap();
+            assert_eq!(got, data);
+        }
+        let (_, got) = parse_with_payload(LinkType::Ethernet, &SYN_FRAME, T).unwrap();
+        assert!(got.is_empty());
     }
 
     #[test]

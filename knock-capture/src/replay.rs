@@ -11,8 +11,8 @@ use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
 use pcap_file::pcapng::{Block, PcapNgReader};
 
-use crate::source::{Captured, Next, Source, Stats, UserFilter};
-use crate::{parse, CaptureError, LinkType};
+use crate::source::{datagram, Captured, Next, Source, Stats, UserFilter};
+use crate::{parse_with_payload, CaptureError, LinkType};
 
 /// The first four bytes of a pcapng file (a section header block).
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
@@ -20,7 +20,10 @@ const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 type Reader = Box<dyn Read + Send>;
 
 /// A parsed frame, its link type and interface.
-type Frame = (Result<knock_core::Event, crate::Reject>, LinkType, u32);
+type Frame = (Parsed, LinkType, u32);
+
+/// A frame's knock and the payload a [`Captured`] keeps, or why it has none.
+type Parsed = Result<(knock_core::Event, Option<Box<[u8]>>), crate::Reject>;
 
 /// A pcapng interface: its link type (if we parse it) and clock.
 #[derive(Clone, Copy, Debug)]
@@ -121,7 +124,7 @@ impl ReplaySource {
                         }
                         Some(Ok(p)) => {
                             let t = micros(p.timestamp);
-                            return Ok(Some((parse(link, &p.data, t), link, 0)));
+                            return Ok(Some((parse_kept(link, &p.data, t), link, 0)));
                         }
                     }
                 }
@@ -196,11 +199,16 @@ impl ReplaySource {
                         self.stats.unsupported_link += 1;
                         continue;
                     };
-                    return Ok(Some((parse(link, &data, t), link, id)));
+                    return Ok(Some((parse_kept(link, &data, t), link, id)));
                 }
             }
         }
     }
+}
+
+/// Parses a frame and keeps its datagram payload (see [`Captured::payload`]).
+fn parse_kept(link: LinkType, bytes: &[u8], t: Timestamp) -> Parsed {
+    parse_with_payload(link, bytes, t).map(|(e, data)| (e, datagram(&e, data)))
 }
 
 fn micros(d: Duration) -> Timestamp {
@@ -210,13 +218,15 @@ fn micros(d: Duration) -> Timestamp {
 impl Source for ReplaySource {
     fn next_event(&mut self, _deadline: Option<Instant>) -> Result<Next, CaptureError> {
         while let Some((r, link, ifindex)) = self.next_frame()? {
-            self.stats.count(&r);
-            if let Ok(event) = r {
+            self.stats
+                .count(&r.as_ref().map(|(e, _)| *e).map_err(|e| *e));
+            if let Ok((event, payload)) = r {
                 if self.filter.admits(&event, &mut self.stats, |_| true) {
                     return Ok(Next::Event(Captured {
                         event,
                         link,
                         ifindex,
+                        payload,
                     }));
                 }
             }

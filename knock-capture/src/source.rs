@@ -11,7 +11,7 @@ use crate::bpf::Widening;
 use crate::parse::{LinkType, Reject};
 
 /// One knock and where it was seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Captured {
     /// The knock.
     pub event: Event,
@@ -19,6 +19,19 @@ pub struct Captured {
     pub link: LinkType,
     /// The interface index it arrived on (0 when unknown, e.g. in a replay).
     pub ifindex: u32,
+    /// A UDP datagram's data, up to [`MAX_PAYLOAD`] bytes (a Single Packet
+    /// Authorization packet); `None` for TCP, empty and larger datagrams.
+    pub payload: Option<Box<[u8]>>,
+}
+
+/// The largest datagram payload a [`Captured`] carries (fwknop's largest
+/// SPA packet).
+pub const MAX_PAYLOAD: usize = 1500;
+
+/// The payload a [`Captured`] keeps of `event`'s transport data `data`.
+pub(crate) fn datagram(event: &Event, data: &[u8]) -> Option<Box<[u8]>> {
+    (event.proto == knock_core::Proto::Udp && !data.is_empty() && data.len() <= MAX_PAYLOAD)
+        .then(|| data.into())
 }
 
 /// What [`Source::next_event`] found.

@@ -452,4 +452,26 @@ pub enum ConfigError {
         #[source]
         source: crate::derive::SecretError,
     },
+    /// A key of fwknop's `access.conf` (or an SPA key) that is understood
+    /// but not supported here.
+    #[error("{at}: {key} is not supported: {why}")]
+    Unsupported {
+        /// Where.
+        at: Location,
+        /// The key as written.
+        key: String,
+        /// Why, and what to do instead.
+        why: String,
+    },
+    /// An `access.conf` `%include` that cannot be followed.
+    #[error("{at}: %include {}: {source}", path.display())]
+    Include {
+        /// Where the `%include` is.
+        at: Location,
+        /// The file it names.
+        path: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: Box<ConfigError>,
+    },
 }

@@ -7,6 +7,7 @@ use crate::error::{ConfigError, Location};
 use crate::model::{
     BlacklistReach, Config, DerivedSequence, DoorConfig, FirewallKind, Options, SequenceSource,
 };
+use crate::spa::{check_door, port_list, SpaDoor, SpaKeys};
 use crate::value::{
     parse_blacklist, parse_bool, parse_duration, parse_flags, parse_grant_prefix, parse_net,
     parse_open_list, parse_port_range, parse_protocols, parse_sequence, split_list,
@@ -14,11 +15,12 @@ use crate::value::{
 };
 
 const OPTION_KEYS: &str =
-    "UseSyslog, LogFile, PidFile, Interface, blacklist, blacklist_reach, metrics";
+    "UseSyslog, LogFile, PidFile, Interface, blacklist, blacklist_reach, metrics, spa_port, spa_window";
 const DOOR_KEYS: &str = "sequence, one_time_sequences, seq_timeout (timeout), tcpflags, start_command (command), \
 start_command_6 (command_6), stop_command, stop_command_6, cmd_timeout, target, open, firewall, grant_prefix, \
 allow_repeat, cooldown, from, strict, sequence_secret_file, sequence_length, sequence_period, sequence_ports, \
-sequence_protocols";
+sequence_protocols, spa_key, spa_key_base64, spa_hmac_key, spa_hmac_key_base64, spa_restrict_ports, \
+spa_require_source_address, spa_require_username, spa_access_expire";
 
 /// The canonical name of a door key (aliases folded), or `None`.
 fn door_key(lower: &str) -> Option<&'static str> {
@@ -45,6 +47,14 @@ fn door_key(lower: &str) -> Option<&'static str> {
         "sequence_period" => "sequence_period",
         "sequence_ports" => "sequence_ports",
         "sequence_protocols" => "sequence_protocols",
+        "spa_key" => "spa_key",
+        "spa_key_base64" => "spa_key_base64",
+        "spa_hmac_key" => "spa_hmac_key",
+        "spa_hmac_key_base64" => "spa_hmac_key_base64",
+        "spa_restrict_ports" => "spa_restrict_ports",
+        "spa_require_source_address" => "spa_require_source_address",
+        "spa_require_username" => "spa_require_username",
+        "spa_access_expire" => "spa_access_expire",
         _ => return None,
     })
 }
@@ -58,6 +68,8 @@ fn option_key(lower: &str) -> Option<&'static str> {
         "blacklist" => "blacklist",
         "blacklist_reach" => "blacklist_reach",
         "metrics" => "metrics",
+        "spa_port" => "spa_port",
+        "spa_window" => "spa_window",
         _ => return None,
     })
 }
@@ -310,6 +322,17 @@ fn build_options(s: &mut Section, opts: &mut Options) -> Result<(), ConfigError>
     if let Some(e) = s.take("metrics") {
         opts.metrics = Some(e.value.parse().map_err(|_| bad(&e, METRICS_EXPECTED))?);
     }
+    if let Some(e) = s.take("spa_port") {
+        opts.spa_port = e
+            .value
+            .parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| bad(&e, "a UDP port from 1 to 65535"))?;
+    }
+    if let Some(e) = s.take("spa_window") {
+        opts.spa_window = duration(&e, true)?;
+    }
     Ok(())
 }
 
@@ -337,6 +360,28 @@ fn build_door(mut s: Section) -> Result<DoorConfig, ConfigError> {
         problem,
     };
 
+    let take_secret = |s: &mut Section, k: &str| s.take(k).map(|e| (e.value, e.at));
+    let spa_keys = SpaKeys {
+        key: take_secret(&mut s, "spa_key"),
+        key_base64: take_secret(&mut s, "spa_key_base64"),
+        hmac_key: take_secret(&mut s, "spa_hmac_key"),
+        hmac_key_base64: take_secret(&mut s, "spa_hmac_key_base64"),
+    };
+    let spa_extra = [
+        "spa_restrict_ports",
+        "spa_require_source_address",
+        "spa_require_username",
+        "spa_access_expire",
+    ]
+    .map(|k| s.take(k));
+    if !spa_keys.any() {
+        if let Some(e) = spa_extra.iter().flatten().next() {
+            return Err(conflict(
+                &e.at.with_column(1),
+                format!("{} needs spa_key_base64 (an SPA door)", e.key),
+            ));
+        }
+    }
     let sequence = s.take("sequence");
     let one_time = s.take("one_time_sequences");
     let secret = s.take("sequence_secret_file");
@@ -351,6 +396,15 @@ fn build_door(mut s: Section) -> Result<DoorConfig, ConfigError> {
         .into_iter()
         .flatten()
         .collect();
+    if let (true, Some(e)) = (spa_keys.any(), given.first()) {
+        return Err(conflict(
+            &e.at.with_column(1),
+            format!(
+                "{} and SPA keys exclude each other (an SPA door has no sequence)",
+                e.key
+            ),
+        ));
+    }
     if given.len() > 1 {
         let keys: Vec<&str> = given.iter().map(|e| e.key.as_str()).collect();
         return Err(conflict(
@@ -370,7 +424,36 @@ fn build_door(mut s: Section) -> Result<DoorConfig, ConfigError> {
         }
     }
     let mut derived_at = None;
-    let source = if let Some(e) = sequence {
+    let source = if spa_keys.any() {
+        let mut spa = SpaDoor::new(spa_keys.build(
+            [
+                "spa_key",
+                "spa_key_base64",
+                "spa_hmac_key",
+                "spa_hmac_key_base64",
+            ],
+            &name,
+            &s.at,
+        )?);
+        let [restrict, require_source, require_user, expire] = spa_extra;
+        if let Some(e) = restrict {
+            spa.restrict_ports = port_list(&e.value, &e.key, &e.at)?;
+        }
+        if let Some(e) = require_source {
+            spa.require_source_address =
+                parse_bool(&e.value).ok_or_else(|| bad(&e, "yes or no"))?;
+        }
+        if let Some(e) = require_user {
+            non_empty(&e, "a user name")?;
+            spa.require_username = Some(e.value);
+        }
+        if let Some(e) = expire {
+            spa.expire = Some(std::time::Duration::from_secs(
+                e.value.parse().map_err(|_| bad(&e, "Unix seconds"))?,
+            ));
+        }
+        SequenceSource::Spa(spa)
+    } else if let Some(e) = sequence {
         non_empty(&e, "a sequence like 7000,8000:udp or a file path")?;
         if e.value.contains('/') {
             SequenceSource::File {
@@ -498,6 +581,9 @@ fn build_door(mut s: Section) -> Result<DoorConfig, ConfigError> {
     if let (SequenceSource::Derived(d), Some(at)) = (&door.sequence, &derived_at) {
         d.check(door.seq_timeout)
             .map_err(|problem| conflict(at, problem))?;
+    }
+    if door.spa().is_some() {
+        check_door(&door, &s.at)?;
     }
     if let Some(core) = door.core_door() {
         core.validate().map_err(|source| ConfigError::Door {

@@ -51,6 +51,13 @@
 //! | door | `sequence_period` | `sequence_period = 30s` | how long one derived sequence is valid (above 0; `seq_timeout` at most 100 periods) | `30s` |
 //! | door | `sequence_ports` | `sequence_ports = 10000-60000` | where derived ports fall (no port twice in a sequence) | `1024-65535` |
 //! | door | `sequence_protocols` | `sequence_protocols = tcp,udp` | protocols of derived steps | `tcp` |
+//! | door | `spa_key_base64`, `spa_hmac_key_base64` | `spa_key_base64 = ...` | a Single Packet Authorization door: opened by an fwknop packet that verifies with these keys (fwknop's `KEY_BASE64`, `HMAC_KEY_BASE64`; `spa_key`/`spa_hmac_key` take the key as text), instead of a sequence; `from` is fwknop's `SOURCE`, `open` its `OPEN_PORTS`, `cmd_timeout` its `FW_ACCESS_TIMEOUT` ([`crate::spa`]) | |
+//! | door | `spa_restrict_ports` | `spa_restrict_ports = tcp/23` | ports an SPA request may never open (`RESTRICT_PORTS`) | none |
+//! | door | `spa_require_source_address` | `spa_require_source_address = yes` | refuse `0.0.0.0` requests (`fwknop -s`) | `no` |
+//! | door | `spa_require_username` | `spa_require_username = alice` | only this user's requests (`REQUIRE_USERNAME`) | any |
+//! | door | `spa_access_expire` | `spa_access_expire = 1830297599` | Unix time after which the door grants nothing (`ACCESS_EXPIRE_EPOCH`) | never |
+//! | options | `spa_port` | `spa_port = 62201` | the UDP port SPA packets come to | `62201` |
+//! | options | `spa_window` | `spa_window = 120` | how far an SPA packet's timestamp may be from the clock (`MAX_SPA_PACKET_AGE`) | `120s` |
 //! | options | `blacklist` | `blacklist = 3 invalid in 60s for 180s` | a source with N strikes within the window is blocked for the given time: its knocks are ignored and the firewall refuses its new connections (established ones pass); a strike is a knock that invalidates an attempt or, once the source has one, that touches a new non-step port of a strict door ([`knock_core::Blacklist`]) | none |
 //! | options | `metrics` | `metrics = 127.0.0.1:9464` | serve OpenMetrics (Prometheus) counters on this address and port, at `/metrics`; bind it to loopback or a management address | none |
 //! | options | `blacklist_reach` | `blacklist_reach = host` | which new connections a block refuses: `doors` (to every native door's `open` ports) or `host` (to every port) ([`BlacklistReach`](crate::BlacklistReach)) | `doors` |

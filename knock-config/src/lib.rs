@@ -92,6 +92,7 @@ mod knockd;
 pub mod knockd_conf;
 mod model;
 mod seqfile;
+pub mod spa;
 mod toml_format;
 pub mod toml_schema;
 mod value;
@@ -246,6 +247,60 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Parses fwknopd's `access.conf` text into SPA doors (`stanza1`,
+    /// `stanza2`, ... in file order), reading no file: a `%include` is an
+    /// error. See [`spa`] for the keys.
+    ///
+    /// # Errors
+    /// Unknown and unsupported keys, bad values, stanzas without keys or
+    /// ports, each with file, line and column.
+    pub fn parse_access_conf_str(
+        text: &str,
+        origin: impl AsRef<Path>,
+    ) -> Result<Vec<DoorConfig>, ConfigError> {
+        spa::parse_access(text, origin.as_ref(), &mut |p| {
+            Err(ConfigError::Unsupported {
+                at: Location::new(p, 0),
+                key: "%include".to_owned(),
+                why: "text parsed from memory cannot include files".to_owned(),
+            })
+        })
+    }
+
+    /// Reads fwknopd's `access.conf` (following `%include`s, relative to
+    /// the working directory as in fwknopd) and adds its stanzas to the
+    /// doors, as SPA doors `stanza1`, `stanza2`, ...
+    ///
+    /// # Errors
+    /// As [`parse_access_conf_str`](Self::parse_access_conf_str), files
+    /// that cannot be read, and a stanza name that is already a door.
+    pub fn add_access_conf(&mut self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
+        let path = path.as_ref();
+        let text = read_text(path)?;
+        let doors = spa::parse_access(&text, path, &mut |p| read_text(p))?;
+        for d in doors {
+            if self.door(&d.name).is_some() {
+                return Err(ConfigError::DuplicateDoor {
+                    at: Location::new(path, 0),
+                    door: d.name,
+                    first_line: 0,
+                });
+            }
+            self.doors.push(d);
+        }
+        Ok(())
+    }
+
+    /// The SPA doors' stanzas, with the door names, in order.
+    pub fn spa_stanzas(&self) -> Vec<(String, knock_spa::Stanza)> {
+        self.doors
+            .iter()
+            .filter_map(|d| Some((d.name.clone(), d.spa_stanza()?)))
+            .collect()
     }
 }
 

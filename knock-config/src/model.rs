@@ -50,6 +50,12 @@ pub struct Options {
     /// Extension `metrics = 127.0.0.1:9464`: serve OpenMetrics on this
     /// address and port (`None`: no endpoint, the default).
     pub metrics: Option<SocketAddr>,
+    /// Extension `spa_port`: the UDP port SPA packets are sent to
+    /// (fwknop's default 62201); used when a door is an SPA door.
+    pub spa_port: u16,
+    /// Extension `spa_window`: how far an SPA packet's timestamp may be
+    /// from the clock (fwknopd's `MAX_SPA_PACKET_AGE`, default 120 s).
+    pub spa_window: Duration,
 }
 
 impl Default for Options {
@@ -62,6 +68,8 @@ impl Default for Options {
             blacklist: None,
             blacklist_reach: BlacklistReach::default(),
             metrics: None,
+            spa_port: knock_spa::DEFAULT_PORT,
+            spa_window: knock_spa::DEFAULT_WINDOW,
         }
     }
 }
@@ -314,6 +322,10 @@ pub enum SequenceSource {
     },
     /// `sequence_secret_file = /path` and friends: time-derived sequences.
     Derived(DerivedSequence),
+    /// No sequence: Single Packet Authorization (`spa_key_base64` and
+    /// friends, or an `access.conf` stanza). The core door is
+    /// [`Sequences::Authorized`].
+    Spa(crate::spa::SpaDoor),
 }
 
 /// One door: the matcher's part and the actions.
@@ -462,6 +474,7 @@ impl DoorConfig {
                 windows: Vec::new(),
                 list: Vec::new(),
             },
+            SequenceSource::Spa(_) => Sequences::Authorized,
         };
         Some(
             Door::with_sequences(self.name.clone(), sequences)

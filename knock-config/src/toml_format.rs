@@ -12,6 +12,7 @@ use crate::model::{
     BlacklistReach, BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix,
     Options, SequenceSource,
 };
+use crate::spa::{SpaDoor, SpaKeys};
 use crate::value::{
     add_flag, duration_to_string, flags_to_list, open_to_string, parse_duration, parse_net,
     parse_open, parse_port_range, parse_protocols, parse_step, DURATION_EXPECTED, METRICS_EXPECTED,
@@ -83,6 +84,10 @@ struct TomlOptions {
     blacklist_reach: Option<BlacklistReach>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     metrics: Option<toml::Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spa_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spa_window: Option<Dur>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -143,6 +148,22 @@ struct TomlDoor {
     from: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     strict: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spa_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spa_key_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spa_hmac_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spa_hmac_key_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spa_restrict_ports: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spa_require_source_address: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spa_require_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spa_access_expire: Option<u64>,
 }
 
 /// The 1-based line and column of byte `offset` in `text`.
@@ -219,6 +240,22 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             expected: METRICS_EXPECTED.to_owned(),
         })?);
     }
+    if let Some(p) = raw.options.spa_port {
+        if p == 0 {
+            return Err(bad_opt(
+                "spa_port",
+                "0".to_owned(),
+                "a UDP port from 1 to 65535",
+            ));
+        }
+        options.spa_port = p;
+    }
+    if let Some(w) = raw.options.spa_window {
+        if w.0.is_zero() {
+            return Err(bad_opt("spa_window", "0s".to_owned(), "a duration above 0"));
+        }
+        options.spa_window = w.0;
+    }
     let mut doors: Vec<DoorConfig> = Vec::new();
     let mut lines: Vec<usize> = Vec::new();
     for spanned in raw.doors {
@@ -260,7 +297,28 @@ fn build_door(t: TomlDoor, at: &Location) -> Result<DoorConfig, ConfigError> {
         text: text.to_owned(),
         reason,
     };
+    let spa_keys = SpaKeys {
+        key: t.spa_key.clone().map(|k| (k, at.clone())),
+        key_base64: t.spa_key_base64.clone().map(|k| (k, at.clone())),
+        hmac_key: t.spa_hmac_key.clone().map(|k| (k, at.clone())),
+        hmac_key_base64: t.spa_hmac_key_base64.clone().map(|k| (k, at.clone())),
+    };
+    let spa_extra = [
+        t.spa_restrict_ports.as_ref().map(|_| "spa_restrict_ports"),
+        t.spa_require_source_address
+            .map(|_| "spa_require_source_address"),
+        t.spa_require_username
+            .as_ref()
+            .map(|_| "spa_require_username"),
+        t.spa_access_expire.map(|_| "spa_access_expire"),
+    ];
+    if !spa_keys.any() {
+        if let Some(k) = spa_extra.into_iter().flatten().next() {
+            return Err(conflict(format!("{k} needs spa_key_base64 (an SPA door)")));
+        }
+    }
     let given = [
+        spa_keys.any().then_some("spa_key_base64"),
         t.sequence.as_ref().map(|_| "sequence"),
         t.sequence_file.as_ref().map(|_| "sequence_file"),
         t.one_time_sequences.as_ref().map(|_| "one_time_sequences"),
@@ -286,7 +344,26 @@ fn build_door(t: TomlDoor, at: &Location) -> Result<DoorConfig, ConfigError> {
             return Err(conflict(format!("{k} needs sequence_secret_file")));
         }
     }
-    let source = if let Some(list) = t.sequence {
+    let source = if spa_keys.any() {
+        let mut spa = SpaDoor::new(spa_keys.build(
+            [
+                "spa_key",
+                "spa_key_base64",
+                "spa_hmac_key",
+                "spa_hmac_key_base64",
+            ],
+            &name,
+            at,
+        )?);
+        for p in t.spa_restrict_ports.iter().flatten() {
+            spa.restrict_ports
+                .push(parse_open(p).map_err(|r| step_err("spa_restrict_ports", p, r))?);
+        }
+        spa.require_source_address = t.spa_require_source_address.unwrap_or(false);
+        spa.require_username = t.spa_require_username.clone();
+        spa.expire = t.spa_access_expire.map(Duration::from_secs);
+        SequenceSource::Spa(spa)
+    } else if let Some(list) = t.sequence {
         let steps = list
             .iter()
             .map(|s| parse_step(s).map_err(|r| step_err("sequence", s, r)))
@@ -429,6 +506,9 @@ fn build_door(t: TomlDoor, at: &Location) -> Result<DoorConfig, ConfigError> {
         d.line = crate::model::KeyLine(at.line);
         d.check(door.seq_timeout).map_err(conflict)?;
     }
+    if door.spa().is_some() {
+        crate::spa::check_door(&door, at)?;
+    }
     if let Some(core) = door.core_door() {
         core.validate().map_err(|source| ConfigError::Door {
             at: at.clone(),
@@ -456,6 +536,8 @@ pub(crate) fn to_string(config: &Config) -> Result<String, ConfigError> {
                 || o.blacklist_reach != BlacklistReach::default())
             .then_some(o.blacklist_reach),
             metrics: o.metrics.map(|a| toml::Spanned::new(0..0, a.to_string())),
+            spa_port: (o.spa_port != knock_spa::DEFAULT_PORT).then_some(o.spa_port),
+            spa_window: (o.spa_window != knock_spa::DEFAULT_WINDOW).then_some(Dur(o.spa_window)),
         },
         doors: config
             .doors
@@ -502,6 +584,16 @@ fn mirror(d: &DoorConfig) -> TomlDoor {
             t.sequence_ports = Some(format!("{}-{}", s.ports.start(), s.ports.end()));
             t.sequence_protocols =
                 Some(s.protocols.iter().map(|p| p.as_str().to_owned()).collect());
+        }
+        SequenceSource::Spa(s) => {
+            let (k, h) = s.keys.to_base64();
+            t.spa_key_base64 = Some(k.to_string());
+            t.spa_hmac_key_base64 = Some(h.to_string());
+            t.spa_restrict_ports = (!s.restrict_ports.is_empty())
+                .then(|| s.restrict_ports.iter().map(open_to_string).collect());
+            t.spa_require_source_address = s.require_source_address.then_some(true);
+            t.spa_require_username = s.require_username.clone();
+            t.spa_access_expire = s.expire.map(|e| e.as_secs());
         }
     }
     t

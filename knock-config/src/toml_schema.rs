@@ -41,7 +41,21 @@
 //! sequence_period = "30s"
 //! sequence_ports = "10000-60000"
 //! sequence_protocols = ["tcp", "udp"]
+//!
+//! [[door]]
+//! name = "spa"                    # Single Packet Authorization (fwknop's packets)
+//! spa_key_base64 = "..."          # or spa_key = "passphrase"
+//! spa_hmac_key_base64 = "..."     # or spa_hmac_key = "..."
+//! open = ["tcp/22"]               # OPEN_PORTS
+//! from = ["198.18.0.0/15"]        # SOURCE
+//! cmd_timeout = 30                # FW_ACCESS_TIMEOUT
+//! spa_restrict_ports = ["tcp/23"]
+//! spa_require_source_address = true
+//! spa_require_username = "alice"
+//! spa_access_expire = 1830297599  # Unix seconds
 //! ```
+//!
+//! `[options]` also takes `spa_port = 62201` and `spa_window = "120s"`.
 //!
 //! Differences from knockd.conf: doors are `[[door]]` tables with a `name`
 //! (in order); a sequence file is `sequence_file`, not a path in `sequence`;

@@ -137,6 +137,12 @@ pub enum Sequences {
         /// The sequences, one per window.
         list: Vec<Vec<Step>>,
     },
+    /// No knock sequence: the door opens only when the caller says a
+    /// request for it was authorized elsewhere
+    /// ([`Matcher::handle_authorized`](crate::Matcher::handle_authorized)),
+    /// e.g. a Single Packet Authorization packet that verified. Its grants
+    /// live, extend and close like any door's.
+    Authorized,
 }
 
 /// How many windows a [`Sequences::Windowed`] door holds at once (w-1, w, w+1).
@@ -285,6 +291,7 @@ impl Door {
         let (skip, take) = match &self.sequences {
             Sequences::Reusable(list) | Sequences::Windowed { list, .. } => (0, list.len()),
             Sequences::OneTime { next, .. } => (*next, 1),
+            Sequences::Authorized => (0, 0),
         };
         self.all_sequences()
             .iter()
@@ -300,6 +307,7 @@ impl Door {
             Sequences::Reusable(list)
             | Sequences::OneTime { list, .. }
             | Sequences::Windowed { list, .. } => list,
+            Sequences::Authorized => &[],
         }
     }
 
@@ -375,7 +383,7 @@ impl Door {
                     sequences: list.len(),
                 });
             }
-        } else if list.is_empty() {
+        } else if list.is_empty() && self.sequences != Sequences::Authorized {
             return Err(DoorError::NoSequence { door: door() });
         }
         for (index, seq) in list.iter().enumerate() {

@@ -31,6 +31,10 @@
 //!   non-step ports) within a window is [`Decision::Blocked`] and ignored
 //!   until [`Decision::Unblocked`]. Its own bounded table
 //!   ([`Limits::max_suspects`]), O(1) per event.
+//! * [`Sequences::Authorized`]: a door without a sequence, opened by
+//!   [`Matcher::handle_authorized`] when the caller has authorized a request
+//!   (a Single Packet Authorization packet verified by `knock-spa`); its
+//!   grants live and close like any door's.
 //! * [`Listen`]: what a capture backend's kernel filter must let through
 //!   ([`Matcher::listen_set`]).
 //!

@@ -574,6 +574,39 @@ impl Matcher {
         }
     }
 
+    /// Opens (or extends) `src`'s grant at `door`, a door of
+    /// [`Sequences::Authorized`], for `lifetime` (`None`: the door's
+    /// [`grant_lifetime`](Door::grant_lifetime)), as completing a sequence
+    /// would: the same [`Decision::Open`] or [`Decision::Extended`], the
+    /// same [`Decision::Close`] when it ends, the door's cooldown. The
+    /// caller has authorized the request (a verified SPA packet); the
+    /// matcher neither checks the door's `from` nor the blacklist. Returns
+    /// false (and does nothing) for a door that is unknown, retired or not
+    /// `Authorized`.
+    pub fn handle_authorized(
+        &mut self,
+        now: Timestamp,
+        door: DoorId,
+        src: IpAddr,
+        lifetime: Option<core::time::Duration>,
+    ) -> bool {
+        let now = self.advance_clock(now);
+        if self.timers.peek_ms().is_some_and(|t| t <= now.as_millis()) {
+            self.run_timers(now);
+        }
+        let Some(slot) = self.doors.get(door.0 as usize) else {
+            return false;
+        };
+        if !slot.active || slot.door.sequences != Sequences::Authorized {
+            return false;
+        }
+        let lifetime = lifetime
+            .filter(|l| !l.is_zero())
+            .or(slot.door.grant_lifetime);
+        self.open_door(door, normalized(src), now, lifetime);
+        true
+    }
+
     /// Sets (or with `None` removes) the scanner blacklist. Removing it
     /// lifts every block ([`Decision::Unblocked`]); changing it keeps the
     /// blocks and strikes so far.
@@ -896,6 +929,7 @@ impl Matcher {
                         window: 0,
                     });
                 }
+                Sequences::Authorized => {}
                 Sequences::Windowed { windows, list } => {
                     // One track per slot (window modulo WINDOW_SLOTS), so that
                     // set_windows can replace one window without moving tracks.
@@ -1270,10 +1304,17 @@ impl Matcher {
         self.compact_timers();
     }
 
-    fn open(&mut self, track: u16, src: IpAddr, now: Timestamp) {
-        let door_id = self.tracks[track as usize].door;
-        let slot = &mut self.doors[door_id.0 as usize];
-        let (lifetime, cooldown) = (slot.door.grant_lifetime, slot.door.cooldown);
+    /// Opens (or extends) `src`'s grant at `door` for `lifetime` and
+    /// counts it: what completing a sequence does, and what
+    /// [`handle_authorized`](Matcher::handle_authorized) does.
+    fn open_door(
+        &mut self,
+        door_id: DoorId,
+        src: IpAddr,
+        now: Timestamp,
+        lifetime: Option<core::time::Duration>,
+    ) {
+        let cooldown = self.doors[door_id.0 as usize].door.cooldown;
         let opened = if lifetime.is_none() && cooldown.is_zero() {
             // knockd's door without a stop command: nothing to remember.
             self.grants
@@ -1300,6 +1341,12 @@ impl Matcher {
                 self.stats.grants_evicted += 1;
             }
         }
+    }
+
+    fn open(&mut self, track: u16, src: IpAddr, now: Timestamp) {
+        let door_id = self.tracks[track as usize].door;
+        let lifetime = self.doors[door_id.0 as usize].door.grant_lifetime;
+        self.open_door(door_id, src, now, lifetime);
         let slot = &mut self.doors[door_id.0 as usize];
         if slot.door.is_windowed() {
             let t = &mut self.tracks[track as usize];

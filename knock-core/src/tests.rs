@@ -1207,3 +1207,35 @@ fn full_grant_table_closes_the_least_recently_opened_grant() {
     let open: Vec<IpAddr> = h.m.open_grants().map(|g| g.1).collect();
     assert_eq!(open, vec![ME, third]);
 }
+
+#[test]
+fn authorized_door_opens_extends_and_closes_without_knocks() {
+    let spa = Door::with_sequences("spa", Sequences::Authorized)
+        .with_grant_lifetime(Some(Duration::from_secs(30)));
+    let knock = Door::new("ssh", vec![Step::tcp(7000)]);
+    let mut h = Harness::new(vec![spa, knock]);
+    let (id, ssh) = (h.id("spa"), h.id("ssh"));
+    // Nothing to listen for on its behalf; knocks never open it.
+    assert_eq!(h.m.listen_set().len(), 1);
+    assert!(
+        !h.m.handle_authorized(h.now, ssh, ME, None),
+        "not an authorized door"
+    );
+    assert!(h.drain().is_empty());
+    assert!(h
+        .m
+        .handle_authorized(h.now, id, ME, Some(Duration::from_secs(5))));
+    assert_eq!(opens(&h.drain()), vec![(id, ME)]);
+    // Again 2 s later: the same grant, extended to 2 + 30 s.
+    h.at(2_000);
+    assert!(h.m.handle_authorized(h.now, id, ME, None));
+    assert!(matches!(h.drain().as_slice(), [Decision::Extended { .. }]));
+    h.at(31_000);
+    assert!(h.timeout().is_empty());
+    h.at(32_000);
+    assert!(matches!(h.timeout().as_slice(), [Decision::Close { src, .. }] if *src == ME));
+    // An IPv4-mapped address is the IPv4 address.
+    let mapped: IpAddr = "::ffff:198.18.0.2".parse().unwrap();
+    assert!(h.m.handle_authorized(h.now, id, mapped, None));
+    assert_eq!(opens(&h.drain()), vec![(id, ME)]);
+}

@@ -729,7 +729,10 @@ impl Daemon {
             let now = self.clock.now();
             self.commands_done(now);
             match next {
-                Ok(Next::Event(c)) => self.engine.handle_event(now, &c.event),
+                Ok(Next::Event(c)) => {
+                    self.engine
+                        .handle_datagram(now, &c.event, c.payload.as_deref())
+                }
                 Ok(Next::Deadline) => self.engine.handle_timeout(now),
                 Ok(Next::End) => break,
                 Ok(Next::Interface(ev)) => {

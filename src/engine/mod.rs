@@ -9,6 +9,8 @@
 //! the world must do comes out as [`Action`]s.
 //!
 //! ```text
+//!  SPA datagram ─► handle_spa(now, src, payload): knock_spa::Verifier, then
+//!                  the door's grant through the Matcher (handle_datagram routes)
 //!  knock Event ─► handle_event(now, ev)      ┌──────────── Engine ────────────┐
 //!  deadline    ─► handle_timeout(now)        │ Matcher (attempts, grants,     │
 //!  SIGHUP      ─► handle_reload(now, config) │  cooldowns, blocks, windows)   │
@@ -79,6 +81,7 @@ mod once;
 mod plan;
 mod report;
 mod snapshot;
+mod spa;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -88,8 +91,9 @@ use std::time::Duration;
 use knock_config::derive::{window_of, window_start};
 use knock_config::Config;
 use knock_core::{
-    Decision, Door, DoorId, Event, Limits, Listen, Matcher, Sequences, Step, Timestamp,
+    Decision, Door, DoorId, Event, Limits, Listen, Matcher, Proto, Sequences, Step, Timestamp,
 };
+use knock_spa::Reject;
 
 use counters::DoorCounts;
 pub use counters::DoorStats;
@@ -98,6 +102,7 @@ use plan::DoorPlan;
 pub use plan::How;
 pub use report::Report;
 pub use snapshot::{SavedBlock, SavedGrant, SavedSequences, SavedWindows, Snapshot, SnapshotError};
+use spa::SpaDoors;
 
 /// One moment on both clocks: the monotonic one (the matcher's time) and
 /// the wall clock (Unix time, for derived windows and what outlives the
@@ -295,6 +300,35 @@ pub enum EngineError {
     /// The configuration's doors are not valid for the matcher.
     #[error("invalid doors: {0}")]
     Doors(#[from] knock_core::DoorError),
+    /// A knock door uses the SPA port: its knocks would be read as SPA
+    /// packets.
+    #[error("door [{door}] knocks on udp/{port}, the SPA port (spa_port): choose another port for one of them")]
+    SpaPortClash {
+        /// The knock door.
+        door: String,
+        /// The SPA port.
+        port: u16,
+    },
+}
+
+/// Refuses a knock door with a UDP step on the SPA port, when there are SPA
+/// doors (datagrams to that port go to the verifier, not the matcher).
+fn check_spa_port(config: &Config) -> Result<(), EngineError> {
+    if config.doors.iter().all(|d| d.spa().is_none()) {
+        return Ok(());
+    }
+    let port = config.options.spa_port;
+    for d in config.core_doors() {
+        let clash = d
+            .all_sequences()
+            .iter()
+            .flatten()
+            .any(|s| s.proto == Proto::Udp && s.port == port);
+        if clash {
+            return Err(EngineError::SpaPortClash { door: d.name, port });
+        }
+    }
+    Ok(())
 }
 
 /// Counters beyond the matcher's.
@@ -356,6 +390,10 @@ pub struct Engine {
     /// are taken out.
     base_doors: Vec<Door>,
     used_once: UsedOnce,
+    /// The SPA doors' verifier (`None`: no SPA door).
+    spa: Option<SpaDoors>,
+    /// The SPA port of the last `Listen` sent.
+    listen_spa: Option<u16>,
 }
 
 fn plans(matcher: &Matcher, config: &Config) -> HashMap<DoorId, DoorPlan> {
@@ -378,7 +416,7 @@ impl Engine {
     /// Doors the matcher refuses.
     pub fn check(config: &Config, limits: Limits) -> Result<(), EngineError> {
         Matcher::new(config.core_doors(), limits)?;
-        Ok(())
+        check_spa_port(config)
     }
 
     /// An engine for `config`, starting at `now`.
@@ -386,6 +424,7 @@ impl Engine {
     /// # Errors
     /// Doors the matcher refuses.
     pub fn new(config: Config, opts: EngineOptions, now: Now) -> Result<Engine, EngineError> {
+        check_spa_port(&config)?;
         let base_doors = config.core_doors();
         let mut matcher = Matcher::with_seed(base_doors.clone(), opts.limits, opts.seed)?;
         matcher.set_blacklist(config.options.core_blacklist());
@@ -406,7 +445,10 @@ impl Engine {
             door_stats: DoorCounts::default(),
             base_doors,
             used_once: UsedOnce::default(),
+            spa: None,
+            listen_spa: None,
         };
+        e.spa = SpaDoors::new(&config, &e.matcher, None);
         e.update_windows(true);
         e.finish();
         Ok(e)
@@ -430,9 +472,25 @@ impl Engine {
         self.door_stats.get(name)
     }
 
-    /// What the capture must pass now.
+    /// What the capture must pass now: the doors' knocks and, with SPA
+    /// doors, the datagrams to the SPA port.
     pub fn listen_set(&self) -> Vec<Listen> {
-        self.matcher.listen_set()
+        let mut l = self.matcher.listen_set();
+        if let Some(s) = &self.spa {
+            l.push(s.listen());
+        }
+        l
+    }
+
+    /// The UDP port SPA packets are read from (`None`: no SPA door).
+    pub fn spa_port(&self) -> Option<u16> {
+        self.spa.as_ref().map(|s| s.port)
+    }
+
+    /// The SPA verifier's counters: requests accepted and datagrams
+    /// refused by reason (`None`: no SPA door).
+    pub fn spa_stats(&self) -> Option<knock_spa::Stats> {
+        self.spa.as_ref().map(|s| *s.verifier.stats())
     }
 
     /// The state to persist, as of now.
@@ -493,6 +551,11 @@ impl Engine {
             blocks,
             used_windows,
             used_sequences: self.used_once.saved(),
+            spa_replay: self
+                .spa
+                .as_ref()
+                .map(|s| s.verifier.saved_replay())
+                .unwrap_or_default(),
         }
     }
 
@@ -514,6 +577,14 @@ impl Engine {
             self.log(Level::Error, format!("state: used one-time sequences: {e}"));
         }
         self.matcher.reserve_grant_ids(snapshot.next_grant);
+        if let Some(spa) = &mut self.spa {
+            for bad in spa.verifier.restore_replay(&snapshot.spa_replay, now.unix) {
+                self.staged.push(Action::Log(
+                    Level::Error,
+                    format!("state: unreadable SPA replay cache entry {bad}, skipped"),
+                ));
+            }
+        }
         for w in &snapshot.used_windows {
             if let Some(id) = self.matcher.door_id(&w.door) {
                 self.matcher.restore_used_windows(id, &w.windows);
@@ -598,6 +669,101 @@ impl Engine {
         self.finish();
     }
 
+    /// Handles one captured datagram or segment: an SPA packet (UDP to
+    /// [`spa_port`](Self::spa_port), with its `payload`) goes to
+    /// [`handle_spa`](Self::handle_spa), anything else is a knock
+    /// ([`handle_event`](Self::handle_event)).
+    pub fn handle_datagram(&mut self, now: Now, event: &Event, payload: Option<&[u8]>) {
+        match self.spa_port() {
+            Some(p) if event.proto == Proto::Udp && event.dst_port == p => {
+                self.handle_spa(now, event.src, payload.unwrap_or_default());
+            }
+            _ => self.handle_event(now, event),
+        }
+    }
+
+    /// Handles one SPA packet from `src`: verified by the SPA doors'
+    /// stanzas; an authorized request opens (or extends) its door's grant
+    /// for the address it names, through the matcher like a knock door's
+    /// open. Refusals are counted ([`spa_stats`](Self::spa_stats)) and
+    /// logged: at `Warn` those of packets whose HMAC verified (replays,
+    /// stale timestamps, a wrong encryption key, a policy refusal), at most
+    /// one a second (the next says how many were left out), at `Debug`
+    /// with `-v` the rest (junk and wrong HMAC keys: a flood must not flood
+    /// the log).
+    pub fn handle_spa(&mut self, now: Now, src: IpAddr, payload: &[u8]) {
+        self.tick(now);
+        let unix = self.now.unix;
+        let Some(spa) = self
+            .spa
+            .as_mut()
+            .filter(|_| !(self.opts.only_ipv4 && src.is_ipv6()))
+        else {
+            self.finish();
+            return;
+        };
+        let before = spa.verifier.replay_cache().inserted();
+        let verdict = spa.verifier.verify(unix, src, payload);
+        self.dirty |= spa.verifier.replay_cache().inserted() != before;
+        match verdict {
+            Ok(req) => {
+                let (name, door) = spa
+                    .doors
+                    .get(req.stanza)
+                    .cloned()
+                    .unwrap_or_else(|| (Arc::from("?"), None));
+                let ports: Vec<String> = req
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}/{}", p.proto, p.port))
+                    .collect();
+                let addr = req.addr;
+                self.log(
+                    Level::Info,
+                    format!(
+                        "{src}: {name}: SPA request of user {} for {addr} {}",
+                        req.message.user,
+                        ports.join(",")
+                    ),
+                );
+                let opened = door.is_some_and(|d| {
+                    let lifetime = self
+                        .matcher
+                        .door(d)
+                        .and_then(|x| x.grant_lifetime)
+                        .map(|_| req.lifetime);
+                    self.matcher
+                        .handle_authorized(self.now.mono, d, addr, lifetime)
+                });
+                if !opened {
+                    self.log(Level::Error, format!("{name}: SPA door not loaded"));
+                }
+                self.decisions();
+            }
+            Err(r) => {
+                let quiet = matches!(r.reason, Reject::NotSpa | Reject::NoStanza | Reject::Hmac);
+                let name = r
+                    .stanza
+                    .and_then(|i| spa.doors.get(i))
+                    .map_or_else(String::new, |(n, _)| format!("{n}: "));
+                let line = format!("{src}: {name}SPA packet refused: {}", r.reason);
+                if !quiet {
+                    if let Some(left_out) = spa.warn_due(self.now.mono) {
+                        let more = if left_out > 0 {
+                            format!(" ({left_out} more refusals in the last second not logged)")
+                        } else {
+                            String::new()
+                        };
+                        self.log(Level::Warn, line + &more);
+                    }
+                } else if self.opts.verbose {
+                    self.log(Level::Debug, line);
+                }
+            }
+        }
+        self.finish();
+    }
+
     /// Handles the passage of time: grants, blocks and attempts that are
     /// over, derived windows that begin, closes to retry.
     pub fn handle_timeout(&mut self, now: Now) {
@@ -628,6 +794,7 @@ impl Engine {
     /// Doors the matcher refuses.
     pub fn handle_reload(&mut self, now: Now, config: Config) -> Result<(), EngineError> {
         self.tick(now);
+        check_spa_port(&config)?;
         let base_doors = config.core_doors();
         let mut used_once = self.used_once.clone();
         used_once.prune(&base_doors);
@@ -639,6 +806,7 @@ impl Engine {
         let matcher = &self.matcher;
         self.door_stats
             .retain(|name| matcher.door_id(name).is_some());
+        self.spa = SpaDoors::new(&config, &self.matcher, self.spa.take());
         self.owe_marks();
         self.reassert();
         self.windows.clear();
@@ -1180,10 +1348,11 @@ impl Engine {
         }
         self.out.extend(self.staged.drain(..));
         let g = self.matcher.listen_generation();
-        if g != self.listen_generation {
+        let spa = self.spa_port();
+        if g != self.listen_generation || spa != self.listen_spa {
             self.listen_generation = g;
-            self.out
-                .push_back(Action::Listen(self.matcher.listen_set()));
+            self.listen_spa = spa;
+            self.out.push_back(Action::Listen(self.listen_set()));
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct Snapshot {
     /// yet seen marked): never accepted again.
     #[serde(default)]
     pub used_sequences: Vec<SavedSequences>,
+    /// The SPA replay cache: packets seen whose timestamp could still pass
+    /// the window (empty in snapshots from before SPA).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spa_replay: Vec<knock_spa::SavedDigest>,
 }
 
 /// One grant in a [`Snapshot`].

@@ -5,6 +5,7 @@ mod errors;
 mod files;
 mod real_world;
 mod roundtrip;
+mod spa;
 mod toml_format;
 
 use std::path::{Path, PathBuf};
