@@ -583,3 +583,71 @@ fn the_client_timeout_overrides_fw_access_timeout() {
     let lasted = opened.elapsed();
     assert!(lasted < Duration::from_secs(5), "lasted {lasted:?}");
 }
+
+/// `GET /metrics` on `addr` from inside the server namespace: the body.
+fn scrape(s: &Server, addr: &str) -> String {
+    use std::io::{Read, Write};
+    s.pair
+        .server
+        .enter(|| {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            write!(c, "GET /metrics HTTP/1.1\r\nHost: knockd\r\n\r\n").unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).unwrap();
+            out
+        })
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_metrics_endpoint_counts_spa_requests_and_refusals_by_reason() {
+    let addr = "127.0.0.1:9466";
+    let s = server("[options]\n", &access_conf(30), &["--metrics", addr]);
+    wait_for("the endpoint", Duration::from_secs(5), || {
+        s.pair
+            .server
+            .enter(|| std::net::TcpStream::connect(addr).is_ok())
+            .unwrap()
+    });
+    let before = scrape(&s, addr);
+    assert!(before.contains("knock_spa_accepted_total 0\n"), "{before}");
+    assert!(
+        before.contains("knock_spa_rejects_total{reason=\"bad_hmac\"} 0\n"),
+        "{before}"
+    );
+    fwknop_access(&s, SERVER_V4, CLIENT_V4, &[]);
+    s.wait_open(SERVER_V4);
+    fwknop(
+        &s,
+        SERVER_V4,
+        &[
+            "-A",
+            "tcp/22",
+            "-a",
+            CLIENT_V4,
+            "--key-base64-rijndael",
+            KEY,
+            "--key-base64-hmac",
+            OTHER_HMAC,
+        ],
+    );
+    wait_for("the refusal", Duration::from_secs(5), || {
+        count(&s, "SPA packet refused: HMAC does not verify") == 1
+    });
+    let after = scrape(&s, addr);
+    assert!(after.contains("knock_spa_accepted_total 1\n"), "{after}");
+    assert!(
+        after.contains("knock_spa_rejects_total{reason=\"bad_hmac\"} 1\n"),
+        "{after}"
+    );
+    assert!(
+        after.contains("knock_door_opens_total{door=\"stanza1\"} 1\n"),
+        "{after}"
+    );
+    assert!(
+        !after.contains(CLIENT_V4),
+        "no address in a label:\n{after}"
+    );
+}

@@ -42,9 +42,8 @@
 //! example, log lines the logger suppressed would be a `u64` field read
 //! from the [`Logger`](super::Logger) and
 //! `counter(e, "log_lines_suppressed", "...", s.log_suppressed)`; rejected
-//! SPA packets by reason a `Vec<(&'static str, u64)>` read from the
-//! verifier's counters and
-//! `labelled_counter(e, "spa_rejects", "...", "reason", ...)`.
+//! SPA packets by reason are `labelled_counter(e, "spa_rejects", ...)`
+//! over the verifier's fixed set of reasons.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -89,6 +88,8 @@ pub struct MetricsSnapshot {
     pub doors: Vec<DoorMetrics>,
     /// Sources blocked now.
     pub blocked_sources: u64,
+    /// The SPA verifier's counters (`None`: no SPA door).
+    pub spa: Option<knock_spa::Stats>,
 }
 
 /// One door's counters in a [`MetricsSnapshot`].
@@ -236,6 +237,22 @@ fn encode_snapshot(s: &MetricsSnapshot, e: &mut DescriptorEncoder) -> fmt::Resul
         "Sources blocked now.",
         s.blocked_sources,
     )?;
+    // Single Packet Authorization (the reasons are a fixed set).
+    if let Some(spa) = &s.spa {
+        counter(
+            e,
+            "spa_accepted",
+            "SPA requests that passed every check.",
+            spa.accepted,
+        )?;
+        labelled_counter(
+            e,
+            "spa_rejects",
+            "SPA datagrams refused, by reason.",
+            "reason",
+            spa.reasons().map(|(r, n)| (r.as_str(), n)),
+        )?;
+    }
     // Engine.
     counter(
         e,
@@ -405,6 +422,7 @@ impl Daemon {
             engine: self.engine.stats(),
             doors,
             blocked_sources: matcher.blocks().count() as u64,
+            spa: self.engine.spa_stats(),
         }
     }
 
