@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use knock_core::Listen;
 
 use crate::afpacket::{interface_names, poll_timeout, LiveConfig};
-use crate::source::{InterfaceEvent, Next, Source, Stats};
+use crate::source::{Captured, InterfaceEvent, Next, Source, Stats};
 use crate::{sys, AfPacketSource, CaptureError};
 
 /// The first retry of a failed interface comes this long after the failure;
@@ -545,6 +545,34 @@ impl<S: Source> Source for MultiSource<S> {
                 }
             }
         }
+    }
+
+    /// The working live sources' queued knocks, round-robin (one source's
+    /// backlog cannot starve the others). Nothing while an interface change
+    /// waits to be reported; failed interfaces are left to `next_event`.
+    fn next_queued(&mut self) -> Option<Captured> {
+        if !self.pending.is_empty() {
+            return None;
+        }
+        let n = self.slots.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let Some(Slot {
+                state: State::Up(src),
+                ..
+            }) = self.slots.get_mut(i)
+            else {
+                continue;
+            };
+            if src.poll_fd().is_none() {
+                continue;
+            }
+            if let Some(c) = src.next_queued() {
+                self.next = (i + 1) % n;
+                return Some(c);
+            }
+        }
+        None
     }
 
     fn set_listen(&mut self, listen: &[Listen]) -> Result<(), CaptureError> {
