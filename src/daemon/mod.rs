@@ -361,6 +361,9 @@ pub fn preflight(config: &Config, opts: &DaemonOptions) -> Result<(), DaemonErro
     Ok(())
 }
 
+/// The most knocks handled at one reading of the clocks.
+const BATCH: usize = 1024;
+
 /// The state file's name in the state directory.
 const STATE_FILE: &str = "engine.state";
 
@@ -672,8 +675,11 @@ impl Daemon {
             .flatten()
             .min();
             let next = source.next_event(deadline);
-            self.log.flush_if_due();
+            // One clock read for the whole batch: this wake-up and the
+            // knocks queued behind it.
             let now = self.clock.now();
+            self.log.set_now(self.clock.instant(now.mono), now.unix);
+            self.log.flush_if_due();
             self.commands_done(now);
             match next {
                 Ok(Next::Event(c)) => self.engine.handle_event(now, &c.event),
@@ -683,9 +689,33 @@ impl Daemon {
                 Err(e) => return Err(e.into()),
             }
             self.apply();
+            self.batch(source, now);
+            self.log.clear_now();
             self.sync_listen(source)?;
         }
         Ok(())
+    }
+
+    /// The knocks already queued behind the one that woke the loop, at
+    /// the time read for it, up to [`BATCH`] (the stop and reload flags
+    /// are looked at between batches); a new listen set ends the batch, so
+    /// that the source filters with it from the next knock on. Then the
+    /// engine's deadlines, once, as a flood never lets the wait time out.
+    fn batch<S: Source + ?Sized>(&mut self, source: &mut S, now: Now) {
+        for _ in 0..BATCH {
+            if self.listen.is_some() {
+                break;
+            }
+            let Some(c) = source.next_queued() else {
+                break;
+            };
+            self.engine.handle_event(now, &c.event);
+            self.apply();
+        }
+        if self.engine.poll_timeout().is_some_and(|t| t <= now.mono) {
+            self.engine.handle_timeout(now);
+            self.apply();
+        }
     }
 
     fn sync_listen<S: Source + ?Sized>(&mut self, source: &mut S) -> Result<(), DaemonError> {

@@ -76,6 +76,7 @@
 
 mod once;
 mod plan;
+pub mod quiet;
 mod report;
 mod snapshot;
 
@@ -351,6 +352,11 @@ pub struct Engine {
     /// are taken out.
     base_doors: Vec<Door>,
     used_once: UsedOnce,
+    /// The rate limit of per-source lines (stages, timeouts).
+    quiet: quiet::Quiet,
+    /// The last `Stage` decision (source, door, step): an `Open` follows
+    /// its last stage.
+    last_stage: Option<(IpAddr, DoorId, u8)>,
 }
 
 fn plans(matcher: &Matcher, config: &Config) -> HashMap<DoorId, DoorPlan> {
@@ -400,6 +406,8 @@ impl Engine {
             stats: EngineStats::default(),
             base_doors,
             used_once: UsedOnce::default(),
+            quiet: quiet::Quiet::default(),
+            last_stage: None,
         };
         e.update_windows(true);
         e.finish();
@@ -749,6 +757,9 @@ impl Engine {
             }
         }
         self.dirty = true;
+        if let Some(line) = self.quiet.summary(self.now.mono, true) {
+            self.log(Level::Warn, line);
+        }
         self.log(Level::Info, "shutting down".to_owned());
         self.finish();
     }
@@ -766,10 +777,15 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let window = self.next_window.map(|w| self.now.mono_of(w));
         let retry = self.closing.values().filter_map(|c| c.retry_at).min();
-        [self.matcher.poll_timeout(), window, retry]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.matcher.poll_timeout(),
+            window,
+            retry,
+            self.quiet.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- internals -----------------------------------------------------
@@ -950,13 +966,16 @@ impl Engine {
         let now = self.now;
         let reports = self.opts.reports;
         match d {
-            Decision::Stage { src, step, .. } => {
+            Decision::Stage { door, src, step } => {
                 if reports {
                     let mut r = self.report("stage", &name, Some(src));
                     r.step = Some(step);
                     self.staged.push(Action::Report(r));
                 }
-                self.log(Level::Info, format!("{src}: {name}: Stage {step}"));
+                self.last_stage = Some((src, door, step));
+                if self.quiet.admit_stage(now.mono, src, &name, step) {
+                    self.log(Level::Info, format!("{src}: {name}: Stage {step}"));
+                }
             }
             Decision::Open {
                 door,
@@ -974,6 +993,14 @@ impl Engine {
                     r.until = Some(until.map(report::secs));
                     let r = r.with_how(open.as_ref(), src, true);
                     self.staged.push(Action::Report(r));
+                }
+                // Stages a flood kept out of the log are written now.
+                let steps = match self.last_stage.take() {
+                    Some((s, d, step)) if s == src && d == door => step,
+                    _ => 0,
+                };
+                for step in self.quiet.missing_stages(now.mono, src, &name, steps) {
+                    self.log(Level::Info, format!("{src}: {name}: Stage {step}"));
                 }
                 self.log(Level::Info, format!("{src}: {name}: OPEN SESAME"));
                 if let Some(until) = until {
@@ -1063,10 +1090,12 @@ impl Engine {
                     r.step = Some(step);
                     self.staged.push(Action::Report(r));
                 }
-                self.log(
-                    Level::Info,
-                    format!("{src}: {name}: sequence timeout (stage {step})"),
-                );
+                if self.quiet.admit(now.mono, src) {
+                    self.log(
+                        Level::Info,
+                        format!("{src}: {name}: sequence timeout (stage {step})"),
+                    );
+                }
             }
             Decision::Invalidated { src, step, .. } => {
                 if reports {
@@ -1074,7 +1103,7 @@ impl Engine {
                     r.step = Some(step);
                     self.staged.push(Action::Report(r));
                 }
-                if self.opts.verbose {
+                if self.opts.verbose && self.quiet.admit(now.mono, src) {
                     self.log(
                         Level::Info,
                         format!("{src}: {name}: sequence invalid (stage {step})"),
@@ -1157,6 +1186,9 @@ impl Engine {
     /// Ends a call: the snapshot first (when something persistent changed),
     /// then the call's actions, then the listen set if it changed.
     fn finish(&mut self) {
+        if let Some(line) = self.quiet.summary(self.now.mono, false) {
+            self.log(Level::Warn, line);
+        }
         if self.dirty {
             self.dirty = false;
             let s = self.snapshot();
