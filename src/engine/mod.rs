@@ -389,6 +389,8 @@ impl Engine {
     pub fn new(config: Config, opts: EngineOptions, now: Now) -> Result<Engine, EngineError> {
         let base_doors = config.core_doors();
         let mut matcher = Matcher::with_seed(base_doors.clone(), opts.limits, opts.seed)?;
+        // A flood must not pause the engine to rehash a growing table.
+        matcher.reserve_sources();
         matcher.set_blacklist(config.options.core_blacklist());
         let mut e = Engine {
             plans: plans(&matcher, &config),
@@ -955,6 +957,14 @@ impl Engine {
     }
 
     fn decision(&mut self, d: Decision) {
+        // The hot path of a flood: a stage line that is not written needs
+        // nothing else (not even the door's name).
+        if let Decision::Stage { door, src, step } = d {
+            self.last_stage = Some((src, door, step));
+            if !self.opts.reports && !self.quiet.admit(self.now.mono, src) {
+                return;
+            }
+        }
         let name: Arc<str> = match self.plans.get(&d.door()) {
             Some(p) => p.name.clone(),
             None => Arc::from(
@@ -966,14 +976,18 @@ impl Engine {
         let now = self.now;
         let reports = self.opts.reports;
         match d {
-            Decision::Stage { door, src, step } => {
-                if reports {
+            Decision::Stage { src, step, .. } => {
+                // Without reports, `admit` let it through above.
+                let admitted = if reports {
                     let mut r = self.report("stage", &name, Some(src));
                     r.step = Some(step);
                     self.staged.push(Action::Report(r));
-                }
-                self.last_stage = Some((src, door, step));
-                if self.quiet.admit_stage(now.mono, src, &name, step) {
+                    self.quiet.admit(now.mono, src)
+                } else {
+                    true
+                };
+                if admitted {
+                    self.quiet.written(now.mono, src, &name, step);
                     self.log(Level::Info, format!("{src}: {name}: Stage {step}"));
                 }
             }

@@ -97,11 +97,18 @@ impl Quiet {
     }
 
     /// [`Quiet::admit`] for stage `step` of `src` at `door`, remembering it
-    /// when it is written.
+    /// when it is written ([`Quiet::written`]).
     pub fn admit_stage(&mut self, now: Timestamp, src: IpAddr, door: &Arc<str>, step: u8) -> bool {
         if !self.admit(now, src) {
             return false;
         }
+        self.written(now, src, door, step);
+        true
+    }
+
+    /// Stage `step` of `src` at `door` was written (after [`Quiet::admit`]
+    /// let it through).
+    pub fn written(&mut self, now: Timestamp, src: IpAddr, door: &Arc<str>, step: u8) {
         let key = (src, door.clone());
         if self.written.len() >= MAX_WRITTEN && !self.written.contains_key(&key) {
             let hold = u64::try_from(HOLD.as_micros()).unwrap_or(u64::MAX);
@@ -113,7 +120,6 @@ impl Quiet {
         }
         let e = self.written.entry(key).or_insert((0, now));
         *e = (e.0 | bit(step), now);
-        true
     }
 
     /// `src` opened `door` at `now` after `steps` stages: the stages whose
