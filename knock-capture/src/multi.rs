@@ -23,10 +23,12 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// At most this many knocks still queued on the old socket of a reopened
 /// interface are handed out (its buffer can hold a flood's worth).
 const DRAIN_MAX: usize = 1024;
-/// Knocks less than this apart make the source busy: see [`PACE`].
-const BUSY_GAP: Duration = Duration::from_millis(1);
+/// Two knocks less than this apart make the source busy: see [`PACE`]
+/// (more than `PACE`, so that a flood read in paced batches stays busy).
+const BUSY_GAP: Duration = Duration::from_millis(2);
 /// When the queues run empty while knocks come less than [`BUSY_GAP`]
-/// apart (a flood), the source sleeps this long before it waits in
+/// apart (a flood: the last two `next_event` returned were that close), the
+/// source sleeps this long before it waits in
 /// `poll(2)`, so that the next knocks are read as a batch rather than with
 /// a wake-up each (a wake-up costs more than handling a knock). A lone
 /// knock, or knocks at a human pace, are read at once.
@@ -89,7 +91,7 @@ enum State<S> {
 /// as [`InterfaceEvent::Up`]. When every interface is healthy the wait has
 /// no deadline of its own (no periodic wake-ups).
 ///
-/// Under a flood (knocks less than 1 ms apart) a turn that finds every
+/// Under a flood (knocks less than 2 ms apart) a turn that finds every
 /// queue empty first sleeps 1 ms, then looks again before it waits in
 /// `poll(2)`: the knocks that came meanwhile are read as one batch
 /// ([`Source::next_queued`]) instead of one wake-up each. A knock during a
@@ -113,6 +115,8 @@ pub struct MultiSource<S> {
     retired: Stats,
     /// When `next_event` last returned a knock.
     last_knock: Option<Instant>,
+    /// The last two knocks it returned were less than [`BUSY_GAP`] apart.
+    busy: bool,
     /// It slept ([`PACE`]) since: the next empty turn waits in `poll(2)`.
     paced: bool,
 }
@@ -138,6 +142,7 @@ impl<S: Source> MultiSource<S> {
             pending: VecDeque::new(),
             retired: Stats::default(),
             last_knock: None,
+            busy: false,
             paced: false,
         }
     }
@@ -379,6 +384,7 @@ impl MultiSource<AfPacketSource> {
             pending: VecDeque::new(),
             retired: Stats::default(),
             last_knock: None,
+            busy: false,
             paced: false,
         }
     }
@@ -516,6 +522,9 @@ impl<S: Source> Source for MultiSource<S> {
                 match src.next_event(now_dl) {
                     Ok(ev @ Next::Event(_)) => {
                         self.next = (i + 1) % n;
+                        self.busy = self
+                            .last_knock
+                            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_GAP);
                         self.last_knock = Some(now);
                         self.paced = false;
                         if down {
@@ -543,11 +552,7 @@ impl<S: Source> Source for MultiSource<S> {
             if self.woken() {
                 return Ok(Next::Deadline);
             }
-            if !self.paced
-                && self
-                    .last_knock
-                    .is_some_and(|t| now.saturating_duration_since(t) < BUSY_GAP)
-            {
+            if self.busy && !self.paced {
                 self.paced = true;
                 let nap = deadline.map_or(PACE, |d| d.saturating_duration_since(now).min(PACE));
                 std::thread::sleep(nap);
