@@ -18,7 +18,14 @@ use crate::engine::Level;
 /// each) must not cost a `write(2)` per packet. Buffered lines reach the file
 /// within [`Logger::FLUSH_AFTER`]: the daemon's loop wakes for
 /// [`Logger::flush_deadline`] (once, not periodically) and flushes at exit;
-/// warnings and errors are flushed at once.
+/// warnings and errors are flushed at once. Lines of one batch of knocks
+/// take the batch's time (the clocks are read once per batch, not per
+/// line), and the minute-resolution stamp is formatted once a minute.
+///
+/// What a flood may not write line by line (per-source stage and timeout
+/// lines beyond a sustained rate) is decided before lines reach the
+/// logger, by the engine ([`crate::engine::quiet`]); the logger writes what
+/// it is given.
 pub struct Logger {
     file: Option<std::io::BufWriter<std::fs::File>>,
     syslog: Option<UnixDatagram>,
