@@ -10,10 +10,13 @@
 #   sudo METRICS=1 benches/vs-knockd.sh 100000 # also ours with --metrics,
 #                                              # scraped every 100 ms meanwhile
 #
-# Both daemons get the same knockd.conf (no log file, command door that
-# touches a marker file). Per run, once the daemon has gone idle (its CPU
-# time unchanged for 1 s, at most SETTLE_MAX seconds after the replay):
+# Both daemons get the same knockd.conf (a command door that touches a
+# marker file) and a log file of their own (`-g`; LOGFILE=0: none). Per run,
+# once the daemon has gone idle (its CPU time unchanged for 1 s, at most
+# SETTLE_MAX seconds after the replay):
 #   opened   the marker file for 198.18.0.2 exists
+#   log MB   the size of the log file after the run (the daemon stopped)
+#   log open the log file holds 198.18.0.2's OPEN SESAME line
 #   CPU s    utime + stime from /proc/PID/stat (whole run, start-up included)
 #   µs/pkt   CPU s / frames sent (N + 3)
 #   VmHWM    peak resident memory from /proc/PID/status
@@ -30,6 +33,7 @@ ROOT=$(pwd)
 SIZES=("$@")
 [ ${#SIZES[@]} -eq 0 ] && SIZES=(1000 10000 20000 100000 1000000)
 SETTLE_MAX=${SETTLE_MAX:-120}
+LOGFILE=${LOGFILE:-1}
 DEBIAN_KNOCKD=${DEBIAN_KNOCKD:-/usr/sbin/knockd}
 
 [ "$(id -u)" -eq 0 ] || { echo "needs root (namespaces)" >&2; exit 1; }
@@ -112,18 +116,20 @@ capturing() { [ "$(wc -l <"/proc/$1/net/packet" 2>/dev/null || echo 0)" -gt 1 ];
 
 # run_one NAME PCAP N -> prints one table row
 run_one() {
-  local name=$1 pcap=$2 n=$3 out="$WORK/$1.out"
-  rm -f "$WORK"/opened-*
+  local name=$1 pcap=$2 n=$3 out="$WORK/$1.out" log="$WORK/$1.log"
+  rm -f "$WORK"/opened-* "$log"
+  local logargs=()
+  [ "$LOGFILE" = 1 ] && logargs=(-g "$log")
   local scraper=""
   if [ "$name" = knockd ]; then
-    ip netns exec "$S" "$DEBIAN_KNOCKD" -c "$WORK/knockd.conf" -i kn0 \
+    ip netns exec "$S" "$DEBIAN_KNOCKD" -c "$WORK/knockd.conf" -i kn0 "${logargs[@]}" \
       >"$out" 2>"$WORK/$name.err" &
   elif [ "$name" = "knock-rs, scraped" ]; then
     ip netns exec "$S" "$OURS" -c "$WORK/knockd.conf" -i kn0 --stats-json \
-      --state-dir "$WORK" --metrics 127.0.0.1:9464 >"$out" 2>"$WORK/$name.err" &
+      --state-dir "$WORK" --metrics 127.0.0.1:9464 "${logargs[@]}" >"$out" 2>"$WORK/$name.err" &
   else
     ip netns exec "$S" "$OURS" -c "$WORK/knockd.conf" -i kn0 --stats-json \
-      --state-dir "$WORK" >"$out" 2>"$WORK/$name.err" &
+      --state-dir "$WORK" "${logargs[@]}" >"$out" 2>"$WORK/$name.err" &
   fi
   DPID=$!
   for _ in $(seq 200); do capturing "$DPID" && break; sleep 0.05; done
@@ -177,17 +183,27 @@ while True:
     drops=$(grep -o '"kernel_drops":[0-9]*' "$out" | cut -d: -f2 || echo "?")
   fi
   local frames=$((n + 3))
+  local logmb=- logopen=-
+  if [ "$LOGFILE" = 1 ]; then
+    logmb=$(awk -v b="$(stat -c %s "$log" 2>/dev/null || echo 0)" 'BEGIN { printf "%.2f", b / 1e6 }')
+    logopen=no
+    grep -q '198\.18\.0\.2: openSSH: OPEN SESAME' "$log" 2>/dev/null && logopen=yes
+  fi
   awk -v name="$name" -v n="$n" -v opened="$opened" -v cpu="$cpu" -v hz="$HZ" \
-    -v frames="$frames" -v hwm="$hwm" -v drops="$drops" -v rate="$rate" -v busy="$busy" 'BEGIN {
-      printf "| %s | %s | %s%s | %.2f | %.2f | %.1f | %s | %s |\n",
-        n, name, opened, busy, cpu / hz, cpu / hz / frames * 1e6, hwm / 1024, drops, rate }'
+    -v frames="$frames" -v hwm="$hwm" -v drops="$drops" -v rate="$rate" -v busy="$busy" \
+    -v logmb="$logmb" -v logopen="$logopen" 'BEGIN {
+      printf "| %s | %s | %s%s | %.2f | %.2f | %.1f | %s | %s | %s | %s |\n",
+        n, name, opened, busy, cpu / hz, cpu / hz / frames * 1e6, hwm / 1024, drops,
+        logmb, logopen, rate }'
 }
 
-echo "| N | daemon | opened | CPU s | CPU µs/pkt | VmHWM MiB | kernel drops | replay pps |"
-echo "|---:|---|---|---:|---:|---:|---:|---:|"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "| N | daemon | opened | CPU s | CPU µs/pkt | VmHWM MiB | kernel drops | log MB | log open | replay pps |"
+echo "|---:|---|---|---:|---:|---:|---:|---:|---|---:|"
 for n in "${SIZES[@]}"; do
   "$FLOODGEN" -n "$n" --dst-mac "$MAC" -o "$WORK/flood.pcap" 2>/dev/null
   run_one knockd "$WORK/flood.pcap" "$n"
   run_one knock-rs "$WORK/flood.pcap" "$n"
   [ -n "${METRICS:-}" ] && run_one "knock-rs, scraped" "$WORK/flood.pcap" "$n"
 done
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

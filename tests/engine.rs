@@ -922,3 +922,107 @@ fn an_spa_door_without_a_close_still_persists_the_packet() {
     let opened = acts.iter().position(|a| matches!(a, Action::Open(_)));
     assert!(persisted.is_some() && persisted < opened, "{acts:?}");
 }
+
+/// The log lines of `actions`.
+fn log_lines(actions: &[Action]) -> Vec<(Level, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Log(l, s) => Some((*l, s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A flood of first knocks from 20,000 sources: beyond a burst, their
+/// `Stage 1` lines (and later their `sequence timeout` lines) are not
+/// logged one by one but summarised every 10 s; the real knocker, whose
+/// stage lines fell in the flood, gets them written before its open, and
+/// its open and close are logged as always.
+#[test]
+fn a_flood_of_stage_lines_is_summarised_and_the_opener_keeps_its_stages() {
+    let conf = "[ssh]\n sequence = 7000,8000,9000\n seq_timeout = 5\n cmd_timeout = 4\n \
+                start_command = /bin/true %IP%\n stop_command = /bin/true %IP%\n";
+    let mut e = engine(conf, at(0, 0));
+    drain(&mut e);
+    let mut out = Vec::new();
+    for i in 0..20_000u32 {
+        let src = IpAddr::V4(std::net::Ipv4Addr::from(0x6440_0000 + i));
+        let now = at(0, u64::from(i / 10)); // 2 s of flood
+        e.handle_event(now, &syn(src, 7000));
+        out.extend(drain(&mut e));
+        if i == 10_000 {
+            out.extend(knock(&mut e, now, &[7000, 8000, 9000]));
+        }
+    }
+    out.extend(run_until(&mut e, 0, 30_000));
+    let lines = log_lines(&out);
+    let spoofed = |l: &str| l.starts_with("100.");
+    let stage1 = lines
+        .iter()
+        .filter(|(_, l)| spoofed(l) && l.ends_with(": Stage 1"))
+        .count();
+    assert!(stage1 < 200, "{stage1} Stage 1 lines");
+    let summaries: Vec<&String> = lines
+        .iter()
+        .filter(|(l, s)| *l == Level::Warn && s.contains("suppressed"))
+        .map(|(_, s)| s)
+        .collect();
+    assert!(
+        !summaries.is_empty() && summaries.len() <= 3,
+        "{summaries:?}"
+    );
+    // Every suppressed line is counted in a summary.
+    let counted: u64 = summaries
+        .iter()
+        .map(|s| s.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    let timeouts = lines
+        .iter()
+        .filter(|(_, l)| spoofed(l) && l.contains("sequence timeout"))
+        .count();
+    // The spoofed sources' 20,000 stage and 20,000 timeout lines are all
+    // written or counted (and so are the opener's, which may also be
+    // written later, at its open).
+    let spoofed_counted = counted.checked_sub(40_000 - (stage1 + timeouts) as u64);
+    assert!(
+        matches!(spoofed_counted, Some(0..=3)),
+        "{summaries:?}, {stage1} + {timeouts} written"
+    );
+    // The opener: stages 1-3 (written before the open), open, close.
+    let mine: Vec<&str> = lines
+        .iter()
+        .map(|(_, s)| s.as_str())
+        .filter(|s| s.starts_with("198.18.0.2: "))
+        .collect();
+    assert_eq!(
+        mine,
+        [
+            "198.18.0.2: ssh: Stage 1",
+            "198.18.0.2: ssh: Stage 2",
+            "198.18.0.2: ssh: Stage 3",
+            "198.18.0.2: ssh: OPEN SESAME",
+            "198.18.0.2: ssh: command timeout",
+        ]
+    );
+}
+
+/// Knocks at a human pace are logged as knockd logs them, line by line.
+#[test]
+fn stage_lines_below_the_rate_are_all_written() {
+    let mut e = engine(COMMANDS, at(0, 0));
+    drain(&mut e);
+    let mut lines = Vec::new();
+    for k in 0..50u64 {
+        let src = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 1, k as u8));
+        let now = at(0, k * 1000);
+        e.handle_event(now, &syn(src, 7000));
+        lines.extend(log_lines(&drain(&mut e)));
+    }
+    let stages = lines
+        .iter()
+        .filter(|(_, l)| l.ends_with(": Stage 1"))
+        .count();
+    assert_eq!(stages, 50);
+    assert!(lines.iter().all(|(_, l)| !l.contains("suppressed")));
+}

@@ -5,9 +5,9 @@
 //! `pnet` datalink channel, or from a pcap / pcapng file.
 //!
 //! ```text
-//!  NIC ─► kernel BPF (bpf::compile(listen set)) ─► AF_PACKET / pnet ─┐
-//!  capture.pcap(ng) ─────────────────────────────────────────────────┤
-//!                                                  parse(link, bytes) ─► Event / Reject
+//!  NIC ─► kernel BPF (bpf::compile(listen set)) ─► AF_PACKET ring / pnet ─┐
+//!  capture.pcap(ng) ──────────────────────────────────────────────────────┤
+//!                                                       parse(link, bytes) ─► Event / Reject
 //! ```
 //!
 //! ## Brief overview
@@ -18,8 +18,11 @@
 //! * [`Source`]: the one trait. `next_event(deadline)` blocks in `poll(2)`
 //!   until a knock or the deadline ([`Next`]); `set_listen` swaps the filter;
 //!   `stats` gives [`Stats`] (kernel drops, frames seen, rejects by reason).
-//! * [`AfPacketSource`]: the daemon's default. [`PnetSource`]: the same over
-//!   `pnet_datalink`. [`ReplaySource`]: pcap / pcapng, timestamps from the
+//! * [`AfPacketSource`]: the daemon's default, read from a memory-mapped
+//!   receive ring (`PACKET_RX_RING`, no system call per frame while frames
+//!   keep coming; [`Source::next_queued`] drains it in batches).
+//!   [`PnetSource`]: the same over `pnet_datalink` (portable, one read per
+//!   frame). [`ReplaySource`]: pcap / pcapng, timestamps from the
 //!   file. [`MultiSource`]: several sources (interfaces) at once.
 //! * [`bpf`]: the classic-BPF generator, with a small interpreter for tests;
 //!   [`Source::filter_widening`] says when a large listen set did not fit
@@ -73,6 +76,7 @@ mod multi;
 mod parse;
 mod pnet_source;
 mod replay;
+mod ring;
 mod source;
 mod sys;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use knock_core::Listen;
 
 use crate::afpacket::{interface_names, poll_timeout, LiveConfig};
-use crate::source::{InterfaceEvent, Next, Source, Stats};
+use crate::source::{Captured, InterfaceEvent, Next, Source, Stats};
 use crate::{sys, AfPacketSource, CaptureError};
 
 /// The first retry of a failed interface comes this long after the failure;
@@ -23,6 +23,16 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// At most this many knocks still queued on the old socket of a reopened
 /// interface are handed out (its buffer can hold a flood's worth).
 const DRAIN_MAX: usize = 1024;
+/// Two knocks less than this apart make the source busy: see [`PACE`]
+/// (more than `PACE`, so that a flood read in paced batches stays busy).
+const BUSY_GAP: Duration = Duration::from_millis(2);
+/// When the queues run empty while knocks come less than [`BUSY_GAP`]
+/// apart (a flood: the last two `next_event` returned were that close), the
+/// source sleeps this long before it waits in
+/// `poll(2)`, so that the next knocks are read as a batch rather than with
+/// a wake-up each (a wake-up costs more than handling a knock). A lone
+/// knock, or knocks at a human pace, are read at once.
+const PACE: Duration = Duration::from_millis(1);
 
 /// Opens the source of one interface again (for the current listen set).
 type OpenFn<S> = dyn FnMut(&str, &[Listen]) -> Result<S, CaptureError> + Send;
@@ -81,6 +91,12 @@ enum State<S> {
 /// as [`InterfaceEvent::Up`]. When every interface is healthy the wait has
 /// no deadline of its own (no periodic wake-ups).
 ///
+/// Under a flood (knocks less than 2 ms apart) a turn that finds every
+/// queue empty first sleeps 1 ms, then looks again before it waits in
+/// `poll(2)`: the knocks that came meanwhile are read as one batch
+/// ([`Source::next_queued`]) instead of one wake-up each. A knock during a
+/// flood is read at most 1 ms later; a lone knock at once.
+///
 /// Reopening happens on the thread that calls [`Source::next_event`]: use
 /// the source in the network namespace it was opened in (a reopen from
 /// another one fails rather than capture there).
@@ -97,6 +113,12 @@ pub struct MultiSource<S> {
     pending: VecDeque<Next>,
     /// Counters of sources dropped after a failure.
     retired: Stats,
+    /// When `next_event` last returned a knock.
+    last_knock: Option<Instant>,
+    /// The last two knocks it returned were less than [`BUSY_GAP`] apart.
+    busy: bool,
+    /// It slept ([`PACE`]) since: the next empty turn waits in `poll(2)`.
+    paced: bool,
 }
 
 impl<S: Source> MultiSource<S> {
@@ -119,6 +141,9 @@ impl<S: Source> MultiSource<S> {
             listen: Vec::new(),
             pending: VecDeque::new(),
             retired: Stats::default(),
+            last_knock: None,
+            busy: false,
+            paced: false,
         }
     }
 
@@ -359,6 +384,9 @@ impl MultiSource<AfPacketSource> {
             listen: listen.to_vec(),
             pending: VecDeque::new(),
             retired: Stats::default(),
+            last_knock: None,
+            busy: false,
+            paced: false,
         }
     }
 
@@ -495,6 +523,11 @@ impl<S: Source> Source for MultiSource<S> {
                 match src.next_event(now_dl) {
                     Ok(ev @ Next::Event(_)) => {
                         self.next = (i + 1) % n;
+                        self.busy = self
+                            .last_knock
+                            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_GAP);
+                        self.last_knock = Some(now);
+                        self.paced = false;
                         if down {
                             self.delivered_while_down(i, now);
                         }
@@ -519,6 +552,12 @@ impl<S: Source> Source for MultiSource<S> {
             }
             if self.woken() {
                 return Ok(Next::Deadline);
+            }
+            if self.busy && !self.paced {
+                self.paced = true;
+                let nap = deadline.map_or(PACE, |d| d.saturating_duration_since(now).min(PACE));
+                std::thread::sleep(nap);
+                continue;
             }
             let wake = [deadline, self.next_retry()].into_iter().flatten().min();
             let Some(ms) = poll_timeout(wake) else {
@@ -546,6 +585,34 @@ impl<S: Source> Source for MultiSource<S> {
                 }
             }
         }
+    }
+
+    /// The working live sources' queued knocks, round-robin (one source's
+    /// backlog cannot starve the others). Nothing while an interface change
+    /// waits to be reported; failed interfaces are left to `next_event`.
+    fn next_queued(&mut self) -> Option<Captured> {
+        if !self.pending.is_empty() {
+            return None;
+        }
+        let n = self.slots.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let Some(Slot {
+                state: State::Up(src),
+                ..
+            }) = self.slots.get_mut(i)
+            else {
+                continue;
+            };
+            if src.poll_fd().is_none() {
+                continue;
+            }
+            if let Some(c) = src.next_queued() {
+                self.next = (i + 1) % n;
+                return Some(c);
+            }
+        }
+        None
     }
 
     fn set_listen(&mut self, listen: &[Listen]) -> Result<(), CaptureError> {

@@ -168,6 +168,18 @@ pub trait Source {
     /// Replays ignore the deadline: their time is the file's.
     fn next_event(&mut self, deadline: Option<Instant>) -> Result<Next, crate::CaptureError>;
 
+    /// A knock that is already queued, without waiting, without a system
+    /// call where the source can help it (a ring) and without reading a
+    /// clock; `None` when there is none, or when the source has something
+    /// else to report (an error, an interface change: the next
+    /// [`Source::next_event`] returns it). For a caller that works in
+    /// batches: one `next_event`, then `next_queued` until `None`, all
+    /// at the time read once after the wait. The default returns `None`
+    /// (every knock then comes from `next_event`).
+    fn next_queued(&mut self) -> Option<Captured> {
+        None
+    }
+
     /// Replaces the kernel filter with one that passes the knocks of `listen`
     /// (and whatever it cannot decide). An empty set passes nothing. Replays
     /// filter in user space with [`Listen::matches`].
@@ -192,6 +204,9 @@ pub trait Source {
 impl<S: Source + ?Sized> Source for Box<S> {
     fn next_event(&mut self, deadline: Option<Instant>) -> Result<Next, crate::CaptureError> {
         (**self).next_event(deadline)
+    }
+    fn next_queued(&mut self) -> Option<Captured> {
+        (**self).next_queued()
     }
     fn set_listen(&mut self, listen: &[Listen]) -> Result<(), crate::CaptureError> {
         (**self).set_listen(listen)

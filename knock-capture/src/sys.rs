@@ -1,5 +1,5 @@
-//! The only `unsafe` in the crate: thin wrappers over the `AF_PACKET`
-//! system calls that `socket2` does not cover. Each wrapper passes pointers to
+//! The crate's `unsafe`, with `ring` (the mapped receive ring): thin
+//! wrappers over the `AF_PACKET` system calls that `socket2` does not cover. Each wrapper passes pointers to
 //! properly sized, initialised locals or to slices whose length it passes
 //! along, and turns `-1` into `io::Error::last_os_error()`.
 #![allow(unsafe_code)]
@@ -70,6 +70,17 @@ pub(crate) fn detach_filter(fd: BorrowedFd<'_>) -> io::Result<()> {
         libc::SO_DETACH_FILTER,
         &0 as &libc::c_int,
     )
+}
+
+/// `PACKET_VERSION`: the layout of the slots of a ring set up after it.
+pub(crate) fn set_packet_version(fd: BorrowedFd<'_>, version: libc::c_int) -> io::Result<()> {
+    setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &version)
+}
+
+/// `PACKET_RX_RING`: the kernel allocates a receive ring of `req` (to be
+/// mapped with `mmap`); frames go there instead of the socket's queue.
+pub(crate) fn set_rx_ring(fd: BorrowedFd<'_>, req: &libc::tpacket_req) -> io::Result<()> {
+    setsockopt(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, req)
 }
 
 /// Stops the kernel from handing us our own outgoing frames.

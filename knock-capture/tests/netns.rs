@@ -1114,3 +1114,151 @@ fn multi_source_interfaces_fail_and_recover_on_their_own() {
         })
         .unwrap();
 }
+
+/// A UDP knock `C4 -> S4:port` carrying `data`.
+fn udp4(port: u16, data: &[u8]) -> Vec<u8> {
+    let ip = craft::ipv4(
+        C4,
+        S4,
+        17,
+        &[],
+        Frag::default(),
+        &craft::udp(40000, port, data),
+    );
+    craft::ethernet(&[], craft::ETH_IPV4, &ip)
+}
+
+/// The receive ring, small enough to wrap many times: 5 rounds of frames,
+/// sent in bursts of most of a ring and read in between, all come out once
+/// and in order; then a burst of twice the ring with nobody reading keeps
+/// what fits and counts the rest as kernel drops.
+#[test]
+#[ignore = "needs root"]
+fn ring_wraps_around_and_counts_what_it_cannot_hold() {
+    let Some(pair) = setup() else { return };
+    let ls = vec![Listen::new(Step::udp(9000), FlagFilter::ANY, None)];
+    let cfg = LiveConfig {
+        ring_frames: 16,
+        ring_frame_size: 256,
+        ..LiveConfig::default()
+    };
+    let mut src = pair
+        .server
+        .enter(|| AfPacketSource::open_with(SERVER_IF, &ls, &cfg).unwrap())
+        .unwrap();
+    assert!(src.has_ring());
+    let slots = 4096 / 256; // one page-sized block of 256-byte slots
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    for round in 0..5u8 {
+        let burst: Vec<Vec<u8>> = (0..slots as u8 - 2)
+            .map(|k| udp4(9000, &[round, k]))
+            .collect();
+        sent.extend(burst.iter().map(|f| (f[f.len() - 2], f[f.len() - 1])));
+        pair.client.send_frames(CLIENT_IF, &burst).unwrap();
+        got.extend(
+            collect(&mut src, Duration::from_millis(300))
+                .iter()
+                .map(|c| c.event.time),
+        );
+    }
+    assert_eq!(got.len(), sent.len(), "every frame read once");
+    assert!(got.windows(2).all(|w| w[0] <= w[1]), "in order");
+    let st = src.stats();
+    assert_eq!((st.events, st.kernel_drops), (sent.len() as u64, 0));
+
+    // Nobody reads: the ring holds `slots` frames, the kernel drops the rest.
+    let flood: Vec<Vec<u8>> = (0..2 * slots as u8).map(|k| udp4(9000, &[9, k])).collect();
+    pair.client.send_frames(CLIENT_IF, &flood).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let kept = collect(&mut src, Duration::from_millis(300)).len();
+    let st = src.stats();
+    assert_eq!(kept, slots, "a full ring holds one frame per slot");
+    assert_eq!(st.kernel_drops, (2 * slots - kept) as u64);
+}
+
+/// A frame longer than its ring slot is cut to the slot and counted as a
+/// truncated frame (not taken for a knock, not lost silently); frames that
+/// fit, before and after it, are knocks.
+#[test]
+#[ignore = "needs root"]
+fn a_frame_longer_than_its_ring_slot_is_counted_as_truncated() {
+    let Some(pair) = setup() else { return };
+    let ls = vec![Listen::new(Step::udp(9000), FlagFilter::ANY, None)];
+    let cfg = LiveConfig {
+        ring_frame_size: 256,
+        ..LiveConfig::default()
+    };
+    let mut src = pair
+        .server
+        .enter(|| AfPacketSource::open_with(SERVER_IF, &ls, &cfg).unwrap())
+        .unwrap();
+    let frames = vec![
+        udp4(9000, &[1; 100]),
+        udp4(9000, &[2; 1000]),
+        udp4(9000, &[3; 100]),
+    ];
+    pair.client.send_frames(CLIENT_IF, &frames).unwrap();
+    let got = collect(&mut src, Duration::from_millis(500));
+    assert_eq!(got.len(), 2);
+    let st = src.stats();
+    assert_eq!(st.received, 3);
+    assert_eq!(
+        st.rejected(Reject::Truncated(knock_capture::Layer::Ipv4)),
+        1
+    );
+    // With the default slot (2048 bytes) the long one is a knock.
+    let mut whole = pair
+        .server
+        .enter(|| AfPacketSource::open(SERVER_IF, &ls).unwrap())
+        .unwrap();
+    pair.client.send_frames(CLIENT_IF, &frames[1..2]).unwrap();
+    assert_eq!(collect(&mut whole, Duration::from_millis(500)).len(), 1);
+}
+
+/// Without a ring (`ring_frames` 0) the source reads with `recvfrom`, as
+/// before, and sees the same knocks.
+#[test]
+#[ignore = "needs root"]
+fn without_a_ring_the_socket_is_read_per_frame() {
+    let Some(pair) = setup() else { return };
+    let ls = vec![Listen::new(Step::udp(9000), FlagFilter::ANY, None)];
+    let cfg = LiveConfig {
+        ring_frames: 0,
+        ..LiveConfig::default()
+    };
+    let mut src = pair
+        .server
+        .enter(|| AfPacketSource::open_with(SERVER_IF, &ls, &cfg).unwrap())
+        .unwrap();
+    assert!(!src.has_ring());
+    let frames: Vec<Vec<u8>> = (0..5).map(|k| udp4(9000, &[k])).collect();
+    pair.client.send_frames(CLIENT_IF, &frames).unwrap();
+    assert_eq!(collect(&mut src, Duration::from_millis(500)).len(), 5);
+}
+
+/// `next_queued` hands out what is already in the ring without waiting,
+/// and nothing once it is empty; `next_event` still waits for the next.
+#[test]
+#[ignore = "needs root"]
+fn next_queued_drains_without_waiting() {
+    let Some(pair) = setup() else { return };
+    let ls = vec![Listen::new(Step::udp(9000), FlagFilter::ANY, None)];
+    let mut multi = pair
+        .server
+        .enter(|| MultiSource::open(&[SERVER_IF], &ls, &LiveConfig::default()).unwrap())
+        .unwrap();
+    assert_eq!(multi.next_queued(), None);
+    let frames: Vec<Vec<u8>> = (0..20).map(|k| udp4(9000, &[k])).collect();
+    pair.client.send_frames(CLIENT_IF, &frames).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut n = 0;
+    let t = Instant::now();
+    while multi.next_queued().is_some() {
+        n += 1;
+    }
+    assert!(t.elapsed() < Duration::from_millis(50));
+    assert_eq!(n, 20);
+    let far = Some(Instant::now() + Duration::from_millis(300));
+    assert_eq!(multi.next_event(far).unwrap(), Next::Deadline);
+}

@@ -376,6 +376,14 @@ impl Matcher {
         self.limits
     }
 
+    /// Sizes the index of tracked sources for [`Limits::max_sources`] now,
+    /// so that a flood filling the table never stops to rehash it. Costs
+    /// about 1 byte per possible source at once (1 MiB for a million; the
+    /// rest of the index is only touched as it fills).
+    pub fn reserve_sources(&mut self) {
+        self.table.reserve(self.limits.max_sources());
+    }
+
     /// Bytes of heap memory held for tracked sources (table, index, timers).
     pub fn source_state_bytes(&self) -> usize {
         self.table.heap_bytes() + self.timers.heap_bytes()

@@ -432,6 +432,18 @@ impl SourceTable {
         idx
     }
 
+    /// Makes room in the index for `n` records in all, so that filling it
+    /// up to `n` never rehashes (a pause proportional to the table's size
+    /// in the middle of a flood). The index's control bytes (one per slot)
+    /// are written now; its slots are touched as they fill.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index
+            .reserve(n.saturating_sub(self.index.len()), |&i| {
+                hash_key(hasher, u128::from_ne_bytes(slab[i as usize].key))
+            });
+    }
+
     fn index_insert(&mut self, hash: u64, idx: u32) {
         let (slab, hasher) = (&self.slab, &self.hasher);
         self.index.insert_unique(hash, idx, |&i| {
@@ -584,6 +596,21 @@ mod tests {
     #[test]
     fn record_is_36_bytes() {
         assert_eq!(std::mem::size_of::<Record>(), 36);
+    }
+
+    #[test]
+    fn a_reserved_index_never_grows_while_it_fills() {
+        let mut t = SourceTable::new(SourceHasher::default());
+        t.reserve(100_000);
+        let cap = t.index.capacity();
+        assert!(cap >= 100_000);
+        for i in 0..100_000u32 {
+            let k = key_of(Ipv4Addr::from(0x6440_0000 + i).into());
+            t.insert(t.hash(&k), k, 0, &[a(0, 1)]);
+            assert_eq!(t.index.capacity(), cap, "rehashed at {i}");
+        }
+        let k = key_of(Ipv4Addr::from(0x6440_0000 + 777).into());
+        assert!(t.find(t.hash(&k), &k).is_some());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use knock_capture::InterfaceEvent;
 
@@ -18,11 +18,24 @@ use crate::engine::Level;
 /// each) must not cost a `write(2)` per packet. Buffered lines reach the file
 /// within [`Logger::FLUSH_AFTER`]: the daemon's loop wakes for
 /// [`Logger::flush_deadline`] (once, not periodically) and flushes at exit;
-/// warnings and errors are flushed at once.
+/// warnings and errors are flushed at once. Lines of one batch of knocks
+/// take the batch's time (the clocks are read once per batch, not per
+/// line), and the minute-resolution stamp is formatted once a minute.
+///
+/// What a flood may not write line by line (per-source stage and timeout
+/// lines beyond a sustained rate) is decided before lines reach the
+/// logger, by the engine ([`crate::engine::quiet`]); the logger writes what
+/// it is given.
 pub struct Logger {
     file: Option<std::io::BufWriter<std::fs::File>>,
     syslog: Option<UnixDatagram>,
     unflushed_since: Option<Instant>,
+    /// The time of the daemon's current batch ([`Logger::set_now`]), used
+    /// instead of reading the clocks for every line.
+    now: Option<(Instant, Duration)>,
+    /// The `[YYYY-MM-DD HH:MM]` stamp and the Unix minute it is for: the
+    /// stamp has minute resolution, so it is formatted once a minute.
+    stamp: (u64, String),
 }
 
 impl Logger {
@@ -57,6 +70,8 @@ impl Logger {
             file,
             syslog,
             unflushed_since: None,
+            now: None,
+            stamp: (u64::MAX, String::new()),
         })
     }
 
@@ -88,15 +103,23 @@ impl Logger {
                 (31, "")
             }
         };
-        if let Some(f) = &mut self.file {
-            let stamp = chrono::Local::now().format("%Y-%m-%d %H:%M");
-            let _ = writeln!(f, "[{stamp}] {tag}{msg}");
+        if self.file.is_some() {
+            let (mono, unix) = self.now();
+            let minute = unix.as_secs() / 60;
+            if self.stamp.0 != minute {
+                self.stamp = (minute, stamp(unix));
+            }
+            if let Some(f) = &mut self.file {
+                let _ = writeln!(f, "[{}] {tag}{msg}", self.stamp.1);
+            }
             if level <= Level::Warn {
                 self.flush();
             } else {
                 match self.unflushed_since {
-                    None => self.unflushed_since = Some(Instant::now()),
-                    Some(t) if t.elapsed() >= Self::FLUSH_AFTER => self.flush(),
+                    None => self.unflushed_since = Some(mono),
+                    Some(t) if mono.saturating_duration_since(t) >= Self::FLUSH_AFTER => {
+                        self.flush()
+                    }
                     Some(_) => {}
                 }
             }
@@ -162,9 +185,45 @@ impl Logger {
     }
 
     pub(super) fn flush_if_due(&mut self) {
-        if self.flush_deadline().is_some_and(|t| t <= Instant::now()) {
+        let (mono, _) = self.now();
+        if self.flush_deadline().is_some_and(|t| t <= mono) {
             self.flush();
         }
+    }
+
+    /// Lines from now on are of a batch handled at `mono` (Unix time
+    /// `unix`), until [`Logger::clear_now`]: the clocks are not read per line.
+    pub(super) fn set_now(&mut self, mono: Instant, unix: Duration) {
+        self.now = Some((mono, unix));
+    }
+
+    /// Lines from now on read the clocks themselves.
+    pub(super) fn clear_now(&mut self) {
+        self.now = None;
+    }
+
+    /// The batch's time, or the clocks'.
+    fn now(&self) -> (Instant, Duration) {
+        self.now.unwrap_or_else(|| {
+            (
+                Instant::now(),
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            )
+        })
+    }
+}
+
+/// knockd's `YYYY-MM-DD HH:MM` in local time, for Unix time `unix`.
+fn stamp(unix: Duration) -> String {
+    let secs = i64::try_from(unix.as_secs()).unwrap_or(i64::MAX);
+    match chrono::DateTime::from_timestamp(secs, 0) {
+        Some(t) => t
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M")
+            .to_string(),
+        None => chrono::Local::now().format("%Y-%m-%d %H:%M").to_string(),
     }
 }
 

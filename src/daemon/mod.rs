@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use knock_capture::{CaptureError, Next, Source, Widening};
+use knock_capture::{CaptureError, Captured, Next, Source, Widening};
 use knock_config::{BlacklistReach, Config, FirewallKind, SequenceFile};
 use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
@@ -392,6 +392,9 @@ pub fn preflight(config: &Config, opts: &DaemonOptions) -> Result<(), DaemonErro
     Ok(())
 }
 
+/// The most knocks handled at one reading of the clocks.
+const BATCH: usize = 1024;
+
 /// The state file's name in the state directory.
 const STATE_FILE: &str = "engine.state";
 
@@ -725,14 +728,14 @@ impl Daemon {
             .flatten()
             .min();
             let next = source.next_event(deadline);
-            self.log.flush_if_due();
+            // One clock read for the whole batch: this wake-up and the
+            // knocks queued behind it.
             let now = self.clock.now();
+            self.log.set_now(self.clock.instant(now.mono), now.unix);
+            self.log.flush_if_due();
             self.commands_done(now);
             match next {
-                Ok(Next::Event(c)) => {
-                    self.engine
-                        .handle_datagram(now, &c.event, c.payload.as_deref())
-                }
+                Ok(Next::Event(c)) => self.handle_captured(now, &c),
                 Ok(Next::Deadline) => self.engine.handle_timeout(now),
                 Ok(Next::End) => break,
                 Ok(Next::Interface(ev)) => {
@@ -742,10 +745,41 @@ impl Daemon {
                 Err(e) => return Err(e.into()),
             }
             self.apply();
+            self.batch(source, now);
+            self.log.clear_now();
             self.sync_listen(source)?;
             self.answer_scrape(source);
         }
         Ok(())
+    }
+
+    /// The knocks already queued behind the one that woke the loop, at
+    /// the time read for it, up to [`BATCH`] (the stop and reload flags
+    /// are looked at between batches); a new listen set ends the batch, so
+    /// that the source filters with it from the next knock on. Then the
+    /// engine's deadlines, once, as a flood never lets the wait time out.
+    fn batch<S: Source + ?Sized>(&mut self, source: &mut S, now: Now) {
+        for _ in 0..BATCH {
+            if self.listen.is_some() {
+                break;
+            }
+            let Some(c) = source.next_queued() else {
+                break;
+            };
+            self.handle_captured(now, &c);
+            self.apply();
+        }
+        if self.engine.poll_timeout().is_some_and(|t| t <= now.mono) {
+            self.engine.handle_timeout(now);
+            self.apply();
+        }
+    }
+
+    /// One captured knock or datagram (an SPA packet keeps its payload),
+    /// the same whether it woke the loop or was queued behind it.
+    fn handle_captured(&mut self, now: Now, c: &Captured) {
+        self.engine
+            .handle_datagram(now, &c.event, c.payload.as_deref());
     }
 
     fn sync_listen<S: Source + ?Sized>(&mut self, source: &mut S) -> Result<(), DaemonError> {

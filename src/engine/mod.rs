@@ -79,6 +79,7 @@
 mod counters;
 mod once;
 mod plan;
+pub mod quiet;
 mod report;
 mod snapshot;
 mod spa;
@@ -394,6 +395,11 @@ pub struct Engine {
     spa: Option<SpaDoors>,
     /// The SPA port of the last `Listen` sent.
     listen_spa: Option<u16>,
+    /// The rate limit of per-source lines (stages, timeouts).
+    quiet: quiet::Quiet,
+    /// The last `Stage` decision (source, door, step): an `Open` follows
+    /// its last stage.
+    last_stage: Option<(IpAddr, DoorId, u8)>,
 }
 
 fn plans(matcher: &Matcher, config: &Config) -> HashMap<DoorId, DoorPlan> {
@@ -427,6 +433,8 @@ impl Engine {
         check_spa_port(&config)?;
         let base_doors = config.core_doors();
         let mut matcher = Matcher::with_seed(base_doors.clone(), opts.limits, opts.seed)?;
+        // A flood must not pause the engine to rehash a growing table.
+        matcher.reserve_sources();
         matcher.set_blacklist(config.options.core_blacklist());
         let mut e = Engine {
             plans: plans(&matcher, &config),
@@ -447,6 +455,8 @@ impl Engine {
             used_once: UsedOnce::default(),
             spa: None,
             listen_spa: None,
+            quiet: quiet::Quiet::default(),
+            last_stage: None,
         };
         e.spa = SpaDoors::new(&config, &e.matcher, None);
         e.update_windows(true);
@@ -932,6 +942,9 @@ impl Engine {
             }
         }
         self.dirty = true;
+        if let Some(line) = self.quiet.summary(self.now.mono, true) {
+            self.log(Level::Warn, line);
+        }
         self.log(Level::Info, "shutting down".to_owned());
         self.finish();
     }
@@ -949,10 +962,15 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let window = self.next_window.map(|w| self.now.mono_of(w));
         let retry = self.closing.values().filter_map(|c| c.retry_at).min();
-        [self.matcher.poll_timeout(), window, retry]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.matcher.poll_timeout(),
+            window,
+            retry,
+            self.quiet.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- internals -----------------------------------------------------
@@ -1122,6 +1140,14 @@ impl Engine {
     }
 
     fn decision(&mut self, d: Decision) {
+        // The hot path of a flood: a stage line that is not written needs
+        // nothing else (not even the door's name).
+        if let Decision::Stage { door, src, step } = d {
+            self.last_stage = Some((src, door, step));
+            if !self.opts.reports && !self.quiet.admit(self.now.mono, src) {
+                return;
+            }
+        }
         let name: Arc<str> = match self.plans.get(&d.door()) {
             Some(p) => p.name.clone(),
             None => Arc::from(
@@ -1135,12 +1161,19 @@ impl Engine {
         let reports = self.opts.reports;
         match d {
             Decision::Stage { src, step, .. } => {
-                if reports {
+                // Without reports, `admit` let it through above.
+                let admitted = if reports {
                     let mut r = self.report("stage", &name, Some(src));
                     r.step = Some(step);
                     self.staged.push(Action::Report(r));
+                    self.quiet.admit(now.mono, src)
+                } else {
+                    true
+                };
+                if admitted {
+                    self.quiet.written(now.mono, src, &name, step);
+                    self.log(Level::Info, format!("{src}: {name}: Stage {step}"));
                 }
-                self.log(Level::Info, format!("{src}: {name}: Stage {step}"));
             }
             Decision::Open {
                 door,
@@ -1158,6 +1191,14 @@ impl Engine {
                     r.until = Some(until.map(report::secs));
                     let r = r.with_how(open.as_ref(), src, true);
                     self.staged.push(Action::Report(r));
+                }
+                // Stages a flood kept out of the log are written now.
+                let steps = match self.last_stage.take() {
+                    Some((s, d, step)) if s == src && d == door => step,
+                    _ => 0,
+                };
+                for step in self.quiet.missing_stages(now.mono, src, &name, steps) {
+                    self.log(Level::Info, format!("{src}: {name}: Stage {step}"));
                 }
                 self.log(Level::Info, format!("{src}: {name}: OPEN SESAME"));
                 if let Some(until) = until {
@@ -1247,10 +1288,12 @@ impl Engine {
                     r.step = Some(step);
                     self.staged.push(Action::Report(r));
                 }
-                self.log(
-                    Level::Info,
-                    format!("{src}: {name}: sequence timeout (stage {step})"),
-                );
+                if self.quiet.admit(now.mono, src) {
+                    self.log(
+                        Level::Info,
+                        format!("{src}: {name}: sequence timeout (stage {step})"),
+                    );
+                }
             }
             Decision::Invalidated { src, step, .. } => {
                 if reports {
@@ -1258,7 +1301,7 @@ impl Engine {
                     r.step = Some(step);
                     self.staged.push(Action::Report(r));
                 }
-                if self.opts.verbose {
+                if self.opts.verbose && self.quiet.admit(now.mono, src) {
                     self.log(
                         Level::Info,
                         format!("{src}: {name}: sequence invalid (stage {step})"),
@@ -1341,6 +1384,9 @@ impl Engine {
     /// Ends a call: the snapshot first (when something persistent changed),
     /// then the call's actions, then the listen set if it changed.
     fn finish(&mut self) {
+        if let Some(line) = self.quiet.summary(self.now.mono, false) {
+            self.log(Level::Warn, line);
+        }
         if self.dirty {
             self.dirty = false;
             let s = self.snapshot();
