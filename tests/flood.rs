@@ -275,6 +275,10 @@ fn flood_of_spoofed_first_knocks_does_not_stop_the_real_knocker() {
         (u64::from(n)..=u64::from(n) + 3).contains(&(spoofed_stages + summarised)),
         "{spoofed_stages} stage lines written, {summarised} summarised, of {n}"
     );
+    assert_eq!(
+        stats["engine"]["log_suppressed"], summarised,
+        "the counter and the summaries agree: {stats}"
+    );
     let size = fs::metadata(dir.path().join("knockd.log")).unwrap().len();
     assert!(size <= LOG_BOUND, "log file of {size} bytes");
     let mine: Vec<&str> = log

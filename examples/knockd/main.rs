@@ -350,7 +350,8 @@ fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
         "stats: {} frames read, {} knocks, {} rejected, {} not for this host, \
          kernel: {} passed, {} dropped; \
          matcher: {} events, {} sources, {} evicted, {} opens; \
-         engine: {} grants restored, {} failed opens or blocks, {} failed closes",
+         engine: {} grants restored, {} failed opens or blocks, {} failed closes, \
+         {} log lines summarised",
         c.received,
         c.events,
         c.rejected_total(),
@@ -363,7 +364,8 @@ fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
         m.opens,
         e.restored,
         e.apply_failures,
-        e.close_failures
+        e.close_failures,
+        e.log_suppressed
     ));
     let spa = daemon.engine().spa_stats();
     if let Some(spa) = &spa {
@@ -409,6 +411,7 @@ fn log_stats(daemon: &mut Daemon, c: &Stats, json: bool) {
                 "restored": e.restored,
                 "apply_failures": e.apply_failures,
                 "close_failures": e.close_failures,
+                "log_suppressed": e.log_suppressed,
             },
             "spa": spa.map(|s| {
                 let mut refused = serde_json::Map::new();

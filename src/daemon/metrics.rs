@@ -38,12 +38,8 @@
 //! A field in [`MetricsSnapshot`], filled in
 //! [`Daemon::metrics_snapshot`] from the counter that owns it, and one
 //! line in `encode_snapshot` (`counter`, `gauge`, `door_counter` or
-//! `labelled_counter` for a bounded label such as a reject reason). For
-//! example, log lines the logger suppressed would be a `u64` field read
-//! from the [`Logger`](super::Logger) and
-//! `counter(e, "log_lines_suppressed", "...", s.log_suppressed)`; rejected
-//! SPA packets by reason are `labelled_counter(e, "spa_rejects", ...)`
-//! over the verifier's fixed set of reasons.
+//! `labelled_counter` for a bounded label such as a reject reason, as
+//! `spa_rejects` does over the verifier's fixed set of reasons).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -265,6 +261,12 @@ fn encode_snapshot(s: &MetricsSnapshot, e: &mut DescriptorEncoder) -> fmt::Resul
         "close_failures",
         "Closes and unblocks that failed (each try).",
         g.close_failures,
+    )?;
+    counter(
+        e,
+        "log_lines_suppressed",
+        "Per-source log lines (stages, timeouts) summarised instead of written.",
+        g.log_suppressed,
     )?;
     counter(
         e,

@@ -342,6 +342,9 @@ pub struct EngineStats {
     pub close_failures: u64,
     /// Grants restored from a snapshot.
     pub restored: u64,
+    /// Per-source log lines (stages, timeouts) summarised instead of
+    /// written, under a flood.
+    pub log_suppressed: u64,
 }
 
 /// A grant with a pending close.
@@ -473,7 +476,10 @@ impl Engine {
 
     /// The engine's own counters.
     pub fn stats(&self) -> EngineStats {
-        self.stats
+        EngineStats {
+            log_suppressed: self.quiet.total(),
+            ..self.stats
+        }
     }
 
     /// The decisions of door `name` so far, counted by kind (zero for a door

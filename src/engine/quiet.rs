@@ -46,6 +46,8 @@ pub struct Quiet {
     refilled: Timestamp,
     /// Suppressed lines since `since`.
     suppressed: u64,
+    /// Suppressed lines since the start.
+    total: u64,
     /// Their sources (up to [`MAX_COUNTED`]).
     sources: HashSet<IpAddr>,
     /// When the first line of the current summary was suppressed.
@@ -63,6 +65,7 @@ impl Default for Quiet {
             tokens: u64::from(BURST) * 1000,
             refilled: Timestamp::ZERO,
             suppressed: 0,
+            total: 0,
             sources: HashSet::new(),
             since: None,
             last_suppressed: None,
@@ -88,12 +91,18 @@ impl Quiet {
             return true;
         }
         self.suppressed += 1;
+        self.total += 1;
         if self.sources.len() < MAX_COUNTED {
             self.sources.insert(src);
         }
         self.since.get_or_insert(now);
         self.last_suppressed = Some(now);
         false
+    }
+
+    /// Lines suppressed since the start (summarised or not yet).
+    pub fn total(&self) -> u64 {
+        self.total
     }
 
     /// [`Quiet::admit`] for stage `step` of `src` at `door`, remembering it
