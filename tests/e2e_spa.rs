@@ -1,7 +1,8 @@
 //! End-to-end tests of Single Packet Authorization against the real
 //! fwknop 2.6.10 (Debian's `fwknop-client` and `fwknop-server`): Debian's
 //! `fwknop` client opens our daemon's doors (over an existing drop, with
-//! nftables' kernel expiry, closing on time), replays and bad packets are
+//! nftables' kernel expiry, closing on time; only the ports it asks for, in
+//! nftables and iptables, IPv4 and IPv6), replays and bad packets are
 //! refused and counted by reason, `-a` opens for another address, our
 //! client opens Debian's `fwknopd`, and IPv6 works end to end. Everything
 //! runs in network namespaces; root only (`--include-ignored`).
@@ -295,6 +296,90 @@ fn in_nftables_the_kernel_expires_the_grant_too() {
 
 #[test]
 #[ignore = "needs root"]
+fn a_request_opens_only_the_ports_it_asks_for() {
+    // Our nftables table guards both ports of the stanza; Debian's fwknop
+    // asks for tcp/22 only, then for tcp/80 only (as fwknopd grants).
+    let access = format!(
+        "SOURCE ANY\n    OPEN_PORTS tcp/22, tcp/80\n    KEY_BASE64 {KEY}\n    HMAC_KEY_BASE64 {HMAC}\n    FW_ACCESS_TIMEOUT 30\n"
+    );
+    let s = server_with(Setup::new("[options]\n").no_iptables_drop(), &access, &[]);
+    s.pair.server.tcp_listen(80).unwrap();
+    let port_80 = |addr: &str| {
+        s.pair
+            .client
+            .tcp_connect(addr.parse().unwrap(), 80, Duration::from_millis(700))
+    };
+    assert!(!s.connects(SERVER_V4), "our table guards tcp/22");
+    assert!(!port_80(SERVER_V4), "our table guards tcp/80");
+    fwknop_access(&s, SERVER_V4, CLIENT_V4, &[]);
+    s.wait_open(SERVER_V4);
+    assert!(
+        !port_80(SERVER_V4),
+        "tcp/80 was not asked for\n{}",
+        nft_table(&s)
+    );
+    let log = s.log();
+    assert!(log.contains("stanza1:tcp/22: OPEN SESAME"), "{log}");
+    assert!(!log.contains("stanza1:tcp/80: OPEN SESAME"), "{log}");
+    // Over IPv6 (which Debian's fwknop 2.6.10 cannot send) our client
+    // asks for tcp/80: that alone opens there.
+    our_spa_for(&s, SERVER_V6, CLIENT_V6, "tcp/80");
+    wait_for("tcp/80 over IPv6", Duration::from_secs(5), || {
+        port_80(SERVER_V6)
+    });
+    assert!(!s.connects(SERVER_V6), "tcp/22 was not asked for over IPv6");
+    assert!(!port_80(SERVER_V4), "nor tcp/80 over IPv4");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn in_iptables_a_request_opens_only_the_port_it_asks_for() {
+    // A knockd.conf SPA door of two ports over the host's iptables drop of
+    // both; Debian's fwknop asks for tcp/80 only.
+    let conf = format!(
+        "[options]\n[web]\n    spa_key_base64 = {KEY}\n    spa_hmac_key_base64 = {HMAC}\n    \
+         open = tcp/22, tcp/80\n    firewall = iptables\n    cmd_timeout = 30\n"
+    );
+    let s = Setup::new(&conf)
+        .before_start(|pair| {
+            pair.server.tcp_listen(80).unwrap();
+            pair.server
+                .run(&[
+                    "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "80", "-j", "DROP",
+                ])
+                .unwrap();
+        })
+        .start();
+    let port_80 = || {
+        s.pair
+            .client
+            .tcp_connect(SERVER_V4.parse().unwrap(), 80, Duration::from_millis(700))
+    };
+    assert!(!port_80(), "tcp/80 is dropped");
+    fwknop(
+        &s,
+        SERVER_V4,
+        &[
+            "-A",
+            "tcp/80",
+            "-a",
+            CLIENT_V4,
+            "--key-base64-rijndael",
+            KEY,
+            "--key-base64-hmac",
+            HMAC,
+        ],
+    );
+    wait_for("tcp/80 open", Duration::from_secs(5), port_80);
+    assert!(!s.connects(SERVER_V4), "tcp/22 was not asked for");
+    let rules = s.iptables_s("KNOCK");
+    assert!(rules.contains("--dport 80"), "{rules}");
+    assert!(!rules.contains("--dport 22"), "{rules}");
+    assert!(s.log().contains("web:tcp/80: OPEN SESAME"), "{}", s.log());
+}
+
+#[test]
+#[ignore = "needs root"]
 fn allow_ip_opens_for_the_address_in_the_packet() {
     let s = server_with(
         Setup::new("[options]\n").client_addr("198.18.0.3/24"),
@@ -340,6 +425,11 @@ fn connects_from(s: &Server, src: &str) -> bool {
 
 /// Our `knock --spa`: the same options as fwknop's.
 fn our_spa(s: &Server, server: &str, addr: &str) -> String {
+    our_spa_for(s, server, addr, "tcp/22")
+}
+
+/// Our `knock --spa` asking for `ports` (`-A`).
+fn our_spa_for(s: &Server, server: &str, addr: &str, ports: &str) -> String {
     let out = s
         .pair
         .client
@@ -351,7 +441,7 @@ fn our_spa(s: &Server, server: &str, addr: &str) -> String {
             "--key-base64-hmac",
             HMAC,
             "-A",
-            "tcp/22",
+            ports,
             "-a",
             addr,
             server,

@@ -738,11 +738,16 @@ fn spa_conf() -> String {
 
 /// An SPA packet made at Unix time `unix` asking tcp/22 for `addr`.
 fn spa_packet(unix: u64, addr: &str, rand: u64) -> Vec<u8> {
+    spa_packet_for(unix, addr, rand, &[Step::tcp(22)])
+}
+
+/// An SPA packet made at Unix time `unix` asking `ports` for `addr`.
+fn spa_packet_for(unix: u64, addr: &str, rand: u64, ports: &[Step]) -> Vec<u8> {
     use knock::spa::{seal, Access, Keys, Message};
     let keys = Keys::from_base64(SPA_KEY, SPA_HMAC).unwrap();
     let access = Access {
         addr: Some(addr.parse().unwrap()),
-        ports: vec![Step::tcp(22)],
+        ports: ports.to_vec(),
     };
     let m = Message::access("alice", unix, access, rand);
     seal(&keys, m.plaintext().as_bytes(), [5; 8]).into_bytes()
@@ -790,6 +795,146 @@ fn an_spa_request_opens_its_door_for_the_address_it_names_then_closes() {
     // A datagram to another port is a knock, not SPA.
     e.handle_datagram(at(0, 31_000), &spa_event(me(), 9999), Some(&packet));
     assert_eq!(e.spa_stats().unwrap().accepted, 1);
+}
+
+/// An SPA door with two native ports.
+fn spa_two_ports_conf(extra: &str) -> String {
+    format!(
+        "[spa]\n    spa_key_base64 = {SPA_KEY}\n    spa_hmac_key_base64 = {SPA_HMAC}\n    \
+         cmd_timeout = 30\n    open = tcp/22, tcp/80\n{extra}"
+    )
+}
+
+/// An engine for one access.conf stanza with two ports and `commands`.
+fn access_engine(commands: &str, now: Now) -> Engine {
+    let text = format!(
+        "SOURCE ANY\nOPEN_PORTS tcp/22, tcp/80\nKEY_BASE64 {SPA_KEY}\nHMAC_KEY_BASE64 {SPA_HMAC}\n\
+         FW_ACCESS_TIMEOUT 30\n{commands}"
+    );
+    let mut config = Config::from_knockd_str("[options]\n", "test.conf").unwrap();
+    config
+        .doors
+        .extend(Config::parse_access_conf_str(&text, "access.conf").unwrap());
+    Engine::new(config, EngineOptions::default(), now).unwrap()
+}
+
+/// The opens among `acts`: door, source, how.
+fn grants_opened(acts: &[Action]) -> Vec<(String, IpAddr, How)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Open(g) => Some((g.door.to_string(), g.src, g.how.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn native(ports: &[Step]) -> How {
+    How::Native {
+        firewall: knock::config::FirewallKind::Iptables,
+        ports: ports.to_vec(),
+        prefix_v4: 32,
+        prefix_v6: 128,
+    }
+}
+
+#[test]
+fn an_spa_grant_opens_only_the_ports_the_request_asked_for() {
+    let now = at(0, 0);
+    let mut e = engine(&spa_two_ports_conf("    firewall = iptables\n"), now);
+    let src: IpAddr = "198.18.0.9".parse().unwrap();
+    let packet = spa_packet_for(EPOCH, "198.18.0.9", 1, &[Step::tcp(22)]);
+    e.handle_datagram(now, &spa_event(me(), 62201), Some(&packet));
+    let acts = drain(&mut e);
+    assert_eq!(
+        grants_opened(&acts),
+        vec![("spa:tcp/22".to_owned(), src, native(&[Step::tcp(22)]))],
+        "{acts:?}"
+    );
+    // One packet asking both opens both, as one replay-cache entry.
+    let src2: IpAddr = "198.18.0.10".parse().unwrap();
+    let packet = spa_packet_for(EPOCH, "198.18.0.10", 2, &[Step::tcp(22), Step::tcp(80)]);
+    e.handle_datagram(at(0, 1000), &spa_event(me(), 62201), Some(&packet));
+    let acts = drain(&mut e);
+    assert_eq!(
+        grants_opened(&acts),
+        vec![
+            ("spa:tcp/22".to_owned(), src2, native(&[Step::tcp(22)])),
+            ("spa:tcp/80".to_owned(), src2, native(&[Step::tcp(80)])),
+        ],
+        "{acts:?}"
+    );
+    let persisted = acts.iter().rev().find_map(|a| match a {
+        Action::Persist(s) => Some(s.spa_replay.len()),
+        _ => None,
+    });
+    assert_eq!(persisted, Some(2), "{acts:?}");
+    assert_eq!(e.spa_stats().unwrap().accepted, 2);
+    // A port the door does not list refuses the whole request.
+    let packet = spa_packet_for(EPOCH, "198.18.0.11", 3, &[Step::tcp(22), Step::tcp(23)]);
+    e.handle_datagram(at(0, 2000), &spa_event(me(), 62201), Some(&packet));
+    let acts = drain(&mut e);
+    assert!(grants_opened(&acts).is_empty(), "{acts:?}");
+    assert_eq!(e.spa_stats().unwrap().accepted, 2);
+    // Each port's grant closes on its own time.
+    e.handle_timeout(at(0, 30_000));
+    let closed: Vec<String> = drain(&mut e)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Close(g) if g.src == src => Some(g.door.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec!["spa:tcp/22".to_owned()]);
+}
+
+#[test]
+fn spa_commands_get_the_port_and_protocol_of_each_port_asked_for() {
+    let now = at(0, 0);
+    let mut e = access_engine(
+        "CMD_CYCLE_OPEN open $IP $PROTO $PORT\nCMD_CYCLE_CLOSE close $IP $PORT\n",
+        now,
+    );
+    let packet = spa_packet_for(EPOCH, "198.18.0.9", 1, &[Step::tcp(80)]);
+    e.handle_datagram(now, &spa_event(me(), 62201), Some(&packet));
+    let acts = drain(&mut e);
+    let src: IpAddr = "198.18.0.9".parse().unwrap();
+    assert_eq!(
+        grants_opened(&acts),
+        vec![(
+            "stanza1:tcp/80".to_owned(),
+            src,
+            How::Command {
+                command: "open 198.18.0.9 6 80".into()
+            }
+        )],
+        "{acts:?}"
+    );
+    e.handle_timeout(at(0, 30_000));
+    let closed = drain(&mut e).into_iter().any(
+        |a| matches!(a, Action::Close(g) if g.how == How::Command { command: "close 198.18.0.9 80".into() }),
+    );
+    assert!(closed);
+}
+
+#[test]
+fn spa_commands_without_a_port_run_once_per_request() {
+    let now = at(0, 0);
+    let mut e = access_engine("CMD_CYCLE_OPEN open $IP\nCMD_CYCLE_CLOSE close $IP\n", now);
+    let packet = spa_packet_for(EPOCH, "198.18.0.9", 1, &[Step::tcp(22), Step::tcp(80)]);
+    e.handle_datagram(now, &spa_event(me(), 62201), Some(&packet));
+    let acts = drain(&mut e);
+    let src: IpAddr = "198.18.0.9".parse().unwrap();
+    assert_eq!(
+        grants_opened(&acts),
+        vec![(
+            "stanza1".to_owned(),
+            src,
+            How::Command {
+                command: "open 198.18.0.9".into()
+            }
+        )],
+        "{acts:?}"
+    );
 }
 
 #[test]
