@@ -92,7 +92,8 @@ struct Args {
     #[arg(long = "metrics", value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
     /// fwknopd's access.conf: its stanzas become Single Packet
-    /// Authorization doors (`stanza1`, `stanza2`, ...) beside the
+    /// Authorization doors (`stanza1`, `stanza2`, ...; a door per port,
+    /// `stanza1:tcp/22`, when a stanza has several) beside the
     /// configuration's doors.
     #[arg(long = "access-conf", value_name = "FILE")]
     access_conf: Option<PathBuf>,

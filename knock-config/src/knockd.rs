@@ -248,11 +248,15 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     if let Some(mut s) = options {
         build_options(&mut s, &mut opts)?;
     }
-    let doors = doors
-        .into_iter()
-        .map(build_door)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Config::new(opts, doors))
+    let mut built: Vec<DoorConfig> = Vec::new();
+    for s in doors {
+        let at = s.at.clone();
+        for d in build_door(s)? {
+            crate::spa::check_new_name(&built, &d, &at)?;
+            built.push(d);
+        }
+    }
+    Ok(Config::new(opts, built))
 }
 
 fn unknown_or_syntax(
@@ -352,7 +356,7 @@ fn command(e: Option<Entry>) -> Result<Option<String>, ConfigError> {
     .transpose()
 }
 
-fn build_door(mut s: Section) -> Result<DoorConfig, ConfigError> {
+fn build_door(mut s: Section) -> Result<Vec<DoorConfig>, ConfigError> {
     let name = s.name.clone();
     let conflict = |at: &Location, problem: String| ConfigError::Conflict {
         at: at.clone(),
@@ -592,5 +596,5 @@ fn build_door(mut s: Section) -> Result<DoorConfig, ConfigError> {
             source,
         })?;
     }
-    Ok(door)
+    crate::spa::per_port(door, &s.at)
 }

@@ -295,13 +295,48 @@ impl Config {
         Ok(())
     }
 
-    /// The SPA doors' stanzas, with the door names, in order.
-    pub fn spa_stanzas(&self) -> Vec<(String, knock_spa::Stanza)> {
-        self.doors
-            .iter()
-            .filter_map(|d| Some((d.name.clone(), d.spa_stanza()?)))
-            .collect()
+    /// The SPA doors' stanzas, in order, each with its name and its doors
+    /// (with the ports each opens): one door, or one per port (see
+    /// [`spa::SpaDoor::part_of`]).
+    pub fn spa_stanzas(&self) -> Vec<SpaStanza> {
+        let mut out: Vec<SpaStanza> = Vec::new();
+        for d in &self.doors {
+            let (Some(spa), Some(stanza)) = (d.spa(), d.spa_stanza()) else {
+                continue;
+            };
+            let door = (d.name.clone(), d.open.clone());
+            match &spa.part_of {
+                Some(p) => match out.iter_mut().find(|s| s.name == p.stanza) {
+                    Some(s) => s.doors.push(door),
+                    None => out.push(SpaStanza {
+                        name: p.stanza.clone(),
+                        stanza,
+                        doors: vec![door],
+                    }),
+                },
+                None => out.push(SpaStanza {
+                    name: d.name.clone(),
+                    stanza,
+                    doors: vec![door],
+                }),
+            }
+        }
+        out
     }
+}
+
+/// An SPA stanza and the doors that open its ports
+/// ([`Config::spa_stanzas`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SpaStanza {
+    /// Its name (`stanza1`, or the door's as written).
+    pub name: String,
+    /// What the verifier checks.
+    pub stanza: knock_spa::Stanza,
+    /// Its doors, each with the ports it opens: a request opens those of
+    /// the ports it asks for (a single door opens whatever is asked).
+    pub doors: Vec<(String, Vec<knock_core::Step>)>,
 }
 
 /// Converts knockd.conf text to the TOML format without reading any file

@@ -4,10 +4,18 @@
 //! An SPA door has no knock sequence: it opens when an fwknop packet
 //! verifies with its keys (`knock_spa`). Its other keys are a knock door's:
 //! `from` is fwknop's `SOURCE`, `open` its `OPEN_PORTS` (the ports a
-//! request may ask for; native grants open them), `cmd_timeout` its
-//! `FW_ACCESS_TIMEOUT`, `start_command`/`stop_command` its
-//! `CMD_CYCLE_OPEN`/`CMD_CYCLE_CLOSE` (with `%IP%` for the address the
-//! request is for).
+//! request may ask for; a request opens those it asks for, no more),
+//! `cmd_timeout` its `FW_ACCESS_TIMEOUT`, `start_command`/`stop_command`
+//! its `CMD_CYCLE_OPEN`/`CMD_CYCLE_CLOSE` (with `%IP%` for the address the
+//! request is for, `%PORT%` and `%PROTO%` for a port asked for and its
+//! protocol's number, fwknop's `$PORT` and `$PROTO`).
+//!
+//! A stanza whose grant depends on the port (native grants, or commands
+//! naming `%PORT%`/`%PROTO%`) is one door per port of `open`, named
+//! `NAME:tcp/22` (`NAME` alone for a single port): a request opens the
+//! door of each port it asks for, each grant closing on its own time
+//! ([`per_port`]). Commands that do not name the port run once per
+//! request, as in fwknopd.
 //!
 //! | access.conf | knockd.conf / TOML door key |
 //! |---|---|
@@ -22,6 +30,7 @@
 //! | `REQUIRE_USERNAME alice` | `spa_require_username = alice` |
 //! | `ACCESS_EXPIRE 12/31/2027`, `ACCESS_EXPIRE_EPOCH` | `spa_access_expire = UNIX SECONDS` |
 //! | `CMD_CYCLE_OPEN`, `CMD_CYCLE_CLOSE`, `CMD_CYCLE_TIMER` | `start_command`, `stop_command`, `cmd_timeout` |
+//! | `$IP`/`$SRC`, `$PORT`, `$PROTO` in those | `%IP%`, `%PORT%`, `%PROTO%` |
 //! | `%include FILE` | |
 
 use std::path::{Path, PathBuf};
@@ -51,6 +60,101 @@ pub struct SpaDoor {
     pub require_username: Option<String>,
     /// `ACCESS_EXPIRE`: Unix time after which the door grants nothing.
     pub expire: Option<Duration>,
+    /// The stanza this door is one port of (`None`: the door is a whole
+    /// stanza). See [`per_port`].
+    pub part_of: Option<Box<StanzaPart>>,
+}
+
+/// The stanza an SPA door opening one of its ports belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StanzaPart {
+    /// The stanza's name: the door's as written (`stanza1`, `[ssh]`).
+    pub stanza: String,
+    /// All its ports (`OPEN_PORTS`): what a request may ask for.
+    pub open_ports: Vec<Step>,
+}
+
+/// What `%PORT%` and `%PROTO%` (fwknop's `$PORT`, `$PROTO`) stand for in
+/// the commands of an SPA door.
+pub const PORT_VARS: [&str; 2] = ["%PORT%", "%PROTO%"];
+
+/// `command` with `%PORT%` and `%PROTO%` replaced by `port`'s number and
+/// its protocol's number (6 for tcp, 17 for udp), as fwknopd does.
+pub fn substitute_port(command: &str, port: Step) -> String {
+    let proto = match port.proto {
+        knock_core::Proto::Tcp => "6",
+        knock_core::Proto::Udp => "17",
+    };
+    command
+        .replace("%PORT%", &port.port.to_string())
+        .replace("%PROTO%", proto)
+}
+
+impl DoorConfig {
+    /// Whether the door's commands name the port (`%PORT%`, `%PROTO%`).
+    pub fn commands_name_port(&self) -> bool {
+        [
+            &self.start_command,
+            &self.start_command_6,
+            &self.stop_command,
+            &self.stop_command_6,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|c| PORT_VARS.iter().any(|v| c.contains(v)))
+    }
+}
+
+/// An SPA door as the doors the engine runs: when its grant depends on
+/// the port (a native grant, or commands naming `%PORT%`/`%PROTO%`), one
+/// door per port of `open`, each opening that port alone, named
+/// `NAME:tcp/22` (a single port keeps `NAME`), so that a request opens
+/// exactly the ports it asks for; else (commands that do not name the
+/// port: run once per request, as in fwknopd) the door itself. Other
+/// doors are returned as they are.
+///
+/// # Errors
+/// Commands naming the port without any `open` port to name.
+pub(crate) fn per_port(door: DoorConfig, at: &Location) -> Result<Vec<DoorConfig>, ConfigError> {
+    let native = door.firewall != FirewallKind::Command;
+    let Some(spa) = door.spa() else {
+        return Ok(vec![door]);
+    };
+    if spa.part_of.is_some() {
+        return Ok(vec![door]);
+    }
+    let named = door.commands_name_port();
+    if named && door.open.is_empty() {
+        return Err(ConfigError::Conflict {
+            at: at.clone(),
+            door: door.name,
+            problem: "%PORT% and %PROTO% ($PORT, $PROTO) need the ports a request may ask for: open = proto/port,... (OPEN_PORTS)".to_owned(),
+        });
+    }
+    if !native && !named {
+        return Ok(vec![door]);
+    }
+    let part = StanzaPart {
+        stanza: door.name.clone(),
+        open_ports: door.open.clone(),
+    };
+    let single = door.open.len() == 1;
+    Ok(door
+        .open
+        .iter()
+        .map(|&port| {
+            let mut d = door.clone();
+            if !single {
+                d.name = format!("{}:{}", door.name, crate::value::open_to_string(&port));
+            }
+            d.open = vec![port];
+            if let SequenceSource::Spa(s) = &mut d.sequence {
+                s.part_of = Some(Box::new(part.clone()));
+            }
+            d
+        })
+        .collect())
 }
 
 impl SpaDoor {
@@ -62,6 +166,7 @@ impl SpaDoor {
             require_source_address: false,
             require_username: None,
             expire: None,
+            part_of: None,
         }
     }
 }
@@ -76,12 +181,16 @@ impl DoorConfig {
     }
 
     /// The verifier's stanza of an SPA door: its `from` (`SOURCE`), `open`
-    /// (`OPEN_PORTS`), `cmd_timeout` (`FW_ACCESS_TIMEOUT`) and SPA settings.
+    /// (`OPEN_PORTS`: all the stanza's when the door is one port of it),
+    /// `cmd_timeout` (`FW_ACCESS_TIMEOUT`) and SPA settings.
     pub fn spa_stanza(&self) -> Option<Stanza> {
         let s = self.spa()?;
         let mut st = Stanza::new(s.keys.clone());
         st.source = self.from.clone();
-        st.open_ports = self.open.clone();
+        st.open_ports = s
+            .part_of
+            .as_ref()
+            .map_or_else(|| self.open.clone(), |p| p.open_ports.clone());
         st.restrict_ports = s.restrict_ports.clone();
         st.timeout = self.cmd_timeout;
         st.require_source_address = s.require_source_address;
@@ -192,6 +301,25 @@ pub(crate) fn check_door(door: &DoorConfig, at: &Location) -> Result<(), ConfigE
     Ok(())
 }
 
+/// Refuses `door` when `doors` has one of its name already (a door named
+/// like one port of an SPA door, `NAME:tcp/22`).
+pub(crate) fn check_new_name(
+    doors: &[DoorConfig],
+    door: &DoorConfig,
+    at: &Location,
+) -> Result<(), ConfigError> {
+    if doors.iter().any(|d| d.name == door.name) {
+        return Err(ConfigError::Conflict {
+            at: at.clone(),
+            door: door.name.clone(),
+            problem: "two doors have this name (an SPA door opens each port of open = ... \
+                      through a door of its own, NAME:proto/port): rename one"
+                .to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Parses a list of `proto/port` entries (`OPEN_PORTS`, `RESTRICT_PORTS`).
 pub(crate) fn port_list(text: &str, key: &str, at: &Location) -> Result<Vec<Step>, ConfigError> {
     let base = at.column.unwrap_or(1);
@@ -254,7 +382,8 @@ struct Raw {
 }
 
 /// Reads fwknopd's `access.conf` text into SPA doors named `stanza1`,
-/// `stanza2`, ... in order. `include` reads a `%include`d file (its path
+/// `stanza2`, ... in order (`stanza1:tcp/22`, ... for each port: see
+/// [`per_port`]). `include` reads a `%include`d file (its path
 /// as written, relative to the working directory as in fwknopd); pure
 /// callers pass one that refuses.
 pub(crate) fn parse_access(
@@ -264,10 +393,12 @@ pub(crate) fn parse_access(
 ) -> Result<Vec<DoorConfig>, ConfigError> {
     let mut raws = Vec::new();
     read_access(text, file, include, 0, &mut raws)?;
-    raws.into_iter()
-        .enumerate()
-        .map(|(i, r)| build_stanza(r, i + 1))
-        .collect()
+    let mut doors = Vec::new();
+    for (i, r) in raws.into_iter().enumerate() {
+        let at = r.at.clone();
+        doors.extend(per_port(build_stanza(r, i + 1)?, &at)?);
+    }
+    Ok(doors)
 }
 
 fn read_access(
@@ -451,7 +582,8 @@ fn read_access(
     Ok(())
 }
 
-/// `CMD_CYCLE_OPEN`/`CLOSE`: fwknop's `$IP` and `$SRC` become `%IP%`;
+/// `CMD_CYCLE_OPEN`/`CLOSE`: fwknop's `$IP` and `$SRC` become `%IP%`,
+/// `$PORT` and `$PROTO` `%PORT%` and `%PROTO%` (see [`substitute_port`]);
 /// the other substitutions are refused.
 fn cycle_command(value: &str, at: &Location, key: &str) -> Result<String, ConfigError> {
     if value.is_empty() {
@@ -462,16 +594,20 @@ fn cycle_command(value: &str, at: &Location, key: &str) -> Result<String, Config
             expected: "a shell command".to_owned(),
         });
     }
-    for var in ["$PKT_SRC", "$DST", "$PORT", "$PROTO", "$TIMEOUT"] {
+    for var in ["$PKT_SRC", "$DST", "$TIMEOUT", "$CLIENT_TIMEOUT"] {
         if value.contains(var) {
             return Err(ConfigError::Unsupported {
                 at: at.clone(),
                 key: format!("{key} {var}"),
-                why: "only $IP (and $SRC) can be substituted".to_owned(),
+                why: "only $IP (and $SRC), $PORT and $PROTO can be substituted".to_owned(),
             });
         }
     }
-    Ok(value.replace("$IP", "%IP%").replace("$SRC", "%IP%"))
+    Ok(value
+        .replace("$IP", "%IP%")
+        .replace("$SRC", "%IP%")
+        .replace("$PORT", "%PORT%")
+        .replace("$PROTO", "%PROTO%"))
 }
 
 /// fwknop's `ACCESS_EXPIRE MM/DD/YYYY` (the end of that day, UTC).
@@ -571,15 +707,82 @@ mod tests {
             "# fwknopd access.conf\nSOURCE ANY\n    OPEN_PORTS tcp/22, udp/1194\n    KEY_BASE64 {K}\n    HMAC_KEY_BASE64 {H}\n    FW_ACCESS_TIMEOUT 5\n    REQUIRE_USERNAME alice\n"
         );
         let doors = parse(&text).unwrap();
-        assert_eq!(doors.len(), 1);
-        let d = &doors[0];
-        assert_eq!(d.name, "stanza1");
-        assert_eq!(d.open, vec![Step::tcp(22), Step::udp(1194)]);
-        assert_eq!(d.cmd_timeout, Duration::from_secs(5));
-        assert_eq!(d.firewall, FirewallKind::Auto);
-        let st = d.spa_stanza().unwrap();
-        assert!(st.source.is_empty());
-        assert_eq!(st.require_username.as_deref(), Some("alice"));
-        assert_eq!(st.keys, Keys::from_base64(K, H).unwrap());
+        // One door per port, each opening its port alone; the verifier
+        // admits either.
+        let names: Vec<&str> = doors.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["stanza1:tcp/22", "stanza1:udp/1194"]);
+        assert_eq!(doors[0].open, vec![Step::tcp(22)]);
+        assert_eq!(doors[1].open, vec![Step::udp(1194)]);
+        for d in &doors {
+            assert_eq!(d.cmd_timeout, Duration::from_secs(5));
+            assert_eq!(d.firewall, FirewallKind::Auto);
+            let st = d.spa_stanza().unwrap();
+            assert!(st.source.is_empty());
+            assert_eq!(st.open_ports, vec![Step::tcp(22), Step::udp(1194)]);
+            assert_eq!(st.require_username.as_deref(), Some("alice"));
+            assert_eq!(st.keys, Keys::from_base64(K, H).unwrap());
+        }
+        let config = crate::Config::new(crate::Options::default(), doors);
+        let stanzas = config.spa_stanzas();
+        assert_eq!(stanzas.len(), 1);
+        assert_eq!(stanzas[0].name, "stanza1");
+        assert_eq!(
+            stanzas[0].doors,
+            vec![
+                ("stanza1:tcp/22".to_owned(), vec![Step::tcp(22)]),
+                ("stanza1:udp/1194".to_owned(), vec![Step::udp(1194)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_single_port_keeps_the_stanza_name() {
+        let text = format!("SOURCE ANY\nOPEN_PORTS tcp/22\nKEY_BASE64 {K}\nHMAC_KEY_BASE64 {H}\n");
+        let doors = parse(&text).unwrap();
+        let names: Vec<&str> = doors.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["stanza1"]);
+    }
+
+    #[test]
+    fn cycle_commands_name_the_port_or_run_once() {
+        let stanza = |cmds: &str| {
+            format!("SOURCE ANY\nOPEN_PORTS tcp/22, udp/53\nKEY_BASE64 {K}\nHMAC_KEY_BASE64 {H}\n{cmds}")
+        };
+        let doors = parse(&stanza(
+            "CMD_CYCLE_OPEN allow $IP $PROTO/$PORT\nCMD_CYCLE_CLOSE deny $SRC $PORT\n",
+        ))
+        .unwrap();
+        let names: Vec<&str> = doors.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["stanza1:tcp/22", "stanza1:udp/53"]);
+        assert_eq!(
+            doors[0].start_command.as_deref(),
+            Some("allow %IP% %PROTO%/%PORT%")
+        );
+        assert_eq!(doors[1].stop_command.as_deref(), Some("deny %IP% %PORT%"));
+        // Without $PORT/$PROTO the command runs once per request.
+        let doors = parse(&stanza("CMD_CYCLE_OPEN allow $IP\n")).unwrap();
+        let names: Vec<&str> = doors.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["stanza1"]);
+        assert_eq!(doors[0].open, vec![Step::tcp(22), Step::udp(53)]);
+        // $PORT needs OPEN_PORTS to take it from.
+        let text = format!(
+            "SOURCE ANY\nKEY_BASE64 {K}\nHMAC_KEY_BASE64 {H}\nCMD_CYCLE_OPEN allow $IP $PORT\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("OPEN_PORTS") && err.contains("access.conf:1"),
+            "{err}"
+        );
+        // The substitutions fwknop has and we lack are still refused.
+        let err = parse(&stanza("CMD_CYCLE_OPEN allow $IP $TIMEOUT\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("$TIMEOUT"), "{err}");
+    }
+
+    #[test]
+    fn substitute_port_uses_fwknops_protocol_numbers() {
+        assert_eq!(substitute_port("x %PROTO% %PORT%", Step::tcp(22)), "x 6 22");
+        assert_eq!(substitute_port("%PORT%/%PROTO%", Step::udp(53)), "53/17");
     }
 }

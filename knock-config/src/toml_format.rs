@@ -269,8 +269,11 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                 first_line: lines.get(i).copied().unwrap_or(0),
             });
         }
-        lines.push(line);
-        doors.push(door);
+        for d in crate::spa::per_port(door, &at)? {
+            crate::spa::check_new_name(&doors, &d, &at)?;
+            lines.push(line);
+            doors.push(d);
+        }
     }
     Ok(Config::new(options, doors))
 }
@@ -542,12 +545,32 @@ pub(crate) fn to_string(config: &Config) -> Result<String, ConfigError> {
         doors: config
             .doors
             .iter()
-            .map(|d| toml::Spanned::new(0..0, mirror(d)))
+            .enumerate()
+            .filter(|(i, d)| !later_part(config, *i, d))
+            .map(|(_, d)| toml::Spanned::new(0..0, mirror(d)))
             .collect(),
     };
     toml::to_string(&raw).map_err(|e| ConfigError::TomlWrite {
         message: e.to_string(),
     })
+}
+
+/// Whether door `i` opens a port of a stanza an earlier door opens another
+/// port of (the stanza is written once, by its first door).
+fn later_part(config: &Config, i: usize, d: &DoorConfig) -> bool {
+    let stanza = |d: &DoorConfig| {
+        d.spa()
+            .and_then(|s| s.part_of.as_ref())
+            .map(|p| p.stanza.clone())
+    };
+    let Some(mine) = stanza(d) else {
+        return false;
+    };
+    config
+        .doors
+        .iter()
+        .take(i)
+        .any(|e| stanza(e).as_ref() == Some(&mine))
 }
 
 fn mirror(d: &DoorConfig) -> TomlDoor {
@@ -595,6 +618,11 @@ fn mirror(d: &DoorConfig) -> TomlDoor {
             t.spa_require_username = s.require_username.clone();
             t.spa_access_expire = s.expire.map(|e| e.as_secs());
         }
+    }
+    if let Some(p) = d.spa().and_then(|s| s.part_of.as_ref()) {
+        t.name = p.stanza.clone();
+        t.open =
+            (!p.open_ports.is_empty()).then(|| p.open_ports.iter().map(open_to_string).collect());
     }
     t
 }

@@ -723,11 +723,12 @@ impl Engine {
         self.dirty |= spa.verifier.replay_cache().inserted() != before;
         match verdict {
             Ok(req) => {
-                let (name, door) = spa
-                    .doors
-                    .get(req.stanza)
-                    .cloned()
-                    .unwrap_or_else(|| (Arc::from("?"), None));
+                let stanza = spa.doors.get(req.stanza);
+                let name = stanza.map_or_else(|| Arc::from("?"), |s| s.name.clone());
+                let doors = stanza.map_or_else(
+                    || Err(format!("{name}: SPA stanza not loaded")),
+                    |s| s.for_ports(&req.ports),
+                );
                 let ports: Vec<String> = req
                     .ports
                     .iter()
@@ -742,17 +743,25 @@ impl Engine {
                         ports.join(",")
                     ),
                 );
-                let opened = door.is_some_and(|d| {
-                    let lifetime = self
-                        .matcher
-                        .door(d)
-                        .and_then(|x| x.grant_lifetime)
-                        .map(|_| req.lifetime);
-                    self.matcher
-                        .handle_authorized(self.now.mono, d, addr, lifetime)
-                });
-                if !opened {
-                    self.log(Level::Error, format!("{name}: SPA door not loaded"));
+                // One door per port asked for (or the stanza's single
+                // door): the grant is exactly the access asked for.
+                match doors {
+                    Ok(doors) => {
+                        for (door_name, d) in doors {
+                            let lifetime = self
+                                .matcher
+                                .door(d)
+                                .and_then(|x| x.grant_lifetime)
+                                .map(|_| req.lifetime);
+                            if !self
+                                .matcher
+                                .handle_authorized(self.now.mono, d, addr, lifetime)
+                            {
+                                self.log(Level::Error, format!("{door_name}: SPA door not loaded"));
+                            }
+                        }
+                    }
+                    Err(fault) => self.log(Level::Error, format!("{src}: {fault}: nothing opened")),
                 }
                 self.decisions();
             }
@@ -761,7 +770,7 @@ impl Engine {
                 let name = r
                     .stanza
                     .and_then(|i| spa.doors.get(i))
-                    .map_or_else(String::new, |(n, _)| format!("{n}: "));
+                    .map_or_else(String::new, |s| format!("{}: ", s.name));
                 let line = format!("{src}: {name}SPA packet refused: {}", r.reason);
                 if !quiet {
                     if let Some(left_out) = spa.warn_due(self.now.mono) {

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use knock_config::spa::substitute_port;
 use knock_config::{DerivedSequence, DoorConfig, FirewallKind, SequenceEntry};
 use knock_core::Step;
 use knock_firewall::DoorCommands;
@@ -59,10 +60,19 @@ impl DoorPlan {
     pub(crate) fn new(d: &DoorConfig) -> DoorPlan {
         let action = match d.firewall {
             FirewallKind::Command => {
-                let mut c = DoorCommands::new(d.start_command.clone().unwrap_or_default());
-                c.start6 = d.start_command_6.clone();
-                c.stop = d.stop_command.clone();
-                c.stop6 = d.stop_command_6.clone();
+                // An SPA door opening one port: its commands name it.
+                let port = match d.open.as_slice() {
+                    [p] if d.spa().is_some() => Some(*p),
+                    _ => None,
+                };
+                let sub = |c: &Option<String>| match port {
+                    Some(p) => c.as_deref().map(|c| substitute_port(c, p)),
+                    None => c.clone(),
+                };
+                let mut c = DoorCommands::new(sub(&d.start_command).unwrap_or_default());
+                c.start6 = sub(&d.start_command_6);
+                c.stop = sub(&d.stop_command);
+                c.stop6 = sub(&d.stop_command_6);
                 DoorAction::Commands(c)
             }
             firewall => DoorAction::Native(How::Native {

@@ -15,14 +15,53 @@ use knock_spa::Verifier;
 #[derive(Clone, Debug)]
 pub(crate) struct SpaDoors {
     pub(crate) verifier: Verifier,
-    /// Per stanza (the verifier's index): the door's name and id.
-    pub(crate) doors: Vec<(Arc<str>, Option<DoorId>)>,
+    /// Per stanza (the verifier's index): its name and doors.
+    pub(crate) doors: Vec<StanzaDoors>,
     /// The UDP port SPA packets come to.
     pub(crate) port: u16,
     /// When a refusal was last logged as a warning.
     warned_at: Option<Timestamp>,
     /// Warnings not logged since then.
     suppressed: u64,
+}
+
+/// The doors of one stanza.
+#[derive(Clone, Debug)]
+pub(crate) struct StanzaDoors {
+    /// The stanza's name.
+    pub(crate) name: Arc<str>,
+    /// Its doors: name, the ports each opens, id (`None`: not loaded).
+    doors: Vec<(Arc<str>, Vec<Step>, Option<DoorId>)>,
+}
+
+impl StanzaDoors {
+    /// The doors a request for `ports` opens: the stanza's single door, or
+    /// the door of each port asked for. `Err` names a door not loaded, or
+    /// a port no door opens: then none opens (the verifier admits only
+    /// the stanza's ports, so this is a fault).
+    pub(crate) fn for_ports(&self, ports: &[Step]) -> Result<Vec<(Arc<str>, DoorId)>, String> {
+        let loaded = |(name, _, id): &(Arc<str>, Vec<Step>, Option<DoorId>)| {
+            id.map(|id| (name.clone(), id))
+                .ok_or_else(|| format!("{name}: SPA door not loaded"))
+        };
+        if let [single] = self.doors.as_slice() {
+            if single.1.len() != 1 || ports.iter().all(|p| single.1.contains(p)) {
+                return Ok(vec![loaded(single)?]);
+            }
+        }
+        let mut out: Vec<(Arc<str>, DoorId)> = Vec::with_capacity(ports.len());
+        for p in ports {
+            let d =
+                self.doors.iter().find(|d| d.1.contains(p)).ok_or_else(|| {
+                    format!("{}: no door opens {}/{}", self.name, p.proto, p.port)
+                })?;
+            let d = loaded(d)?;
+            if !out.iter().any(|o| o.1 == d.1) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// At most one refusal warning per this long (the counters count them
@@ -40,9 +79,22 @@ impl SpaDoors {
         }
         let doors = stanzas
             .iter()
-            .map(|(name, _)| (Arc::from(name.as_str()), matcher.door_id(name)))
+            .map(|s| StanzaDoors {
+                name: Arc::from(s.name.as_str()),
+                doors: s
+                    .doors
+                    .iter()
+                    .map(|(name, ports)| {
+                        (
+                            Arc::from(name.as_str()),
+                            ports.clone(),
+                            matcher.door_id(name),
+                        )
+                    })
+                    .collect(),
+            })
             .collect();
-        let stanzas: Vec<_> = stanzas.into_iter().map(|(_, s)| s).collect();
+        let stanzas: Vec<_> = stanzas.into_iter().map(|s| s.stanza).collect();
         let verifier = match old {
             Some(mut o) => {
                 o.verifier.set_stanzas(stanzas);

@@ -36,17 +36,23 @@ fn several_stanzas_in_order_with_their_rules() {
         stanza("    OPEN_PORTS tcp/22,udp/1194\n    FW_ACCESS_TIMEOUT 5\n")
     );
     let doors = Config::parse_access_conf_str(&text, "access.conf").unwrap();
-    assert_eq!(doors.len(), 2);
-    assert_eq!(doors[0].name, "stanza1");
+    // The first stanza is a door per port, the second a single door.
+    let names: Vec<&str> = doors.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["stanza1:tcp/22", "stanza1:udp/1194", "stanza2"]);
     assert_eq!(doors[0].cmd_timeout, Duration::from_secs(5));
-    assert_eq!(doors[0].open, vec![Step::tcp(22), Step::udp(1194)]);
-    let s = doors[1].spa_stanza().unwrap();
+    assert_eq!(doors[0].open, vec![Step::tcp(22)]);
+    assert_eq!(doors[1].open, vec![Step::udp(1194)]);
+    assert_eq!(
+        doors[1].spa_stanza().unwrap().open_ports,
+        vec![Step::tcp(22), Step::udp(1194)]
+    );
+    let s = doors[2].spa_stanza().unwrap();
     assert_eq!(s.source.len(), 2);
     assert_eq!(s.restrict_ports, vec![Step::tcp(23)]);
     assert!(s.require_source_address);
     assert_eq!(s.expire, Some(Duration::from_secs(1_830_297_599)));
     assert_eq!(s.timeout, knock_spa::DEFAULT_ACCESS_TIMEOUT);
-    assert_eq!(doors[1].firewall, FirewallKind::Auto);
+    assert_eq!(doors[2].firewall, FirewallKind::Auto);
 }
 
 #[test]
@@ -98,7 +104,7 @@ fn what_is_not_supported_is_refused_clearly() {
         ("FORCE_NAT 198.18.0.9 22", "NAT"),
         ("ENCRYPTION_MODE legacy", "CBC"),
         ("HMAC_DIGEST_TYPE sha512", "sha256"),
-        ("CMD_CYCLE_OPEN echo $PORT", "$IP"),
+        ("CMD_CYCLE_OPEN echo $DST", "$PORT"),
     ] {
         let e = access_err(&stanza(&format!("    OPEN_PORTS tcp/22\n    {line}\n")));
         says(&e, &["access.conf:5:", "not supported", why]);
@@ -187,6 +193,31 @@ fn knockd_conf_and_toml_spa_doors_are_the_same() {
     let st = b.doors[0].spa_stanza().unwrap();
     assert_eq!(st.require_username.as_deref(), Some("alice"));
     assert_eq!(st.open_ports, vec![Step::tcp(22)]);
+}
+
+#[test]
+fn a_door_of_several_ports_is_one_door_per_port_and_converts_back_whole() {
+    let knockd = format!(
+        "[ssh]\n    spa_key_base64 = {K}\n    spa_hmac_key_base64 = {H}\n    \
+         open = tcp/22, tcp/80\n    cmd_timeout = 30\n"
+    );
+    let a = Config::parse_knockd_str(&knockd, "knockd.conf").unwrap();
+    let names: Vec<&str> = a.doors.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["ssh:tcp/22", "ssh:tcp/80"]);
+    let toml = a.to_toml_string().unwrap();
+    assert_eq!(toml.matches("[[door]]").count(), 1, "{toml}");
+    assert!(toml.contains("name = \"ssh\""), "{toml}");
+    let b = Config::parse_toml_str(&toml, "knock.toml").unwrap();
+    assert_eq!(a, b);
+    // A door named like one of the ports' doors is refused.
+    let clash = format!("{knockd}[ssh:tcp/80]\n    sequence = 7000\n    command = true\n");
+    let e = Config::parse_knockd_str(&clash, "knockd.conf")
+        .unwrap_err()
+        .to_string();
+    says(
+        &e,
+        &["knockd.conf:", "ssh:tcp/80", "two doors have this name"],
+    );
 }
 
 #[test]
