@@ -129,7 +129,7 @@ pub(crate) fn per_port(door: DoorConfig, at: &Location) -> Result<Vec<DoorConfig
         return Err(ConfigError::Conflict {
             at: at.clone(),
             door: door.name,
-            problem: "%PORT% and %PROTO% ($PORT, $PROTO) need the ports a request may ask for: open = proto/port,... (OPEN_PORTS)".to_owned(),
+            problem: "%PORT% and %PROTO% ($PORT, $PROTO) need the ports a request may ask for: OPEN_PORTS beside CMD_CYCLE_OPEN in access.conf".to_owned(),
         });
     }
     if !native && !named {
