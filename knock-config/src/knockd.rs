@@ -7,7 +7,7 @@ use crate::error::{ConfigError, Location};
 use crate::model::{
     BlacklistReach, Config, DerivedSequence, DoorConfig, FirewallKind, Options, SequenceSource,
 };
-use crate::spa::{check_door, port_list, SpaDoor, SpaKeys};
+use crate::spa::{check_door, SpaDoor, SpaKeys};
 use crate::value::{
     parse_blacklist, parse_bool, parse_duration, parse_flags, parse_grant_prefix, parse_net,
     parse_open_list, parse_port_range, parse_protocols, parse_sequence, split_list,
@@ -441,7 +441,7 @@ fn build_door(mut s: Section) -> Result<Vec<DoorConfig>, ConfigError> {
         )?);
         let [restrict, require_source, require_user, expire] = spa_extra;
         if let Some(e) = restrict {
-            spa.restrict_ports = port_list(&e.value, &e.key, &e.at)?;
+            spa.restrict_ports = parse_open_list(&e.value, &e.key, &e.at)?;
         }
         if let Some(e) = require_source {
             spa.require_source_address =
@@ -533,7 +533,7 @@ fn build_door(mut s: Section) -> Result<Vec<DoorConfig>, ConfigError> {
     }
     let open = s.take("open");
     if let Some(e) = &open {
-        door.open = parse_open_list(&e.value, &e.at)?;
+        door.open = parse_open_list(&e.value, "open", &e.at)?;
     }
     let firewall = s.take("firewall");
     door.firewall = match &firewall {

@@ -41,7 +41,7 @@ use knock_spa::{Keys, Stanza};
 
 use crate::error::{ConfigError, Location};
 use crate::model::{DoorConfig, FirewallKind, SequenceSource};
-use crate::value::{parse_net, parse_open, split_list};
+use crate::value::{parse_net, parse_open_list, split_list};
 
 /// How deep `%include`s may nest.
 pub const MAX_INCLUDE_DEPTH: usize = 8;
@@ -320,22 +320,6 @@ pub(crate) fn check_new_name(
     Ok(())
 }
 
-/// Parses a list of `proto/port` entries (`OPEN_PORTS`, `RESTRICT_PORTS`).
-pub(crate) fn port_list(text: &str, key: &str, at: &Location) -> Result<Vec<Step>, ConfigError> {
-    let base = at.column.unwrap_or(1);
-    split_list(text)
-        .into_iter()
-        .map(|(col, piece)| {
-            parse_open(piece).map_err(|reason| ConfigError::BadStep {
-                at: at.with_column(base + col),
-                key: key.to_owned(),
-                text: piece.to_owned(),
-                reason,
-            })
-        })
-        .collect()
-}
-
 // ---- access.conf ---------------------------------------------------------
 
 /// Keys of fwknopd's `access.conf` that are refused, with the reason.
@@ -541,8 +525,8 @@ fn read_access(
                     });
                 }
             }
-            "OPEN_PORTS" => r.open = Some(port_list(value, key, &value_at)?),
-            "RESTRICT_PORTS" => r.restrict = port_list(value, key, &value_at)?,
+            "OPEN_PORTS" => r.open = Some(parse_open_list(value, key, &value_at)?),
+            "RESTRICT_PORTS" => r.restrict = parse_open_list(value, key, &value_at)?,
             "FW_ACCESS_TIMEOUT" => r.timeout = Some(secs()?),
             "CMD_CYCLE_TIMER" => r.cmd_timer = Some(secs()?),
             "REQUIRE_SOURCE_ADDRESS" => r.require_source = yes_no()?,

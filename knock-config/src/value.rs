@@ -132,15 +132,20 @@ pub fn sequence_to_string(steps: &[Step]) -> String {
         .join(",")
 }
 
-/// Parses an `open` list (`tcp/22,udp/1194`).
-pub(crate) fn parse_open_list(text: &str, at: &Location) -> Result<Vec<Step>, ConfigError> {
+/// Parses a list of `proto/port` entries (`tcp/22,udp/1194`) given as
+/// `key` (`open`, `OPEN_PORTS`, `RESTRICT_PORTS`).
+pub(crate) fn parse_open_list(
+    text: &str,
+    key: &str,
+    at: &Location,
+) -> Result<Vec<Step>, ConfigError> {
     let base = at.column.unwrap_or(1);
     split_list(text)
         .into_iter()
         .map(|(col, piece)| {
             parse_open(piece).map_err(|reason| ConfigError::BadStep {
                 at: at.with_column(base + col),
-                key: "open".to_owned(),
+                key: key.to_owned(),
                 text: piece.to_owned(),
                 reason,
             })
