@@ -7,7 +7,7 @@ use crate::error::{ConfigError, Location};
 use crate::model::{
     BlacklistReach, Config, DerivedSequence, DoorConfig, FirewallKind, Options, SequenceSource,
 };
-use crate::spa::{check_door, SpaDoor, SpaKeys};
+use crate::spa::{check_door, SpaDoor, SpaKeys, DOOR_KEY_NAMES};
 use crate::value::{
     parse_blacklist, parse_bool, parse_duration, parse_flags, parse_grant_prefix, parse_net,
     parse_open_list, parse_port_range, parse_protocols, parse_sequence, split_list,
@@ -429,16 +429,7 @@ fn build_door(mut s: Section) -> Result<Vec<DoorConfig>, ConfigError> {
     }
     let mut derived_at = None;
     let source = if spa_keys.any() {
-        let mut spa = SpaDoor::new(spa_keys.build(
-            [
-                "spa_key",
-                "spa_key_base64",
-                "spa_hmac_key",
-                "spa_hmac_key_base64",
-            ],
-            &name,
-            &s.at,
-        )?);
+        let mut spa = SpaDoor::new(spa_keys.build(DOOR_KEY_NAMES, &name, &s.at)?);
         let [restrict, require_source, require_user, expire] = spa_extra;
         if let Some(e) = restrict {
             spa.restrict_ports = parse_open_list(&e.value, &e.key, &e.at)?;

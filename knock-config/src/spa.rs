@@ -43,6 +43,15 @@ use crate::error::{ConfigError, Location};
 use crate::model::{DoorConfig, FirewallKind, SequenceSource};
 use crate::value::{parse_net, parse_open_list, split_list};
 
+/// The names of the four SPA key settings of a knockd.conf or TOML door,
+/// in [`SpaKeys::build`]'s order.
+pub(crate) const DOOR_KEY_NAMES: [&str; 4] = [
+    "spa_key",
+    "spa_key_base64",
+    "spa_hmac_key",
+    "spa_hmac_key_base64",
+];
+
 /// How deep `%include`s may nest.
 pub const MAX_INCLUDE_DEPTH: usize = 8;
 

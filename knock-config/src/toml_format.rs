@@ -12,7 +12,7 @@ use crate::model::{
     BlacklistReach, BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix,
     Options, SequenceSource,
 };
-use crate::spa::{SpaDoor, SpaKeys};
+use crate::spa::{SpaDoor, SpaKeys, DOOR_KEY_NAMES};
 use crate::value::{
     add_flag, duration_to_string, flags_to_list, open_to_string, parse_duration, parse_net,
     parse_open, parse_port_range, parse_protocols, parse_step, DURATION_EXPECTED, METRICS_EXPECTED,
@@ -348,16 +348,7 @@ fn build_door(t: TomlDoor, at: &Location) -> Result<DoorConfig, ConfigError> {
         }
     }
     let source = if spa_keys.any() {
-        let mut spa = SpaDoor::new(spa_keys.build(
-            [
-                "spa_key",
-                "spa_key_base64",
-                "spa_hmac_key",
-                "spa_hmac_key_base64",
-            ],
-            &name,
-            at,
-        )?);
+        let mut spa = SpaDoor::new(spa_keys.build(DOOR_KEY_NAMES, &name, at)?);
         for p in t.spa_restrict_ports.iter().flatten() {
             spa.restrict_ports
                 .push(parse_open(p).map_err(|r| step_err("spa_restrict_ports", p, r))?);
