@@ -9,6 +9,13 @@
 #   sudo benches/vs-knockd.sh 1000 50000      # other N
 #   sudo METRICS=1 benches/vs-knockd.sh 100000 # also ours with --metrics,
 #                                              # scraped every 100 ms meanwhile
+#   sudo BASELINE=/tmp/knockd-old benches/vs-knockd.sh 1000000
+#                                 # also another build of ours (a copy of an
+#                                 # earlier target/release/examples/knockd),
+#                                 # right after this build, on the same pcap
+#   sudo PERF=/tmp/prof benches/vs-knockd.sh 1000000
+#                                 # `perf record -g` each run of ours (not
+#                                 # knockd) into /tmp/prof.N.NAME.data
 #
 # Both daemons get the same knockd.conf (a command door that touches a
 # marker file) and a log file of their own (`-g`; LOGFILE=0: none). Per run,
@@ -124,6 +131,9 @@ run_one() {
   if [ "$name" = knockd ]; then
     ip netns exec "$S" "$DEBIAN_KNOCKD" -c "$WORK/knockd.conf" -i kn0 "${logargs[@]}" \
       >"$out" 2>"$WORK/$name.err" &
+  elif [ "$name" = "knock-rs, baseline" ]; then
+    ip netns exec "$S" "$BASELINE" -c "$WORK/knockd.conf" -i kn0 --stats-json \
+      --state-dir "$WORK" "${logargs[@]}" >"$out" 2>"$WORK/$name.err" &
   elif [ "$name" = "knock-rs, scraped" ]; then
     ip netns exec "$S" "$OURS" -c "$WORK/knockd.conf" -i kn0 --stats-json \
       --state-dir "$WORK" --metrics 127.0.0.1:9464 "${logargs[@]}" >"$out" 2>"$WORK/$name.err" &
@@ -135,6 +145,12 @@ run_one() {
   for _ in $(seq 200); do capturing "$DPID" && break; sleep 0.05; done
   capturing "$DPID" || { echo "$name did not start: $(cat "$WORK/$name.err")" >&2; exit 1; }
   sleep 0.3
+  local perf=""
+  if [ -n "${PERF:-}" ] && [ "$name" != knockd ]; then
+    perf record -q -g -p "$DPID" -o "$PERF.$n.${name//[^a-z]/}.data" 2>/dev/null &
+    perf=$!
+    sleep 0.5
+  fi
   if [ "$name" = "knock-rs, scraped" ]; then
     ip netns exec "$S" python3 -c '
 import socket, time
@@ -174,6 +190,7 @@ while True:
   # Reading PACKET_STATISTICS resets it: ours reads its own at exit.
   [ "$name" = knockd ] && drops=$(sock_drops "$DPID")
   [ -n "$scraper" ] && { kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; }
+  [ -n "$perf" ] && { kill -INT "$perf" 2>/dev/null || true; wait "$perf" 2>/dev/null || true; }
   kill -TERM "$DPID"
   for _ in $(seq 100); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
   kill -9 "$DPID" 2>/dev/null || true
@@ -204,6 +221,7 @@ for n in "${SIZES[@]}"; do
   "$FLOODGEN" -n "$n" --dst-mac "$MAC" -o "$WORK/flood.pcap" 2>/dev/null
   run_one knockd "$WORK/flood.pcap" "$n"
   run_one knock-rs "$WORK/flood.pcap" "$n"
+  [ -n "${BASELINE:-}" ] && run_one "knock-rs, baseline" "$WORK/flood.pcap" "$n"
   [ -n "${METRICS:-}" ] && run_one "knock-rs, scraped" "$WORK/flood.pcap" "$n"
 done
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
