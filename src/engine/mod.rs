@@ -1407,7 +1407,9 @@ impl Engine {
             let s = self.snapshot();
             self.out.push_back(Action::Persist(s));
         }
-        self.out.extend(self.staged.drain(..));
+        if !self.staged.is_empty() {
+            self.out.extend(self.staged.drain(..));
+        }
         let g = self.matcher.listen_generation();
         let spa = self.spa_port();
         if g != self.listen_generation || spa != self.listen_spa {
