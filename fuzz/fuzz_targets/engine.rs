@@ -38,7 +38,7 @@ fn config(i: u8) -> Config {
 
 fn drain(e: &mut Engine, disk: &mut Option<Snapshot>, pending: &mut Vec<Applied>) {
     while let Some(a) = e.poll_action() {
-        if let Action::Persist(s) = &a {
+        if let Action::Persist(s, _) = &a {
             let back = Snapshot::from_bytes(&s.to_bytes()).ok();
             assert_eq!(back.as_ref(), Some(s), "a snapshot reads back as itself");
             *disk = Some(s.clone());

@@ -106,7 +106,8 @@ pub use model::{
     Options, SequenceSource, DEFAULT_CMD_TIMEOUT, DEFAULT_INTERFACE, DEFAULT_PID_FILE,
 };
 pub use seqfile::{
-    check_writable, write_atomically, Marked, SequenceEntry, SequenceFile, MAX_SEQUENCE_FILE_SIZE,
+    check_writable, replace_atomically, write_atomically, Marked, SequenceEntry, SequenceFile,
+    MAX_SEQUENCE_FILE_SIZE,
 };
 pub use value::{duration_to_string, parse_duration, parse_open, parse_step, sequence_to_string};
 

@@ -254,6 +254,23 @@ pub(crate) fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, ConfigError
 /// [`ConfigError::Io`] naming the step and the file;
 /// [`ConfigError::File`] for an existing path that is not a regular file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    write_in_place(path, bytes, true)
+}
+
+/// [`write_atomically`] without the fsyncs: readers, and this process
+/// after a crash, see the old content or the new, never a mix; a power
+/// loss may bring back the old content. For state whose loss in a power
+/// cut does no harm; it costs no wait for the disk.
+///
+/// # Errors
+/// As [`write_atomically`].
+pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    write_in_place(path, bytes, false)
+}
+
+/// A temporary file renamed over `path`, fsynced (with the directory) if
+/// `sync`.
+fn write_in_place(path: &Path, bytes: &[u8], sync: bool) -> Result<(), ConfigError> {
     let Staging { target, dir, tmp } = staging(path)?;
     let meta = match fs::metadata(&target) {
         Ok(m) => Some(m),
@@ -294,7 +311,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
                 let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
             }
         }
-        file.sync_all().map_err(io("cannot fsync", &tmp))?;
+        if sync {
+            file.sync_all().map_err(io("cannot fsync", &tmp))?;
+        }
         fs::rename(&tmp, &target).map_err(io("cannot rename over", &target))
     })();
     if result.is_err() {
@@ -302,6 +321,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     }
     result?;
     // The rename is durable once the directory is.
+    if !sync {
+        return Ok(());
+    }
     if let Ok(d) = fs::File::open(&dir) {
         d.sync_all().map_err(io("cannot fsync directory", &dir))?;
     }
@@ -433,19 +455,21 @@ mod tests {
 
     #[test]
     fn write_atomically_creates_a_missing_file_and_replaces_an_existing_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state");
-        write_atomically(&p, b"one\n").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"one\n");
-        write_atomically(&p, b"two\n").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two\n");
-        // No temporary file is left beside it.
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        let missing_dir = dir.path().join("no/such/dir/state");
-        assert!(matches!(
-            write_atomically(&missing_dir, b"x"),
-            Err(ConfigError::Io { .. })
-        ));
+        for write in [write_atomically, replace_atomically] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("state");
+            write(&p, b"one\n").unwrap();
+            assert_eq!(fs::read(&p).unwrap(), b"one\n");
+            write(&p, b"two\n").unwrap();
+            assert_eq!(fs::read(&p).unwrap(), b"two\n");
+            // No temporary file is left beside it.
+            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+            let missing_dir = dir.path().join("no/such/dir/state");
+            assert!(matches!(
+                write(&missing_dir, b"x"),
+                Err(ConfigError::Io { .. })
+            ));
+        }
     }
 
     #[cfg(unix)]

@@ -33,7 +33,8 @@ pub use metrics::{DoorMetrics, MetricsSnapshot};
 pub use placement::{place_doors, Placed, Placements, Refused};
 
 use crate::engine::{
-    Action, Applied, Engine, EngineError, EngineOptions, GrantAction, How, Level, Now, Snapshot,
+    Action, Applied, Durability, Engine, EngineError, EngineOptions, GrantAction, How, Level, Now,
+    Snapshot,
 };
 
 /// A firewall sink as the daemon holds it.
@@ -910,8 +911,12 @@ impl Daemon {
                 self.listen = Some(set);
                 None
             }
-            Action::Persist(s) => {
-                self.unsaved = knock_config::write_atomically(&self.state_file, &s.to_bytes())
+            Action::Persist(s, durability) => {
+                let write = match durability {
+                    Durability::Synced => knock_config::write_atomically,
+                    Durability::Written => knock_config::replace_atomically,
+                };
+                self.unsaved = write(&self.state_file, &s.to_bytes())
                     .err()
                     .map(|e| e.to_string());
                 if let Some(e) = &self.unsaved {

@@ -18,7 +18,7 @@
 //!                                            │ closes in flight, snapshot     │
 //!                                            └──┬─────────────────────────────┘
 //!   poll_action() ─► Open/Extend/Close (How) · Block/Unblock · MarkUsed
-//!                    Listen · Persist(Snapshot) · Log(level, line) · Report
+//!                    Listen · Persist(Snapshot, Durability) · Log(level, line) · Report
 //!   poll_timeout() ─► when to call handle_timeout next
 //! ```
 //!
@@ -60,7 +60,7 @@
 //! }
 //! let actions: Vec<Action> = std::iter::from_fn(|| engine.poll_action()).collect();
 //! // The grant is persisted before the door opens.
-//! let persist = actions.iter().position(|a| matches!(a, Action::Persist(_))).unwrap();
+//! let persist = actions.iter().position(|a| matches!(a, Action::Persist(..))).unwrap();
 //! let open = actions.iter().position(|a| matches!(a, Action::Open(_))).unwrap();
 //! assert!(persist < open);
 //!
@@ -190,6 +190,20 @@ pub enum Applied {
     Unblock(IpAddr),
 }
 
+/// How durable an [`Action::Persist`] must be before what follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk before what follows (fsync of the file and its directory):
+    /// the snapshot records what must never be undone, a consumed one-time
+    /// sequence or an SPA packet in the replay cache, which a power loss
+    /// must not make usable again.
+    Synced,
+    /// In place before what follows (written and renamed over, no fsync):
+    /// enough for grants and blocks, which must survive a crash of the
+    /// process; a power loss takes the firewall's own state with it.
+    Written,
+}
+
 /// Something the shell must do, in order.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -228,8 +242,9 @@ pub enum Action {
     },
     /// The knocks the capture must pass changed.
     Listen(Vec<Listen>),
-    /// Write this snapshot (atomically) before applying what follows.
-    Persist(Snapshot),
+    /// Write this snapshot (atomically) before applying what follows, as
+    /// durably as [`Durability`] says.
+    Persist(Snapshot, Durability),
     /// A log line (knockd's format, without the timestamp).
     Log(Level, String),
     /// One decision as a report (with [`EngineOptions::reports`]).
@@ -386,6 +401,9 @@ pub struct Engine {
     out: VecDeque<Action>,
     staged: Vec<Action>,
     dirty: bool,
+    /// What made the snapshot dirty must be synced to disk
+    /// ([`Durability::Synced`]).
+    durable: bool,
     listen_generation: u64,
     stats: EngineStats,
     /// The matcher's decisions counted by door.
@@ -451,6 +469,7 @@ impl Engine {
             out: VecDeque::new(),
             staged: Vec::new(),
             dirty: false,
+            durable: false,
             listen_generation: u64::MAX,
             stats: EngineStats::default(),
             door_stats: DoorCounts::default(),
@@ -720,7 +739,9 @@ impl Engine {
         };
         let before = spa.verifier.replay_cache().inserted();
         let verdict = spa.verifier.verify(unix, src, payload);
-        self.dirty |= spa.verifier.replay_cache().inserted() != before;
+        let cached = spa.verifier.replay_cache().inserted() != before;
+        self.dirty |= cached;
+        self.durable |= cached;
         match verdict {
             Ok(req) => {
                 let stanza = spa.doors.get(req.stanza);
@@ -1348,6 +1369,7 @@ impl Engine {
                 // of this batch; the mark goes before the open it allowed.
                 self.used_once.record(&name, sequence.clone());
                 self.dirty = true;
+                self.durable = true;
                 let at = self
                     .staged
                     .iter()
@@ -1404,8 +1426,13 @@ impl Engine {
         }
         if self.dirty {
             self.dirty = false;
+            let durability = if std::mem::take(&mut self.durable) {
+                Durability::Synced
+            } else {
+                Durability::Written
+            };
             let s = self.snapshot();
-            self.out.push_back(Action::Persist(s));
+            self.out.push_back(Action::Persist(s, durability));
         }
         if !self.staged.is_empty() {
             self.out.extend(self.staged.drain(..));
