@@ -114,6 +114,21 @@ fn stop_for_stats(s: &mut Server) -> serde_json::Value {
     v["spa"].clone()
 }
 
+/// Sends the capture `pcap` again from the client (`tcpreplay`): what it
+/// printed.
+fn replay(s: &Server, pcap: &std::path::Path) -> String {
+    s.pair
+        .client
+        .run(&[
+            "tcpreplay",
+            "-q",
+            "-i",
+            knock_testnet::CLIENT_IF,
+            pcap.to_str().unwrap(),
+        ])
+        .unwrap()
+}
+
 /// Captures the client's datagrams to udp/62201 while `f` runs.
 fn capture_while(s: &Server, pcap: &std::path::Path, f: impl FnOnce()) {
     let dump_log = s.path("tcpdump.log");
@@ -204,17 +219,7 @@ fn fwknop_client_opens_over_a_drop_and_the_grant_closes_on_time() {
     );
 
     // The same datagram again (tcpreplay of the capture): a replay.
-    let replayed = s
-        .pair
-        .client
-        .run(&[
-            "tcpreplay",
-            "-q",
-            "-i",
-            knock_testnet::CLIENT_IF,
-            pcap.to_str().unwrap(),
-        ])
-        .unwrap();
+    let replayed = replay(&s, &pcap);
     wait_for(
         &format!("the replay to be refused ({replayed})\n{}", s.log()),
         Duration::from_secs(3),
@@ -600,16 +605,7 @@ fn a_replay_after_a_restart_is_still_refused() {
     s.stop();
     s.restart(&["--access-conf", &path]);
     assert!(!s.connects(SERVER_V4), "closed at the last exit");
-    s.pair
-        .client
-        .run(&[
-            "tcpreplay",
-            "-q",
-            "-i",
-            knock_testnet::CLIENT_IF,
-            pcap.to_str().unwrap(),
-        ])
-        .unwrap();
+    replay(&s, &pcap);
     wait_for("the replay to be refused", Duration::from_secs(3), || {
         s.log().contains("SPA packet refused: replayed packet")
     });
