@@ -150,6 +150,7 @@ mod error;
 mod event;
 mod grant;
 mod hasher;
+mod index;
 mod matcher;
 mod table;
 mod time;

@@ -1,8 +1,8 @@
 //! The bounded per-source table.
 //!
 //! Records live in a slab (`Vec<Record>`, stable indices, a free list) and are
-//! found through a `hashbrown::HashTable<u32>` of slab indices, hashed with a
-//! keyed SipHash ([`SourceHasher`], sources are spoofable). Every held record is also
+//! found through an [`Index`] of slab indices (one cache line per probe),
+//! hashed with a keyed SipHash ([`SourceHasher`], sources are spoofable). Every held record is also
 //! on one of the circular *level* lists (slots `0..LEVELS` of the slab are
 //! their sentinels), so that eviction takes the least advanced, oldest record
 //! in amortized O(1). A record's level is the most steps any of its attempts
@@ -19,17 +19,17 @@
 //! frees records, so a slot on the free list has no timer entry left that
 //! matters (see `timer`).
 //!
-//! A record is 36 bytes; with the index and the timer heap a tracked source
-//! costs about 60 bytes (measured by `benches/matcher.rs`).
+//! A record is 36 bytes; with the index (8 bytes a slot, at most 7/8 of
+//! them used) and the timer heap a tracked source costs 62-70 bytes
+//! (measured by `benches/matcher.rs`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 
-use hashbrown::HashTable;
-
 use crate::door::MAX_STEPS;
 use crate::hasher::SourceHasher;
+use crate::index::Index;
 
 /// A source address as a table key: IPv6 as is, IPv4 as its IPv4-mapped IPv6
 /// form, as one integer (built in registers, compared and hashed as one
@@ -171,7 +171,7 @@ impl Record {
 pub(crate) struct SourceTable {
     slab: Vec<Record>,
     free: u32,
-    index: HashTable<u32>,
+    index: Index,
     hasher: SourceHasher,
     spill: HashMap<u32, Vec<Attempt>, SourceHasher>,
     /// Records in the index (active and idle).
@@ -194,7 +194,7 @@ impl SourceTable {
         SourceTable {
             slab,
             free: NIL,
-            index: HashTable::new(),
+            index: Index::default(),
             hasher,
             spill: HashMap::with_hasher(hasher),
             held: 0,
@@ -226,9 +226,10 @@ impl SourceTable {
     #[inline]
     pub(crate) fn find(&self, hash: u64, key: &Key) -> Option<u32> {
         let slab = &self.slab;
-        self.index
-            .find(hash, |&i| u128::from_ne_bytes(slab[i as usize].key) == *key)
-            .copied()
+        self.index.find(hash, |i| {
+            slab.get(i as usize)
+                .is_some_and(|r| u128::from_ne_bytes(r.key) == *key)
+        })
     }
 
     #[inline]
@@ -437,18 +438,11 @@ impl SourceTable {
     /// in the middle of a flood). The index's control bytes (one per slot)
     /// are written now; its slots are touched as they fill.
     pub(crate) fn reserve(&mut self, n: usize) {
-        let (slab, hasher) = (&self.slab, &self.hasher);
-        self.index
-            .reserve(n.saturating_sub(self.index.len()), |&i| {
-                hash_key(hasher, u128::from_ne_bytes(slab[i as usize].key))
-            });
+        self.index.reserve(n);
     }
 
     fn index_insert(&mut self, hash: u64, idx: u32) {
-        let (slab, hasher) = (&self.slab, &self.hasher);
-        self.index.insert_unique(hash, idx, |&i| {
-            hash_key(hasher, u128::from_ne_bytes(slab[i as usize].key))
-        });
+        self.index.insert_unique(hash, idx);
     }
 
     /// Takes held record `victim` out of the index and lists, and the spill.
@@ -458,9 +452,7 @@ impl SourceTable {
         let spilled = r.attempts[0] == Attempt::SPILLED;
         self.idle -= usize::from(r.is_idle());
         self.unlink(victim);
-        if let Ok(entry) = self.index.find_entry(hash, |&i| i == victim) {
-            entry.remove();
-        }
+        self.index.remove(hash, victim);
         if spilled {
             self.spill.remove(&victim);
         }
@@ -562,7 +554,7 @@ impl SourceTable {
     /// Bytes of heap memory the table holds (capacity, not length).
     pub(crate) fn heap_bytes(&self) -> usize {
         self.slab.capacity() * std::mem::size_of::<Record>()
-            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.index.heap_bytes()
             + self
                 .spill
                 .values()

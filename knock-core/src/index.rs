@@ -1,0 +1,316 @@
+//! The index of the source table: slab indices by key hash, so that finding
+//! a source, or adding a new one, touches one cache line.
+//!
+//! Open addressing with linear probing over 64-byte buckets of eight
+//! entries. An entry holds the upper 32 bits of its key's hash beside its
+//! slab index, so that a probe compares hashes in the line it has loaded
+//! and reads a record (another line) only when they agree; the entry is
+//! then written into that same line. (A table of control bytes beside a
+//! table of slots, as `hashbrown`'s, touches two lines per new key: under a
+//! flood of new sources each is a cache miss.)
+//!
+//! An entry's home bucket is taken from the same 32 bits (the low ones,
+//! masked), so that removing one can shift the entries behind it back
+//! without hashing any key again (backward-shift deletion: no tombstones, a
+//! probe ends at the first empty entry however the table churns), and
+//! growing needs no key either.
+
+/// Entries per bucket: a bucket is one 64-byte cache line.
+const WIDTH: usize = 8;
+
+/// The index of a slab slot, in an entry: its bitwise complement, so that
+/// an entry whose low 32 bits are 0 is empty (`u32::MAX` is never a slot).
+#[inline]
+fn entry(tag: u32, idx: u32) -> u64 {
+    u64::from(tag) << 32 | u64::from(!idx)
+}
+
+#[inline]
+fn is_empty(e: u64) -> bool {
+    e as u32 == 0
+}
+
+#[inline]
+fn tag_of(e: u64) -> u32 {
+    (e >> 32) as u32
+}
+
+#[inline]
+fn idx_of(e: u64) -> u32 {
+    !(e as u32)
+}
+
+#[inline]
+fn tag_of_hash(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+/// See the [module documentation](self).
+#[derive(Default)]
+pub(crate) struct Index {
+    /// The buckets, from `start` on: a power of two of them, or none. A
+    /// bucket is 16 words, one cache line: the hash bits of its eight
+    /// entries, then their slab indices (complemented, 0: empty), so that
+    /// a probe compares eight of each at once. Allocated zeroed (empty),
+    /// so that the system hands out zero pages as they are first touched
+    /// and a large reserved index costs no memory until it fills; `start`
+    /// aligns the first bucket to 64 bytes (the vector is allocated once
+    /// and never moves).
+    words: Vec<u32>,
+    start: usize,
+    /// Buckets (a power of two, or 0).
+    buckets: usize,
+    len: usize,
+}
+
+/// Words per bucket.
+const LINE: usize = 2 * WIDTH;
+
+impl Index {
+    /// Entries held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Entries it holds before it grows (7/8 of its slots).
+    pub(crate) fn capacity(&self) -> usize {
+        self.buckets * WIDTH / 8 * 7
+    }
+
+    /// Bytes of heap memory it holds.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.words.capacity() * std::mem::size_of::<u32>()
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.buckets.wrapping_sub(1)
+    }
+
+    /// Bucket `b`'s hash bits and indices (`b` below the bucket count).
+    #[inline]
+    fn bucket(&self, b: usize) -> Option<(&[u32], &[u32])> {
+        let at = self.start + b * LINE;
+        let line = self.words.get(at..at + LINE)?;
+        Some(line.split_at(WIDTH))
+    }
+
+    /// The entry at slot `pos` (`pos` below the slot count).
+    #[inline]
+    fn slot(&self, pos: usize) -> u64 {
+        let at = self.start + pos / WIDTH * LINE + pos % WIDTH;
+        match (self.words.get(at), self.words.get(at + WIDTH)) {
+            (Some(&tag), Some(&idx)) => u64::from(tag) << 32 | u64::from(idx),
+            _ => 0,
+        }
+    }
+
+    #[inline]
+    fn set_slot(&mut self, pos: usize, e: u64) {
+        let at = self.start + pos / WIDTH * LINE + pos % WIDTH;
+        if let Some(w) = self.words.get_mut(at) {
+            *w = tag_of(e);
+        }
+        if let Some(w) = self.words.get_mut(at + WIDTH) {
+            *w = e as u32;
+        }
+    }
+
+    /// The first slot of the home bucket of hash bits `tag`.
+    #[inline]
+    fn home(&self, tag: u32) -> usize {
+        (tag as usize & self.mask()) * WIDTH
+    }
+
+    /// The slab index under `hash` for which `eq` holds.
+    #[inline(always)]
+    pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.position(hash, |e| eq(idx_of(e)))
+            .map(|(_, e)| idx_of(e))
+    }
+
+    /// The slot and entry under `hash` for which `eq` holds.
+    #[inline(always)]
+    fn position(&self, hash: u64, mut eq: impl FnMut(u64) -> bool) -> Option<(usize, u64)> {
+        let tag = tag_of_hash(hash);
+        let mask = self.mask();
+        let mut b = tag as usize & mask;
+        for _ in 0..self.buckets {
+            let (tags, ids) = self.bucket(b)?;
+            // The whole bucket at once, without a branch per entry (which
+            // entries are taken is as random as the keys): a bit per entry
+            // whose hash bits agree, a bit per empty one.
+            let (mut hits, mut empty) = (0u32, 0u32);
+            for (i, (&t, &id)) in tags.iter().zip(ids).enumerate() {
+                hits |= u32::from(t == tag) << i;
+                empty |= u32::from(id == 0) << i;
+            }
+            // Only the entries before the first empty one are in the run.
+            hits &= (empty & empty.wrapping_neg()).wrapping_sub(1);
+            while hits != 0 {
+                let i = hits.trailing_zeros() as usize;
+                hits &= hits - 1;
+                let e = self.slot(b * WIDTH + i);
+                if eq(e) {
+                    return Some((b * WIDTH + i, e));
+                }
+            }
+            if empty != 0 {
+                return None;
+            }
+            b = (b + 1) & mask;
+        }
+        None
+    }
+
+    /// Adds slab index `idx` under `hash` (not in the index yet), growing
+    /// the index first if it is full.
+    #[inline]
+    pub(crate) fn insert_unique(&mut self, hash: u64, idx: u32) {
+        if self.len >= self.capacity() {
+            self.resize((self.len + 1).max(WIDTH / 8 * 7));
+        }
+        self.place(entry(tag_of_hash(hash), idx));
+        self.len += 1;
+    }
+
+    /// Writes `e` into the first empty slot from its home on (there is one:
+    /// the index is never full).
+    #[inline]
+    fn place(&mut self, e: u64) {
+        let mask = self.mask();
+        let mut b = tag_of(e) as usize & mask;
+        for _ in 0..self.buckets {
+            let Some((_, ids)) = self.bucket(b) else {
+                return;
+            };
+            if let Some(i) = ids.iter().position(|&id| id == 0) {
+                self.set_slot(b * WIDTH + i, e);
+                return;
+            }
+            b = (b + 1) & mask;
+        }
+    }
+
+    /// Takes slab index `idx`, filed under `hash`, out of the index.
+    /// Returns whether it was there.
+    pub(crate) fn remove(&mut self, hash: u64, idx: u32) -> bool {
+        let Some((mut hole, _)) = self.position(hash, |e| idx_of(e) == idx) else {
+            return false;
+        };
+        self.len -= 1;
+        // Backward shift: move each entry of the run behind the hole that
+        // may sit there (its home is not between the hole and itself) into
+        // it, until the run ends.
+        let slots_mask = self.buckets * WIDTH - 1;
+        let mut j = hole;
+        loop {
+            j = (j + 1) & slots_mask;
+            let e = self.slot(j);
+            if is_empty(e) || j == hole {
+                break;
+            }
+            let home = self.home(tag_of(e));
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                self.set_slot(hole, e);
+                hole = j;
+            }
+        }
+        self.set_slot(hole, 0);
+        true
+    }
+
+    /// Makes room for `n` entries in all without growing.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        if n > self.capacity() {
+            self.resize(n);
+        }
+    }
+
+    /// Moves every entry into a new table that holds `n` entries or more
+    /// (at least twice the current one).
+    fn resize(&mut self, n: usize) {
+        let slots = n
+            .saturating_mul(8)
+            .div_ceil(7)
+            .max(self.buckets * WIDTH * 2);
+        let buckets = slots.div_ceil(WIDTH).next_power_of_two();
+        // One bucket more than needed, to align the first.
+        let new = vec![0u32; (buckets + 1) * LINE];
+        let misalign = new.as_ptr().addr() % 64 / 4;
+        let start = (LINE - misalign) % LINE;
+        let old = Index {
+            words: std::mem::replace(&mut self.words, new),
+            start: std::mem::replace(&mut self.start, start),
+            buckets: std::mem::replace(&mut self.buckets, buckets),
+            len: self.len,
+        };
+        for pos in 0..old.buckets * WIDTH {
+            let e = old.slot(pos);
+            if !is_empty(e) {
+                self.place(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        /// Against a map, with hashes drawn from few bits so that runs form,
+        /// wrap around the end and are cut by removals.
+        #[test]
+        fn agrees_with_a_map(ops in prop::collection::vec((0u32..300, any::<bool>()), 0..2000),
+                             bits in 0u32..12, shift in 0u32..3) {
+            // Zeroed low bits: every key homes in few buckets; a shift:
+            // keys that share their hash bits.
+            let hash = |k: u32| {
+                u64::from((k >> shift).wrapping_mul(0x9e37_79b9) >> bits << bits) << 32 | u64::from(k)
+            };
+            let mut index = Index::default();
+            let mut model: HashMap<u32, u32> = HashMap::new();
+            for (n, (k, add)) in ops.into_iter().enumerate() {
+                let idx = n as u32;
+                if add && !model.contains_key(&k) {
+                    index.insert_unique(hash(k), idx);
+                    model.insert(k, idx);
+                } else if let Some(idx) = model.remove(&k) {
+                    prop_assert!(index.remove(hash(k), idx));
+                    prop_assert!(!index.remove(hash(k), idx));
+                }
+                prop_assert_eq!(index.len(), model.len());
+            }
+            for (&k, &idx) in &model {
+                prop_assert_eq!(index.find(hash(k), |i| i == idx), Some(idx));
+            }
+            prop_assert_eq!(index.find(hash(1000), |_| true), None);
+        }
+    }
+
+    #[test]
+    fn reserved_never_grows() {
+        let mut index = Index::default();
+        index.reserve(1000);
+        let cap = index.capacity();
+        assert!(cap >= 1000);
+        assert_eq!(
+            (index.words.as_ptr().addr() + index.start * 4) % 64,
+            0,
+            "buckets are lines"
+        );
+        for i in 0..1000u32 {
+            index.insert_unique(u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15), i);
+        }
+        assert_eq!(index.capacity(), cap);
+    }
+}
