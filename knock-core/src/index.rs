@@ -15,6 +15,8 @@
 //! probe ends at the first empty entry however the table churns), and
 //! growing needs no key either.
 
+use prefetch_index::prefetch_index;
+
 /// Entries per bucket: a bucket is one 64-byte cache line.
 const WIDTH: usize = 8;
 
@@ -90,10 +92,10 @@ impl Index {
 
     /// Bucket `b`'s hash bits and indices (`b` below the bucket count).
     #[inline]
-    fn bucket(&self, b: usize) -> Option<(&[u32], &[u32])> {
+    fn bucket(&self, b: usize) -> Option<(&[u32; WIDTH], &[u32; WIDTH])> {
         let at = self.start + b * LINE;
-        let line = self.words.get(at..at + LINE)?;
-        Some(line.split_at(WIDTH))
+        let (tags, ids) = self.words.get(at..at + LINE)?.split_at(WIDTH);
+        Some((tags.try_into().ok()?, ids.try_into().ok()?))
     }
 
     /// The entry at slot `pos` (`pos` below the slot count).
@@ -123,6 +125,14 @@ impl Index {
         (tag as usize & self.mask()) * WIDTH
     }
 
+    /// Starts loading the bucket a lookup of `hash` begins with (see
+    /// [`SourceTable::prefetch`](crate::table::SourceTable::prefetch)).
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        let b = tag_of_hash(hash) as usize & self.mask();
+        prefetch_index(&self.words, self.start + b * LINE);
+    }
+
     /// The slab index under `hash` for which `eq` holds.
     #[inline(always)]
     pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
@@ -149,9 +159,9 @@ impl Index {
             // Only the entries before the first empty one are in the run.
             hits &= (empty & empty.wrapping_neg()).wrapping_sub(1);
             while hits != 0 {
-                let i = hits.trailing_zeros() as usize;
+                let i = hits.trailing_zeros() as usize % WIDTH;
                 hits &= hits - 1;
-                let e = self.slot(b * WIDTH + i);
+                let e = u64::from(tags[i]) << 32 | u64::from(ids[i]);
                 if eq(e) {
                     return Some((b * WIDTH + i, e));
                 }
