@@ -22,22 +22,42 @@ const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
 
 /// Knocks handed out one by one; then it waits for deadlines like a live
 /// source would (sleeping until them), `idle_deadlines` times, and ends.
+/// `queued`: all of them are already queued when the first is read, so
+/// that the rest come from `next_queued` (a batch), each passed or dropped
+/// by the listen set in force when it is read, as a live source's filter
+/// does.
 struct Scripted {
     knocks: VecDeque<(u16, TcpFlags)>,
     idle_deadlines: usize,
     listen: Vec<Listen>,
+    queued: bool,
+}
+
+impl Scripted {
+    fn captured(port: u16, flags: TcpFlags) -> Captured {
+        Captured {
+            event: Event::tcp(ME, SERVER, port, flags, Timestamp::ZERO),
+            link: LinkType::Ethernet,
+            ifindex: 1,
+            payload: None,
+        }
+    }
 }
 
 impl Source for Scripted {
+    fn next_queued(&mut self) -> Option<Captured> {
+        while self.queued {
+            let (port, flags) = self.knocks.pop_front()?;
+            let c = Self::captured(port, flags);
+            if self.listen.iter().any(|l| l.matches(&c.event)) {
+                return Some(c);
+            }
+        }
+        None
+    }
     fn next_event(&mut self, deadline: Option<Instant>) -> Result<Next, CaptureError> {
         if let Some((port, flags)) = self.knocks.pop_front() {
-            let event = Event::tcp(ME, SERVER, port, flags, Timestamp::ZERO);
-            return Ok(Next::Event(Captured {
-                event,
-                link: LinkType::Ethernet,
-                ifindex: 1,
-                payload: None,
-            }));
+            return Ok(Next::Event(Self::captured(port, flags)));
         }
         match (deadline, self.idle_deadlines) {
             (Some(d), n) if n > 0 => {
@@ -84,10 +104,20 @@ fn daemon(conf: &str, sinks: Vec<(FirewallKind, BoxedSink)>, dir: &tempfile::Tem
 }
 
 fn run(d: &mut Daemon, knocks: &[u16], idle_deadlines: usize) -> Vec<Listen> {
+    run_as(d, knocks, idle_deadlines, false)
+}
+
+/// [`run`], with every knock queued behind the first (one batch).
+fn run_queued(d: &mut Daemon, knocks: &[u16]) -> Vec<Listen> {
+    run_as(d, knocks, 0, true)
+}
+
+fn run_as(d: &mut Daemon, knocks: &[u16], idle_deadlines: usize, queued: bool) -> Vec<Listen> {
     let mut src = Scripted {
         knocks: knocks.iter().map(|&p| (p, TcpFlags::SYN)).collect(),
         idle_deadlines,
         listen: Vec::new(),
+        queued,
     };
     let stop = AtomicBool::new(false);
     let reload = AtomicBool::new(false);
@@ -172,9 +202,10 @@ fn wrong_order_never_reaches_the_sink() {
     assert_eq!(d.matcher().stats().invalidated, 1);
 }
 
-#[test]
-fn one_time_sequence_is_marked_in_its_file_and_the_filter_follows() {
-    let dir = tempfile::tempdir().unwrap();
+/// A daemon with a one-time door over `once.seq` in `dir` (7000,8000 then
+/// 7100,8100), whose sink expects one open and `extends` extensions (a
+/// second sequence while the grant is open).
+fn one_time_daemon(dir: &tempfile::TempDir, extends: usize) -> (Daemon, std::path::PathBuf) {
     let file = dir.path().join("once.seq");
     std::fs::write(&file, " 7000,8000\n 7100,8100\n").unwrap();
     let conf = format!(
@@ -183,18 +214,59 @@ fn one_time_sequence_is_marked_in_its_file_and_the_filter_follows() {
     );
     let mut sink = mock_sink();
     sink.expect_open().times(1).returning(|_| Ok(()));
+    sink.expect_extend().times(extends).returning(|_| Ok(()));
     sink.expect_close().times(0..).returning(|_| Ok(()));
     let mut config = Config::from_knockd_str(&conf, "test.conf").unwrap();
     config.load_sequence_files("test.conf").unwrap();
     let sinks: HashMap<FirewallKind, BoxedSink> =
         [(FirewallKind::Nftables, Box::new(sink) as BoxedSink)].into();
-    let mut d = Daemon::with_sinks(
+    let d = Daemon::with_sinks(
         config,
         sinks,
-        options(&dir),
+        options(dir),
         Logger::new(None, false).unwrap(),
     )
     .unwrap();
+    (d, file)
+}
+
+#[test]
+fn a_batch_behind_a_one_time_open_is_filtered_with_the_next_sequence() {
+    // The second sequence's knocks are queued right behind the first's:
+    // the capture must read them with the filter of the next sequence,
+    // not the one in force when the batch began.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut d, file) = one_time_daemon(&dir, 1);
+    let listen = run_queued(&mut d, &[7000, 8000, 7100, 8100]);
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "#7000,8000\n#7100,8100\n"
+    );
+    assert!(listen.is_empty(), "every sequence used: {listen:?}");
+}
+
+#[test]
+fn a_long_batch_is_handled_in_order() {
+    // Enough knocks in one batch for the daemon to read ahead: wrong
+    // knocks, then the sequence, then more after its open.
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = mock_sink();
+    sink.expect_open().times(1).returning(|_| Ok(()));
+    sink.expect_close().times(0..).returning(|_| Ok(()));
+    let mut d = daemon(NATIVE, vec![(FirewallKind::Nftables, Box::new(sink))], &dir);
+    let mut knocks = vec![8000; 100];
+    knocks.extend([7000, 8000]);
+    knocks.extend([8000; 100]);
+    run_queued(&mut d, &knocks);
+    let stats = d.matcher().stats();
+    assert_eq!(stats.events, 202);
+    assert_eq!(stats.opens, 1);
+}
+
+#[test]
+fn one_time_sequence_is_marked_in_its_file_and_the_filter_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut d, file) = one_time_daemon(&dir, 0);
     let listen = run(&mut d, &[7000, 8000, 7000, 8000], 0);
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
@@ -268,6 +340,7 @@ fn the_metrics_snapshot_counts_by_door_and_adds_up_to_the_matcher() {
             .collect(),
         idle_deadlines: 0,
         listen: Vec::new(),
+        queued: false,
     };
     let stop = AtomicBool::new(false);
     let reload = AtomicBool::new(false);

@@ -10,7 +10,7 @@
 //! wakes the loop through [`MultiSource::set_waker`](knock_capture::MultiSource::set_waker))
 //! or a signal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -396,6 +396,19 @@ pub fn preflight(config: &Config, opts: &DaemonOptions) -> Result<(), DaemonErro
 /// The most knocks handled at one reading of the clocks.
 const BATCH: usize = 1024;
 
+/// How many knocks of a batch are read ahead of the one being handled,
+/// each hinted to the engine ([`Engine::prefetch`]) as it is read: under a
+/// flood of new sources, the memory a knock's lookup touches is then on
+/// its way while the knocks before it are handled.
+const AHEAD: usize = 4;
+
+/// The knocks of a batch handled one at a time, as they are read, before
+/// the daemon reads [`AHEAD`]: a knock that changes the listen set (a
+/// one-time sequence used) has the source filter the knocks behind it
+/// with the new set, and no client knocks a sequence this long in the
+/// time of one batch; a flood does, and is read ahead after them.
+const CALM: usize = 32;
+
 /// The state file's name in the state directory.
 const STATE_FILE: &str = "engine.state";
 
@@ -414,6 +427,9 @@ pub struct Daemon {
     opts: DaemonOptions,
     /// A listen set not yet pushed to the source.
     listen: Option<Vec<Listen>>,
+    /// Knocks read ahead in a batch (see [`AHEAD`]): empty between
+    /// batches, kept for its allocation.
+    ahead: VecDeque<Captured>,
     /// How the source's kernel filter was last reported widened (a warning
     /// when the kind of widening changes, not at every listen-set change).
     widened: Option<Widening>,
@@ -537,6 +553,7 @@ impl Daemon {
             log,
             opts,
             listen: None,
+            ahead: VecDeque::with_capacity(AHEAD),
             widened: None,
             wake,
             poke,
@@ -759,17 +776,32 @@ impl Daemon {
     /// are looked at between batches); a new listen set ends the batch, so
     /// that the source filters with it from the next knock on. Then the
     /// engine's deadlines, once, as a flood never lets the wait time out.
+    ///
+    /// After the first [`CALM`] knocks, knocks are read [`AHEAD`] ahead of
+    /// the one handled. When a knock changes the listen set, reading stops
+    /// and the few read ahead are still handled: the filter in force when
+    /// they came let them in, and the engine ignores whatever no door
+    /// listens to any more.
     fn batch<S: Source + ?Sized>(&mut self, source: &mut S, now: Now) {
-        for _ in 0..BATCH {
-            if self.listen.is_some() {
-                break;
+        let mut ahead = std::mem::take(&mut self.ahead);
+        for handled in 0.. {
+            let depth = if handled < CALM { 1 } else { 1 + AHEAD };
+            while ahead.len() < depth && handled < BATCH && self.listen.is_none() {
+                let Some(c) = source.next_queued() else {
+                    break;
+                };
+                if depth > 1 {
+                    self.engine.prefetch(&c.event);
+                }
+                ahead.push_back(c);
             }
-            let Some(c) = source.next_queued() else {
+            let Some(c) = ahead.pop_front() else {
                 break;
             };
             self.handle_captured(now, &c);
             self.apply();
         }
+        self.ahead = ahead;
         if self.engine.poll_timeout().is_some_and(|t| t <= now.mono) {
             self.engine.handle_timeout(now);
             self.apply();

@@ -704,6 +704,14 @@ impl Engine {
         self.finish();
     }
 
+    /// A hint that `event` is about to be handled: see
+    /// [`Matcher::prefetch`](knock_core::Matcher::prefetch). Changes
+    /// nothing that can be observed.
+    #[inline]
+    pub fn prefetch(&self, event: &Event) {
+        self.matcher.prefetch(event.src);
+    }
+
     /// Handles one captured datagram or segment: an SPA packet (UDP to
     /// [`spa_port`](Self::spa_port), with its `payload`) goes to
     /// [`handle_spa`](Self::handle_spa), anything else is a knock
