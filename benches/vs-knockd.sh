@@ -13,6 +13,9 @@
 #                                 # also another build of ours (a copy of an
 #                                 # earlier target/release/examples/knockd),
 #                                 # right after this build, on the same pcap
+#   sudo KNOCKD=0 BASELINE=/tmp/knockd-old benches/vs-knockd.sh 1000000
+#                                 # ours and the other build only (knockd's
+#                                 # 1M run alone takes 10 s of CPU)
 #   sudo PERF=/tmp/prof benches/vs-knockd.sh 1000000
 #                                 # `perf record -g` each run of ours (not
 #                                 # knockd) into /tmp/prof.N.NAME.data
@@ -219,7 +222,7 @@ echo "| N | daemon | opened | CPU s | CPU µs/pkt | VmHWM MiB | kernel drops | l
 echo "|---:|---|---|---:|---:|---:|---:|---:|---|---:|"
 for n in "${SIZES[@]}"; do
   "$FLOODGEN" -n "$n" --dst-mac "$MAC" -o "$WORK/flood.pcap" 2>/dev/null
-  run_one knockd "$WORK/flood.pcap" "$n"
+  [ "${KNOCKD:-1}" = 0 ] || run_one knockd "$WORK/flood.pcap" "$n"
   run_one knock-rs "$WORK/flood.pcap" "$n"
   [ -n "${BASELINE:-}" ] && run_one "knock-rs, baseline" "$WORK/flood.pcap" "$n"
   [ -n "${METRICS:-}" ] && run_one "knock-rs, scraped" "$WORK/flood.pcap" "$n"
