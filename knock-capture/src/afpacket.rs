@@ -11,7 +11,7 @@ use crate::bpf::{self, Widening, PACKET_HOST};
 use crate::local::LocalAddrs;
 use crate::parse::ETH_VLAN;
 use crate::ring::{Geometry, Ring};
-use crate::source::{datagram, Captured, Next, Source, Stats, UserFilter};
+use crate::source::{Captured, Next, Source, Stats, UserFilter};
 use crate::{parse_with_payload, sys, CaptureError, LinkType};
 
 /// Options of a live capture socket.
@@ -248,7 +248,7 @@ impl LiveState {
                 event,
                 link: self.link,
                 ifindex,
-                payload: datagram(&event, data),
+                payload: self.filter.payload(&event, data),
             })
     }
 
