@@ -55,6 +55,19 @@ impl Default for LiveConfig {
     }
 }
 
+impl LiveConfig {
+    /// This config with a receive ring of `bytes`: as many
+    /// [`ring_frame_size`](LiveConfig::ring_frame_size) slots as it takes
+    /// (rounded up, then to whole blocks of the ring: 64 KiB with 2 KiB
+    /// slots); 0 for no ring ([`ring_frames`](LiveConfig::ring_frames) 0).
+    #[must_use]
+    pub fn with_ring_bytes(mut self, bytes: u64) -> Self {
+        let slot = u64::try_from(self.ring_frame_size.max(1)).unwrap_or(u64::MAX);
+        self.ring_frames = usize::try_from(bytes.div_ceil(slot)).unwrap_or(usize::MAX);
+        self
+    }
+}
+
 /// The link type of frames an `AF_PACKET` `SOCK_RAW` socket reads on an
 /// interface of `ARPHRD_*` type `hw`.
 pub fn link_of_hw_type(hw: u16) -> Option<LinkType> {

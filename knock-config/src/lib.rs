@@ -112,7 +112,10 @@ pub use model::{
     Options, SequenceSource, DEFAULT_CMD_TIMEOUT, DEFAULT_INTERFACE, DEFAULT_PID_FILE,
 };
 pub use seqfile::{Marked, SequenceEntry, SequenceFile, MAX_SEQUENCE_FILE_SIZE};
-pub use value::{duration_to_string, parse_duration, parse_open, parse_step, sequence_to_string};
+pub use value::{
+    duration_to_string, parse_capture_ring, parse_duration, parse_open, parse_step,
+    sequence_to_string, MAX_CAPTURE_RING, MIN_CAPTURE_RING,
+};
 
 /// The largest configuration file read (4 MiB).
 pub const MAX_CONFIG_FILE_SIZE: u64 = 4 << 20;
