@@ -1000,6 +1000,39 @@ fn junk_to_the_spa_port_is_counted_not_logged() {
     assert!(e.snapshot().spa_replay.is_empty());
 }
 
+/// The capture is told to keep the data of datagrams to the SPA port, and
+/// of no other: a knock door's UDP steps and a strict door's datagrams are
+/// only their headers.
+#[test]
+fn only_the_spa_port_asks_for_datagram_payloads() {
+    let conf = format!(
+        "{}[knock]\n    sequence = 7000,9000:udp\n    cmd_timeout = 5\n    start_command = x\n\
+         [sweep]\n    sequence = 7100,9100:udp\n    strict = yes\n    cmd_timeout = 5\n    \
+         start_command = x\n",
+        spa_conf()
+    );
+    let e = engine(&conf, at(0, 0));
+    let listen = e.listen_set();
+    let with_payload: Vec<(knock::core::Proto, u16)> = listen
+        .iter()
+        .filter(|l| l.payload)
+        .map(|l| (l.proto, l.port))
+        .collect();
+    assert_eq!(
+        with_payload,
+        [(knock::core::Proto::Udp, 62201)],
+        "{listen:?}"
+    );
+    assert!(listen.iter().any(|l| l.port == 9000), "{listen:?}");
+    assert!(listen.iter().any(|l| l.any_port), "{listen:?}");
+    // Without SPA doors no entry asks for data.
+    let e = engine(
+        "[knock]\n    sequence = 7000,9000:udp\n    cmd_timeout = 5\n    start_command = x\n",
+        at(0, 0),
+    );
+    assert!(e.listen_set().iter().all(|l| !l.payload));
+}
+
 #[test]
 fn a_knock_door_on_the_spa_port_is_refused() {
     let conf = format!(

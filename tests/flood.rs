@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 
 use knock_testnet::{wait_for, Pair, CLIENT_IF, SERVER_IF, SERVER_V4};
 
+mod common;
+use common::status_kib;
+
 /// `target/release/examples/<name>`, built (or brought up to date) with
 /// `cargo build --release`: the flood is about the packet rate a deployed
 /// (release) daemon sustains; a debug build costs about twice the CPU per
@@ -62,15 +65,6 @@ fn hwm_bound_kib(n: u32) -> u64 {
 /// The most bytes the log file may hold after the flood: a summary every
 /// 10 s and up to 10 stage lines a second (plus a burst of 100) whatever N is.
 const LOG_BOUND: u64 = 256 * 1024;
-
-/// A `/proc/PID/status` field in kB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {

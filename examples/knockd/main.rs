@@ -156,14 +156,23 @@ pub(crate) fn main() -> ExitCode {
 }
 
 /// Opens the capture on `interfaces` (`any`: every interface), with an
-/// empty listen set (the daemon installs its own before the first read).
-/// Each interface fails on its own; an error only when none can ever work.
-fn open_capture(interfaces: &[String]) -> Result<MultiSource<AfPacketSource>, CaptureError> {
+/// empty listen set (the daemon installs its own before the first read)
+/// and a receive ring of `ring` bytes per interface (`capture_ring`; `None`:
+/// the default). Each interface fails on its own; an error only when none
+/// can ever work.
+fn open_capture(
+    interfaces: &[String],
+    ring: Option<u64>,
+) -> Result<MultiSource<AfPacketSource>, CaptureError> {
+    let live = match ring {
+        Some(bytes) => LiveConfig::default().with_ring_bytes(bytes),
+        None => LiveConfig::default(),
+    };
     if interfaces.iter().any(|i| i == "any") {
-        MultiSource::every_interface(&[], &LiveConfig::default())
+        MultiSource::every_interface(&[], &live)
     } else {
         let names: Vec<&str> = interfaces.iter().map(String::as_str).collect();
-        MultiSource::open_each(&names, &[], &LiveConfig::default())
+        MultiSource::open_each(&names, &[], &live)
     }
 }
 
@@ -229,7 +238,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Capture first, before daemonizing: what cannot work at all fails the
     // start on the terminal; an interface missing or down is a warning
     // (it is picked up when it comes).
-    let mut source = match open_capture(&interfaces) {
+    let mut source = match open_capture(&interfaces, config.options.capture_ring) {
         Ok(s) => s,
         Err(e) => {
             log.line(

@@ -11,7 +11,7 @@ use crate::bpf::{self, Widening, PACKET_HOST};
 use crate::local::LocalAddrs;
 use crate::parse::ETH_VLAN;
 use crate::ring::{Geometry, Ring};
-use crate::source::{datagram, Captured, Next, Source, Stats, UserFilter};
+use crate::source::{Captured, Next, Source, Stats, UserFilter};
 use crate::{parse_with_payload, sys, CaptureError, LinkType};
 
 /// Options of a live capture socket.
@@ -52,6 +52,19 @@ impl Default for LiveConfig {
             ring_frame_size: 2048,
             epoch: Instant::now(),
         }
+    }
+}
+
+impl LiveConfig {
+    /// This config with a receive ring of `bytes`: as many
+    /// [`ring_frame_size`](LiveConfig::ring_frame_size) slots as it takes
+    /// (rounded up, then to whole blocks of the ring: 64 KiB with 2 KiB
+    /// slots); 0 for no ring ([`ring_frames`](LiveConfig::ring_frames) 0).
+    #[must_use]
+    pub fn with_ring_bytes(mut self, bytes: u64) -> Self {
+        let slot = u64::try_from(self.ring_frame_size.max(1)).unwrap_or(u64::MAX);
+        self.ring_frames = usize::try_from(bytes.div_ceil(slot)).unwrap_or(usize::MAX);
+        self
     }
 }
 
@@ -248,7 +261,7 @@ impl LiveState {
                 event,
                 link: self.link,
                 ifindex,
-                payload: datagram(&event, data),
+                payload: self.filter.payload(&event, data),
             })
     }
 

@@ -11,7 +11,7 @@ use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
 use pcap_file::pcapng::{Block, PcapNgReader};
 
-use crate::source::{datagram, Captured, Next, Source, Stats, UserFilter};
+use crate::source::{Captured, Next, Source, Stats, UserFilter};
 use crate::{parse_with_payload, CaptureError, LinkType};
 
 /// The first four bytes of a pcapng file (a section header block).
@@ -124,7 +124,7 @@ impl ReplaySource {
                         }
                         Some(Ok(p)) => {
                             let t = micros(p.timestamp);
-                            return Ok(Some((parse_kept(link, &p.data, t), link, 0)));
+                            return Ok(Some((parse_kept(&self.filter, link, &p.data, t), link, 0)));
                         }
                     }
                 }
@@ -199,16 +199,17 @@ impl ReplaySource {
                         self.stats.unsupported_link += 1;
                         continue;
                     };
-                    return Ok(Some((parse_kept(link, &data, t), link, id)));
+                    return Ok(Some((parse_kept(&self.filter, link, &data, t), link, id)));
                 }
             }
         }
     }
 }
 
-/// Parses a frame and keeps its datagram payload (see [`Captured::payload`]).
-fn parse_kept(link: LinkType, bytes: &[u8], t: Timestamp) -> Parsed {
-    parse_with_payload(link, bytes, t).map(|(e, data)| (e, datagram(&e, data)))
+/// Parses a frame and keeps the datagram payload `filter` asks for (see
+/// [`Captured::payload`]).
+fn parse_kept(filter: &UserFilter, link: LinkType, bytes: &[u8], t: Timestamp) -> Parsed {
+    parse_with_payload(link, bytes, t).map(|(e, data)| (e, filter.payload(&e, data)))
 }
 
 fn micros(d: Duration) -> Timestamp {

@@ -446,6 +446,36 @@ mod tests {
         assert_eq!(Geometry::new(10, 1).frame_size, 128);
     }
 
+    /// A ring given in bytes (`capture_ring`) maps that many bytes, rounded
+    /// up to whole 64 KiB blocks.
+    #[test]
+    fn ring_bytes_become_slots() {
+        let geometry = |bytes: u64| {
+            let c = crate::LiveConfig::default().with_ring_bytes(bytes);
+            Geometry::new(c.ring_frame_size, c.ring_frames)
+        };
+        for (bytes, mapped) in [
+            (32 << 20, 32 << 20),
+            (1 << 20, 1 << 20),
+            (64 << 10, 64 << 10),
+            ((1 << 20) + 1, (1 << 20) + (64 << 10)),
+            (1536 << 10, 1536 << 10),
+        ] {
+            assert_eq!(geometry(bytes).bytes(), mapped, "{bytes}");
+        }
+        assert_eq!(
+            crate::LiveConfig::default()
+                .with_ring_bytes(32 << 20)
+                .ring_frames,
+            crate::LiveConfig::default().ring_frames,
+            "32M is the default"
+        );
+        assert_eq!(
+            crate::LiveConfig::default().with_ring_bytes(0).ring_frames,
+            0
+        );
+    }
+
     #[test]
     fn reads_in_order_and_wraps_around() {
         let g = Geometry::new(256, 4);

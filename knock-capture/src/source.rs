@@ -19,20 +19,16 @@ pub struct Captured {
     pub link: LinkType,
     /// The interface index it arrived on (0 when unknown, e.g. in a replay).
     pub ifindex: u32,
-    /// A UDP datagram's data, up to [`MAX_PAYLOAD`] bytes (a Single Packet
-    /// Authorization packet); `None` for TCP, empty and larger datagrams.
+    /// A UDP datagram's data, up to [`MAX_PAYLOAD`] bytes, when a listen
+    /// entry it matches asks for it ([`Listen::payload`]: a Single Packet
+    /// Authorization packet; every datagram's before any listen set is
+    /// given); `None` for TCP, other datagrams, empty and larger ones.
     pub payload: Option<Box<[u8]>>,
 }
 
 /// The largest datagram payload a [`Captured`] carries (fwknop's largest
 /// SPA packet).
 pub const MAX_PAYLOAD: usize = 1500;
-
-/// The payload a [`Captured`] keeps of `event`'s transport data `data`.
-pub(crate) fn datagram(event: &Event, data: &[u8]) -> Option<Box<[u8]>> {
-    (event.proto == knock_core::Proto::Udp && !data.is_empty() && data.len() <= MAX_PAYLOAD)
-        .then(|| data.into())
-}
 
 /// What [`Source::next_event`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,6 +229,21 @@ pub(crate) struct UserFilter {
 impl UserFilter {
     pub(crate) fn set(&mut self, listen: &[Listen]) {
         self.listen = Some(listen.to_vec());
+    }
+
+    /// The payload a [`Captured`] keeps of `e`'s transport data `data`
+    /// (see [`Captured::payload`]): copied only for a datagram some entry
+    /// asks the data of, so that a flood of knocks costs no allocation.
+    pub(crate) fn payload(&self, e: &Event, data: &[u8]) -> Option<Box<[u8]>> {
+        let wanted = || match &self.listen {
+            None => true,
+            Some(l) => l.iter().any(|x| x.payload && x.matches(e)),
+        };
+        (e.proto == knock_core::Proto::Udp
+            && !data.is_empty()
+            && data.len() <= MAX_PAYLOAD
+            && wanted())
+        .then(|| data.into())
     }
 
     /// Whether `e` is a knock of the listen set for this host: an entry

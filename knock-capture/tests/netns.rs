@@ -413,6 +413,7 @@ fn filter_swap_takes_effect_and_deadline_returns() {
         got.iter().map(key).collect::<Vec<_>>(),
         vec![udp(C6, S6, 9000)]
     );
+    assert_eq!(got[0].payload, None, "a knock's data is not kept");
     check_accounting(&src.stats(), 1, 0, 0);
 
     // Swap to TCP 7000 only.
@@ -430,6 +431,19 @@ fn filter_swap_takes_effect_and_deadline_returns() {
         vec![tcp(C4, S4, 7000)]
     );
     check_accounting(&src.stats(), 2, 0, 0);
+
+    // An entry that asks for the data (an SPA port's) gets it.
+    src.set_listen(&[Listen::new(Step::udp(9000), FlagFilter::ANY, None).with_payload()])
+        .unwrap();
+    pair.client
+        .knock(&[("198.18.0.1", 9000, "udp")], 0)
+        .unwrap();
+    let got = collect(&mut src, Duration::from_millis(500));
+    assert_eq!(
+        got.iter().map(key).collect::<Vec<_>>(),
+        vec![udp(C4, S4, 9000)]
+    );
+    assert_eq!(got[0].payload.as_deref(), Some(&b"k"[..]));
 }
 
 #[test]

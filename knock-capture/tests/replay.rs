@@ -233,6 +233,73 @@ fn listen_set_filters_in_user_space() {
     assert_eq!(src.stats().unmatched, 2);
 }
 
+/// Only datagrams to an entry that asks for their data (the SPA port's)
+/// carry a payload; a UDP knock to another port of the listen set, with
+/// data, carries none, nor does a TCP knock.
+#[test]
+fn payload_only_for_entries_that_ask_for_it() {
+    let udp = |port, data: &[u8]| {
+        craft::ipv4(
+            C4,
+            S4,
+            17,
+            &[],
+            Frag::default(),
+            &craft::udp(40000, port, data),
+        )
+    };
+    let tcp = craft::ipv4(
+        C4,
+        S4,
+        6,
+        &[],
+        Frag::default(),
+        &craft::tcp(40000, 7000, TcpFlags::SYN),
+    );
+    let ips = vec![
+        udp(9000, b"knock with data"),
+        udp(62201, b"an SPA packet"),
+        tcp,
+        udp(62201, &[b'Q'; knock_capture::MAX_PAYLOAD]),
+        udp(62201, &[b'Q'; knock_capture::MAX_PAYLOAD + 1]),
+    ];
+    for link in [LinkType::Ethernet, LinkType::RawIp] {
+        let mut src = ReplaySource::from_reader(Cursor::new(pcap(link, &ips, false))).unwrap();
+        src.set_listen(&[
+            Listen::new(Step::udp(9000), FlagFilter::ANY, None),
+            Listen::new(Step::tcp(7000), FlagFilter::ANY, None),
+            Listen::new(Step::udp(62201), FlagFilter::ANY, None).with_payload(),
+        ])
+        .unwrap();
+        let got: Vec<(u16, Option<usize>)> = drain(&mut src)
+            .iter()
+            .map(|c| (c.event.dst_port, c.payload.as_ref().map(|p| p.len())))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (9000, None),
+                (62201, Some(13)),
+                (7000, None),
+                (62201, Some(knock_capture::MAX_PAYLOAD)),
+                (62201, None),
+            ],
+            "{link:?}"
+        );
+    }
+    // A strict door's any-port entry asks for every datagram, not their data.
+    let mut src =
+        ReplaySource::from_reader(Cursor::new(pcap(LinkType::Ethernet, &ips, false))).unwrap();
+    let mut listen = Listen::strict(None).to_vec();
+    listen.push(Listen::new(Step::udp(62201), FlagFilter::ANY, None).with_payload());
+    src.set_listen(&listen).unwrap();
+    let payloads: Vec<bool> = drain(&mut src)
+        .iter()
+        .map(|c| c.payload.is_some())
+        .collect();
+    assert_eq!(payloads, [false, true, false, true, false]);
+}
+
 #[test]
 fn files_on_disk_and_bad_input() {
     let dir = std::env::temp_dir().join(format!("knock-capture-replay-{}", std::process::id()));

@@ -9,13 +9,14 @@ use crate::model::{
 };
 use crate::spa::{check_door, SpaDoor, SpaKeys, DOOR_KEY_NAMES};
 use crate::value::{
-    parse_blacklist, parse_bool, parse_duration, parse_flags, parse_grant_prefix, parse_net,
-    parse_open_list, parse_port_range, parse_protocols, parse_sequence, split_list,
-    DURATION_EXPECTED, METRICS_EXPECTED,
+    parse_blacklist, parse_bool, parse_capture_ring, parse_duration, parse_flags,
+    parse_grant_prefix, parse_net, parse_open_list, parse_port_range, parse_protocols,
+    parse_sequence, split_list, CAPTURE_RING_EXPECTED, DURATION_EXPECTED, METRICS_EXPECTED,
 };
 
 const OPTION_KEYS: &str =
-    "UseSyslog, LogFile, PidFile, Interface, blacklist, blacklist_reach, metrics, spa_port, spa_window";
+    "UseSyslog, LogFile, PidFile, Interface, blacklist, blacklist_reach, metrics, \
+spa_port, spa_window, capture_ring";
 const DOOR_KEYS: &str = "sequence, one_time_sequences, seq_timeout (timeout), tcpflags, start_command (command), \
 start_command_6 (command_6), stop_command, stop_command_6, cmd_timeout, target, open, firewall, grant_prefix, \
 allow_repeat, cooldown, from, strict, sequence_secret_file, sequence_length, sequence_period, sequence_ports, \
@@ -70,6 +71,7 @@ fn option_key(lower: &str) -> Option<&'static str> {
         "metrics" => "metrics",
         "spa_port" => "spa_port",
         "spa_window" => "spa_window",
+        "capture_ring" => "capture_ring",
         _ => return None,
     })
 }
@@ -336,6 +338,10 @@ fn build_options(s: &mut Section, opts: &mut Options) -> Result<(), ConfigError>
     }
     if let Some(e) = s.take("spa_window") {
         opts.spa_window = duration(&e, true)?;
+    }
+    if let Some(e) = s.take("capture_ring") {
+        opts.capture_ring =
+            Some(parse_capture_ring(&e.value).ok_or_else(|| bad(&e, CAPTURE_RING_EXPECTED))?);
     }
     Ok(())
 }

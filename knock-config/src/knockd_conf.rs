@@ -61,6 +61,7 @@
 //! | options | `blacklist` | `blacklist = 3 invalid in 60s for 180s` | a source with N strikes within the window is blocked for the given time: its knocks are ignored and the firewall refuses its new connections (established ones pass); a strike is a knock that invalidates an attempt or, once the source has one, that touches a new non-step port of a strict door ([`knock_core::Blacklist`]) | none |
 //! | options | `metrics` | `metrics = 127.0.0.1:9464` | serve OpenMetrics (Prometheus) counters on this address and port, at `/metrics`; bind it to loopback or a management address | none |
 //! | options | `blacklist_reach` | `blacklist_reach = host` | which new connections a block refuses: `doors` (to every native door's `open` ports) or `host` (to every port) ([`BlacklistReach`](crate::BlacklistReach)) | `doors` |
+//! | options | `capture_ring` | `capture_ring = 1M` | the memory-mapped receive ring of each captured interface (resident memory, per interface), `64K` to `1G` (`K`, `M`, `G` are 1024-based; rounded up to 64 KiB), or `0` for none (one `recvfrom` per packet) ([`crate::parse_capture_ring`]) | `32M` |
 //!
 //! Booleans are `yes`/`no` (also `true`/`false`, `on`/`off`). A door has
 //! exactly one of `sequence`, `one_time_sequences` and

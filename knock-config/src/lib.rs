@@ -32,6 +32,10 @@
 //!   (the configuration, sequence and secret files): only a regular file,
 //!   opened without blocking (a FIFO is refused, not waited on) and read up
 //!   to a limit, whatever size it claims (`/dev/zero` is refused too).
+//! * [`AtomicFile`]: how files are written (one-time sequence files, the
+//!   daemon's state): replaced whole through a temporary file and a rename,
+//!   the path resolved once for a file written often; [`write_atomically`]
+//!   resolves it at each call.
 //!
 //! The knockd.conf dialect, its quirks and our extension keys are described
 //! in [`knockd_conf`]; the TOML schema in [`toml_schema`].
@@ -85,6 +89,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod atomic;
 pub mod derive;
 mod error;
 mod file;
@@ -99,17 +104,18 @@ mod value;
 
 use std::path::Path;
 
+pub use atomic::{check_writable, replace_atomically, write_atomically, AtomicFile};
 pub use error::{ConfigError, Location, StepError, EXCERPT_CHARS};
 pub use file::{read_regular_file, FileError, FileKind};
 pub use model::{
     BlacklistReach, BlacklistRule, Config, DerivedSequence, DoorConfig, FirewallKind, GrantPrefix,
     Options, SequenceSource, DEFAULT_CMD_TIMEOUT, DEFAULT_INTERFACE, DEFAULT_PID_FILE,
 };
-pub use seqfile::{
-    check_writable, replace_atomically, write_atomically, Marked, SequenceEntry, SequenceFile,
-    MAX_SEQUENCE_FILE_SIZE,
+pub use seqfile::{Marked, SequenceEntry, SequenceFile, MAX_SEQUENCE_FILE_SIZE};
+pub use value::{
+    duration_to_string, parse_capture_ring, parse_duration, parse_open, parse_step,
+    sequence_to_string, MAX_CAPTURE_RING, MIN_CAPTURE_RING,
 };
-pub use value::{duration_to_string, parse_duration, parse_open, parse_step, sequence_to_string};
 
 /// The largest configuration file read (4 MiB).
 pub const MAX_CONFIG_FILE_SIZE: u64 = 4 << 20;

@@ -56,6 +56,16 @@ pub struct Options {
     /// Extension `spa_window`: how far an SPA packet's timestamp may be
     /// from the clock (fwknopd's `MAX_SPA_PACKET_AGE`, default 120 s).
     pub spa_window: Duration,
+    /// Extension `capture_ring = 32M`: the bytes of the memory-mapped
+    /// receive ring of each captured interface (resident memory, per
+    /// interface); `Some(0)`: no ring, a `recvfrom(2)` per packet; `None`:
+    /// the capture's default (32 MiB). From [`MIN_CAPTURE_RING`] to
+    /// [`MAX_CAPTURE_RING`] (see [`parse_capture_ring`]).
+    ///
+    /// [`MIN_CAPTURE_RING`]: crate::MIN_CAPTURE_RING
+    /// [`MAX_CAPTURE_RING`]: crate::MAX_CAPTURE_RING
+    /// [`parse_capture_ring`]: crate::parse_capture_ring
+    pub capture_ring: Option<u64>,
 }
 
 impl Default for Options {
@@ -70,6 +80,7 @@ impl Default for Options {
             metrics: None,
             spa_port: knock_spa::DEFAULT_PORT,
             spa_window: knock_spa::DEFAULT_WINDOW,
+            capture_ring: None,
         }
     }
 }

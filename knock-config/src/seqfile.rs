@@ -6,14 +6,12 @@
 //! Unlike knockd, an unparsable line is an error with its line number (knockd
 //! skips it and later marks the wrong line).
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use knock_core::Step;
 
+use crate::atomic::{check_writable, write_atomically};
 use crate::error::{ConfigError, Location};
-use crate::file::{FileError, FileKind};
 use crate::value::{parse_sequence, sequence_to_string};
 
 /// The largest sequence file read (1 MiB).
@@ -243,164 +241,10 @@ pub(crate) fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, ConfigError
     })
 }
 
-/// Replaces `path`'s content (or creates it) crash-safely: a temporary
-/// file in the same directory, fsync, rename over, fsync the directory. An
-/// existing file keeps its permissions (and, where allowed, its owner) and
-/// is followed if it is a symlink; a new one gets the process's defaults.
-/// Readers see the old content or the new, never a mix. An existing path
-/// that is not a regular file (a FIFO, a device, a directory) is left alone.
-///
-/// # Errors
-/// [`ConfigError::Io`] naming the step and the file;
-/// [`ConfigError::File`] for an existing path that is not a regular file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    write_in_place(path, bytes, true)
-}
-
-/// [`write_atomically`] without the fsyncs: readers, and this process
-/// after a crash, see the old content or the new, never a mix; a power
-/// loss may bring back the old content. For state whose loss in a power
-/// cut does no harm; it costs no wait for the disk.
-///
-/// # Errors
-/// As [`write_atomically`].
-pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    write_in_place(path, bytes, false)
-}
-
-/// A temporary file renamed over `path`, fsynced (with the directory) if
-/// `sync`.
-fn write_in_place(path: &Path, bytes: &[u8], sync: bool) -> Result<(), ConfigError> {
-    let Staging { target, dir, tmp } = staging(path)?;
-    let meta = match fs::metadata(&target) {
-        Ok(m) => Some(m),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io("cannot stat", &target)(e)),
-    };
-    if let Some(meta) = meta.as_ref().filter(|m| !m.is_file()) {
-        // Never replace a FIFO, a device or a directory with a file.
-        return Err(ConfigError::File {
-            path: target,
-            source: FileError::NotRegular(FileKind::of(meta)),
-        });
-    }
-    let open = || {
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-    };
-    let mut file = match open() {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // A leftover of ours from a crash (the name has our pid).
-            fs::remove_file(&tmp).map_err(io("cannot remove stale", &tmp))?;
-            open().map_err(io("cannot create", &tmp))?
-        }
-        Err(e) => return Err(io("cannot create", &tmp)(e)),
-    };
-    let result = (|| {
-        file.write_all(bytes).map_err(io("cannot write", &tmp))?;
-        if let Some(meta) = &meta {
-            file.set_permissions(meta.permissions())
-                .map_err(io("cannot chmod", &tmp))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                // Best effort: only root may give the file away.
-                let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
-            }
-        }
-        if sync {
-            file.sync_all().map_err(io("cannot fsync", &tmp))?;
-        }
-        fs::rename(&tmp, &target).map_err(io("cannot rename over", &target))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    // The rename is durable once the directory is.
-    if !sync {
-        return Ok(());
-    }
-    if let Ok(d) = fs::File::open(&dir) {
-        d.sync_all().map_err(io("cannot fsync directory", &dir))?;
-    }
-    Ok(())
-}
-
-/// Whether [`write_atomically`] could replace (or create) `path` now,
-/// without changing it: an existing file must be a regular file that opens
-/// for writing (a FIFO is refused, not waited on), and its directory must
-/// take the temporary file (created and removed again).
-///
-/// # Errors
-/// [`ConfigError::Io`] naming the file or directory and the cause (a
-/// read-only filesystem, permissions); [`ConfigError::File`] for a path
-/// that is not a regular file.
-pub fn check_writable(path: &Path) -> Result<(), ConfigError> {
-    let Staging { target, tmp, .. } = staging(path)?;
-    match crate::file::open_regular_for_write(&target) {
-        Ok(_) => {}
-        Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(FileError::Io(e)) => return Err(io("cannot write", &target)(e)),
-        Err(source) => {
-            return Err(ConfigError::File {
-                path: target,
-                source,
-            })
-        }
-    }
-    let probe = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp);
-    match probe {
-        Ok(_) => fs::remove_file(&tmp).map_err(io("cannot remove", &tmp)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io("cannot create", &tmp)(e)),
-    }
-}
-
-/// Where [`write_atomically`] writes: the file (symlinks followed), its
-/// directory and our temporary file there.
-struct Staging {
-    target: PathBuf,
-    dir: PathBuf,
-    tmp: PathBuf,
-}
-
-fn io(action: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> ConfigError {
-    let p = p.to_owned();
-    move |source| ConfigError::Io {
-        path: p,
-        action,
-        source,
-    }
-}
-
-fn staging(path: &Path) -> Result<Staging, ConfigError> {
-    let target = match fs::canonicalize(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_owned(),
-        Err(e) => return Err(io("cannot resolve", path)(e)),
-    };
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.knock-rs-{}.tmp", std::process::id()));
-    Ok(Staging { target, dir, tmp })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
@@ -451,71 +295,6 @@ mod tests {
             err.to_string().contains("/nonexistent/knock-rs/seq"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn write_atomically_creates_a_missing_file_and_replaces_an_existing_one() {
-        for write in [write_atomically, replace_atomically] {
-            let dir = tempfile::tempdir().unwrap();
-            let p = dir.path().join("state");
-            write(&p, b"one\n").unwrap();
-            assert_eq!(fs::read(&p).unwrap(), b"one\n");
-            write(&p, b"two\n").unwrap();
-            assert_eq!(fs::read(&p).unwrap(), b"two\n");
-            // No temporary file is left beside it.
-            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-            let missing_dir = dir.path().join("no/such/dir/state");
-            assert!(matches!(
-                write(&missing_dir, b"x"),
-                Err(ConfigError::Io { .. })
-            ));
-        }
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn check_writable_refuses_a_fifo_without_blocking() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let path = fifo.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(check_writable(&path).map_err(|e| e.to_string()));
-        });
-        let result = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("check_writable blocked on the FIFO");
-        let e = result.unwrap_err();
-        assert!(
-            e.contains(&fifo.display().to_string()) && e.contains("not a regular file (a FIFO)"),
-            "{e}"
-        );
-        let e = check_writable(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("not a regular file (a directory)"), "{e}");
-        // A regular file and a missing one are fine.
-        let file = write(dir.path(), "f", "x");
-        check_writable(&file).unwrap();
-        check_writable(&dir.path().join("missing")).unwrap();
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn write_atomically_leaves_a_fifo_or_directory_alone() {
-        use std::os::unix::fs::FileTypeExt;
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let e = write_atomically(&fifo, b"x").unwrap_err();
-        assert!(e.to_string().contains("not a regular file (a FIFO)"), "{e}");
-        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
-        let e = write_atomically(dir.path(), b"x").unwrap_err();
-        assert!(
-            e.to_string().contains("not a regular file (a directory)"),
-            "{e}"
-        );
-        // Nothing else was created.
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -14,8 +14,9 @@ use crate::model::{
 };
 use crate::spa::{SpaDoor, SpaKeys, DOOR_KEY_NAMES};
 use crate::value::{
-    add_flag, duration_to_string, flags_to_list, open_to_string, parse_duration, parse_net,
-    parse_open, parse_port_range, parse_protocols, parse_step, DURATION_EXPECTED, METRICS_EXPECTED,
+    add_flag, duration_to_string, flags_to_list, open_to_string, parse_capture_ring,
+    parse_duration, parse_net, parse_open, parse_port_range, parse_protocols, parse_step,
+    size_to_string, CAPTURE_RING_EXPECTED, DURATION_EXPECTED, METRICS_EXPECTED,
 };
 
 /// A duration: whole seconds (`25`) or a string with a unit (`"500ms"`).
@@ -58,6 +59,40 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A size as written: a string with a unit (`"32M"`) or a number of bytes,
+/// kept as text and checked with [`parse_capture_ring`] (an error then
+/// points at it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SizeText(String);
+
+impl Serialize for SizeText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SizeText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SizeText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(CAPTURE_RING_EXPECTED)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SizeText, E> {
+                Ok(SizeText(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SizeText, E> {
+                Ok(SizeText(v.to_string()))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SizeText, E> {
+                Ok(SizeText(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TomlConfig {
@@ -88,6 +123,8 @@ struct TomlOptions {
     spa_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     spa_window: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    capture_ring: Option<toml::Spanned<SizeText>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -255,6 +292,19 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             return Err(bad_opt("spa_window", "0s".to_owned(), "a duration above 0"));
         }
         options.spa_window = w.0;
+    }
+    if let Some(r) = raw.options.capture_ring {
+        let (line, col) = line_col(text, r.span().start);
+        let value = r.into_inner().0;
+        options.capture_ring =
+            Some(
+                parse_capture_ring(&value).ok_or_else(|| ConfigError::BadValue {
+                    at: Location::at(file, line, col),
+                    key: "options.capture_ring".to_owned(),
+                    text: value.clone(),
+                    expected: CAPTURE_RING_EXPECTED.to_owned(),
+                })?,
+            );
     }
     let mut doors: Vec<DoorConfig> = Vec::new();
     let mut lines: Vec<usize> = Vec::new();
@@ -532,6 +582,9 @@ pub(crate) fn to_string(config: &Config) -> Result<String, ConfigError> {
             metrics: o.metrics.map(|a| toml::Spanned::new(0..0, a.to_string())),
             spa_port: (o.spa_port != knock_spa::DEFAULT_PORT).then_some(o.spa_port),
             spa_window: (o.spa_window != knock_spa::DEFAULT_WINDOW).then_some(Dur(o.spa_window)),
+            capture_ring: o
+                .capture_ring
+                .map(|b| toml::Spanned::new(0..0, SizeText(size_to_string(b)))),
         },
         doors: config
             .doors

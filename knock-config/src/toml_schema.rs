@@ -55,7 +55,9 @@
 //! spa_access_expire = 1830297599  # Unix seconds
 //! ```
 //!
-//! `[options]` also takes `spa_port = 62201` and `spa_window = "120s"`.
+//! `[options]` also takes `spa_port = 62201`, `spa_window = "120s"` and
+//! `capture_ring = "32M"` (the receive ring per captured interface: `"1M"`,
+//! a number of bytes, or `0` for none).
 //!
 //! Differences from knockd.conf: doors are `[[door]]` tables with a `name`
 //! (in order); a sequence file is `sequence_file`, not a path in `sequence`;

@@ -214,6 +214,51 @@ pub(crate) fn flags_to_list(filter: &FlagFilter) -> Vec<String> {
 pub(crate) const METRICS_EXPECTED: &str =
     "an address and a port, like 127.0.0.1:9464 or [::1]:9464";
 
+/// What a `capture_ring` value must look like, for error messages.
+pub(crate) const CAPTURE_RING_EXPECTED: &str =
+    "a size with K, M or G (1024-based), from 64K to 1G, or 0 for no ring (32M, 1M, 0)";
+
+/// The smallest capture ring (one block of the ring's slots).
+pub const MIN_CAPTURE_RING: u64 = 64 << 10;
+
+/// The largest capture ring (it is resident memory, per interface).
+pub const MAX_CAPTURE_RING: u64 = 1 << 30;
+
+/// Parses a `capture_ring` size: 0, or bytes from [`MIN_CAPTURE_RING`] to
+/// [`MAX_CAPTURE_RING`] written as a number with an optional unit `K`, `M`
+/// or `G` (1024-based, either case): `32M`, `1536K`, `1048576`.
+pub fn parse_capture_ring(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    if num.is_empty() || num.len() > 20 {
+        return None;
+    }
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit.trim() {
+        "" => 0,
+        "k" | "K" => 10,
+        "m" | "M" => 20,
+        "g" | "G" => 30,
+        _ => return None,
+    };
+    let bytes = n.checked_mul(1 << shift)?;
+    (bytes == 0 || (MIN_CAPTURE_RING..=MAX_CAPTURE_RING).contains(&bytes)).then_some(bytes)
+}
+
+/// Writes a size in the largest exact unit: `32M`, `1536K`, `0`.
+pub(crate) fn size_to_string(bytes: u64) -> String {
+    match bytes {
+        0 => "0".to_owned(),
+        b if b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
+    }
+}
+
 /// What a duration looks like, for error messages.
 pub(crate) const DURATION_EXPECTED: &str =
     "a duration: whole seconds (25) or a number with a unit ms, s, m, h (500ms, 25s, 2m)";

@@ -455,6 +455,10 @@ pub struct Listen {
     pub flags_clear: TcpFlags,
     /// The destination address, if the door has a target.
     pub dst: Option<IpAddr>,
+    /// The caller reads the data of the UDP datagrams this entry matches (a
+    /// Single Packet Authorization packet): a capture keeps their payload.
+    /// A knock is only its headers, so for the other entries it keeps none.
+    pub payload: bool,
 }
 
 impl Listen {
@@ -471,6 +475,17 @@ impl Listen {
             flags_set: flags.set,
             flags_clear: flags.clear,
             dst,
+            payload: false,
+        }
+    }
+
+    /// This entry with [`payload`](Listen::payload) set: its datagrams'
+    /// data is wanted, not only their headers.
+    #[must_use]
+    pub fn with_payload(self) -> Self {
+        Listen {
+            payload: true,
+            ..self
         }
     }
 
@@ -485,6 +500,7 @@ impl Listen {
                 flags_set: TcpFlags::SYN,
                 flags_clear: TcpFlags::ACK,
                 dst,
+                payload: false,
             },
             Listen {
                 proto: Proto::Udp,
@@ -493,6 +509,7 @@ impl Listen {
                 flags_set: TcpFlags::EMPTY,
                 flags_clear: TcpFlags::EMPTY,
                 dst,
+                payload: false,
             },
         ]
     }
@@ -508,6 +525,7 @@ impl Listen {
             flags_set: TcpFlags::EMPTY,
             flags_clear: TcpFlags::EMPTY,
             dst: None,
+            payload: false,
         }
     }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use knock_capture::{CaptureError, Captured, Next, Source, Widening};
-use knock_config::{BlacklistReach, Config, FirewallKind, SequenceFile};
+use knock_config::{AtomicFile, BlacklistReach, Config, FirewallKind, SequenceFile};
 use knock_core::{Limits, Listen, Timestamp};
 use knock_firewall::{CommandRunner, FirewallSink, Grant, Job, RunnerConfig};
 
@@ -421,7 +421,7 @@ pub struct Daemon {
     jobs: HashMap<u64, Applied>,
     next_job: u64,
     seqfiles: HashMap<String, SequenceFile>,
-    state_file: PathBuf,
+    state_file: AtomicFile,
     clock: Clock,
     log: Logger,
     opts: DaemonOptions,
@@ -518,14 +518,22 @@ impl Daemon {
                 source,
             })?;
             preflight(&config, &opts)?;
+            // Resolved once: the state is written at every open.
+            let state_file =
+                AtomicFile::new(opts.state_dir.join(STATE_FILE)).map_err(|source| {
+                    DaemonError::Unwritable {
+                        what: format!("the state directory {}", opts.state_dir.display()),
+                        source: Box::new(source),
+                    }
+                })?;
             let engine = Engine::new(config, eopts, clock.now())?;
             let pair = UnixStream::pair().map_err(|source| DaemonError::State {
                 path: opts.state_dir.clone(),
                 source,
             })?;
-            Ok((engine, pair))
+            Ok((engine, pair, state_file))
         })();
-        let (engine, (wake, notify)) = ready.map_err(|e| log.fatal(e))?;
+        let (engine, (wake, notify), state_file) = ready.map_err(|e| log.fatal(e))?;
         let _ = notify.set_nonblocking(true);
         let poke = notify.try_clone().map_err(|source| {
             log.fatal(DaemonError::State {
@@ -548,7 +556,7 @@ impl Daemon {
             jobs: HashMap::new(),
             next_job: 1,
             seqfiles,
-            state_file: opts.state_dir.join(STATE_FILE),
+            state_file,
             clock,
             log,
             opts,
@@ -580,17 +588,18 @@ impl Daemon {
         }
         // Our own file, so no size limit; but only a regular file: a FIFO
         // put there would block start-up.
-        match knock_config::read_regular_file(&d.state_file, u64::MAX) {
+        let state_path = d.state_file.path().to_owned();
+        match knock_config::read_regular_file(&state_path, u64::MAX) {
             Ok(bytes) => match Snapshot::from_bytes(&bytes) {
                 Ok(s) => d.engine.restore(now, s),
                 Err(e) => {
-                    let bad = d.state_file.with_extension("bad");
-                    let _ = std::fs::rename(&d.state_file, &bad);
+                    let bad = state_path.with_extension("bad");
+                    let _ = std::fs::rename(&state_path, &bad);
                     d.log.line(
                         Level::Error,
                         &format!(
                             "{}: {e}; moved to {} (grants it held will not be closed by us)",
-                            d.state_file.display(),
+                            state_path.display(),
                             bad.display()
                         ),
                     );
@@ -601,7 +610,7 @@ impl Daemon {
             }
             Err(e) => d.log.line(
                 Level::Error,
-                &format!("{}: cannot read state: {e}", d.state_file.display()),
+                &format!("{}: cannot read state: {e}", state_path.display()),
             ),
         }
         d.apply();
@@ -944,13 +953,12 @@ impl Daemon {
                 None
             }
             Action::Persist(s, durability) => {
-                let write = match durability {
-                    Durability::Synced => knock_config::write_atomically,
-                    Durability::Written => knock_config::replace_atomically,
+                let bytes = s.to_bytes();
+                let written = match durability {
+                    Durability::Synced => self.state_file.write(&bytes),
+                    Durability::Written => self.state_file.replace(&bytes),
                 };
-                self.unsaved = write(&self.state_file, &s.to_bytes())
-                    .err()
-                    .map(|e| e.to_string());
+                self.unsaved = written.err().map(|e| e.to_string());
                 if let Some(e) = &self.unsaved {
                     self.log.line(
                         Level::Error,

@@ -126,8 +126,9 @@ impl SpaDoors {
         Some(std::mem::take(&mut self.suppressed))
     }
 
-    /// What the capture must pass: every datagram to the SPA port.
+    /// What the capture must pass: every datagram to the SPA port, with
+    /// its data (the SPA packet).
     pub(crate) fn listen(&self) -> Listen {
-        Listen::new(Step::udp(self.port), FlagFilter::ANY, None)
+        Listen::new(Step::udp(self.port), FlagFilter::ANY, None).with_payload()
     }
 }

@@ -19,6 +19,15 @@ pub fn example_bin(name: &str) -> PathBuf {
     knock_testnet::example_bin(name, knock_testnet::Profile::SameAsTest).expect("build example")
 }
 
+/// A `/proc/PID/status` field in kB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
 /// A step run on the namespaces before knockd starts.
 type BeforeStart<'a> = Box<dyn FnOnce(&Pair) + 'a>;
 

@@ -599,6 +599,104 @@ fn metrics_address_in_both_formats() {
 }
 
 #[test]
+fn capture_ring_in_both_formats() {
+    let knockd = |v: &str| {
+        Config::from_knockd_str(&format!("[options]\n  capture_ring = {v}\n"), FILE)
+            .unwrap()
+            .options
+            .capture_ring
+    };
+    let toml = |v: &str| {
+        Config::from_toml_str(&format!("[options]\ncapture_ring = {v}\n"), "k.toml")
+            .unwrap()
+            .options
+            .capture_ring
+    };
+    for (text, bytes) in [
+        ("32M", 32 << 20),
+        ("1M", 1 << 20),
+        ("1m", 1 << 20),
+        ("32 M", 32 << 20),
+        ("64K", 64 << 10),
+        ("1G", 1 << 30),
+        ("131072", 128 << 10),
+        ("0", 0),
+    ] {
+        assert_eq!(knockd(text), Some(bytes), "{text}");
+        assert_eq!(toml(&format!("\"{text}\"")), Some(bytes), "{text}");
+    }
+    // TOML also takes a number of bytes.
+    assert_eq!(toml("0"), Some(0));
+    assert_eq!(toml("1048576"), Some(1 << 20));
+    // Not given: the capture's default.
+    let none = Config::from_knockd_str("[options]\n  Interface = eth0\n", FILE).unwrap();
+    assert_eq!(none.options.capture_ring, None);
+    // The converter keeps it, in the largest exact unit.
+    for (text, written) in [("1M", "\"1M\""), ("0", "\"0\""), ("1536K", "\"1536K\"")] {
+        let c = Config::from_knockd_str(&format!("[options]\n  capture_ring = {text}\n"), FILE)
+            .unwrap();
+        let t = c.to_toml_string().unwrap();
+        assert!(t.contains(&format!("capture_ring = {written}")), "{t}");
+        let back = Config::from_toml_str(&t, "k.toml").unwrap();
+        assert_eq!(back.options.capture_ring, c.options.capture_ring);
+    }
+    assert!(!none.to_toml_string().unwrap().contains("capture_ring"));
+}
+
+#[test]
+fn bad_capture_ring() {
+    for bad in [
+        "32X",
+        "M",
+        "-1M",
+        "1.5M",
+        "32 MB",
+        "",
+        "1T",
+        "99999999999999999999",
+        "1K",
+        "63K",
+        "2G",
+    ] {
+        let e = err(&format!(
+            "[options]\n  Interface = eth0\n  capture_ring = {bad}\n"
+        ));
+        assert!(matches!(e, ConfigError::BadValue { .. }), "{bad}: {e}");
+        says(
+            &e,
+            &[
+                "/etc/knockd.conf:3:18",
+                &format!("capture_ring = \"{bad}\""),
+                "0 for no ring",
+                "64K to 1G",
+            ],
+        );
+    }
+    let toml_err = |bad: &str| {
+        Config::from_toml_str(
+            &format!("[options]\ninterfaces = [\"eth0\"]\ncapture_ring = {bad}\n"),
+            "k.toml",
+        )
+        .unwrap_err()
+    };
+    for bad in ["\"32X\"", "\"1K\"", "2147483648", "-1"] {
+        let e = toml_err(bad);
+        assert!(matches!(e, ConfigError::BadValue { .. }), "{bad}: {e}");
+        says(
+            &e,
+            &[
+                "k.toml:3:16",
+                "options.capture_ring",
+                bad.trim_matches('"'),
+                "64K to 1G",
+            ],
+        );
+    }
+    // Neither a string nor a number: the TOML reader's error, at the value.
+    says(&toml_err("true"), &["k.toml:3:16", "boolean", "64K to 1G"]);
+}
+
+#[test]
 fn bad_interface() {
     let e = err("[options]\n  Interface = eth0,,wg0\n");
     says(
