@@ -482,10 +482,23 @@ fn daemon_mode_writes_its_pid_file_and_listens_on_any_interface() {
         .status()
         .unwrap();
     assert!(st.success());
-    wait_for("the pid file", Duration::from_secs(10), || {
-        pid_file.exists()
-    });
-    let pid = fs::read_to_string(&pid_file).unwrap().trim().to_owned();
+    // Read the pid file the moment it appears: a reader (systemd's
+    // PIDFile=) must never see it empty or half written.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        match fs::read_to_string(&pid_file) {
+            Ok(s) => break s,
+            Err(_) if std::time::Instant::now() < end => {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => panic!("no pid file after 10 s: {e}"),
+        }
+    };
+    assert!(
+        pid.ends_with('\n') && pid.trim().parse::<u32>().is_ok(),
+        "the pid file was read as {pid:?}"
+    );
+    let pid = pid.trim().to_owned();
     let log = || fs::read_to_string(dir.path().join("knockd.log")).unwrap_or_default();
     wait_for("start-up", Duration::from_secs(10), || {
         log().contains("starting up, listening on any")

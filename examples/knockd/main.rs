@@ -267,8 +267,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.options.pid_file.clone());
     if args.daemon {
         nix::unistd::daemon(false, false).context("daemonize")?;
-        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
-            .with_context(|| format!("write pid file {}", pid_file.display()))?;
+        // Renamed into place, so that a reader (systemd's PIDFile=) never
+        // sees it empty or half written.
+        knock::config::replace_atomically(
+            &pid_file,
+            format!("{}\n", std::process::id()).as_bytes(),
+        )
+        .with_context(|| format!("write pid file {}", pid_file.display()))?;
     }
     let metrics = args.metrics.or(config.options.metrics);
     let mut daemon = Daemon::new(config, opts, log).map_err(|_| Logged)?;
