@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::Duration;
 
-use knock_testnet::{wait_for, Pair};
+use knock_testnet::{wait_for, Pair, Profile};
 
 /// The example `name`, built in this test's profile (once per run).
 pub fn example_bin(name: &str) -> PathBuf {
@@ -53,6 +53,8 @@ pub struct Setup<'a> {
     env: Vec<(&'a str, &'a str)>,
     wrap: Vec<&'a str>,
     quiet: bool,
+    events: bool,
+    profile: Profile,
     before_start: Option<BeforeStart<'a>>,
 }
 
@@ -70,6 +72,8 @@ impl<'a> Setup<'a> {
             env: Vec::new(),
             wrap: Vec::new(),
             quiet: false,
+            events: true,
+            profile: Profile::SameAsTest,
             before_start: None,
         }
     }
@@ -98,6 +102,19 @@ impl<'a> Setup<'a> {
     /// errors reach `stderr.log`; the log file still gets every line.
     pub fn quiet(mut self) -> Self {
         self.quiet = true;
+        self
+    }
+
+    /// Starts knockd without `--events-json` (its stdout then holds only
+    /// what other options print, such as `--stats-json`).
+    pub fn no_events(mut self) -> Self {
+        self.events = false;
+        self
+    }
+
+    /// Runs knockd as built with `profile` (default: the test's own).
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
         self
     }
 
@@ -200,6 +217,8 @@ impl<'a> Setup<'a> {
                 .collect(),
             wrap: self.wrap.iter().map(|a| a.to_string()).collect(),
             verbose: !self.quiet,
+            events: self.events,
+            profile: self.profile,
         }
     }
 }
@@ -227,6 +246,10 @@ pub struct Server {
     wrap: Vec<String>,
     /// Whether knockd runs with `-v` (not [`Setup::quiet`]).
     verbose: bool,
+    /// Whether knockd runs with `--events-json` (not [`Setup::no_events`]).
+    events: bool,
+    /// [`Setup::profile`].
+    profile: Profile,
 }
 
 impl Server {
@@ -310,7 +333,7 @@ impl Server {
         };
         let out = open("events.json");
         let err = open("stderr.log");
-        let knockd = example_bin("knockd");
+        let knockd = knock_testnet::example_bin("knockd", self.profile).expect("build example");
         // The command line up to knockd's own arguments.
         let mut argv: Vec<OsString> = self.wrap.iter().map(OsString::from).collect();
         if self.mount.is_some() {
@@ -349,7 +372,7 @@ impl Server {
             "kn0",
         ])
         .args(self.verbose.then_some("-v"))
-        .arg("--events-json")
+        .args(self.events.then_some("--events-json"))
         .args(["-g", self.path("knockd.log").to_str().unwrap()])
         .args(["--state-dir", self.path(&self.state).to_str().unwrap()])
         .args(&self.args)
@@ -432,14 +455,15 @@ impl Server {
     }
 
     /// Waits at most `timeout` for the daemon to exit (a failure naming
-    /// `what` after that); its exit status.
+    /// `what` after that, and the daemon is killed on drop); its exit status.
     pub fn wait_exit(&mut self, what: &str, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
+        let child = self.child.as_mut().expect("running");
         let mut status = None;
         wait_for(what, timeout, || {
             status = child.try_wait().unwrap();
             status.is_some()
         });
+        self.child = None;
         status.unwrap()
     }
 
@@ -487,8 +511,19 @@ impl Server {
             + &fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
     }
 
+    /// knockd's stderr so far (`stderr.log`).
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+
     /// The `--events-json` lines so far.
     pub fn events(&self) -> String {
+        self.stdout()
+    }
+
+    /// knockd's stdout so far (in `events.json`): the `--events-json`
+    /// lines, and the `--stats-json` line once a daemon run with it exits.
+    pub fn stdout(&self) -> String {
         fs::read_to_string(self.path("events.json")).unwrap_or_default()
     }
 
