@@ -19,29 +19,32 @@
 // Test support code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use knock_testnet::{wait_for, Pair, CLIENT_IF, SERVER_IF, SERVER_V4};
+use common::{status_kib, Server, Setup};
+use knock_testnet::{wait_for, Pair, Profile, CLIENT_IF, SERVER_IF, SERVER_V4};
 
-mod common;
-use common::status_kib;
-
-/// `target/release/examples/<name>`, built (or brought up to date) with
-/// `cargo build --release`: the flood is about the packet rate a deployed
-/// (release) daemon sustains; a debug build costs about twice the CPU per
-/// packet. `KNOCK_FLOOD_PROFILE=debug` uses the test's own profile instead.
-fn example_bin(name: &str) -> PathBuf {
-    let debug = std::env::var("KNOCK_FLOOD_PROFILE").is_ok_and(|p| p == "debug");
-    let profile = if debug {
-        knock_testnet::Profile::SameAsTest
+/// The release build, brought up to date with `cargo build --release`: the
+/// flood is about the packet rate a deployed (release) daemon sustains; a
+/// debug build costs about twice the CPU per packet.
+/// `KNOCK_FLOOD_PROFILE=debug` uses the test's own profile instead.
+fn profile() -> Profile {
+    if std::env::var("KNOCK_FLOOD_PROFILE").is_ok_and(|p| p == "debug") {
+        Profile::SameAsTest
     } else {
-        knock_testnet::Profile::Release
-    };
-    knock_testnet::example_bin(name, profile).expect("build example")
+        Profile::Release
+    }
+}
+
+/// `target/<profile()>/examples/<name>`.
+fn example_bin(name: &str) -> PathBuf {
+    knock_testnet::example_bin(name, profile()).expect("build example")
 }
 
 /// N from `KNOCK_FLOOD_N`, default 200,000.
@@ -92,83 +95,46 @@ fn server_mac(pair: &Pair) -> String {
     out.trim().to_string()
 }
 
-/// Whether the process has its capture socket open (a line in its
-/// namespace's /proc/net/packet besides the header).
-fn capturing(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/net/packet"))
-        .map(|s| s.lines().count() > 1)
-        .unwrap_or(false)
+/// The namespaces with knockd on `conf` ready to start (tcp/22 listens,
+/// no iptables rule: the doors are native nftables ones): the
+/// [`profile()`] build, at its default verbosity, `--stats-json` on stdout
+/// and no events there. A knockd-style log file (`-g`), as deployments
+/// have: one `Stage 1` line per spoofed knock, which must not cost a
+/// write(2) per packet.
+fn flood_server(conf: &str) -> Server {
+    Setup::new(conf)
+        .no_iptables_drop()
+        .profile(profile())
+        .quiet()
+        .no_events()
+        .args(&["--stats-json"])
+        .prepare()
 }
 
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM, wait for the exit, and return the `--stats-json` object.
-    fn stop(mut self) -> serde_json::Value {
-        knock_testnet::run(&["kill", "-TERM", &self.pid().to_string()]).unwrap();
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.child.try_wait().unwrap().is_some() {
-                break;
-            }
-            assert!(Instant::now() < end, "knockd did not exit on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = fs::read_to_string(self.dir.join("stdout.log")).unwrap();
-        let line = out
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("{\"capture\""))
-            .unwrap_or_else(|| panic!("no stats line in {out:?}"));
-        serde_json::from_str(line).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(pair: &Pair, dir: &Path, conf: &str) -> Daemon {
-    fs::write(dir.join("knockd.conf"), conf).unwrap();
-    let child = pair
-        .server
-        .command(example_bin("knockd").to_str().unwrap())
-        .args(["-c", dir.join("knockd.conf").to_str().unwrap()])
-        .args(["-i", SERVER_IF, "--stats-json"])
-        .args(["--state-dir", dir.to_str().unwrap()])
-        // A knockd-style log file, as deployments have: one `Stage 1` line
-        // per spoofed knock, which must not cost a write(2) per packet.
-        .args(["-g", dir.join("knockd.log").to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(dir.join("stdout.log")).unwrap())
-        .stderr(fs::File::create(dir.join("stderr.log")).unwrap())
-        .spawn()
+/// Writes the flood `floodgen` makes with `args` to `pcap`, addressed to
+/// the server's MAC.
+fn floodgen(s: &Server, args: &[&str], pcap: &Path) {
+    let st = Command::new(example_bin("floodgen"))
+        .args(args)
+        .args(["--dst-mac", &server_mac(&s.pair)])
+        .arg("-o")
+        .arg(pcap)
+        .status()
         .unwrap();
-    let d = Daemon {
-        child,
-        dir: dir.to_owned(),
-    };
-    let pid = d.pid();
-    wait_for(
-        "knockd to open its capture socket",
-        Duration::from_secs(20),
-        || capturing(pid),
-    );
-    // The firewall is set up after the capture: wait for the start to end.
-    wait_for("knockd to start", Duration::from_secs(20), || {
-        fs::read_to_string(dir.join("knockd.log")).is_ok_and(|l| l.contains("starting up"))
-    });
-    d
+    assert!(st.success(), "floodgen failed");
+}
+
+/// SIGTERM, wait for the exit, and return the `--stats-json` object.
+fn stop(s: &mut Server) -> serde_json::Value {
+    s.signal("-TERM");
+    s.wait_exit("knockd to exit on SIGTERM", Duration::from_secs(10));
+    let out = s.stdout();
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("{\"capture\""))
+        .unwrap_or_else(|| panic!("no stats line in {out:?}"));
+    serde_json::from_str(line).unwrap()
 }
 
 const NFT_DOOR: &str = "
@@ -185,21 +151,14 @@ const NFT_DOOR: &str = "
 #[ignore = "needs root"]
 fn flood_of_spoofed_first_knocks_does_not_stop_the_real_knocker() {
     let n = flood_n();
-    let pair = Pair::new().expect("namespaces");
-    let dir = tempfile::tempdir().unwrap();
-    pair.server.tcp_listen(22).unwrap();
+    let mut s = flood_server(NFT_DOOR);
 
-    let pcap = dir.path().join("flood.pcap");
-    let st = Command::new(example_bin("floodgen"))
-        .args(["-n", &n.to_string(), "--dst-mac", &server_mac(&pair)])
-        .arg("-o")
-        .arg(&pcap)
-        .status()
-        .unwrap();
-    assert!(st.success(), "floodgen failed");
+    let pcap = s.path("flood.pcap");
+    floodgen(&s, &["-n", &n.to_string()], &pcap);
 
-    let d = start_daemon(&pair, dir.path(), NFT_DOOR);
-    let pid = d.pid();
+    s.spawn();
+    let pid = s.pid();
+    let pair = &s.pair;
     let connects = |t: u64| {
         pair.client.tcp_connect(
             SERVER_V4.parse::<IpAddr>().unwrap(),
@@ -234,7 +193,7 @@ fn flood_of_spoofed_first_knocks_does_not_stop_the_real_knocker() {
     let opened_after = started.elapsed();
     let hwm = status_kib(pid, "VmHWM");
     let cpu = cpu_seconds(pid);
-    let stats = d.stop();
+    let stats = stop(&mut s);
     eprintln!(
         "N = {n}: replay {replay:.2?} ({}), open after {opened_after:.2?}, \
          daemon CPU {cpu:.2} s, VmHWM {hwm} KiB\nstats: {stats}",
@@ -251,7 +210,7 @@ fn flood_of_spoofed_first_knocks_does_not_stop_the_real_knocker() {
     assert_eq!(stats["matcher"]["opens"], 1, "{stats}");
     // Every first knock is logged or counted in a summary; the file stays
     // small; the real knocker's stages come before its open.
-    let log = fs::read_to_string(dir.path().join("knockd.log")).unwrap();
+    let log = fs::read_to_string(s.path("knockd.log")).unwrap();
     let spoofed_stages = log
         .lines()
         .filter(|l| l.contains("] 100.") && l.ends_with(": Stage 1"))
@@ -273,7 +232,7 @@ fn flood_of_spoofed_first_knocks_does_not_stop_the_real_knocker() {
         stats["engine"]["log_suppressed"], summarised,
         "the counter and the summaries agree: {stats}"
     );
-    let size = fs::metadata(dir.path().join("knockd.log")).unwrap().len();
+    let size = fs::metadata(s.path("knockd.log")).unwrap().len();
     assert!(size <= LOG_BOUND, "log file of {size} bytes");
     let mine: Vec<&str> = log
         .lines()
@@ -310,28 +269,15 @@ const SPA_HMAC: &str =
 #[ignore = "needs root"]
 fn spa_flood_of_junk_does_not_delay_a_real_packet() {
     let n: u32 = 50_000;
-    let pair = Pair::new().expect("namespaces");
-    let dir = tempfile::tempdir().unwrap();
-    pair.server.tcp_listen(22).unwrap();
-    let pcap = dir.path().join("spa-junk.pcap");
-    let st = Command::new(example_bin("floodgen"))
-        .args([
-            "--spa",
-            "-n",
-            &n.to_string(),
-            "--dst-mac",
-            &server_mac(&pair),
-        ])
-        .arg("-o")
-        .arg(&pcap)
-        .status()
-        .unwrap();
-    assert!(st.success(), "floodgen failed");
     let conf = format!(
         "[spa]\n    spa_key_base64 = {SPA_KEY}\n    spa_hmac_key_base64 = {SPA_HMAC}\n    \
          open = tcp/22\n    firewall = nftables\n    cmd_timeout = 60\n"
     );
-    let mut d = start_daemon(&pair, dir.path(), &conf);
+    let mut s = flood_server(&conf);
+    let pcap = s.path("spa-junk.pcap");
+    floodgen(&s, &["--spa", "-n", &n.to_string()], &pcap);
+    s.spawn();
+    let pair = &s.pair;
     let server: IpAddr = SERVER_V4.parse().unwrap();
     let connects = |t: u64| {
         pair.client
@@ -354,7 +300,7 @@ fn spa_flood_of_junk_does_not_delay_a_real_packet() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let home = dir.path().join("home");
+    let home = s.path("home");
     fs::create_dir_all(&home).unwrap();
     let sent = pair
         .client
@@ -388,9 +334,10 @@ fn spa_flood_of_junk_does_not_delay_a_real_packet() {
     let flooding = flood.try_wait().unwrap().is_none();
     let out = flood.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert!(d.child.try_wait().unwrap().is_none(), "the daemon stays up");
-    let cpu = cpu_seconds(d.pid());
-    let stats = d.stop();
+    let running = s.child.as_mut().unwrap().try_wait().unwrap().is_none();
+    assert!(running, "the daemon stays up");
+    let cpu = cpu_seconds(s.pid());
+    let stats = stop(&mut s);
     let opened = opened.unwrap_or_else(|| panic!("never opened; stats: {stats}"));
     eprintln!(
         "SPA flood of {n}: open {opened:.2?} after the real packet (flood still running: {flooding}), \

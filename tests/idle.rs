@@ -12,22 +12,18 @@
 // Test support code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use knock_testnet::{wait_for, Pair, SERVER_IF, SERVER_V4};
+use common::{touch_door, Setup};
+use knock_testnet::SERVER_V4;
 
 /// Wake-ups allowed in a 10 s window, over all threads (a periodic timer of
 /// even 1 Hz would show 10).
 const MAX_WAKEUPS: u64 = 3;
-
-fn knockd_bin() -> PathBuf {
-    knock_testnet::example_bin("knockd", knock_testnet::Profile::SameAsTest).expect("build example")
-}
 
 /// Voluntary context switches of every thread of `pid`, by "tid name".
 fn switches(pid: u32) -> BTreeMap<String, u64> {
@@ -70,44 +66,11 @@ fn wakeups(pid: u32, settle: Duration, window: Duration) -> (u64, String) {
 /// Where the endpoint listens, in the server namespace.
 const METRICS: &str = "127.0.0.1:9464";
 
-/// Scrapes the endpoint once from inside the server namespace; the body.
-fn scrape(pair: &Pair) -> String {
-    pair.server
-        .enter(|| {
-            let mut s = std::net::TcpStream::connect(METRICS).unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: knockd\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .unwrap()
-}
-
-struct Knockd(Child);
-
-impl Drop for Knockd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 #[ignore = "needs root"]
 fn knockd_makes_no_periodic_wakeups_when_idle() {
-    let pair = Pair::new().expect("namespaces");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    let conf = format!(
-        "
-[cmd]
-    sequence    = 7000,8000
-    seq_timeout = 5
-    start_command = touch {d}/opened-%IP%
-    stop_command  = rm -f {d}/opened-%IP%
-    cmd_timeout = 600
-
+    let conf = touch_door("7000,8000")
+        + "
 [nft]
     sequence    = 7100,8100
     open        = tcp/22
@@ -117,28 +80,15 @@ fn knockd_makes_no_periodic_wakeups_when_idle() {
     sequence    = 7200,8200
     open        = tcp/2222
     firewall    = iptables
-"
-    );
-    fs::write(dir.path().join("knockd.conf"), conf).unwrap();
-    let child = pair
-        .server
-        .command(knockd_bin().to_str().unwrap())
-        .args(["-c", &format!("{d}/knockd.conf"), "-i", SERVER_IF])
-        .args(["-g", &format!("{d}/knockd.log"), "--state-dir", &d])
-        .args(["--metrics", METRICS])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let k = Knockd(child);
-    let pid = k.0.id();
-    let log = || fs::read_to_string(dir.path().join("knockd.log")).unwrap_or_default();
-    wait_for("knockd to start", Duration::from_secs(20), || {
-        log().contains("starting up")
-    });
+";
+    let s = Setup::new(&conf)
+        .no_iptables_drop()
+        .args(&["--metrics", METRICS])
+        .quiet()
+        .start();
+    let pid = s.pid();
 
-    let first = scrape(&pair);
+    let first = s.http_get(METRICS, "/metrics");
     assert!(
         first.contains("knock_door_opens_total{door=\"cmd\"} 0"),
         "{first}"
@@ -151,16 +101,12 @@ fn knockd_makes_no_periodic_wakeups_when_idle() {
     );
 
     // Open the command door: a stop command is now pending for 10 minutes.
-    pair.client
+    s.pair
+        .client
         .knock(&[(SERVER_V4, 7000, "tcp"), (SERVER_V4, 8000, "tcp")], 50)
         .unwrap();
-    let opened = dir.path().join("opened-198.18.0.2");
-    wait_for(
-        &format!("the start command\n{}", log()),
-        Duration::from_secs(10),
-        || opened.exists(),
-    );
-    let second = scrape(&pair);
+    s.wait_opened("the start command", Duration::from_secs(10));
+    let second = s.http_get(METRICS, "/metrics");
     assert!(
         second.contains("knock_door_opens_total{door=\"cmd\"} 1"),
         "{second}"

@@ -10,8 +10,8 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use knock_testnet::{wait_for, Pair, SERVER_V4};
 
@@ -56,10 +56,6 @@ fn side_link(pair: &Pair) {
     }
 }
 
-fn stderr_of(s: &Server) -> String {
-    fs::read_to_string(s.path("stderr.log")).unwrap_or_default()
-}
-
 /// Lines of `text` that contain every one of `words` (but for the
 /// "starting up, listening on ..." line).
 fn lines_with(text: &str, words: &[&str]) -> usize {
@@ -85,14 +81,14 @@ fn one_interface_down_leaves_the_other_listening_and_recovers_on_its_own() {
     wait_for(
         &format!("a warning that kx0 is down\n{}", s.log()),
         Duration::from_secs(5),
-        || lines_with(&stderr_of(&s), &["kx0"]) > 0,
+        || lines_with(&s.stderr(), &["kx0"]) > 0,
     );
     // kn0 still listens while kx0 is down.
     s.knock(SERVER_V4, &["7000", "8000", "9000"]);
     s.wait_open(SERVER_V4);
     // Down for a while: said once, not once per retry.
     std::thread::sleep(Duration::from_secs(3));
-    let err = stderr_of(&s);
+    let err = s.stderr();
     assert_eq!(lines_with(&err, &["kx0"]), 1, "stderr:\n{err}");
     let log = fs::read_to_string(s.path("knockd.log")).unwrap();
     assert_eq!(lines_with(&log, &["kx0"]), 1, "log:\n{log}");
@@ -113,7 +109,7 @@ fn one_interface_down_leaves_the_other_listening_and_recovers_on_its_own() {
     wait_for(
         &format!("a line that kx0 is back\n{}", s.log()),
         Duration::from_secs(5),
-        || lines_with(&stderr_of(&s), &["kx0"]) == 2,
+        || lines_with(&s.stderr(), &["kx0"]) == 2,
     );
     let log = fs::read_to_string(s.path("knockd.log")).unwrap();
     assert_eq!(lines_with(&log, &["kx0"]), 2, "log:\n{log}");
@@ -125,58 +121,44 @@ fn a_missing_interface_is_reported_and_the_others_listen() {
     let s = Setup::new(DOOR).args(&["-i", "typo0"]).quiet().start();
     s.knock(SERVER_V4, &["7000", "8000", "9000"]);
     s.wait_open(SERVER_V4);
-    let err = stderr_of(&s);
+    let err = s.stderr();
     assert_eq!(lines_with(&err, &["typo0"]), 1, "stderr:\n{err}");
     // Still once a few retries later.
     std::thread::sleep(Duration::from_secs(4));
-    let err = stderr_of(&s);
+    let err = s.stderr();
     assert_eq!(lines_with(&err, &["typo0"]), 1, "stderr:\n{err}");
 }
 
-/// Runs knockd in the server namespace as user nobody, with no
-/// capabilities, in a world-writable private dir holding `conf`; waits at
-/// most 10 s for it to exit.
-fn knockd_as_nobody(pair: &Pair, conf: &str, extra: &[&str]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    let d = dir.path().display().to_string();
-    fs::write(dir.path().join("knockd.conf"), conf).unwrap();
-    let mut child = pair
-        .server
-        .command("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .args(["--inh-caps=-all", "--bounding-set=-all"])
-        .arg(example_bin("knockd"))
-        .args(["-c", &format!("{d}/knockd.conf"), "-i", "kn0"])
-        .args(["-g", &format!("{d}/knockd.log"), "--state-dir", &d])
+/// Runs knockd with `extra` in the server namespace as user nobody, with
+/// no capabilities, in a world-writable private dir holding `conf`; waits
+/// at most 10 s for it to exit. Its exit status, stdout and stderr.
+fn knockd_as_nobody(conf: &str, extra: &[&str]) -> (ExitStatus, String, String) {
+    let mut s = Setup::new(conf)
+        .wrap(&[
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+        ])
+        .wrap(&["--inh-caps=-all", "--bounding-set=-all"])
         .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "knockd {extra:?} as nobody still runs after 10 s; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+        .no_events()
+        .quiet()
+        .prepare();
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    s.spawn_unwaited();
+    let status = s.wait_exit(
+        &format!("knockd {extra:?} as nobody to exit"),
+        Duration::from_secs(10),
+    );
+    (status, s.stdout(), s.stderr())
 }
 
 #[test]
 #[ignore = "needs root"]
 fn a_start_without_capabilities_exits_naming_them() {
-    let pair = Pair::new().unwrap();
-    let out = knockd_as_nobody(&pair, DOOR, &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "stderr:\n{err}");
+    let (status, _, err) = knockd_as_nobody(DOOR, &[]);
+    assert!(!status.success(), "stderr:\n{err}");
     assert!(err.contains("CAP_NET_RAW"), "stderr:\n{err}");
     assert!(!err.contains("CAP_NET_ADMIN"), "commands only:\n{err}");
 
@@ -189,19 +171,17 @@ fn a_start_without_capabilities_exits_naming_them() {
     firewall = nftables
 "
     );
-    let out = knockd_as_nobody(&pair, &nft, &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "stderr:\n{err}");
+    let (status, _, err) = knockd_as_nobody(&nft, &[]);
+    assert!(!status.success(), "stderr:\n{err}");
     assert!(
         err.contains("CAP_NET_RAW") && err.contains("CAP_NET_ADMIN"),
         "stderr:\n{err}"
     );
 
     // --check says the same, but a valid config still passes.
-    let out = knockd_as_nobody(&pair, &nft, &["--check"]);
-    let all =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{all}");
+    let (status, out, err) = knockd_as_nobody(&nft, &["--check"]);
+    let all = out + &err;
+    assert!(status.success(), "{all}");
     assert!(
         all.contains("CAP_NET_RAW") && all.contains("CAP_NET_ADMIN"),
         "{all}"

@@ -7,52 +7,19 @@
 // Test support code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::fs;
-use std::io::{Read, Write};
+mod common;
+
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use knock_testnet::{wait_for, Pair, SERVER_IF, SERVER_V4};
+use common::{touch_door, Server, Setup};
+use knock_testnet::{wait_for, SERVER_V4};
 
 const ADDR: &str = "127.0.0.1:9464";
 
-fn knockd_bin() -> PathBuf {
-    knock_testnet::example_bin("knockd", knock_testnet::Profile::SameAsTest).expect("build example")
-}
-
-struct Knockd(Child);
-
-impl Drop for Knockd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The whole HTTP response to `GET path` on the endpoint, from inside the
-/// server namespace.
-fn get(pair: &Pair, path: &str) -> String {
-    pair.server
-        .enter(|| {
-            let mut s = TcpStream::connect(ADDR).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: knockd\r\nAccept: */*\r\n\r\n"
-            )
-            .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .unwrap()
-}
-
 /// The body of a successful scrape.
-fn scrape(pair: &Pair) -> String {
-    let r = get(pair, "/metrics");
+fn scrape(s: &Server) -> String {
+    let r = s.http_get(ADDR, "/metrics");
     let (head, body) = r.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
@@ -73,60 +40,27 @@ fn value(body: &str, name: &str) -> f64 {
 #[test]
 #[ignore = "needs root"]
 fn a_knock_moves_the_counters_of_its_door() {
-    let pair = Pair::new().expect("namespaces");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
     let conf = format!(
         "
 [options]
     metrics = {ADDR}
-
-[cmd]
-    sequence    = 7000,8000,9000
-    seq_timeout = 5
-    start_command = touch {d}/opened-%IP%
-    stop_command  = rm -f {d}/opened-%IP%
-    cmd_timeout = 600
-
+{}
 [web]
     sequence    = 7100,8100
     start_command = true
-"
+",
+        touch_door("7000,8000,9000")
     );
-    fs::write(dir.path().join("knockd.conf"), conf).unwrap();
-    let child = pair
-        .server
-        .command(knockd_bin().to_str().unwrap())
-        // kx9 does not exist: one interface failure, counted.
-        .args([
-            "-c",
-            &format!("{d}/knockd.conf"),
-            "-i",
-            SERVER_IF,
-            "-i",
-            "kx9",
-        ])
-        .args(["-g", &format!("{d}/knockd.log"), "--state-dir", &d])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let _k = Knockd(child);
-    let log = || {
-        fs::read_to_string(dir.path().join("knockd.log")).unwrap_or_default()
-            + &fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-    };
-    wait_for("knockd to start", Duration::from_secs(20), || {
-        log().contains("starting up")
-    });
+    // kx9 does not exist: one interface failure, counted.
+    let s = Setup::new(&conf).args(&["-i", "kx9"]).quiet().start();
+    let pair = &s.pair;
     wait_for("the endpoint", Duration::from_secs(5), || {
         pair.server
             .enter(|| TcpStream::connect(ADDR).is_ok())
             .unwrap()
     });
 
-    let before = scrape(&pair);
+    let before = scrape(&s);
     for door in ["cmd", "web"] {
         for family in ["stages", "opens", "closes", "expiries", "invalidations"] {
             let name = format!("knock_door_{family}_total{{door=\"{door}\"}}");
@@ -157,13 +91,8 @@ fn a_knock_moves_the_counters_of_its_door() {
             50,
         )
         .unwrap();
-    let opened = dir.path().join("opened-198.18.0.2");
-    wait_for(
-        &format!("the door to open\n{}", log()),
-        Duration::from_secs(5),
-        || opened.exists(),
-    );
-    let after = scrape(&pair);
+    s.wait_opened("the door to open", Duration::from_secs(5));
+    let after = scrape(&s);
     let cmd = |family: &str| {
         value(
             &after,
@@ -189,23 +118,18 @@ fn a_knock_moves_the_counters_of_its_door() {
         .knock(&[(SERVER_V4, 7100, "tcp"), (SERVER_V4, 7000, "tcp")], 50)
         .unwrap();
     wait_for(
-        &format!("an invalidation at web\n{}", scrape(&pair)),
+        &format!("an invalidation at web\n{}", scrape(&s)),
         Duration::from_secs(5),
-        || {
-            value(
-                &scrape(&pair),
-                "knock_door_invalidations_total{door=\"web\"}",
-            ) == 1.0
-        },
+        || value(&scrape(&s), "knock_door_invalidations_total{door=\"web\"}") == 1.0,
     );
     // A first step alone: one source with an attempt in progress.
     pair.client.knock(&[(SERVER_V4, 7100, "tcp")], 0).unwrap();
     wait_for(
-        &format!("a source tracked\n{}", scrape(&pair)),
+        &format!("a source tracked\n{}", scrape(&s)),
         Duration::from_secs(5),
-        || value(&scrape(&pair), "knock_sources_tracked") == 1.0,
+        || value(&scrape(&s), "knock_sources_tracked") == 1.0,
     );
-    let last = scrape(&pair);
+    let last = scrape(&s);
     assert_eq!(
         value(&last, "knock_door_stages_total{door=\"web\"}"),
         2.0,
@@ -214,6 +138,6 @@ fn a_knock_moves_the_counters_of_its_door() {
     // Labels are door names, never addresses.
     assert!(!last.contains("198.18."), "{last}");
 
-    let other = get(&pair, "/");
+    let other = s.http_get(ADDR, "/");
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 }

@@ -10,27 +10,14 @@
 // Test support code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::fs;
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use knock_testnet::{wait_for, Pair, SERVER_IF, SERVER_V4};
-
-fn knockd_bin() -> PathBuf {
-    knock_testnet::example_bin("knockd", knock_testnet::Profile::SameAsTest).expect("build example")
-}
-
-struct Knockd(Child);
-
-impl Drop for Knockd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{touch_door, Server, Setup};
+use knock_testnet::{wait_for, SERVER_IF, SERVER_V4};
 
 /// The next notification (one datagram, `KEY=value` lines), or a panic
 /// naming `what` after `timeout`.
@@ -59,6 +46,24 @@ fn until(sock: &UnixDatagram, line: &str) -> Vec<String> {
     }
 }
 
+/// A server with knockd on `conf` with `setup`, `NOTIFY_SOCKET` pointing
+/// at `notify.sock` in its temp dir, started without waiting for it; and the
+/// socket, bound before knockd starts.
+fn with_notify_socket<'a>(
+    conf: &'a str,
+    setup: impl FnOnce(Setup<'a>) -> Setup<'a>,
+) -> (Server, UnixDatagram) {
+    let mut s = setup(
+        Setup::new(conf)
+            .env("NOTIFY_SOCKET", "{DIR}/notify.sock")
+            .quiet(),
+    )
+    .prepare();
+    let sock = UnixDatagram::bind(s.path("notify.sock")).unwrap();
+    s.spawn_unwaited();
+    (s, sock)
+}
+
 /// One SYN to each port of the server, from the calling thread (which must
 /// be in the client namespace): a non-blocking connect, then close.
 fn knock(ports: &[u16]) {
@@ -73,49 +78,13 @@ fn knock(ports: &[u16]) {
 #[test]
 #[ignore = "needs root"]
 fn ready_means_capture_is_open_then_reloading_and_stopping() {
-    let pair = Pair::new().expect("namespaces");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    let conf = format!(
-        "
-[cmd]
-    sequence    = 7000,8000
-    seq_timeout = 5
-    start_command = touch {d}/opened-%IP%
-    stop_command  = rm -f {d}/opened-%IP%
-    cmd_timeout = 600
-"
-    );
-    fs::write(dir.path().join("knockd.conf"), conf).unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
     // kx9 does not exist: the daemon starts on kn0 and says kx9 is down.
-    let child = pair
-        .server
-        .command(knockd_bin().to_str().unwrap())
-        .args([
-            "-c",
-            &format!("{d}/knockd.conf"),
-            "-i",
-            SERVER_IF,
-            "-i",
-            "kx9",
-        ])
-        .args(["-g", &format!("{d}/knockd.log"), "--state-dir", &d])
-        .env("NOTIFY_SOCKET", &sock_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let k = Knockd(child);
-    let log = || {
-        fs::read_to_string(dir.path().join("knockd.log")).unwrap_or_default()
-            + &fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-    };
+    let door = touch_door("7000,8000");
+    let (s, sock) = with_notify_socket(&door, |setup| setup.args(&["-i", "kx9"]));
 
     // In the client namespace: wait for READY=1 and knock at once.
-    let before_ready = pair
+    let before_ready = s
+        .pair
         .client
         .enter(|| {
             let seen = until(&sock, "READY=1");
@@ -123,14 +92,9 @@ fn ready_means_capture_is_open_then_reloading_and_stopping() {
             seen
         })
         .unwrap();
-    let opened = dir.path().join("opened-198.18.0.2");
-    wait_for(
-        &format!(
-            "the knock sent right after READY=1 to open the door\n{before_ready:?}\n{}",
-            log()
-        ),
+    s.wait_opened(
+        &format!("the knock sent right after READY=1 to open the door\n{before_ready:?}"),
         Duration::from_secs(5),
-        || opened.exists(),
     );
     let ready = before_ready.last().unwrap();
     let status = ready
@@ -148,16 +112,10 @@ fn ready_means_capture_is_open_then_reloading_and_stopping() {
     );
 
     // Reload: RELOADING=1 (with the monotonic time systemd wants), then READY=1.
-    fs::write(
-        dir.path().join("knockd.conf"),
-        format!(
-            "[cmd]\n sequence = 7000,8000\n start_command = touch {d}/opened-%IP%\n\
-             stop_command = rm -f {d}/opened-%IP%\n cmd_timeout = 600\n\
-             [other]\n sequence = 7100,8100\n start_command = true\n"
-        ),
-    )
-    .unwrap();
-    knock_testnet::run(&["kill", "-HUP", &k.0.id().to_string()]).unwrap();
+    s.write_conf(&format!(
+        "{door}\n[other]\n sequence = 7100,8100\n start_command = true\n"
+    ));
+    s.signal("-HUP");
     let reload = until(&sock, "READY=1");
     let first = reload.first().unwrap();
     assert!(
@@ -171,42 +129,27 @@ fn ready_means_capture_is_open_then_reloading_and_stopping() {
         "{status:?}"
     );
     wait_for("the reload to be logged", Duration::from_secs(5), || {
-        log().contains("configuration reloaded")
+        s.log().contains("configuration reloaded")
     });
 
     // Stop: STOPPING=1.
-    knock_testnet::run(&["kill", "-TERM", &k.0.id().to_string()]).unwrap();
+    s.signal("-TERM");
     until(&sock, "STOPPING=1");
 }
 
 #[test]
 #[ignore = "needs root"]
 fn no_ready_when_capture_cannot_start() {
-    let pair = Pair::new().expect("namespaces");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    fs::write(
-        dir.path().join("knockd.conf"),
-        "[cmd]\n sequence = 7000,8000\n start_command = true\n",
-    )
-    .unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
     // Not allowed to capture (no CAP_NET_RAW): the start fails, and no
     // READY=1 was ever sent.
-    let status = pair
-        .server
-        .command("setpriv")
-        .args(["--inh-caps=-net_raw", "--bounding-set=-net_raw"])
-        .arg(knockd_bin())
-        .args(["-c", &format!("{d}/knockd.conf"), "-i", SERVER_IF])
-        .args(["-g", &format!("{d}/knockd.log"), "--state-dir", &d])
-        .env("NOTIFY_SOCKET", &sock_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let (mut s, sock) = with_notify_socket(
+        "[cmd]\n sequence = 7000,8000\n start_command = true\n",
+        |setup| setup.wrap(&["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]),
+    );
+    let status = s.wait_exit(
+        "knockd without CAP_NET_RAW to exit",
+        Duration::from_secs(20),
+    );
     assert!(!status.success());
     sock.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 4096];

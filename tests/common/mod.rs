@@ -5,14 +5,16 @@
 // Test support code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unreachable_pub)]
 
+use std::ffi::OsString;
 use std::fs;
+use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::Duration;
 
-use knock_testnet::{wait_for, Pair};
+use knock_testnet::{wait_for, Pair, Profile};
 
 /// The example `name`, built in this test's profile (once per run).
 pub fn example_bin(name: &str) -> PathBuf {
@@ -28,6 +30,23 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
+/// knockd.conf text for a command door `[cmd]` knocked with `sequence`:
+/// its start command creates `opened-<source address>` in the server's temp
+/// dir ([`Server::wait_opened`]), its stop command removes it 10 minutes
+/// later.
+pub fn touch_door(sequence: &str) -> String {
+    format!(
+        "
+[cmd]
+    sequence    = {sequence}
+    seq_timeout = 5
+    start_command = touch {{DIR}}/opened-%IP%
+    stop_command  = rm -f {{DIR}}/opened-%IP%
+    cmd_timeout = 600
+"
+    )
+}
+
 /// A step run on the namespaces before knockd starts.
 type BeforeStart<'a> = Box<dyn FnOnce(&Pair) + 'a>;
 
@@ -40,7 +59,11 @@ pub struct Setup<'a> {
     mount: Option<(&'a str, bool)>,
     state: Option<&'a str>,
     args: Vec<&'a str>,
+    env: Vec<(&'a str, &'a str)>,
+    wrap: Vec<&'a str>,
     quiet: bool,
+    events: bool,
+    profile: Profile,
     before_start: Option<BeforeStart<'a>>,
 }
 
@@ -55,7 +78,11 @@ impl<'a> Setup<'a> {
             mount: None,
             state: None,
             args: Vec::new(),
+            env: Vec::new(),
+            wrap: Vec::new(),
             quiet: false,
+            events: true,
+            profile: Profile::SameAsTest,
             before_start: None,
         }
     }
@@ -66,10 +93,37 @@ impl<'a> Setup<'a> {
         self
     }
 
+    /// An environment variable for knockd (`NOTIFY_SOCKET`, say); `{DIR}`
+    /// in `value` stands for the server's temp dir.
+    pub fn env(mut self, key: &'a str, value: &'a str) -> Self {
+        self.env.push((key, value));
+        self
+    }
+
+    /// Runs knockd under this command line (`setpriv` with fewer
+    /// capabilities, say): `wrap` then the knockd command line.
+    pub fn wrap(mut self, wrap: &[&'a str]) -> Self {
+        self.wrap.extend_from_slice(wrap);
+        self
+    }
+
     /// Starts knockd at its default verbosity (no `-v`): only warnings and
     /// errors reach `stderr.log`; the log file still gets every line.
     pub fn quiet(mut self) -> Self {
         self.quiet = true;
+        self
+    }
+
+    /// Starts knockd without `--events-json` (its stdout then holds only
+    /// what other options print, such as `--stats-json`).
+    pub fn no_events(mut self) -> Self {
+        self.events = false;
+        self
+    }
+
+    /// Runs knockd as built with `profile` (default: the test's own).
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
         self
     }
 
@@ -167,7 +221,13 @@ impl<'a> Setup<'a> {
             conf: self.conf.to_owned(),
             state: self.state.unwrap_or("").to_owned(),
             args: self.args.iter().map(|a| a.to_string()).collect(),
+            env: (self.env.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            wrap: self.wrap.iter().map(|a| a.to_string()).collect(),
             verbose: !self.quiet,
+            events: self.events,
+            profile: self.profile,
         }
     }
 }
@@ -189,14 +249,27 @@ pub struct Server {
     state: String,
     /// [`Setup::args`].
     args: Vec<String>,
+    /// [`Setup::env`], `{DIR}` not yet replaced.
+    env: Vec<(String, String)>,
+    /// [`Setup::wrap`].
+    wrap: Vec<String>,
     /// Whether knockd runs with `-v` (not [`Setup::quiet`]).
     verbose: bool,
+    /// Whether knockd runs with `--events-json` (not [`Setup::no_events`]).
+    events: bool,
+    /// [`Setup::profile`].
+    profile: Profile,
 }
 
 impl Server {
     /// `Setup::new(conf).start()`.
     pub fn start(conf: &str) -> Server {
         Setup::new(conf).start()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// A file in the temp dir.
@@ -219,6 +292,14 @@ impl Server {
     /// waits until it listens.
     pub fn spawn(&mut self) {
         self.launch(&[], false);
+    }
+
+    /// Starts knockd like [`Server::spawn`] without waiting for it to start
+    /// up (or fail): for a test that waits for a sign of its own, such as
+    /// `READY=1` or the exit ([`Server::wait_exit`]).
+    pub fn spawn_unwaited(&mut self) {
+        assert!(self.child.is_none(), "spawn: the daemon still runs");
+        self.child = Some(self.launch_unwaited(&[], false));
     }
 
     /// Starts knockd again after a test stopped it (see [`Server::kill`] and
@@ -246,7 +327,10 @@ impl Server {
         self.try_launch(extra, true)
     }
 
-    fn try_launch(&mut self, extra: &[&str], append: bool) -> Option<std::process::ExitStatus> {
+    /// Spawns knockd with the usual arguments, [`Setup::args`] and `extra`,
+    /// stdout to `events.json` and stderr to `stderr.log` (appended to with
+    /// `append`, else truncated).
+    fn launch_unwaited(&self, extra: &[&str], append: bool) -> Child {
         let open = |name: &str| {
             fs::OpenOptions::new()
                 .create(true)
@@ -258,48 +342,67 @@ impl Server {
         };
         let out = open("events.json");
         let err = open("stderr.log");
+        let knockd = knock_testnet::example_bin("knockd", self.profile).expect("build example");
+        // The command line up to knockd's own arguments.
+        let mut argv: Vec<OsString> = self.wrap.iter().map(OsString::from).collect();
+        if self.mount.is_some() {
+            // A private mount namespace of the daemon's own: bind the
+            // directory over itself (read-only if asked), then exec.
+            argv.extend(
+                [
+                    "unshare",
+                    "-m",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    "mount --bind \"$D\" \"$D\" && \
+                     { [ -z \"$RO\" ] || mount -o remount,bind,ro \"$D\"; } && exec \"$@\"",
+                    "sh",
+                ]
+                .map(OsString::from),
+            );
+        }
+        argv.push(knockd.into_os_string());
+        let mut cmd = self.pair.server.command(argv[0].to_str().unwrap());
+        cmd.args(&argv[1..]);
+        if let Some((sub, ro)) = &self.mount {
+            cmd.env("D", self.path(sub))
+                .env("RO", if *ro { "1" } else { "" });
+        }
+        let dir = self.dir.path().display().to_string();
+        for (key, value) in &self.env {
+            cmd.env(key, value.replace("{DIR}", &dir));
+        }
+        cmd.args([
+            "-c",
+            self.path("knockd.conf").to_str().unwrap(),
+            "-i",
+            "kn0",
+        ])
+        .args(self.verbose.then_some("-v"))
+        .args(self.events.then_some("--events-json"))
+        .args(["-g", self.path("knockd.log").to_str().unwrap()])
+        .args(["--state-dir", self.path(&self.state).to_str().unwrap()])
+        .args(&self.args)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap()
+    }
+
+    fn try_launch(&mut self, extra: &[&str], append: bool) -> Option<std::process::ExitStatus> {
         // Where this run's stderr begins: "starting up" must be this run's.
-        let from = err.metadata().unwrap().len();
+        let from = if append {
+            fs::metadata(self.path("stderr.log")).map_or(0, |m| m.len())
+        } else {
+            0
+        };
         // Without -v, "starting up" is in the log file only: its tail, then.
         let log_from = fs::metadata(self.path("knockd.log")).map_or(0, |m| m.len());
-        let knockd = example_bin("knockd");
-        let mut cmd = match &self.mount {
-            None => self.pair.server.command(knockd.to_str().unwrap()),
-            Some((sub, ro)) => {
-                // A private mount namespace of the daemon's own: bind the
-                // directory over itself (read-only if asked), then exec.
-                let mut c = self.pair.server.command("unshare");
-                c.args(["-m", "--propagation", "private", "sh", "-c"])
-                    .arg(
-                        "mount --bind \"$D\" \"$D\" && \
-                         { [ -z \"$RO\" ] || mount -o remount,bind,ro \"$D\"; } && exec \"$@\"",
-                    )
-                    .arg("sh")
-                    .arg(&knockd)
-                    .env("D", self.path(sub))
-                    .env("RO", if *ro { "1" } else { "" });
-                c
-            }
-        };
-        let child = cmd
-            .args([
-                "-c",
-                self.path("knockd.conf").to_str().unwrap(),
-                "-i",
-                "kn0",
-            ])
-            .args(self.verbose.then_some("-v"))
-            .arg("--events-json")
-            .args(["-g", self.path("knockd.log").to_str().unwrap()])
-            .args(["--state-dir", self.path(&self.state).to_str().unwrap()])
-            .args(&self.args)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        let mut child = child;
+        let mut child = self.launch_unwaited(extra, append);
         let tail = |name: &str, from: u64| {
             let all = fs::read(self.path(name)).unwrap_or_default();
             let from = usize::try_from(from).unwrap().min(all.len());
@@ -350,20 +453,47 @@ impl Server {
     /// Stops the daemon with SIGTERM and waits for it to exit (at most 2 s).
     pub fn stop(&mut self) {
         self.signal("-TERM");
-        let mut child = self.child.take().expect("running");
-        wait_for("exit", Duration::from_secs(2), || {
-            child.try_wait().unwrap().is_some()
-        });
+        self.wait_exit("exit", Duration::from_secs(2));
     }
 
     /// Kills the daemon with SIGKILL (no clean-up of its own) and waits for
     /// it to be gone (at most 2 s).
     pub fn kill(&mut self) {
         self.signal("-KILL");
-        let mut child = self.child.take().expect("running");
-        wait_for("exit after SIGKILL", Duration::from_secs(2), || {
-            child.try_wait().unwrap().is_some()
+        self.wait_exit("exit after SIGKILL", Duration::from_secs(2));
+    }
+
+    /// Waits at most `timeout` for the daemon to exit (a failure naming
+    /// `what` after that, and the daemon is killed on drop); its exit status.
+    pub fn wait_exit(&mut self, what: &str, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let mut status = None;
+        wait_for(what, timeout, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
         });
+        self.child = None;
+        status.unwrap()
+    }
+
+    /// The whole HTTP/1.1 response to `GET path` from `addr` (the metrics
+    /// endpoint, say), asked from inside the server namespace.
+    pub fn http_get(&self, addr: &str, path: &str) -> String {
+        self.pair
+            .server
+            .enter(|| {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: knockd\r\nAccept: */*\r\n\r\n"
+                )
+                .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .unwrap()
     }
 
     /// `knockd --check` on the server's knockd.conf, in its namespace.
@@ -390,8 +520,19 @@ impl Server {
             + &fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
     }
 
+    /// knockd's stderr so far (`stderr.log`).
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+
     /// The `--events-json` lines so far.
     pub fn events(&self) -> String {
+        self.stdout()
+    }
+
+    /// knockd's stdout so far (in `events.json`): the `--events-json`
+    /// lines, and the `--stats-json` line once a daemon run with it exits.
+    pub fn stdout(&self) -> String {
         fs::read_to_string(self.path("events.json")).unwrap_or_default()
     }
 
@@ -430,6 +571,15 @@ impl Server {
                 "iptables", "-D", "INPUT", "-s", src, "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
             ])
             .unwrap();
+    }
+
+    /// Waits at most `timeout` until the [`touch_door`] opened for the
+    /// client's main address; a failure names `what` and shows the log.
+    pub fn wait_opened(&self, what: &str, timeout: Duration) {
+        let opened = self.path(&format!("opened-{}", knock_testnet::CLIENT_V4));
+        wait_for(&format!("{what}\n{}", self.log()), timeout, || {
+            opened.exists()
+        });
     }
 
     /// Waits until tcp/22 at `addr` accepts the client.
