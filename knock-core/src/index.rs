@@ -148,16 +148,16 @@ impl Index {
         let mut b = tag as usize & mask;
         for _ in 0..self.buckets {
             let (tags, ids) = self.bucket(b)?;
-            // The whole bucket at once, without a branch per entry (which
-            // entries are taken is as random as the keys): a bit per entry
-            // whose hash bits agree, a bit per empty one.
-            let (mut hits, mut empty) = (0u32, 0u32);
-            for (i, (&t, &id)) in tags.iter().zip(ids).enumerate() {
+            // The hash bits of the whole bucket at once, without a branch
+            // per entry (which entries are taken is as random as the
+            // keys): a bit per entry whose bits agree. An agreeing entry
+            // past an empty one cannot be the key's (its run from its home
+            // ends at the first empty slot), so `eq`, which checks the key
+            // itself, only turns it down: no mask of the run is needed.
+            let mut hits = 0u32;
+            for (i, &t) in tags.iter().enumerate() {
                 hits |= u32::from(t == tag) << i;
-                empty |= u32::from(id == 0) << i;
             }
-            // Only the entries before the first empty one are in the run.
-            hits &= (empty & empty.wrapping_neg()).wrapping_sub(1);
             while hits != 0 {
                 let i = hits.trailing_zeros() as usize % WIDTH;
                 hits &= hits - 1;
@@ -166,7 +166,7 @@ impl Index {
                     return Some((b * WIDTH + i, e));
                 }
             }
-            if empty != 0 {
+            if ids.contains(&0) {
                 return None;
             }
             b = (b + 1) & mask;
