@@ -344,3 +344,29 @@ fn a_reload_that_moves_the_blacklist_to_iptables_moves_its_blocks() {
     assert_eq!(nft_table(&s), "", "no nftables table left");
     assert!(!s.connects(SERVER_V4), "still blocked");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_grant_closes_on_time_in_the_kernel_after_the_daemon_is_killed() {
+    // The daemon opens an nftables grant before its state file records it
+    // (the write would delay the open); what makes that safe is the
+    // element's kernel timeout: killed right after the open, with no
+    // daemon left to close it, the grant still ends on time.
+    let mut s = Setup::new(&ssh_door("3")).no_iptables_drop().start();
+    assert!(!s.connects(SERVER_V4), "closed before knocking");
+    s.knock(SERVER_V4, &["7000", "8000", "9000"]);
+    s.wait_open(SERVER_V4);
+    let opened = std::time::Instant::now();
+    s.kill();
+    assert!(s.connects(SERVER_V4), "still open with the daemon gone");
+    wait_for(
+        "the kernel to close the grant at its end",
+        Duration::from_secs(6),
+        || !s.connects_within(SERVER_V4, Duration::from_millis(200)),
+    );
+    let took = opened.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "closed after {took:?}, before the grant's end"
+    );
+}

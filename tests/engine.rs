@@ -160,6 +160,54 @@ fn a_grant_is_persisted_before_its_door_opens_and_closes_on_time() {
     assert_eq!(e.poll_timeout(), None, "nothing left to do");
 }
 
+/// Where in `a` the first action matching `f` is.
+fn position_of(a: &[Action], f: impl Fn(&Action) -> bool) -> usize {
+    a.iter()
+        .position(f)
+        .unwrap_or_else(|| panic!("not in {a:?}"))
+}
+
+#[test]
+fn an_nftables_grant_that_expires_in_the_kernel_opens_before_its_snapshot_is_written() {
+    // The element carries a kernel timeout: if the process dies between
+    // the open and the write, the kernel still closes it on time (and the
+    // next start's reconcile keeps it only until then). So the open does
+    // not wait for the file.
+    let conf =
+        "[ssh]\n sequence = 7000,8000\n open = tcp/22\n firewall = nftables\n cmd_timeout = 10\n";
+    let mut e = engine(conf, at(0, 0));
+    drain(&mut e);
+    let a = knock(&mut e, at(0, 1000), &[7000, 8000]);
+    let open = position_of(&a, |a| matches!(a, Action::Open(_)));
+    let persist = position_of(&a, |a| matches!(a, Action::Persist(_, Durability::Written)));
+    assert!(open < persist, "{a:?}");
+    assert_eq!(last_snapshot(&a).unwrap().grants.len(), 1);
+    // Its close is recorded before it is applied: a close that a crash
+    // kept from the file would be opened again by the next start.
+    let a = run_until(&mut e, 0, 11_000);
+    let close = position_of(&a, |a| matches!(a, Action::Close(_)));
+    let persist = position_of(&a, |a| matches!(a, Action::Persist(..)));
+    assert!(persist < close, "{a:?}");
+}
+
+#[test]
+fn grants_nothing_else_closes_are_written_before_they_open() {
+    // A command and an iptables rule (its end is only a comment the next
+    // start reads) would stay open after a crash that lost them: the
+    // snapshot comes first.
+    for conf in [
+        COMMANDS,
+        "[ssh]\n sequence = 7000,8000\n open = tcp/22\n firewall = iptables\n cmd_timeout = 10\n",
+    ] {
+        let mut e = engine(conf, at(0, 0));
+        drain(&mut e);
+        let a = knock(&mut e, at(0, 1000), &[7000, 8000]);
+        let open = position_of(&a, |a| matches!(a, Action::Open(_)));
+        let persist = position_of(&a, |a| matches!(a, Action::Persist(..)));
+        assert!(persist < open, "{conf}: {a:?}");
+    }
+}
+
 #[test]
 fn a_restart_keeps_the_grant_a_second_knock_extends_it_and_it_closes_once() {
     // First run: knock at 1 s, killed at 2 s (the last snapshot is what
