@@ -224,10 +224,9 @@ pub const MIN_CAPTURE_RING: u64 = 64 << 10;
 /// The largest capture ring (it is resident memory, per interface).
 pub const MAX_CAPTURE_RING: u64 = 1 << 30;
 
-/// Parses a `capture_ring` size: 0, or bytes from [`MIN_CAPTURE_RING`] to
-/// [`MAX_CAPTURE_RING`] written as a number with an optional unit `K`, `M`
-/// or `G` (1024-based, either case): `32M`, `1536K`, `1048576`.
-pub fn parse_capture_ring(text: &str) -> Option<u64> {
+/// A whole number and the unit written after it (trimmed; empty if none):
+/// `25s` is `(25, "s")`, ` 32 M ` is `(32, "M")`.
+fn number_and_unit(text: &str) -> Option<(u64, &str)> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -236,8 +235,15 @@ pub fn parse_capture_ring(text: &str) -> Option<u64> {
     if num.is_empty() || num.len() > 20 {
         return None;
     }
-    let n: u64 = num.parse().ok()?;
-    let shift = match unit.trim() {
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+/// Parses a `capture_ring` size: 0, or bytes from [`MIN_CAPTURE_RING`] to
+/// [`MAX_CAPTURE_RING`] written as a number with an optional unit `K`, `M`
+/// or `G` (1024-based, either case): `32M`, `1536K`, `1048576`.
+pub fn parse_capture_ring(text: &str) -> Option<u64> {
+    let (n, unit) = number_and_unit(text)?;
+    let shift = match unit {
         "" => 0,
         "k" | "K" => 10,
         "m" | "M" => 20,
@@ -266,16 +272,8 @@ pub(crate) const DURATION_EXPECTED: &str =
 /// Parses a duration: whole seconds, or a number with a unit
 /// (`ns`, `us`, `ms`, `s`, `m`, `h`, `d`).
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (num, unit) = text.split_at(split);
-    if num.is_empty() || num.len() > 20 {
-        return None;
-    }
-    let n: u64 = num.parse().ok()?;
-    let d = match unit.trim() {
+    let (n, unit) = number_and_unit(text)?;
+    let d = match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
         "us" => Duration::from_micros(n),
