@@ -20,8 +20,8 @@
 //! matters (see `timer`).
 //!
 //! A record is 36 bytes; with the index (8 bytes a slot, at most 7/8 of
-//! them used) and the timer heap a tracked source costs 62-70 bytes
-//! (measured by `benches/matcher.rs`).
+//! them used, 3/4 when reserved) and the timer heap a tracked source costs
+//! 62-70 bytes (measured by `benches/matcher.rs`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
