@@ -16,6 +16,12 @@
 #   sudo KNOCKD=0 BASELINE=/tmp/knockd-old benches/vs-knockd.sh 1000000
 #                                 # ours and the other build only (knockd's
 #                                 # 1M run alone takes 10 s of CPU)
+#   sudo ROUNDS=6 BASELINE=/tmp/knockd-old benches/vs-knockd.sh 10000 1000000
+#                                 # the whole set six times (each N's pcap
+#                                 # made once), then per N and daemon the
+#                                 # median µs/pkt over the rounds: the
+#                                 # machine's speed drifts, so compare builds
+#                                 # round by round
 #   sudo PERF=/tmp/prof benches/vs-knockd.sh 1000000
 #                                 # `perf record -g` each run of ours (not
 #                                 # knockd) into /tmp/prof.N.NAME.data
@@ -43,6 +49,7 @@ ROOT=$(pwd)
 SIZES=("$@")
 [ ${#SIZES[@]} -eq 0 ] && SIZES=(1000 10000 20000 100000 1000000)
 SETTLE_MAX=${SETTLE_MAX:-120}
+ROUNDS=${ROUNDS:-1}
 LOGFILE=${LOGFILE:-1}
 DEBIAN_KNOCKD=${DEBIAN_KNOCKD:-/usr/sbin/knockd}
 
@@ -220,11 +227,37 @@ while True:
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "| N | daemon | opened | CPU s | CPU µs/pkt | VmHWM MiB | kernel drops | log MB | log open | replay pps |"
 echo "|---:|---|---|---:|---:|---:|---:|---:|---|---:|"
-for n in "${SIZES[@]}"; do
-  "$FLOODGEN" -n "$n" --dst-mac "$MAC" -o "$WORK/flood.pcap" 2>/dev/null
-  [ "${KNOCKD:-1}" = 0 ] || run_one knockd "$WORK/flood.pcap" "$n"
-  run_one knock-rs "$WORK/flood.pcap" "$n"
-  [ -n "${BASELINE:-}" ] && run_one "knock-rs, baseline" "$WORK/flood.pcap" "$n"
-  [ -n "${METRICS:-}" ] && run_one "knock-rs, scraped" "$WORK/flood.pcap" "$n"
-done
+for round in $(seq "$ROUNDS"); do
+  for n in "${SIZES[@]}"; do
+    [ -s "$WORK/flood.$n.pcap" ] ||
+      "$FLOODGEN" -n "$n" --dst-mac "$MAC" -o "$WORK/flood.$n.pcap" 2>/dev/null
+    if [ "${KNOCKD:-1}" != 0 ]; then run_one knockd "$WORK/flood.$n.pcap" "$n"; fi
+    run_one knock-rs "$WORK/flood.$n.pcap" "$n"
+    if [ -n "${BASELINE:-}" ]; then run_one "knock-rs, baseline" "$WORK/flood.$n.pcap" "$n"; fi
+    if [ -n "${METRICS:-}" ]; then run_one "knock-rs, scraped" "$WORK/flood.$n.pcap" "$n"; fi
+  done
+done | tee "$WORK/rows"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ "$ROUNDS" -gt 1 ]; then
+  # Per N and daemon: the median µs/pkt over the rounds, and its range.
+  echo
+  echo "| N | daemon | rounds | median µs/pkt | min | max | opened | drops > 0 |"
+  echo "|---:|---|---:|---:|---:|---:|---:|---:|"
+  awk -F'|' '{
+      n = $2 + 0; d = $3; gsub(/^ +| +$/, "", d); k = n SUBSEP d
+      if (!(k in cnt)) order[++keys] = k
+      v[k, ++cnt[k]] = $6 + 0
+      if ($4 ~ /yes/) opened[k]++
+      if ($8 + 0 > 0) dropped[k]++
+    }
+    END {
+      for (i = 1; i <= keys; i++) {
+        k = order[i]; c = cnt[k]
+        for (a = 1; a <= c; a++) s[a] = v[k, a]
+        for (a = 1; a <= c; a++) for (b = a + 1; b <= c; b++) if (s[b] < s[a]) { t = s[a]; s[a] = s[b]; s[b] = t }
+        med = (c % 2) ? s[(c + 1) / 2] : (s[c / 2] + s[c / 2 + 1]) / 2
+        split(k, p, SUBSEP)
+        printf "| %s | %s | %d | %.2f | %.2f | %.2f | %d | %d |\n", p[1], p[2], c, med, s[1], s[c], opened[k], dropped[k]
+      }
+    }' "$WORK/rows"
+fi
