@@ -1435,32 +1435,27 @@ impl Engine {
         if let Some(line) = self.quiet.summary(self.now.mono, false) {
             self.log(Level::Warn, line);
         }
-        let persist = std::mem::take(&mut self.dirty).then(|| {
+        let mut persist = std::mem::take(&mut self.dirty).then(|| {
             let durability = if std::mem::take(&mut self.durable) {
                 Durability::Synced
             } else {
                 Durability::Written
             };
-            (self.snapshot(), durability)
+            Action::Persist(self.snapshot(), durability)
         });
         // The snapshot goes first unless nothing staged needs it to: see
         // `needs_record_first`.
-        let first = persist.as_ref().is_some_and(|(_, d)| {
-            *d == Durability::Synced || self.staged.iter().any(needs_record_first)
+        let first = persist.as_ref().is_some_and(|p| {
+            matches!(p, Action::Persist(_, Durability::Synced))
+                || self.staged.iter().any(needs_record_first)
         });
         if first {
-            if let Some((s, d)) = persist {
-                self.out.push_back(Action::Persist(s, d));
-            }
-            self.out.extend(self.staged.drain(..));
-        } else {
-            if !self.staged.is_empty() {
-                self.out.extend(self.staged.drain(..));
-            }
-            if let Some((s, d)) = persist {
-                self.out.push_back(Action::Persist(s, d));
-            }
+            self.out.extend(persist.take());
         }
+        if !self.staged.is_empty() {
+            self.out.extend(self.staged.drain(..));
+        }
+        self.out.extend(persist);
         let g = self.matcher.listen_generation();
         let spa = self.spa_port();
         if g != self.listen_generation || spa != self.listen_spa {
