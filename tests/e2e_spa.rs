@@ -72,15 +72,27 @@ fn fwknop(s: &Server, server: &str, args: &[&str]) -> String {
 
 /// `fwknop -A tcp/22 -a addr` with the test keys.
 fn fwknop_access(s: &Server, server: &str, addr: &str, more: &[&str]) -> String {
+    fwknop_with(s, server, "tcp/22", addr, (KEY, HMAC), more)
+}
+
+/// `fwknop -A access -a addr` with `keys` (encryption, HMAC; base64).
+fn fwknop_with(
+    s: &Server,
+    server: &str,
+    access: &str,
+    addr: &str,
+    (key, hmac): (&str, &str),
+    more: &[&str],
+) -> String {
     let mut args = vec![
         "-A",
-        "tcp/22",
+        access,
         "-a",
         addr,
         "--key-base64-rijndael",
-        KEY,
+        key,
         "--key-base64-hmac",
-        HMAC,
+        hmac,
     ];
     args.extend_from_slice(more);
     fwknop(s, server, &args)
@@ -229,22 +241,7 @@ fn fwknop_client_opens_over_a_drop_and_the_grant_closes_on_time() {
 
     // A wrong HMAC key, a wrong encryption key, a stale timestamp, each
     // logged (warnings at most once a second: a second apart).
-    let with_keys = |k: &str, h: &str| {
-        fwknop(
-            &s,
-            SERVER_V4,
-            &[
-                "-A",
-                "tcp/22",
-                "-a",
-                CLIENT_V4,
-                "--key-base64-rijndael",
-                k,
-                "--key-base64-hmac",
-                h,
-            ],
-        )
-    };
+    let with_keys = |k: &str, h: &str| fwknop_with(&s, SERVER_V4, "tcp/22", CLIENT_V4, (k, h), &[]);
     with_keys(KEY, OTHER_HMAC);
     wait_for("the bad HMAC to be refused", Duration::from_secs(3), || {
         count(&s, "SPA packet refused: HMAC does not verify") == 1
@@ -361,20 +358,7 @@ fn in_iptables_a_request_opens_only_the_port_it_asks_for() {
             .tcp_connect(SERVER_V4.parse().unwrap(), 80, Duration::from_millis(700))
     };
     assert!(!port_80(), "tcp/80 is dropped");
-    fwknop(
-        &s,
-        SERVER_V4,
-        &[
-            "-A",
-            "tcp/80",
-            "-a",
-            CLIENT_V4,
-            "--key-base64-rijndael",
-            KEY,
-            "--key-base64-hmac",
-            HMAC,
-        ],
-    );
+    fwknop_with(&s, SERVER_V4, "tcp/80", CLIENT_V4, (KEY, HMAC), &[]);
     wait_for("tcp/80 open", Duration::from_secs(5), port_80);
     assert!(!s.connects(SERVER_V4), "tcp/22 was not asked for");
     let rules = s.iptables_s("KNOCK");
@@ -637,19 +621,13 @@ fn sighup_rereads_access_conf_new_keys_apply() {
         count(&s, "SPA packet refused: HMAC does not verify") == 1
     });
     assert!(!s.connects(SERVER_V4));
-    fwknop(
+    fwknop_with(
         &s,
         SERVER_V4,
-        &[
-            "-A",
-            "tcp/22",
-            "-a",
-            CLIENT_V4,
-            "--key-base64-rijndael",
-            OTHER_KEY,
-            "--key-base64-hmac",
-            OTHER_HMAC,
-        ],
+        "tcp/22",
+        CLIENT_V4,
+        (OTHER_KEY, OTHER_HMAC),
+        &[],
     );
     s.wait_open(SERVER_V4);
     assert_eq!(count(&s, "SPA request of user"), 1, "{}", s.log());
@@ -705,20 +683,7 @@ fn the_metrics_endpoint_counts_spa_requests_and_refusals_by_reason() {
     );
     fwknop_access(&s, SERVER_V4, CLIENT_V4, &[]);
     s.wait_open(SERVER_V4);
-    fwknop(
-        &s,
-        SERVER_V4,
-        &[
-            "-A",
-            "tcp/22",
-            "-a",
-            CLIENT_V4,
-            "--key-base64-rijndael",
-            KEY,
-            "--key-base64-hmac",
-            OTHER_HMAC,
-        ],
-    );
+    fwknop_with(&s, SERVER_V4, "tcp/22", CLIENT_V4, (KEY, OTHER_HMAC), &[]);
     wait_for("the refusal", Duration::from_secs(5), || {
         count(&s, "SPA packet refused: HMAC does not verify") == 1
     });
