@@ -317,47 +317,27 @@ fn a_captured_derived_knock_replays_to_the_same_open() {
         .file("other.key", "another secret\n", 0o600)
         .start();
     let pcap = s.path("knock.pcap");
-    let dump_log = s.path("tcpdump.log");
-    let mut dump = s
-        .pair
-        .server
-        .command("tcpdump")
-        .args([
-            "-i",
-            knock_testnet::SERVER_IF,
-            "--immediate-mode",
-            "-U",
-            "-w",
-        ])
-        .arg(&pcap)
-        .args(["tcp or udp"])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&dump_log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for("tcpdump to listen", Duration::from_secs(10), || {
-        fs::read_to_string(&dump_log).is_ok_and(|l| l.contains("listening on"))
-    });
     let conf_path = s.path("knockd.conf");
-    s.pair
-        .client
-        .run(&[
-            example_bin("knock").to_str().unwrap(),
-            "--door",
-            "derived",
-            "-c",
-            conf_path.to_str().unwrap(),
-            SERVER_V4,
-        ])
-        .unwrap();
-    s.wait_open_from(CLIENT_V4);
-    std::thread::sleep(Duration::from_millis(300));
-    let stopped = Command::new("kill")
-        .args(["-INT", &dump.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    dump.wait().unwrap();
+    common::capture_while(
+        &s.pair.server,
+        knock_testnet::SERVER_IF,
+        "tcp or udp",
+        &pcap,
+        || {
+            s.pair
+                .client
+                .run(&[
+                    example_bin("knock").to_str().unwrap(),
+                    "--door",
+                    "derived",
+                    "-c",
+                    conf_path.to_str().unwrap(),
+                    SERVER_V4,
+                ])
+                .unwrap();
+            s.wait_open_from(CLIENT_V4);
+        },
+    );
 
     let replay = |conf: &str| -> String {
         let out = Command::new(example_bin("replay"))

@@ -143,35 +143,13 @@ fn replay(s: &Server, pcap: &std::path::Path) -> String {
 
 /// Captures the client's datagrams to udp/62201 while `f` runs.
 fn capture_while(s: &Server, pcap: &std::path::Path, f: impl FnOnce()) {
-    let dump_log = s.path("tcpdump.log");
-    let mut dump = s
-        .pair
-        .client
-        .command("tcpdump")
-        .args([
-            "-i",
-            knock_testnet::CLIENT_IF,
-            "--immediate-mode",
-            "-U",
-            "-w",
-        ])
-        .arg(pcap)
-        .args(["udp port 62201"])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&dump_log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for("tcpdump to listen", Duration::from_secs(10), || {
-        fs::read_to_string(&dump_log).is_ok_and(|l| l.contains("listening on"))
-    });
-    f();
-    std::thread::sleep(Duration::from_millis(300));
-    let stopped = Command::new("kill")
-        .args(["-INT", &dump.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    dump.wait().unwrap();
+    common::capture_while(
+        &s.pair.client,
+        knock_testnet::CLIENT_IF,
+        "udp port 62201",
+        pcap,
+        f,
+    );
 }
 
 #[test]

@@ -47,6 +47,40 @@ pub fn touch_door(sequence: &str) -> String {
     )
 }
 
+/// Captures with tcpdump, in `ns` on `iface`, what `filter` passes into
+/// `pcap` while `f` runs: tcpdump is listening before `f` starts, and is
+/// stopped cleanly (its file flushed) 300 ms after `f` returns. Its
+/// messages go to `pcap` with the extension `log`.
+pub fn capture_while(
+    ns: &knock_testnet::Netns,
+    iface: &str,
+    filter: &str,
+    pcap: &std::path::Path,
+    f: impl FnOnce(),
+) {
+    let dump_log = pcap.with_extension("log");
+    let mut dump = ns
+        .command("tcpdump")
+        .args(["-i", iface, "--immediate-mode", "-U", "-w"])
+        .arg(pcap)
+        .arg(filter)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&dump_log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("tcpdump to listen", Duration::from_secs(10), || {
+        fs::read_to_string(&dump_log).is_ok_and(|l| l.contains("listening on"))
+    });
+    f();
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = std::process::Command::new("kill")
+        .args(["-INT", &dump.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    dump.wait().unwrap();
+}
+
 /// A step run on the namespaces before knockd starts.
 type BeforeStart<'a> = Box<dyn FnOnce(&Pair) + 'a>;
 
