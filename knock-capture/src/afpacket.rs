@@ -394,8 +394,10 @@ impl AfPacketSource {
     }
 
     /// The next knock already queued, without waiting; `Ok(None)` when
-    /// there is none. Errors are those of the socket.
-    fn read_queued(&mut self) -> io::Result<Option<Captured>> {
+    /// there is none. Errors are those of the socket: with a ring, they are
+    /// looked for only when `probe` is set and the ring is empty (a system
+    /// call, which a batch draining the ring does not make for each frame).
+    fn read_queued(&mut self, probe: bool) -> io::Result<Option<Captured>> {
         if let Some(ring) = &mut self.ring {
             while let Some(f) = ring.next() {
                 let time = self.state.kernel_time(f.sec, f.nsec);
@@ -406,6 +408,9 @@ impl AfPacketSource {
                 if c.is_some() {
                     return Ok(c);
                 }
+            }
+            if !probe {
+                return Ok(None);
             }
             // The ring is empty: a failure (the interface went down) is
             // pending on the socket, not in the ring. A read of the
@@ -438,7 +443,7 @@ impl Source for AfPacketSource {
         loop {
             let read = match self.pending_error.take() {
                 Some(e) => Err(e),
-                None => self.read_queued(),
+                None => self.read_queued(true),
             };
             match read {
                 Ok(Some(c)) => return Ok(Next::Event(c)),
@@ -461,7 +466,9 @@ impl Source for AfPacketSource {
         if self.pending_error.is_some() {
             return None;
         }
-        match self.read_queued() {
+        // The loop's next `next_event` finds a failure: it comes before
+        // the daemon waits, and an interface that fails sends no frames.
+        match self.read_queued(false) {
             Ok(c) => c,
             Err(e) => {
                 self.pending_error = Some(e);
