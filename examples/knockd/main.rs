@@ -23,7 +23,11 @@ use knock::config::Config;
 use knock::daemon::{Daemon, DaemonOptions, Logger};
 use knock::engine::Level;
 
+mod alloc;
 mod caps;
+
+#[global_allocator]
+static ALLOCATOR: alloc::TableAdvice = alloc::TableAdvice;
 
 /// Port-knock server (knockd-compatible).
 #[derive(Parser, Debug)]
