@@ -302,6 +302,9 @@ pub struct AfPacketSource {
     buf: Vec<u8>,
     /// An error a non-blocking read met, for the next `next_event`.
     pending_error: Option<io::Error>,
+    /// The last look at the ring by `next_event` found it empty: the next
+    /// that does too asks the socket for a failure.
+    found_empty: bool,
     state: LiveState,
     widening: Option<Widening>,
 }
@@ -360,6 +363,7 @@ impl AfPacketSource {
             name: name.into(),
             ifindex,
             pending_error: None,
+            found_empty: false,
             state,
             widening,
         })
@@ -394,9 +398,11 @@ impl AfPacketSource {
     }
 
     /// The next knock already queued, without waiting; `Ok(None)` when
-    /// there is none. Errors are those of the socket: with a ring, they are
-    /// looked for only when `probe` is set and the ring is empty (a system
-    /// call, which a batch draining the ring does not make for each frame).
+    /// there is none. Errors are those of the socket. With a ring they are
+    /// looked for (a system call) only when `probe` is set and the ring is
+    /// found empty twice in a row: not by a batch draining the ring, nor
+    /// when a flood's pause finds it empty once before frames come, but
+    /// after a wait that woke to an empty ring (a failure wakes `poll`).
     fn read_queued(&mut self, probe: bool) -> io::Result<Option<Captured>> {
         if let Some(ring) = &mut self.ring {
             while let Some(f) = ring.next() {
@@ -406,10 +412,11 @@ impl AfPacketSource {
                     .frame_at(f.bytes, f.ifindex, f.pkttype, f.vlan_tag, time);
                 drop(f);
                 if c.is_some() {
+                    self.found_empty = false;
                     return Ok(c);
                 }
             }
-            if !probe {
+            if !probe || !std::mem::replace(&mut self.found_empty, true) {
                 return Ok(None);
             }
             // The ring is empty: a failure (the interface went down) is
