@@ -149,8 +149,9 @@ impl<S: Source> MultiSource<S> {
 
     /// Also wakes for `waker`: when another thread writes to the other end
     /// of this stream (a command finished, say), the wait returns
-    /// [`Next::Deadline`] at once and the bytes are drained. Nothing else
-    /// is read from it. The stream is made non-blocking.
+    /// [`Next::Deadline`] at once (during a flood, after the pause of at
+    /// most 1 ms that lets packets gather) and the bytes are drained.
+    /// Nothing else is read from it. The stream is made non-blocking.
     ///
     /// # Errors
     /// The stream cannot be made non-blocking.
@@ -550,14 +551,17 @@ impl<S: Source> Source for MultiSource<S> {
             if !self.pending.is_empty() {
                 continue;
             }
-            if self.woken() {
-                return Ok(Next::Deadline);
-            }
+            // A flood's pause comes before the waker is read: it is short,
+            // and the caller handles what woke it (a finished command) at
+            // every batch anyway; the read is a system call per pause.
             if self.busy && !self.paced {
                 self.paced = true;
                 let nap = deadline.map_or(PACE, |d| d.saturating_duration_since(now).min(PACE));
                 std::thread::sleep(nap);
                 continue;
+            }
+            if self.woken() {
+                return Ok(Next::Deadline);
             }
             let wake = [deadline, self.next_retry()].into_iter().flatten().min();
             let Some(ms) = poll_timeout(wake) else {
