@@ -55,14 +55,14 @@ fn tag_of_hash(hash: u64) -> u32 {
 /// See the [module documentation](self).
 #[derive(Default)]
 pub(crate) struct Index {
-    /// The buckets, from `start` on: a power of two of them, or none. A
+    /// The buckets, from `start` on: any number of them, or none. A
     /// bucket is 16 words, one cache line: the hash bits of its eight
     /// entries, then their slab indices (complemented, 0: empty), so that
     /// a probe compares eight of each at once. Allocated zeroed (empty),
     /// so that the system hands out zero pages as they are first touched
     /// and a large reserved index costs no memory until it fills; `start`
-    /// aligns the first bucket to 64 bytes (the vector is allocated once
-    /// and never moves).
+    /// aligns the first bucket to 64 bytes, or 2 MiB in a table of 4 MiB
+    /// or more (the vector is allocated once and never moves).
     words: Vec<u32>,
     start: usize,
     /// Buckets (any number; 0 before the first insert).
@@ -72,6 +72,9 @@ pub(crate) struct Index {
 
 /// Words per bucket.
 const LINE: usize = 2 * WIDTH;
+
+/// The huge page size of x86-64 and arm64 (with 4 KiB base pages).
+const HUGE_PAGE: usize = 2 << 20;
 
 impl Index {
     /// Entries held.
@@ -86,9 +89,10 @@ impl Index {
         self.buckets * WIDTH / 8 * 7
     }
 
-    /// Bytes of heap memory it holds.
+    /// Bytes of heap memory it holds: its buckets (the bytes allocated
+    /// before the first, to align it, are never touched).
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.words.capacity() * std::mem::size_of::<u32>()
+        self.buckets * LINE * std::mem::size_of::<u32>()
     }
 
     /// The home bucket of hash bits `tag`: `tag` scaled to the bucket
@@ -268,10 +272,19 @@ impl Index {
             .div_ceil(3)
             .max(self.buckets * WIDTH * 2);
         let buckets = slots.div_ceil(WIDTH);
-        // One bucket more than needed, to align the first.
-        let new = vec![0u32; (buckets + 1) * LINE];
-        let misalign = new.as_ptr().addr() % 64 / 4;
-        let start = (LINE - misalign) % LINE;
+        // The first bucket starts a line, and in a table of two huge pages
+        // or more a huge page: a system that backs the table with them
+        // (the knockd program asks for them) can then for all of it but
+        // the tail, and a flood's probes stop missing the TLB. The bytes
+        // allocated before the first bucket are never touched.
+        let align = if buckets * LINE * 4 >= 2 * HUGE_PAGE {
+            HUGE_PAGE
+        } else {
+            LINE * 4
+        };
+        let new = vec![0u32; (buckets * LINE * 4 + align) / 4];
+        let misalign = new.as_ptr().addr() % align;
+        let start = (align - misalign) % align / 4;
         let old = Index {
             words: std::mem::replace(&mut self.words, new),
             start: std::mem::replace(&mut self.start, start),
@@ -329,6 +342,24 @@ mod tests {
             let key_of: HashMap<u32, u32> = model.iter().map(|(&k, &i)| (i, k)).collect();
             prop_assert_eq!(index.find(hash(1000), |i| key_of.get(&i) == Some(&1000)), None);
         }
+    }
+
+    #[test]
+    fn a_large_index_starts_on_a_2_mib_boundary() {
+        let mut index = Index::default();
+        index.reserve(1_000_000);
+        let first = index.words.as_ptr().addr() + index.start * 4;
+        assert_eq!(first % HUGE_PAGE, 0, "the first bucket starts a 2 MiB page");
+        assert!(index.capacity() >= 1_000_000);
+        assert!(
+            index.heap_bytes() <= 11 << 20,
+            "{} bytes for a million entries",
+            index.heap_bytes()
+        );
+        for i in 0..1000u32 {
+            index.insert_unique(u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15), i);
+        }
+        assert_eq!(index.len(), 1000);
     }
 
     #[test]
