@@ -70,24 +70,14 @@ unsafe impl GlobalAlloc for TableAdvice {
     }
 }
 
-/// Advises the whole 2 MiB pages inside the `len` bytes at `p` to be
-/// backed by huge pages. Without transparent huge pages (or with the
-/// setting `never`) the call fails and nothing changes.
+/// The size of a base page (x86-64, and arm64 as Debian builds it).
+const PAGE: usize = 4096;
+
+/// Backs the 2 MiB pages of the `len` bytes at `p` with huge pages as they
+/// are first touched (`MADV_HUGEPAGE`). Without transparent huge pages (or
+/// with the setting `never`) the call fails and nothing changes.
 fn advise_huge(p: *mut u8, len: usize) {
-    let start = p.addr().next_multiple_of(HUGE_PAGE);
-    let end = (p.addr() + len) / HUGE_PAGE * HUGE_PAGE;
-    if end > start {
-        // SAFETY: `start..end` lies inside the block of `len` bytes at `p`
-        // that was just allocated; MADV_HUGEPAGE only changes how its pages
-        // are backed when they are faulted in, never what they hold.
-        unsafe {
-            libc::madvise(
-                p.with_addr(start).cast::<libc::c_void>(),
-                end - start,
-                libc::MADV_HUGEPAGE,
-            );
-        }
-    }
+    advise(p, 0..len, HUGE_PAGE, libc::MADV_HUGEPAGE);
 }
 
 /// Faults in bytes `from..to` of the block at `p` in one call
@@ -96,18 +86,23 @@ fn advise_huge(p: *mut u8, len: usize) {
 /// cheaper than a fault per page. Where the kernel lacks it (before 5.14)
 /// the call fails and the pages fault in as they are written.
 fn populate(p: *mut u8, from: usize, to: usize) {
-    const PAGE: usize = 4096;
-    let start = (p.addr() + from).next_multiple_of(PAGE);
-    let end = (p.addr() + to) / PAGE * PAGE;
+    advise(p, from..to, PAGE, libc::MADV_POPULATE_WRITE);
+}
+
+/// `madvise(advice)` for the whole pages of `page` bytes within bytes
+/// `range` of the block at `p`; a failure is left alone (advice only).
+fn advise(p: *mut u8, range: std::ops::Range<usize>, page: usize, advice: libc::c_int) {
+    let start = (p.addr() + range.start).next_multiple_of(page);
+    let end = (p.addr() + range.end) / page * page;
     if end > start {
-        // SAFETY: `start..end` lies inside the block of `to` bytes at `p`,
-        // just allocated; populating for writing maps its pages as the
-        // first write would, without changing what they hold.
+        // SAFETY: `start..end` lies inside `range` of the block at `p`,
+        // which the caller just allocated; both pieces of advice given
+        // change how its pages are backed, never what they hold.
         unsafe {
             libc::madvise(
                 p.with_addr(start).cast::<libc::c_void>(),
                 end - start,
-                libc::MADV_POPULATE_WRITE,
+                advice,
             );
         }
     }
