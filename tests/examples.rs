@@ -9,12 +9,13 @@
 #![cfg(all(feature = "capture", feature = "config", feature = "firewall"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
+
+mod common;
 
 use knock_capture::{craft, Next, ReplaySource, Source};
 use knock_core::{Proto, TcpFlags};
@@ -615,73 +616,32 @@ fn knock_jitter_and_verbose_on_loopback() {
 /// A knock as the server saw it: protocol, port, TCP flags.
 type Seen = (Proto, u16, TcpFlags);
 
-/// tcpdump on the server's interface, writing to a file.
-struct Tcpdump {
-    child: Child,
-    file: PathBuf,
-    _dir: tempfile::TempDir,
+/// The knocks sent to `server` in the capture `pcap`, in order.
+fn knocks_in(pcap: &Path, server: IpAddr) -> Vec<Seen> {
+    let mut src = ReplaySource::open(pcap).unwrap();
+    let mut seen = Vec::new();
+    while let Next::Event(c) = src.next_event(None).unwrap() {
+        let e = c.event;
+        if e.dst == server {
+            seen.push((e.proto, e.dst_port, e.tcp_flags));
+        }
+    }
+    seen
 }
 
-impl Tcpdump {
-    fn start(ns: &knock_testnet::Netns) -> Tcpdump {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("server.pcap");
-        let mut child = ns
-            .command("tcpdump")
-            .args([
-                "--immediate-mode",
-                "-i",
-                knock_testnet::SERVER_IF,
-                "-n",
-                "-U",
-                "-w",
-            ])
-            .arg(&file)
-            .arg("tcp or udp")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // tcpdump says "listening on kn0" once the capture is running.
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("listening on") {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "tcpdump did not start"
-            );
-        }
-        Tcpdump {
-            child,
-            file,
-            _dir: dir,
-        }
-    }
-
-    /// Stops the capture (the file stays until `self` is dropped).
-    fn finish(&mut self) {
-        // Let the last packets arrive, then stop tcpdump cleanly (it flushes).
-        std::thread::sleep(Duration::from_millis(300));
-        let pid = self.child.id().to_string();
-        run(Command::new("kill").args(["-INT", &pid]));
-        self.child.wait().unwrap();
-    }
-
-    /// Stops the capture and returns the knocks sent to `server`, in order.
-    fn stop(mut self, server: IpAddr) -> Vec<Seen> {
-        self.finish();
-        let mut src = ReplaySource::open(&self.file).unwrap();
-        let mut seen = Vec::new();
-        while let Next::Event(c) = src.next_event(None).unwrap() {
-            let e = c.event;
-            if e.dst == server {
-                seen.push((e.proto, e.dst_port, e.tcp_flags));
-            }
-        }
-        seen
-    }
+/// The knocks the server saw, in order, while `f` ran (tcpdump on its
+/// interface).
+fn seen_while(pair: &knock_testnet::Pair, server: &str, f: impl FnOnce()) -> Vec<Seen> {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("server.pcap");
+    common::capture_while(
+        &pair.server,
+        knock_testnet::SERVER_IF,
+        "tcp or udp",
+        &pcap,
+        f,
+    );
+    knocks_in(&pcap, server.parse().unwrap())
 }
 
 /// Runs a knock client in the client namespace while the server captures;
@@ -692,21 +652,21 @@ fn knocks_seen(
     client: &Path,
     args: &[&str],
 ) -> Vec<Seen> {
-    let dump = Tcpdump::start(&pair.server);
-    let out = pair
-        .client
-        .command(client.to_str().unwrap())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{} {args:?}: {}",
-        client.display(),
-        text(&out.stderr)
-    );
-    dump.stop(server.parse().unwrap())
+    seen_while(pair, server, || {
+        let out = pair
+            .client
+            .command(client.to_str().unwrap())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}",
+            client.display(),
+            text(&out.stderr)
+        );
+    })
 }
 
 fn syn(port: u16) -> Seen {
@@ -782,20 +742,21 @@ fn knock_sequence_file_line_knocks_that_line() {
         assert_eq!(seen, expected, "line {line}");
     }
     // An error sends nothing.
-    let dump = Tcpdump::start(&pair.server);
-    let out = pair
-        .client
-        .output(&[
-            example("knock").to_str().unwrap(),
-            server,
-            "--sequence-file",
-            seq,
-            "--line",
-            "2",
-        ])
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(dump.stop(server.parse().unwrap()), vec![]);
+    let seen = seen_while(&pair, server, || {
+        let out = pair
+            .client
+            .output(&[
+                example("knock").to_str().unwrap(),
+                server,
+                "--sequence-file",
+                seq,
+                "--line",
+                "2",
+            ])
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+    });
+    assert_eq!(seen, vec![]);
 }
 
 #[test]
@@ -805,35 +766,43 @@ fn replay_of_a_real_capture_opens_for_both_clients() {
     // against the demo configuration.
     let pair = knock_testnet::Pair::new().unwrap();
     let server = knock_testnet::SERVER_V4;
-    let mut dump = Tcpdump::start(&pair.server);
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("server.pcap");
     let mut clients = vec![example("knock")];
     if Path::new(DEBIAN_KNOCK).exists() {
         clients.push(DEBIAN_KNOCK.into());
     }
-    for client in &clients {
-        let out = pair
-            .client
-            .output(&[client.to_str().unwrap(), server, "7000", "8000", "9000"])
-            .unwrap();
-        assert!(out.status.success());
-    }
-    let args = [
-        "-6",
-        knock_testnet::SERVER_V6,
-        "12345",
-        "54321:udp",
-        "24680",
-    ];
-    let mut ours = vec![example("knock").to_str().unwrap().to_owned()];
-    ours.extend(args.iter().map(|a| a.to_string()));
-    let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
-    assert!(pair.client.output(&ours).unwrap().status.success());
-    dump.finish();
+    common::capture_while(
+        &pair.server,
+        knock_testnet::SERVER_IF,
+        "tcp or udp",
+        &pcap,
+        || {
+            for client in &clients {
+                let out = pair
+                    .client
+                    .output(&[client.to_str().unwrap(), server, "7000", "8000", "9000"])
+                    .unwrap();
+                assert!(out.status.success());
+            }
+            let args = [
+                "-6",
+                knock_testnet::SERVER_V6,
+                "12345",
+                "54321:udp",
+                "24680",
+            ];
+            let mut ours = vec![example("knock").to_str().unwrap().to_owned()];
+            ours.extend(args.iter().map(|a| a.to_string()));
+            let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
+            assert!(pair.client.output(&ours).unwrap().status.success());
+        },
+    );
 
     let out = run(Command::new(example("replay"))
         .arg("-c")
         .arg(data("knockd.conf"))
-        .arg(&dump.file));
+        .arg(&pcap));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines = json_lines(&out);
     let opens: Vec<(String, String)> = story(&lines)
