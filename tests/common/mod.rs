@@ -23,11 +23,16 @@ pub fn example_bin(name: &str) -> PathBuf {
 
 /// A `/proc/PID/status` field in kB (`VmRSS`, `VmHWM`).
 pub fn status_kib(pid: u32, field: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    proc_kib(pid, "status", field)
+}
+
+/// A field in kB of `/proc/PID/<file>` (`status`, `smaps_rollup`).
+pub fn proc_kib(pid: u32, file: &str, field: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
     s.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/{file}"))
 }
 
 /// knockd.conf text for a command door `[cmd]` knocked with `sequence`:
