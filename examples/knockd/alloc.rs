@@ -14,7 +14,8 @@
 //! the TLB follows well, and huge pages for every large allocation measured
 //! slower (benches/RESULTS.md).
 //!
-//! They grow instead, an eighth at a time: the part a vector of [`HUGE_FROM`] bytes or more grows by is faulted in at once
+//! They grow instead, an eighth at a time: the part a vector of
+//! [`HUGE_FROM`] bytes or more grows by is faulted in at once
 //! (`MADV_POPULATE_WRITE`), one system call instead of a page fault per
 //! 4 KiB as the flood writes it.
 //!
