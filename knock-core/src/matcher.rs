@@ -518,10 +518,16 @@ impl Matcher {
         let src = normalized(event.src);
         let hash = self.table.hash(&key);
         let found = self.table.find(hash, &key);
-        if let (Some(idx), Some(port), None) = (found, port.filter(|_| relevant), touched) {
-            if self.knock_in_place(idx, src, now, now_ms, event, port) {
+        match (found, port.filter(|_| relevant), touched) {
+            (Some(idx), Some(port), None)
+                if self.knock_in_place(idx, src, now, now_ms, event, port) =>
+            {
                 return; // nothing invalidated: no strike
             }
+            (None, Some(port), None) if self.first_knock(key, hash, src, now, event, port) => {
+                return; // no attempt to invalidate: no strike
+            }
+            _ => {}
         }
         self.knock_stored(found, key, hash, src, now, event, port, relevant, touched);
     }
@@ -1167,6 +1173,36 @@ impl Matcher {
             let old_due = now_ms - u64::from(age) + u64::from(self.tmax_ms);
             if fresh & (old_due > now_ms + timeout) {
                 self.arm(idx, now_ms + timeout);
+            }
+        }
+        true
+    }
+
+    /// [`knock`](Matcher::knock) for a source without a record (a flood's
+    /// every knock), without copying attempts out and back: when one
+    /// track alone starts on the knock's `port`, it begins it as `knock`
+    /// would (the same `begin`), opens at once a one-step sequence and
+    /// otherwise gives the source a record. Returns false (and does
+    /// nothing) when more tracks start there.
+    #[inline]
+    fn first_knock(
+        &mut self,
+        key: crate::table::Key,
+        hash: u64,
+        src: IpAddr,
+        now: Timestamp,
+        event: &Event,
+        port: usize,
+    ) -> bool {
+        let ti = match self.ports.entries.get(port).map(|e| &e.first[..]) {
+            Some(&[ti]) => ti,
+            _ => return false,
+        };
+        if let Some(a) = self.begin(ti, src, now, event) {
+            if self.finished(a) {
+                self.open(ti, src, now);
+            } else {
+                self.place(key, hash, now.as_millis(), &[a]);
             }
         }
         true
