@@ -73,6 +73,7 @@ mod error;
 pub mod fuzz;
 mod local;
 mod multi;
+mod pace;
 mod parse;
 mod pnet_source;
 mod replay;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use knock_core::Listen;
 
 use crate::afpacket::{interface_names, poll_timeout, LiveConfig};
+use crate::pace::Pacer;
 use crate::source::{Captured, InterfaceEvent, Next, Source, Stats};
 use crate::{sys, AfPacketSource, CaptureError};
 
@@ -23,16 +24,6 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// At most this many knocks still queued on the old socket of a reopened
 /// interface are handed out (its buffer can hold a flood's worth).
 const DRAIN_MAX: usize = 1024;
-/// Two knocks less than this apart make the source busy: see [`PACE`]
-/// (more than `PACE`, so that a flood read in paced batches stays busy).
-const BUSY_GAP: Duration = Duration::from_millis(2);
-/// When the queues run empty while knocks come less than [`BUSY_GAP`]
-/// apart (a flood: the last two `next_event` returned were that close), the
-/// source sleeps this long before it waits in
-/// `poll(2)`, so that the next knocks are read as a batch rather than with
-/// a wake-up each (a wake-up costs more than handling a knock). A lone
-/// knock, or knocks at a human pace, are read at once.
-const PACE: Duration = Duration::from_millis(1);
 
 /// Opens the source of one interface again (for the current listen set).
 type OpenFn<S> = dyn FnMut(&str, &[Listen]) -> Result<S, CaptureError> + Send;
@@ -91,11 +82,13 @@ enum State<S> {
 /// as [`InterfaceEvent::Up`]. When every interface is healthy the wait has
 /// no deadline of its own (no periodic wake-ups).
 ///
-/// Under a flood (knocks less than 2 ms apart) a turn that finds every
-/// queue empty first sleeps 1 ms, then looks again before it waits in
-/// `poll(2)`: the knocks that came meanwhile are read as one batch
+/// Under a flood (more knocks in a row, each less than 3 ms after the one
+/// before, than a knock sequence holds) a turn that finds every queue empty
+/// first sleeps 2 ms, then looks again before it waits in `poll(2)`: the
+/// knocks that came meanwhile are read as one batch
 /// ([`Source::next_queued`]) instead of one wake-up each. A knock during a
-/// flood is read at most 1 ms later; a lone knock at once.
+/// flood is read at most 2 ms later; a lone knock, and every knock of a
+/// client's sequence, at once (see `pace`).
 ///
 /// Reopening happens on the thread that calls [`Source::next_event`]: use
 /// the source in the network namespace it was opened in (a reopen from
@@ -113,12 +106,8 @@ pub struct MultiSource<S> {
     pending: VecDeque<Next>,
     /// Counters of sources dropped after a failure.
     retired: Stats,
-    /// When `next_event` last returned a knock.
-    last_knock: Option<Instant>,
-    /// The last two knocks it returned were less than [`BUSY_GAP`] apart.
-    busy: bool,
-    /// It slept ([`PACE`]) since: the next empty turn waits in `poll(2)`.
-    paced: bool,
+    /// Whether an empty turn sleeps first (a flood).
+    pacer: Pacer,
 }
 
 impl<S: Source> MultiSource<S> {
@@ -141,16 +130,14 @@ impl<S: Source> MultiSource<S> {
             listen: Vec::new(),
             pending: VecDeque::new(),
             retired: Stats::default(),
-            last_knock: None,
-            busy: false,
-            paced: false,
+            pacer: Pacer::default(),
         }
     }
 
     /// Also wakes for `waker`: when another thread writes to the other end
     /// of this stream (a command finished, say), the wait returns
     /// [`Next::Deadline`] at once (during a flood, after the pause of at
-    /// most 1 ms that lets packets gather) and the bytes are drained.
+    /// most 2 ms that lets packets gather) and the bytes are drained.
     /// Nothing else is read from it. The stream is made non-blocking.
     ///
     /// # Errors
@@ -385,9 +372,7 @@ impl MultiSource<AfPacketSource> {
             listen: listen.to_vec(),
             pending: VecDeque::new(),
             retired: Stats::default(),
-            last_knock: None,
-            busy: false,
-            paced: false,
+            pacer: Pacer::default(),
         }
     }
 
@@ -535,11 +520,7 @@ impl<S: Source> Source for MultiSource<S> {
                 match src.next_event(now_dl) {
                     Ok(ev @ Next::Event(_)) => {
                         self.next = wrap(i + 1, n);
-                        self.busy = self
-                            .last_knock
-                            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_GAP);
-                        self.last_knock = Some(now);
-                        self.paced = false;
+                        self.pacer.knock(now);
                         if down {
                             self.delivered_while_down(i, now);
                         }
@@ -565,9 +546,7 @@ impl<S: Source> Source for MultiSource<S> {
             // A flood's pause comes before the waker is read: it is short,
             // and the caller handles what woke it (a finished command) at
             // every batch anyway; the read is a system call per pause.
-            if self.busy && !self.paced {
-                self.paced = true;
-                let nap = deadline.map_or(PACE, |d| d.saturating_duration_since(now).min(PACE));
+            if let Some(nap) = self.pacer.nap(now, deadline) {
                 std::thread::sleep(nap);
                 continue;
             }
