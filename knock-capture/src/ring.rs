@@ -209,7 +209,9 @@ impl Ring {
     /// The status word of slot `i` (`i < frames`).
     fn slot(&self, i: usize) -> (&AtomicU32, *const u8) {
         debug_assert!(i < self.geometry.frames);
-        let i = i % self.geometry.frames;
+        // Callers pass `i < frames` (`after` wraps): a compare keeps that
+        // sure without a division on every frame.
+        let i = if i < self.geometry.frames { i } else { 0 };
         // SAFETY: `i < frames`, so the slot lies inside the mapping; slots
         // are 16-byte aligned in a page-aligned mapping, and `tp_status` is
         // the slot's first u32, which the kernel also accesses atomically
