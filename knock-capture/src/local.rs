@@ -71,6 +71,9 @@ pub struct LocalAddrs {
     seq: u32,
     addrs: Vec<HostAddr>,
     read_at: Instant,
+    /// The address last found among `addrs` (a knock's destination is
+    /// nearly always the one before's), so that most knocks compare one.
+    last: Option<IpAddr>,
 }
 
 impl LocalAddrs {
@@ -94,6 +97,7 @@ impl LocalAddrs {
             seq: 0,
             addrs: Vec::new(),
             read_at: Instant::now(),
+            last: None,
         };
         me.addrs = me.dump().map_err(|e| CaptureError::io("RTM_GETADDR", e))?;
         Ok(me)
@@ -103,7 +107,8 @@ impl LocalAddrs {
     /// loopback address). An unknown address re-reads the set first, if it
     /// was last read at least a second ago.
     pub fn contains(&mut self, a: IpAddr) -> bool {
-        if self.known(a) {
+        if self.last == Some(a) || self.known(a) {
+            self.last = Some(a);
             return true;
         }
         if self.read_at.elapsed() < REFRESH_INTERVAL {
@@ -113,6 +118,7 @@ impl LocalAddrs {
         // A failed read keeps the set we have.
         if let Ok(v) = self.dump() {
             self.addrs = v;
+            self.last = None;
         }
         self.known(a)
     }
