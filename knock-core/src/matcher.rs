@@ -475,10 +475,11 @@ impl Matcher {
     /// so that their cache misses overlap instead of coming one after
     /// another: under a flood of new sources that miss is most of a knock's
     /// cost. It changes nothing that can be observed; it costs one hash of
-    /// the address.
+    /// the address, which the next `handle_event` of that address then
+    /// does not work out again.
     #[inline]
-    pub fn prefetch(&self, src: IpAddr) {
-        self.table.prefetch(self.table.hash(&key_of(src)));
+    pub fn prefetch(&mut self, src: IpAddr) {
+        self.table.prefetch(&key_of(src));
     }
 
     /// Handles one knock seen at `now`.
@@ -516,7 +517,7 @@ impl Matcher {
             self.stats.ignored += 1;
         }
         let src = normalized(event.src);
-        let hash = self.table.hash(&key);
+        let hash = self.table.hash_hinted(&key);
         let found = self.table.find(hash, &key);
         match (found, port.filter(|_| relevant), touched) {
             (Some(idx), Some(port), None)
