@@ -480,7 +480,7 @@ impl Engine {
             used_once: UsedOnce::default(),
             spa: None,
             listen_spa: None,
-            quiet: quiet::Quiet::default(),
+            quiet: quiet::Quiet::new(opts.seed),
             last_stage: None,
         };
         e.spa = SpaDoors::new(&config, &e.matcher, None);
@@ -711,7 +711,7 @@ impl Engine {
     /// [`Matcher::prefetch`](knock_core::Matcher::prefetch). Changes
     /// nothing that can be observed.
     #[inline]
-    pub fn prefetch(&self, event: &Event) {
+    pub fn prefetch(&mut self, event: &Event) {
         self.matcher.prefetch(event.src);
     }
 

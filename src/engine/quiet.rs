@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use knock_core::Timestamp;
+use knock_core::{SourceHasher, Timestamp};
 
 /// Lines let through at once after a quiet time.
 pub const BURST: u32 = 100;
@@ -48,8 +48,10 @@ pub struct Quiet {
     suppressed: u64,
     /// Suppressed lines since the start.
     total: u64,
-    /// Their sources (up to [`MAX_COUNTED`]).
-    sources: HashSet<IpAddr>,
+    /// Their sources (up to [`MAX_COUNTED`]), as IPv6 (IPv4-mapped)
+    /// addresses' bits: spoofable keys, hashed with a keyed hash in one
+    /// write.
+    sources: HashSet<u128, SourceHasher>,
     /// When the first line of the current summary was suppressed.
     since: Option<Timestamp>,
     /// When a line was last suppressed.
@@ -60,21 +62,29 @@ pub struct Quiet {
 }
 
 impl Default for Quiet {
+    /// [`Quiet::new`] with seed 0.
     fn default() -> Self {
+        Quiet::new(0)
+    }
+}
+
+impl Quiet {
+    /// A rate limit whose set of sources hashes with `seed` (a daemon
+    /// passes a random one: the sources of a flood are chosen by whoever
+    /// sends it).
+    pub fn new(seed: u64) -> Self {
         Quiet {
             tokens: u64::from(BURST) * 1000,
             refilled: Timestamp::ZERO,
             suppressed: 0,
             total: 0,
-            sources: HashSet::new(),
+            sources: HashSet::with_hasher(SourceHasher::new(seed)),
             since: None,
             last_suppressed: None,
             written: HashMap::new(),
         }
     }
-}
 
-impl Quiet {
     /// Whether a per-source line of `src` at `now` is written; if not, it
     /// is counted for the summary.
     pub fn admit(&mut self, now: Timestamp, src: IpAddr) -> bool {
@@ -93,7 +103,11 @@ impl Quiet {
         self.suppressed += 1;
         self.total += 1;
         if self.sources.len() < MAX_COUNTED {
-            self.sources.insert(src);
+            let v6 = match src {
+                IpAddr::V4(a) => a.to_ipv6_mapped(),
+                IpAddr::V6(a) => a,
+            };
+            self.sources.insert(v6.to_bits());
         }
         self.since.get_or_insert(now);
         self.last_suppressed = Some(now);
