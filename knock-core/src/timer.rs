@@ -15,9 +15,15 @@
 //! Deadlines are whole milliseconds (a grant's rounded up, so it never
 //! closes early). Entries due at the same millisecond pop by kind (sources,
 //! grants, blacklist), then slot.
+//!
+//! Most entries come in order: a flood's new sources each get one due a
+//! `seq_timeout` after now, later than the one before. Those go to the
+//! back of a queue (no sift, no read of a parent far away in memory) and
+//! leave from its front; only an entry earlier than the queue's last goes
+//! to the heap. Both pop in one order, the earlier front first.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// What a timer entry's slot is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,51 +88,109 @@ impl PartialOrd for TimerEntry {
     }
 }
 
+/// See the [module documentation](self).
 #[derive(Default)]
 pub(crate) struct Timers {
+    /// Entries that came in order, earliest first.
+    queue: VecDeque<TimerEntry>,
+    /// The others.
     heap: BinaryHeap<TimerEntry>,
 }
 
 impl Timers {
     pub(crate) fn push(&mut self, kind: Kind, deadline_ms: u64, idx: u32) {
-        if self.heap.len() == self.heap.capacity() {
-            self.heap.reserve_exact((self.heap.len() / 8).max(64));
+        let e = TimerEntry::new(kind, deadline_ms, idx);
+        // (`Ord` is reversed: `<=` is "not earlier".)
+        if self.queue.back().is_none_or(|last| e <= *last) {
+            if self.queue.len() == self.queue.capacity() {
+                self.queue.reserve_exact((self.queue.len() / 8).max(64));
+            }
+            self.queue.push_back(e);
+        } else {
+            if self.heap.len() == self.heap.capacity() {
+                self.heap.reserve_exact((self.heap.len() / 8).max(64));
+            }
+            self.heap.push(e);
         }
-        self.heap.push(TimerEntry::new(kind, deadline_ms, idx));
+    }
+
+    /// The earliest entry, and whether it is the queue's.
+    #[inline]
+    fn first(&self) -> Option<(TimerEntry, bool)> {
+        match (self.queue.front(), self.heap.peek()) {
+            (Some(q), Some(h)) if h > q => Some((*h, false)),
+            (Some(q), _) => Some((*q, true)),
+            (None, h) => h.map(|h| (*h, false)),
+        }
     }
 
     /// The earliest deadline.
     #[inline]
     pub(crate) fn peek_ms(&self) -> Option<u64> {
-        self.heap.peek().map(TimerEntry::deadline_ms)
+        self.first().map(|(e, _)| e.deadline_ms())
     }
 
     /// Pops the earliest entry if it is due at `now_ms`.
     pub(crate) fn pop_due(&mut self, now_ms: u64) -> Option<TimerEntry> {
-        if self.heap.peek()?.deadline_ms() <= now_ms {
-            self.heap.pop()
+        let (e, queued) = self.first()?;
+        if e.deadline_ms() > now_ms {
+            return None;
+        }
+        if queued {
+            self.queue.pop_front()
         } else {
-            None
+            self.heap.pop()
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.heap.len()
+        self.queue.len() + self.heap.len()
     }
 
     /// Replaces the contents (after a rebuild).
     pub(crate) fn rebuild(&mut self, entries: Vec<TimerEntry>) {
+        self.queue = VecDeque::new();
         self.heap = BinaryHeap::from(entries);
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.heap.capacity() * std::mem::size_of::<TimerEntry>()
+        (self.queue.capacity() + self.heap.capacity()) * std::mem::size_of::<TimerEntry>()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_order_and_out_of_order_entries_pop_in_one_order() {
+        let mut t = Timers::default();
+        let mut want = Vec::new();
+        // A flood's entries (in order, the queue), with grants, reused
+        // slots and equal deadlines among them (out of order, the heap).
+        for i in 0..200u32 {
+            let ms = 1000 + u64::from(i / 3);
+            t.push(Kind::Source, ms, i);
+            want.push((ms, Kind::Source as u8, i));
+            if i % 7 == 0 {
+                t.push(Kind::Grant, ms, 500 - i);
+                want.push((ms, Kind::Grant as u8, 500 - i));
+            }
+            if i % 11 == 0 {
+                t.push(Kind::Source, ms - 5, 900 + i);
+                want.push((ms - 5, Kind::Source as u8, 900 + i));
+            }
+        }
+        assert!(t.queue.len() > 150 && !t.heap.is_empty());
+        assert_eq!(t.len(), want.len());
+        want.sort();
+        let mut got = Vec::new();
+        while let Some(e) = t.pop_due(u64::MAX) {
+            got.push((e.deadline_ms(), e.kind() as u8, e.idx));
+        }
+        assert_eq!(got, want);
+        assert_eq!((t.len(), t.peek_ms()), (0, None));
+    }
 
     #[test]
     fn entries_are_12_bytes_and_pop_by_deadline_then_kind() {
