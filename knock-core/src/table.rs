@@ -197,7 +197,7 @@ struct Hinted {
 }
 
 /// Hints remembered: more than a caller reads ahead.
-const HINTS: usize = 8;
+const HINTS: usize = 16;
 
 impl Hinted {
     fn push(&mut self, key: Key, hash: u64) {

@@ -396,10 +396,13 @@ pub fn preflight(config: &Config, opts: &DaemonOptions) -> Result<(), DaemonErro
 /// The most knocks handled at one reading of the clocks.
 const BATCH: usize = 1024;
 
-/// How many knocks of a batch are read ahead of the one being handled,
-/// each hinted to the engine ([`Engine::prefetch`]) as it is read: under a
-/// flood of new sources, the memory a knock's lookup touches is then on
-/// its way while the knocks before it are handled.
+/// How many knocks of a batch are read ahead of the one being handled (at
+/// least; at most twice as many): when only this many are left, this many
+/// more are read, then hinted to the engine ([`Engine::prefetch`]) one
+/// after the other. Under a flood of new sources, the memory a knock's
+/// lookup touches is then on its way while the knocks before it are
+/// handled, and the hints' page walks (a source index that misses the TLB
+/// costs one per knock) overlap rather than come one at a time.
 const AHEAD: usize = 4;
 
 /// The knocks of a batch handled one at a time, as they are read, before
@@ -786,23 +789,29 @@ impl Daemon {
     /// that the source filters with it from the next knock on. Then the
     /// engine's deadlines, once, as a flood never lets the wait time out.
     ///
-    /// After the first [`CALM`] knocks, knocks are read [`AHEAD`] ahead of
-    /// the one handled. When a knock changes the listen set, reading stops
-    /// and the few read ahead are still handled: the filter in force when
-    /// they came let them in, and the engine ignores whatever no door
-    /// listens to any more.
+    /// After the first [`CALM`] knocks, knocks are read [`AHEAD`] to twice
+    /// that ahead of the one handled. When a knock changes the listen set,
+    /// reading stops and the few read ahead are still handled: the filter
+    /// in force when they came let them in, and the engine ignores whatever
+    /// no door listens to any more.
     fn batch<S: Source + ?Sized>(&mut self, source: &mut S, now: Now) {
         let mut ahead = std::mem::take(&mut self.ahead);
         for handled in 0.. {
-            let depth = if handled < CALM { 1 } else { 1 + AHEAD };
-            while ahead.len() < depth && handled < BATCH && self.listen.is_none() {
-                let Some(c) = source.next_queued() else {
-                    break;
-                };
-                if depth > 1 {
-                    self.engine.prefetch(&c.event);
+            let calm = handled < CALM;
+            let (low, depth) = if calm { (0, 1) } else { (AHEAD, 2 * AHEAD) };
+            if ahead.len() <= low {
+                let read = ahead.len();
+                while ahead.len() < depth && handled < BATCH && self.listen.is_none() {
+                    let Some(c) = source.next_queued() else {
+                        break;
+                    };
+                    ahead.push_back(c);
                 }
-                ahead.push_back(c);
+                if !calm {
+                    for c in ahead.range(read..) {
+                        self.engine.prefetch(&c.event);
+                    }
+                }
             }
             let Some(c) = ahead.pop_front() else {
                 break;
