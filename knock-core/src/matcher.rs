@@ -468,18 +468,19 @@ impl Matcher {
 
     // ---- inputs --------------------------------------------------------
 
-    /// A hint that a knock from `src` is about to be handled: starts loading
-    /// the line of the source index its lookup touches, without waiting for
-    /// it. A caller holding several knocks (a batch read from a capture
-    /// ring) calls it a few knocks ahead of [`handle_event`](Self::handle_event),
-    /// so that their cache misses overlap instead of coming one after
-    /// another: under a flood of new sources that miss is most of a knock's
-    /// cost. It changes nothing that can be observed; it costs one hash of
-    /// the address, which the next `handle_event` of that address then
-    /// does not work out again.
+    /// A hint that knocks from `srcs` are about to be handled, in that
+    /// order: starts loading the lines of the source index their lookups
+    /// touch, without waiting for them. A caller holding several knocks (a
+    /// batch read from a capture ring) hints them a few knocks ahead of
+    /// [`handle_event`](Self::handle_event), several at a time, so that
+    /// their cache misses (and TLB misses) overlap instead of coming one
+    /// after another: under a flood of new sources they are most of a
+    /// knock's cost. It changes nothing that can be observed; it costs a
+    /// hash of each address, which the next `handle_event` of that address
+    /// then does not work out again.
     #[inline]
-    pub fn prefetch(&mut self, src: IpAddr) {
-        self.table.prefetch(&key_of(src));
+    pub fn prefetch(&mut self, srcs: impl IntoIterator<Item = IpAddr>) {
+        self.table.prefetch(srcs.into_iter().map(key_of));
     }
 
     /// Handles one knock seen at `now`.

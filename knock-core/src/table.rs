@@ -210,6 +210,12 @@ impl Hinted {
         }
     }
 
+    /// The hashes of the newest `n` entries (fewer if it holds fewer).
+    fn newest(&self, n: usize) -> impl Iterator<Item = u64> + '_ {
+        let n = n.min(self.len);
+        (self.len - n..self.len).map(move |i| self.entries[(self.head + i) % HINTS].1)
+    }
+
     /// The hash of `key` if it was hinted, dropping the entries before it.
     fn take(&mut self, key: &Key) -> Option<u64> {
         while self.len > 0 {
@@ -279,15 +285,23 @@ impl SourceTable {
         }
     }
 
-    /// Starts loading the index line that `find` (and, for a new source,
-    /// `insert`) of `key` will touch, without waiting for it, and keeps its
-    /// hash for [`hash_hinted`](Self::hash_hinted): a hint that changes
-    /// nothing but the cache.
+    /// Starts loading the index lines that `find` (and, for a new source,
+    /// `insert`) of `keys` will touch, without waiting for them, and keeps
+    /// their hashes for [`hash_hinted`](Self::hash_hinted): a hint that
+    /// changes nothing but the cache. The keys are hashed first and the
+    /// lines asked for after, one right after the other, so that the
+    /// loads (and their page walks) are under way together.
     #[inline]
-    pub(crate) fn prefetch(&mut self, key: &Key) {
-        let hash = self.hash(key);
-        self.hinted.push(*key, hash);
-        self.index.prefetch(hash);
+    pub(crate) fn prefetch(&mut self, keys: impl IntoIterator<Item = Key>) {
+        let mut n = 0;
+        for key in keys {
+            let hash = self.hash(&key);
+            self.hinted.push(key, hash);
+            n += 1;
+        }
+        for hash in self.hinted.newest(n) {
+            self.index.prefetch(hash);
+        }
     }
 
     #[inline]
@@ -704,6 +718,8 @@ mod tests {
             h.push(k, k as u64 * 10);
         }
         assert_eq!(h.take(&0), Some(0));
+        assert_eq!(h.newest(2).collect::<Vec<_>>(), [20, 30]);
+        assert_eq!(h.newest(9).count(), 3);
         // Hint 1 was never looked up (its knock was ignored): passed.
         assert_eq!(h.take(&2), Some(20));
         assert_eq!(h.take(&3), Some(30));

@@ -808,9 +808,7 @@ impl Daemon {
                     ahead.push_back(c);
                 }
                 if !calm {
-                    for c in ahead.range(read..) {
-                        self.engine.prefetch(&c.event);
-                    }
+                    self.engine.prefetch(ahead.range(read..).map(|c| &c.event));
                 }
             }
             let Some(c) = ahead.pop_front() else {

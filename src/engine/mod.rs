@@ -707,12 +707,12 @@ impl Engine {
         self.finish();
     }
 
-    /// A hint that `event` is about to be handled: see
+    /// A hint that `events` are about to be handled, in that order: see
     /// [`Matcher::prefetch`](knock_core::Matcher::prefetch). Changes
     /// nothing that can be observed.
     #[inline]
-    pub fn prefetch(&mut self, event: &Event) {
-        self.matcher.prefetch(event.src);
+    pub fn prefetch<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
+        self.matcher.prefetch(events.into_iter().map(|e| e.src));
     }
 
     /// Handles one captured datagram or segment: an SPA packet (UDP to

@@ -633,9 +633,9 @@ enum Op {
         ack: bool,
     },
     Timeout,
-    /// `prefetch` of a source, after the time (a hint: the model only
-    /// ticks; the knocks that follow may or may not be of that source).
-    Prefetch(u8),
+    /// `prefetch` of sources, after the time (a hint: the model only
+    /// ticks; the knocks that follow may or may not be of those sources).
+    Prefetch(Vec<u8>),
     /// Windows base-1, base, base+1 for every windowed door.
     SetWindows(u64),
     /// A reload: for each door index i (0..3), 0 drops it, 1 keeps the
@@ -661,7 +661,7 @@ fn ops() -> impl Strategy<Value = Vec<(u64, Op)>> {
         12 => (0u8..4, 1u16..=8, prop::bool::weighted(0.2), prop::bool::weighted(0.15))
             .prop_map(|(src, port, udp, ack)| Op::Knock { src, port, udp, ack }),
         2 => Just(Op::Timeout),
-        4 => (0u8..4).prop_map(Op::Prefetch),
+        4 => prop::collection::vec(0u8..4, 1..5).prop_map(Op::Prefetch),
         2 => (1u64..=12).prop_map(Op::SetWindows),
         1 => replace,
         1 => any::<bool>().prop_map(Op::Blacklist),
@@ -776,7 +776,7 @@ fn apply(m: &mut Matcher, mut model: Option<&mut Model>, op: &Op, t: u64, case: 
                 assert_eq!(got, want, "restore_grant({door}, {src}, {until}, {id})");
             }
         }
-        Op::Prefetch(src) => m.prefetch(src_addr(*src)),
+        Op::Prefetch(srcs) => m.prefetch(srcs.iter().map(|&s| src_addr(s))),
         Op::Timeout | Op::Knock { .. } => {}
     }
 }
