@@ -107,6 +107,11 @@ impl Quiet {
                 IpAddr::V4(a) => a.to_ipv6_mapped(),
                 IpAddr::V6(a) => a,
             };
+            // A flood's set grows at once to its bound, rather than
+            // doubling (and rehashing) four more times on its way there.
+            if self.sources.len() == self.sources.capacity() && self.sources.len() >= MAX_WRITTEN {
+                self.sources.reserve(MAX_COUNTED - self.sources.len());
+            }
             self.sources.insert(v6.to_bits());
         }
         self.since.get_or_insert(now);
