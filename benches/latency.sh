@@ -7,19 +7,27 @@
 #   knock-rs nftables ours, native nftables door (`firewall = nftables`)
 #
 #   sudo benches/latency.sh [ROUNDS]
+#   sudo GAP_MS=0 benches/latency.sh 50      # the knocks back to back, as
+#                                            # a client sends them
+#   sudo BASELINE=/tmp/knockd-old benches/latency.sh 50
+#                                 # also another build of ours (a copy of an
+#                                 # earlier target/release/examples/knockd),
+#                                 # nftables door, right after this build's
 #
-# Each round knocks 7000,8000,9000 (TCP SYNs, 20 ms apart) from its own
-# client address (198.18.1.<round>), so every round starts closed. The clock
-# starts just before the SYN to 9000 is sent; then the client tries a fresh
-# non-blocking connect to 198.18.0.1:22 every 0.2 ms (a dropped SYN is not
-# retransmitted for a second, so each try is a new socket) until one
-# completes. Resolution: about 0.2 ms plus Python's overhead per try.
+# Each round knocks 7000,8000,9000 (TCP SYNs, GAP_MS apart, default 20)
+# from its own client address (198.18.1.<round>), so every round starts
+# closed. The clock starts just before the SYN to 9000 is sent; then the
+# client tries a fresh non-blocking connect to 198.18.0.1:22 every 0.2 ms
+# (a dropped SYN is not retransmitted for a second, so each try is a new
+# socket) until one completes. Resolution: about 0.2 ms plus Python's
+# overhead per try.
 # Namespaces are created here (198.18.0.0/15 only) and removed on exit.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 ROUNDS=${1:-50}
+GAP_MS=${GAP_MS:-20}
 DEBIAN_KNOCKD=${DEBIAN_KNOCKD:-/usr/sbin/knockd}
 [ "$(id -u)" -eq 0 ] || { echo "needs root (namespaces)" >&2; exit 1; }
 [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 250 ] || { echo "ROUNDS: 1..250" >&2; exit 1; }
@@ -69,6 +77,7 @@ LPID=$!
 CLIENT=$(cat <<'PY'
 import errno, select, socket, statistics, sys, time
 rounds = int(sys.argv[1])
+gap = float(sys.argv[2]) / 1000
 SERVER = "198.18.0.1"
 def syn(src, port):
     s = socket.socket(); s.bind((src, 0)); s.setblocking(False)
@@ -77,7 +86,7 @@ lat = []
 for r in range(1, rounds + 1):
     src = f"198.18.1.{r}"
     for p in (7000, 8000):
-        syn(src, p).close(); time.sleep(0.02)
+        syn(src, p).close(); time.sleep(gap)
     t0 = time.perf_counter()
     syn(src, 9000).close()
     deadline = t0 + 5
@@ -107,6 +116,7 @@ run() {
   printf '%s\n' "$3" >"$WORK/knockd.conf"
   ip netns exec "$S" "$IPT" -F INPUT
   ip netns exec "$S" nft delete table inet knock 2>/dev/null || true
+  rm -f "$WORK/engine.state" # no grant held over from the run before
   if [ "$4" = guard ]; then
     ip netns exec "$S" "$IPT" -A INPUT -p tcp --dport 22 -j DROP
   fi
@@ -124,7 +134,7 @@ run() {
     echo "$name: tcp/22 open before knocking" >&2; exit 1
   fi
   local row
-  row=$(ip netns exec "$C" python3 -c "$CLIENT" "$ROUNDS")
+  row=$(ip netns exec "$C" python3 -c "$CLIENT" "$ROUNDS" "$GAP_MS")
   echo "| $name $row"
   kill -TERM "$DPID"
   for _ in $(seq 50); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
@@ -148,3 +158,6 @@ run "knockd, iptables command" "$DEBIAN_KNOCKD" "$CMD_DOOR" guard
 run "knock-rs, iptables command" "$OURS" "$CMD_DOOR" guard
 run "knock-rs, native iptables" "$OURS" "$(native iptables)" guard
 run "knock-rs, native nftables" "$OURS" "$(native nftables)" noguard
+if [ -n "${BASELINE:-}" ]; then
+  run "knock-rs baseline, native nftables" "$BASELINE" "$(native nftables)" noguard
+fi
