@@ -237,12 +237,7 @@ fn io(action: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> ConfigEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        fs::write(&p, text).unwrap();
-        p
-    }
+    use crate::test_util::write;
 
     /// Every way of writing: the per-call functions and a handle.
     type Put = fn(&Path, &[u8]) -> Result<(), ConfigError>;

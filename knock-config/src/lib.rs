@@ -102,6 +102,19 @@ mod toml_format;
 pub mod toml_schema;
 mod value;
 
+/// What this crate's unit tests share.
+#[cfg(test)]
+mod test_util {
+    use std::path::{Path, PathBuf};
+
+    /// Writes `text` to `name` in `dir`; its path.
+    pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
 use std::path::Path;
 
 pub use atomic::{check_writable, replace_atomically, write_atomically, AtomicFile};

@@ -244,13 +244,8 @@ pub(crate) fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, ConfigError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::write;
     use std::fs;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        fs::write(&p, text).unwrap();
-        p
-    }
 
     #[test]
     fn parses_lines_with_leading_space_and_skips_used_ones() {
