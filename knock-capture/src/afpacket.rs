@@ -255,14 +255,15 @@ impl LiveState {
         self.stats.count(&r.map(|(e, _)| e));
         let (event, data) = r.ok()?;
         let local = &mut self.local;
-        self.filter
-            .admits(&event, &mut self.stats, |a| local.contains(a))
-            .then(|| Captured {
-                event,
-                link: self.link,
-                ifindex,
-                payload: self.filter.payload(&event, data),
-            })
+        let wanted = self
+            .filter
+            .admits(&event, &mut self.stats, |a| local.contains(a))?;
+        Some(Captured {
+            event,
+            link: self.link,
+            ifindex,
+            payload: UserFilter::payload(&event, data, || wanted),
+        })
     }
 
     pub(crate) fn read_kernel_stats(&mut self, fd: BorrowedFd<'_>) {

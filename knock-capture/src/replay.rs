@@ -209,7 +209,12 @@ impl ReplaySource {
 /// Parses a frame and keeps the datagram payload `filter` asks for (see
 /// [`Captured::payload`]).
 fn parse_kept(filter: &UserFilter, link: LinkType, bytes: &[u8], t: Timestamp) -> Parsed {
-    parse_with_payload(link, bytes, t).map(|(e, data)| (e, filter.payload(&e, data)))
+    parse_with_payload(link, bytes, t).map(|(e, data)| {
+        (
+            e,
+            UserFilter::payload(&e, data, || filter.wants_payload(&e)),
+        )
+    })
 }
 
 fn micros(d: Duration) -> Timestamp {
@@ -222,7 +227,11 @@ impl Source for ReplaySource {
             self.stats
                 .count(&r.as_ref().map(|(e, _)| *e).map_err(|e| *e));
             if let Ok((event, payload)) = r {
-                if self.filter.admits(&event, &mut self.stats, |_| true) {
+                if self
+                    .filter
+                    .admits(&event, &mut self.stats, |_| true)
+                    .is_some()
+                {
                     return Ok(Next::Event(Captured {
                         event,
                         link,

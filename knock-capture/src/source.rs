@@ -233,12 +233,13 @@ impl UserFilter {
 
     /// The payload a [`Captured`] keeps of `e`'s transport data `data`
     /// (see [`Captured::payload`]): copied only for a datagram some entry
-    /// asks the data of, so that a flood of knocks costs no allocation.
-    pub(crate) fn payload(&self, e: &Event, data: &[u8]) -> Option<Box<[u8]>> {
-        let wanted = || match &self.listen {
-            None => true,
-            Some(l) => l.iter().any(|x| x.payload && x.matches(e)),
-        };
+    /// asks the data of (`wanted`, asked last), so that a flood of knocks
+    /// costs no allocation.
+    pub(crate) fn payload(
+        e: &Event,
+        data: &[u8],
+        wanted: impl FnOnce() -> bool,
+    ) -> Option<Box<[u8]>> {
         (e.proto == knock_core::Proto::Udp
             && !data.is_empty()
             && data.len() <= MAX_PAYLOAD
@@ -246,32 +247,116 @@ impl UserFilter {
         .then(|| data.into())
     }
 
+    /// What the entries that match `e` say, in one pass over the listen
+    /// set: `None` when none does.
+    fn matched(&self, e: &Event) -> Option<Matched> {
+        let Some(l) = &self.listen else {
+            return Some(Matched {
+                targeted: false,
+                payload: true,
+            });
+        };
+        let mut m: Option<Matched> = None;
+        for x in l.iter().filter(|x| x.matches(e)) {
+            let m = m.get_or_insert(Matched {
+                targeted: false,
+                payload: false,
+            });
+            m.targeted |= x.dst.is_some();
+            m.payload |= x.payload;
+        }
+        m
+    }
+
+    /// Whether an entry that matches `e` asks for its data.
+    pub(crate) fn wants_payload(&self, e: &Event) -> bool {
+        self.matched(e).is_some_and(|m| m.payload)
+    }
+
     /// Whether `e` is a knock of the listen set for this host: an entry
     /// with a target matches it, or one without a target does and
-    /// `is_local(e.dst)`. Counts it as an event, unmatched or not for this host.
+    /// `is_local(e.dst)`; if so, whether an entry that matches it asks for
+    /// its data (for [`payload`](Self::payload)). Counts it as an event,
+    /// unmatched or not for this host.
     pub(crate) fn admits(
         &self,
         e: &Event,
         stats: &mut Stats,
         is_local: impl FnOnce(IpAddr) -> bool,
-    ) -> bool {
-        let (any, targeted) = match &self.listen {
-            None => (true, false),
-            Some(l) => {
-                let mut hits = l.iter().filter(|x| x.matches(e)).peekable();
-                (hits.peek().is_some(), hits.any(|x| x.dst.is_some()))
-            }
-        };
-        if !any {
+    ) -> Option<bool> {
+        let Some(Matched { targeted, payload }) = self.matched(e) else {
             stats.unmatched += 1;
-            return false;
-        }
+            return None;
+        };
         if targeted || is_local(e.dst) {
             stats.events += 1;
-            true
+            Some(payload)
         } else {
             stats.not_for_host += 1;
-            false
+            None
         }
+    }
+}
+
+/// The entries of a listen set that match a knock, summed up.
+#[derive(Clone, Copy)]
+struct Matched {
+    /// One of them has a target.
+    targeted: bool,
+    /// One of them asks for the datagram's data.
+    payload: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knock_core::{FlagFilter, Step, Timestamp};
+    use std::net::Ipv4Addr;
+
+    const HOST: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+    const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
+
+    fn udp(port: u16, dst: IpAddr) -> Event {
+        let src = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
+        Event::udp(src, dst, port, Timestamp::ZERO)
+    }
+
+    #[test]
+    fn one_pass_decides_the_knock_and_its_data() {
+        let mut spa = Listen::new(Step::udp(62201), FlagFilter::ANY, None);
+        spa.payload = true;
+        let targeted = Listen::new(Step::udp(62201), FlagFilter::ANY, Some(OTHER));
+        let knock = Listen::new(Step::udp(7000), FlagFilter::ANY, None);
+        let mut f = UserFilter::default();
+        f.set(&[spa, targeted, knock]);
+        let mut stats = Stats::default();
+        let local = |a: IpAddr| a == HOST;
+        // To the host: the SPA entry matches and asks for the data.
+        assert_eq!(f.admits(&udp(62201, HOST), &mut stats, local), Some(true));
+        // To the other address: only the targeted entry's target, and the
+        // SPA entry that matches too asks for the data.
+        assert_eq!(f.admits(&udp(62201, OTHER), &mut stats, local), Some(true));
+        // A knock: admitted, no data kept.
+        assert_eq!(f.admits(&udp(7000, HOST), &mut stats, local), Some(false));
+        let data = [1u8; 8];
+        assert_eq!(UserFilter::payload(&udp(7000, HOST), &data, || false), None);
+        assert_eq!(
+            UserFilter::payload(&udp(62201, HOST), &data, || true).as_deref(),
+            Some(&data[..])
+        );
+        // Not for the host, and not in the set.
+        assert_eq!(f.admits(&udp(7000, OTHER), &mut stats, local), None);
+        assert_eq!(f.admits(&udp(9, HOST), &mut stats, local), None);
+        assert_eq!(
+            (stats.events, stats.not_for_host, stats.unmatched),
+            (3, 1, 1)
+        );
+        assert!(f.wants_payload(&udp(62201, OTHER)));
+        assert!(!f.wants_payload(&udp(7000, HOST)));
+        // Before any set: everything to the host passes, and datagrams
+        // keep their data.
+        let open = UserFilter::default();
+        assert_eq!(open.admits(&udp(9, HOST), &mut stats, local), Some(true));
+        assert_eq!(open.admits(&udp(9, OTHER), &mut stats, local), None);
     }
 }
