@@ -22,6 +22,12 @@
 #                                 # median µs/pkt over the rounds: the
 #                                 # machine's speed drifts, so compare builds
 #                                 # round by round
+#   sudo EXPIRE=1 KNOCKD=0 benches/vs-knockd.sh 1000000
+#                                 # also the CPU each daemon spends when the
+#                                 # flood's attempts expire (seq_timeout,
+#                                 # 30 s, after their first knock): an extra
+#                                 # column, measured from the end of the run
+#                                 # until the daemon is idle again 31 s on
 #   sudo PERF=/tmp/prof benches/vs-knockd.sh 1000000
 #                                 # `perf record -g` each run of ours (not
 #                                 # knockd) into /tmp/prof.N.NAME.data
@@ -197,6 +203,18 @@ while True:
   local cpu hwm drops=""
   cpu=$(ticks "$DPID")
   hwm=$(hwm_kib "$DPID")
+  local expiry=""
+  if [ "${EXPIRE:-0}" = 1 ]; then
+    sleep 31
+    local last2=-2 now2
+    while :; do
+      now2=$(ticks "$DPID")
+      [ "$now2" = "$last2" ] && break
+      last2=$now2
+      sleep 1
+    done
+    expiry=$(awk -v a="$now2" -v b="$cpu" -v hz="$HZ" 'BEGIN { printf " %.2f |", (a - b) / hz }')
+  fi
   # Reading PACKET_STATISTICS resets it: ours reads its own at exit.
   [ "$name" = knockd ] && drops=$(sock_drops "$DPID")
   [ -n "$scraper" ] && { kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; }
@@ -218,15 +236,20 @@ while True:
   fi
   awk -v name="$name" -v n="$n" -v opened="$opened" -v cpu="$cpu" -v hz="$HZ" \
     -v frames="$frames" -v hwm="$hwm" -v drops="$drops" -v rate="$rate" -v busy="$busy" \
-    -v logmb="$logmb" -v logopen="$logopen" 'BEGIN {
-      printf "| %s | %s | %s%s | %.2f | %.2f | %.1f | %s | %s | %s | %s |\n",
+    -v logmb="$logmb" -v logopen="$logopen" -v expiry="$expiry" 'BEGIN {
+      printf "| %s | %s | %s%s | %.2f | %.2f | %.1f | %s | %s | %s | %s |%s\n",
         n, name, opened, busy, cpu / hz, cpu / hz / frames * 1e6, hwm / 1024, drops,
-        logmb, logopen, rate }'
+        logmb, logopen, rate, expiry }'
 }
 
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| N | daemon | opened | CPU s | CPU µs/pkt | VmHWM MiB | kernel drops | log MB | log open | replay pps |"
-echo "|---:|---|---|---:|---:|---:|---:|---:|---|---:|"
+if [ "${EXPIRE:-0}" = 1 ]; then
+  echo "| N | daemon | opened | CPU s | CPU µs/pkt | VmHWM MiB | kernel drops | log MB | log open | replay pps | expiry CPU s |"
+  echo "|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|"
+else
+  echo "| N | daemon | opened | CPU s | CPU µs/pkt | VmHWM MiB | kernel drops | log MB | log open | replay pps |"
+  echo "|---:|---|---|---:|---:|---:|---:|---:|---|---:|"
+fi
 for round in $(seq "$ROUNDS"); do
   for n in "${SIZES[@]}"; do
     [ -s "$WORK/flood.$n.pcap" ] ||
