@@ -13,6 +13,7 @@ use knock_core::Listen;
 
 use crate::afpacket::{interface_names, poll_timeout, LiveConfig};
 use crate::pace::Pacer;
+use crate::ring::wrap;
 use crate::source::{Captured, InterfaceEvent, Next, Source, Stats};
 use crate::{sys, AfPacketSource, CaptureError};
 
@@ -455,17 +456,6 @@ impl MultiSource<AfPacketSource> {
             m.slots.push(Slot { name, state });
         }
         Ok(m)
-    }
-}
-
-/// `i` (below `2 * n`) modulo `n`: the round-robin's next slot without a
-/// division on every knock.
-#[inline]
-fn wrap(i: usize, n: usize) -> usize {
-    if i >= n {
-        i - n
-    } else {
-        i
     }
 }
 

@@ -95,6 +95,17 @@ impl Geometry {
     }
 }
 
+/// `i` (below `2 * n`) modulo `n`, without a division: the next slot of a
+/// ring, or of a round-robin.
+#[inline]
+pub(crate) fn wrap(i: usize, n: usize) -> usize {
+    if i >= n {
+        i - n
+    } else {
+        i
+    }
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no memory effects.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -226,12 +237,7 @@ impl Ring {
     /// division.
     #[inline]
     fn after(&self, i: usize, n: usize) -> usize {
-        let j = i + n;
-        if j >= self.geometry.frames {
-            j - self.geometry.frames
-        } else {
-            j
-        }
+        wrap(i + n, self.geometry.frames)
     }
 
     /// Starts loading the first two cache lines of slot `i` (`i < frames`):
