@@ -6,9 +6,9 @@
 //! meanwhile as one batch. [`Pacer`] decides when: only after a *streak* of
 //! [`STREAK`] knocks in a row, each less than [`BUSY_GAP`] after the one
 //! before (the first knock of a streak not counted). A client's sequence,
-//! sent as fast as it can be (at most [`MAX_STEPS`] knocks), is never paced, so its last knock is
-//! read as soon as the kernel has it; a knock in a flood waits at most
-//! [`PACE`].
+//! sent as fast as it can be (at most [`MAX_STEPS`] knocks), is never
+//! paced, so its last knock is read as soon as the kernel has it; a knock
+//! in a flood waits at most [`PACE`].
 //!
 //! Sans-IO: the caller passes the time in and does the sleeping.
 
