@@ -658,8 +658,14 @@ impl SourceTable {
 /// amortized O(1) per push).
 pub(crate) fn grow_gently<T>(v: &mut Vec<T>) {
     if v.len() == v.capacity() {
-        v.reserve_exact((v.len() / 8).max(64));
+        v.reserve_exact(gentle_growth(v.len()));
     }
+}
+
+/// What [`grow_gently`] adds to a full collection of `len` items (for the
+/// collections that are not a `Vec`).
+pub(crate) fn gentle_growth(len: usize) -> usize {
+    (len / 8).max(64)
 }
 
 #[cfg(test)]

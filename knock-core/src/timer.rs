@@ -25,6 +25,8 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
+use crate::table::gentle_growth;
+
 /// What a timer entry's slot is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -103,12 +105,12 @@ impl Timers {
         // (`Ord` is reversed: `<=` is "not earlier".)
         if self.queue.back().is_none_or(|last| e <= *last) {
             if self.queue.len() == self.queue.capacity() {
-                self.queue.reserve_exact((self.queue.len() / 8).max(64));
+                self.queue.reserve_exact(gentle_growth(self.queue.len()));
             }
             self.queue.push_back(e);
         } else {
             if self.heap.len() == self.heap.capacity() {
-                self.heap.reserve_exact((self.heap.len() / 8).max(64));
+                self.heap.reserve_exact(gentle_growth(self.heap.len()));
             }
             self.heap.push(e);
         }
