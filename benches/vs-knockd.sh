@@ -137,6 +137,19 @@ PY
 sock_drops() { python3 -c "$PSTATS" "$1"; }
 capturing() { [ "$(wc -l <"/proc/$1/net/packet" 2>/dev/null || echo 0)" -gt 1 ]; }
 
+# settle PID: waits until the process's CPU time stops moving for a second;
+# fails after SETTLE_MAX seconds.
+settle() {
+  local last=-2 now t0=$SECONDS
+  while :; do
+    now=$(ticks "$1")
+    [ "$now" = "$last" ] && return 0
+    [ $((SECONDS - t0)) -ge "$SETTLE_MAX" ] && return 1
+    last=$now
+    sleep 1
+  done
+}
+
 # run_one NAME PCAP N -> prints one table row
 run_one() {
   local name=$1 pcap=$2 n=$3 out="$WORK/$1.out" log="$WORK/$1.log"
@@ -188,15 +201,8 @@ while True:
   local rate
   rate=$(ip netns exec "$C" tcpreplay --topspeed -i kn1 "$pcap" 2>&1 |
     awk '/^Rated:/ {printf "%.0f", $(NF-1)}')
-  # Settle: wait until the daemon's CPU time stops moving.
-  local last=-2 now t0=$SECONDS busy=""
-  while :; do
-    now=$(ticks "$DPID")
-    [ "$now" = "$last" ] && break
-    if [ $((SECONDS - t0)) -ge "$SETTLE_MAX" ]; then busy=" (still busy after ${SETTLE_MAX} s)"; break; fi
-    last=$now
-    sleep 1
-  done
+  local busy=""
+  settle "$DPID" || busy=" (still busy after ${SETTLE_MAX} s)"
   sleep 0.5 # the command sink runs `touch` on a worker
   local opened=no
   [ -e "$WORK/opened-198.18.0.2" ] && opened=yes
@@ -206,14 +212,8 @@ while True:
   local expiry=""
   if [ "${EXPIRE:-0}" = 1 ]; then
     sleep 31
-    local last2=-2 now2
-    while :; do
-      now2=$(ticks "$DPID")
-      [ "$now2" = "$last2" ] && break
-      last2=$now2
-      sleep 1
-    done
-    expiry=$(awk -v a="$now2" -v b="$cpu" -v hz="$HZ" 'BEGIN { printf " %.2f |", (a - b) / hz }')
+    settle "$DPID" || true
+    expiry=$(awk -v a="$(ticks "$DPID")" -v b="$cpu" -v hz="$HZ" 'BEGIN { printf " %.2f |", (a - b) / hz }')
   fi
   # Reading PACKET_STATISTICS resets it: ours reads its own at exit.
   [ "$name" = knockd ] && drops=$(sock_drops "$DPID")
