@@ -83,13 +83,15 @@ enum State<S> {
 /// as [`InterfaceEvent::Up`]. When every interface is healthy the wait has
 /// no deadline of its own (no periodic wake-ups).
 ///
-/// Under a flood (more knocks in a row, each less than 3 ms after the one
-/// before, than a knock sequence holds) a turn that finds every queue empty
-/// first sleeps 2 ms, then looks again before it waits in `poll(2)`: the
-/// knocks that came meanwhile are read as one batch
-/// ([`Source::next_queued`]) instead of one wake-up each. A knock during a
-/// flood is read at most 2 ms later; a lone knock, and every knock of a
-/// client's sequence, at once (see `pace`).
+/// Under a flood (more knocks in a row, each close after the one before,
+/// than a knock sequence holds) a turn that finds every queue empty first
+/// sleeps 2 ms, then looks again before it waits in `poll(2)`: the knocks
+/// that came meanwhile are read as one batch ([`Source::next_queued`])
+/// instead of one wake-up each. A flood of more than 100,000 knocks a
+/// second gets longer pauses, up to 8 ms (fewer wake-ups, larger batches),
+/// as long as a pause's knocks fit a quarter of the default ring. A knock
+/// during a flood is read at most 8 ms later; a lone knock, and every knock
+/// of a client's sequence, at once (see `pace`).
 ///
 /// Reopening happens on the thread that calls [`Source::next_event`]: use
 /// the source in the network namespace it was opened in (a reopen from
@@ -138,7 +140,7 @@ impl<S: Source> MultiSource<S> {
     /// Also wakes for `waker`: when another thread writes to the other end
     /// of this stream (a command finished, say), the wait returns
     /// [`Next::Deadline`] at once (during a flood, after the pause of at
-    /// most 2 ms that lets packets gather) and the bytes are drained.
+    /// most 8 ms that lets packets gather) and the bytes are drained.
     /// Nothing else is read from it. The stream is made non-blocking.
     ///
     /// # Errors
@@ -593,6 +595,7 @@ impl<S: Source> Source for MultiSource<S> {
             }
             if let Some(c) = src.next_queued() {
                 self.next = wrap(i + 1, n);
+                self.pacer.queued();
                 return Some(c);
             }
         }

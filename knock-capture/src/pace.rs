@@ -2,13 +2,21 @@
 //!
 //! A wake-up from `poll(2)` costs more than handling a knock, so under a
 //! flood [`MultiSource`](crate::MultiSource) lets knocks gather: a turn that
-//! finds every queue empty first sleeps [`PACE`], then reads what came
-//! meanwhile as one batch. [`Pacer`] decides when: only after a *streak* of
-//! [`STREAK`] knocks in a row, each less than [`BUSY_GAP`] after the one
-//! before (the first knock of a streak not counted). A client's sequence,
-//! sent as fast as it can be (at most [`MAX_STEPS`] knocks), is never
-//! paced, so its last knock is read as soon as the kernel has it; a knock
-//! in a flood waits at most [`PACE`].
+//! finds every queue empty first sleeps, then reads what came meanwhile as
+//! one batch. [`Pacer`] decides when: only after a *streak* of [`STREAK`]
+//! knocks in a row, each less than [`MARGIN`] more than the current nap
+//! after the one before (the first knock of a streak not counted). A
+//! client's sequence, sent as fast as it can be (at most [`MAX_STEPS`]
+//! knocks), is never paced, so its last knock is read as soon as the kernel
+//! has it.
+//!
+//! How long: a nap starts at [`PACE_MIN`]. One that gathered at least
+//! [`GROW_AT`] knocks is doubled for the next, up to [`PACE_MAX`] and as
+//! long as the doubled batch stays under [`MAX_BACKLOG`]; one that gathered
+//! fewer than [`SHRINK_AT`] is halved, down to [`PACE_MIN`]. So a knock in a
+//! flood waits at most [`PACE_MAX`], and only in a flood of more than
+//! [`GROW_AT`] knocks per [`PACE_MIN`] (over 100,000 a second); a trickle
+//! of knocks that keeps a streak going waits at most [`PACE_MIN`].
 //!
 //! Sans-IO: the caller passes the time in and does the sleeping.
 
@@ -16,42 +24,77 @@ use std::time::{Duration, Instant};
 
 use knock_core::MAX_STEPS;
 
-/// Two knocks less than this apart continue a streak (more than [`PACE`],
-/// so that a flood read in paced batches goes on being one).
-pub(crate) const BUSY_GAP: Duration = Duration::from_millis(3);
+/// Two knocks less than the current nap plus this apart continue a
+/// streak, so that a flood read in paced batches goes on being one.
+pub(crate) const MARGIN: Duration = Duration::from_millis(1);
 /// Knocks in a streak (after its first) before turns are paced: a knock
 /// sequence never makes one this long.
 pub(crate) const STREAK: u32 = MAX_STEPS as u32;
-/// How long a paced turn sleeps before it waits in `poll(2)`.
-pub(crate) const PACE: Duration = Duration::from_millis(2);
+/// The first nap of a streak, and the shortest.
+pub(crate) const PACE_MIN: Duration = Duration::from_millis(2);
+/// The longest nap.
+pub(crate) const PACE_MAX: Duration = Duration::from_millis(8);
+/// A nap that gathered this many knocks is doubled.
+pub(crate) const GROW_AT: u32 = 256;
+/// A nap that gathered fewer knocks than this is halved.
+pub(crate) const SHRINK_AT: u32 = 64;
+/// The most knocks a doubled nap is expected to gather: a quarter of the
+/// default receive ring (16,384 slots), so that a nap never lets a flood
+/// fill the ring.
+pub(crate) const MAX_BACKLOG: u32 = 4096;
 
 /// See the [module documentation](self).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Pacer {
     /// When the last knock was read.
     last: Option<Instant>,
-    /// Knocks in a row, each less than [`BUSY_GAP`] after the one before
-    /// (the first of them not counted).
+    /// Knocks in a row, each less than the nap plus [`MARGIN`] after the
+    /// one before (the first of them not counted).
     streak: u32,
     /// A turn slept since the last knock: the next empty turn waits in
     /// `poll(2)`.
     paced: bool,
+    /// The length of the next nap.
+    pace: Duration,
+    /// Knocks read since the last nap (or the start of the streak).
+    gathered: u32,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Pacer {
+            last: None,
+            streak: 0,
+            paced: false,
+            pace: PACE_MIN,
+            gathered: 0,
+        }
+    }
 }
 
 impl Pacer {
     /// A knock was read at `now` (the first of a turn: the knocks of a
-    /// batch are read at its time).
+    /// batch are read at its time, and counted with [`Pacer::queued`]).
     pub(crate) fn knock(&mut self, now: Instant) {
         let close = self
             .last
-            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_GAP);
-        self.streak = if close {
-            self.streak.saturating_add(1)
+            .is_some_and(|t| now.saturating_duration_since(t) < self.pace + MARGIN);
+        if close {
+            self.streak = self.streak.saturating_add(1);
         } else {
-            0
-        };
+            self.streak = 0;
+            self.pace = PACE_MIN;
+            self.gathered = 0;
+        }
         self.last = Some(now);
         self.paced = false;
+        self.gathered = self.gathered.saturating_add(1);
+    }
+
+    /// Another knock was read in the same turn, after the one passed to
+    /// [`Pacer::knock`].
+    pub(crate) fn queued(&mut self) {
+        self.gathered = self.gathered.saturating_add(1);
     }
 
     /// A turn found every queue empty: how long to sleep before waiting in
@@ -60,8 +103,16 @@ impl Pacer {
         if self.streak < STREAK || self.paced {
             return None;
         }
+        if self.gathered >= GROW_AT && self.gathered.saturating_mul(2) <= MAX_BACKLOG {
+            self.pace = (self.pace * 2).min(PACE_MAX);
+        } else if self.gathered < SHRINK_AT {
+            self.pace = (self.pace / 2).max(PACE_MIN);
+        }
+        self.gathered = 0;
         self.paced = true;
-        Some(deadline.map_or(PACE, |d| d.saturating_duration_since(now).min(PACE)))
+        Some(deadline.map_or(self.pace, |d| {
+            d.saturating_duration_since(now).min(self.pace)
+        }))
     }
 }
 
@@ -101,12 +152,12 @@ mod tests {
         let mut t = Instant::now();
         let naps = knocks(&mut p, &mut t, STREAK + 1, 10 * US);
         assert!(naps[..STREAK as usize].iter().all(Option::is_none));
-        assert_eq!(naps[STREAK as usize], Some(PACE));
+        assert_eq!(naps[STREAK as usize], Some(PACE_MIN));
         // A second empty turn before the next knock waits in poll.
         assert_eq!(p.nap(t, None), None);
         // A paced flood's turns come a pace apart: it stays a flood.
-        let naps = knocks(&mut p, &mut t, 5, PACE + 100 * US);
-        assert!(naps.iter().all(|n| *n == Some(PACE)), "{naps:?}");
+        let naps = knocks(&mut p, &mut t, 5, PACE_MIN + 100 * US);
+        assert!(naps.iter().all(|n| *n == Some(PACE_MIN)), "{naps:?}");
         // A nap never passes the caller's deadline.
         p.knock(t + 10 * US);
         assert_eq!(p.nap(t, Some(t + 300 * US)), Some(300 * US));
@@ -117,12 +168,84 @@ mod tests {
         let mut p = Pacer::default();
         let mut t = Instant::now();
         knocks(&mut p, &mut t, STREAK + 1, 10 * US);
-        let naps = knocks(&mut p, &mut t, 1, BUSY_GAP);
+        let naps = knocks(&mut p, &mut t, 1, PACE_MIN + MARGIN);
         assert_eq!(naps, [None]);
         // The knock after the gap began a new streak.
         let naps = knocks(&mut p, &mut t, STREAK, 10 * US);
         let (last, before) = naps.split_last().unwrap();
         assert!(before.iter().all(Option::is_none), "{naps:?}");
-        assert_eq!(*last, Some(PACE));
+        assert_eq!(*last, Some(PACE_MIN));
+    }
+
+    /// `count` turns of a flood of `per_ms` knocks a millisecond, each a
+    /// nap after the one before (the first `first` after the last knock),
+    /// each followed by an empty turn; the naps those turns were given.
+    fn flood(
+        p: &mut Pacer,
+        t: &mut Instant,
+        count: usize,
+        per_ms: u32,
+        first: Duration,
+    ) -> Vec<Duration> {
+        let mut gap = first;
+        (0..count)
+            .map(|_| {
+                *t += gap;
+                p.knock(*t);
+                let n = per_ms * u32::try_from(gap.as_millis()).unwrap();
+                (1..n).for_each(|_| p.queued());
+                gap = p.nap(*t, None).unwrap_or_default();
+                gap
+            })
+            .collect()
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_heavy_flood_naps_longer_and_a_lighter_one_shorter_again() {
+        let mut p = Pacer::default();
+        let mut t = Instant::now();
+        knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        // 150 knocks a millisecond: the nap doubles up to its longest.
+        let naps = flood(&mut p, &mut t, 4, 150, PACE_MIN);
+        assert_eq!(naps, [4 * MS, PACE_MAX, PACE_MAX, PACE_MAX]);
+        // Then 5: it halves down to the shortest.
+        let naps = flood(&mut p, &mut t, 4, 5, PACE_MAX);
+        assert_eq!(naps, [4 * MS, PACE_MIN, PACE_MIN, PACE_MIN]);
+        // 50 (100 knocks a nap of 2 ms): it stays.
+        let naps = flood(&mut p, &mut t, 3, 50, PACE_MIN);
+        assert_eq!(naps, [PACE_MIN; 3]);
+    }
+
+    #[test]
+    fn a_nap_never_grows_past_what_the_ring_can_hold() {
+        let mut p = Pacer::default();
+        let mut t = Instant::now();
+        knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        // 1500 knocks a millisecond: 3000 a nap of 2 ms, twice that more
+        // than the backlog.
+        let naps = flood(&mut p, &mut t, 3, 1500, PACE_MIN);
+        assert_eq!(naps, [PACE_MIN; 3]);
+        // 600: one doubling (2400 knocks a nap of 4 ms).
+        let naps = flood(&mut p, &mut t, 3, 600, PACE_MIN);
+        assert_eq!(naps, [4 * MS; 3]);
+    }
+
+    #[test]
+    fn a_long_nap_keeps_the_streak_and_a_longer_gap_ends_it() {
+        let mut p = Pacer::default();
+        let mut t = Instant::now();
+        knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        let naps = flood(&mut p, &mut t, 3, 150, PACE_MIN);
+        assert_eq!(naps.last(), Some(&PACE_MAX));
+        // A nap's length apart (and a little more): still a flood.
+        let naps = flood(&mut p, &mut t, 2, 150, PACE_MAX + MARGIN / 2);
+        assert_eq!(naps, [PACE_MAX; 2]);
+        // A longer gap: a new streak, which naps from the shortest again.
+        let naps = knocks(&mut p, &mut t, 1, PACE_MAX + MARGIN);
+        assert_eq!(naps, [None]);
+        let naps = knocks(&mut p, &mut t, STREAK, 10 * US);
+        assert_eq!(naps.last(), Some(&Some(PACE_MIN)));
     }
 }
