@@ -33,8 +33,10 @@ pub const SUMMARY_AFTER: Duration = Duration::from_secs(10);
 /// How long after a suppression an open still writes its missing stages
 /// (longer than any sensible sequence timeout).
 pub const HOLD: Duration = Duration::from_secs(600);
-/// Sources counted by name in a summary (beyond: "at least").
-const MAX_COUNTED: usize = 65_536;
+/// Sources counted by name in a summary (beyond: "at least"): enough to
+/// tell one noisy host from a spoofed flood, and a set small enough that a
+/// flood's lines cost no cache misses to count.
+const MAX_COUNTED: usize = 4096;
 /// Sources whose written stages are remembered.
 const MAX_WRITTEN: usize = 4096;
 
@@ -50,7 +52,7 @@ pub struct Quiet {
     total: u64,
     /// Their sources (up to [`MAX_COUNTED`]), as IPv6 (IPv4-mapped)
     /// addresses' bits: spoofable keys, hashed with a keyed hash in one
-    /// write.
+    /// write. Reserved whole at the first suppressed line.
     sources: HashSet<u128, SourceHasher>,
     /// When the first line of the current summary was suppressed.
     since: Option<Timestamp>,
@@ -107,9 +109,9 @@ impl Quiet {
                 IpAddr::V4(a) => a.to_ipv6_mapped(),
                 IpAddr::V6(a) => a,
             };
-            // A flood's set grows at once to its bound, rather than
-            // doubling (and rehashing) four more times on its way there.
-            if self.sources.len() == self.sources.capacity() && self.sources.len() >= MAX_WRITTEN {
+            // Whole at once (64 KiB, kept), rather than doubling (and
+            // rehashing) on its way there.
+            if self.sources.capacity() < MAX_COUNTED {
                 self.sources.reserve(MAX_COUNTED - self.sources.len());
             }
             self.sources.insert(v6.to_bits());
@@ -175,11 +177,18 @@ impl Quiet {
     }
 
     /// The summary line, if it is due at `now` (or `force`d, at shutdown).
+    /// Inline: the engine asks at the end of every call.
+    #[inline]
     pub fn summary(&mut self, now: Timestamp, force: bool) -> Option<String> {
         let since = self.since?;
         if !force && now < since.saturating_add(SUMMARY_AFTER) {
             return None;
         }
+        Some(self.summarise(now, since))
+    }
+
+    #[cold]
+    fn summarise(&mut self, now: Timestamp, since: Timestamp) -> String {
         let secs = now.saturating_duration_since(since).as_secs().max(1);
         let at_least = if self.sources.len() >= MAX_COUNTED {
             "at least "
@@ -194,11 +203,8 @@ impl Quiet {
         );
         self.suppressed = 0;
         self.sources.clear();
-        if self.sources.capacity() > 4 * MAX_WRITTEN {
-            self.sources.shrink_to(MAX_WRITTEN);
-        }
         self.since = None;
-        Some(line)
+        line
     }
 
     fn forget_before(&mut self, t: Timestamp) {
@@ -263,6 +269,31 @@ mod tests {
         );
         assert_eq!(q.deadline(), None);
         assert_eq!(q.summary(ms(30_000), true), None, "said once");
+    }
+
+    #[test]
+    fn a_flood_counts_its_sources_up_to_a_bound() {
+        let mut q = Quiet::default();
+        let n = MAX_COUNTED as u32 + 1000;
+        for i in 0..(BURST + n) {
+            q.admit(ms(0), ip(i));
+        }
+        let s = q.summary(ms(10_000), false).unwrap();
+        assert!(
+            s.starts_with(&format!(
+                "{n} stage and timeout lines from at least {MAX_COUNTED} sources suppressed"
+            )),
+            "{s}"
+        );
+        // The next summary counts afresh (after the refilled burst).
+        for i in 0..(BURST + 10) {
+            q.admit(ms(20_000), ip(i % 10));
+        }
+        let s = q.summary(ms(30_000), false).unwrap();
+        assert!(
+            s.starts_with("10 stage and timeout lines from 10 sources "),
+            "{s}"
+        );
     }
 
     #[test]
