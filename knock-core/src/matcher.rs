@@ -1497,12 +1497,19 @@ impl Matcher {
     }
 
     /// Rebuilds the timers with one entry per live slot if spare entries
-    /// pile up (see `timer`).
+    /// pile up (see `timer`). Inline: every event asks, and nearly every
+    /// answer is no.
+    #[inline]
     fn compact_timers(&mut self) {
         let slots = self.table.slots() + self.grants.slots() + self.suspects.slots();
-        if self.timers.len() <= 2 * slots + 1024 {
-            return;
+        if self.timers.len() > 2 * slots + 1024 {
+            self.rebuild_timers();
         }
+    }
+
+    /// See [`compact_timers`](Self::compact_timers).
+    #[cold]
+    fn rebuild_timers(&mut self) {
         let now_ms = self.now.as_millis();
         let mut buf = std::mem::take(&mut self.scratch);
         let mut entries = Vec::with_capacity(self.table.held() + self.grants.len());

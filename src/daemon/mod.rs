@@ -867,8 +867,18 @@ impl Daemon {
     }
 
     /// Applies the engine's actions, feeding back the results, until the
-    /// engine has nothing more to say.
+    /// engine has nothing more to say. Inline: it is asked after every
+    /// knock, and a flood's knocks have nothing to apply.
+    #[inline]
     fn apply(&mut self) {
+        if self.engine.has_actions() || !self.unrecorded.is_empty() {
+            self.apply_all();
+        }
+    }
+
+    /// See [`apply`](Self::apply).
+    #[inline(never)]
+    fn apply_all(&mut self) {
         loop {
             let mut results = Vec::new();
             while let Some(action) = self.engine.poll_action() {

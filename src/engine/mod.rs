@@ -1004,6 +1004,13 @@ impl Engine {
         self.out.pop_front()
     }
 
+    /// Whether [`poll_action`](Self::poll_action) has an action to give.
+    #[must_use]
+    #[inline]
+    pub fn has_actions(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
