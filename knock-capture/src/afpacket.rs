@@ -503,6 +503,10 @@ impl Source for AfPacketSource {
     fn filter_widening(&self) -> Option<Widening> {
         self.widening
     }
+
+    fn ring_frames(&self) -> Option<usize> {
+        self.ring.as_ref().map(Ring::frames)
+    }
 }
 
 /// The names of the interfaces in the calling thread's network namespace

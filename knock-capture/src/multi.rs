@@ -88,9 +88,9 @@ enum State<S> {
 /// sleeps 2 ms, then looks again before it waits in `poll(2)`: the knocks
 /// that came meanwhile are read as one batch ([`Source::next_queued`])
 /// instead of one wake-up each. A flood of more than 100,000 knocks a
-/// second gets longer pauses, up to 8 ms (fewer wake-ups, larger batches),
-/// as long as a pause's knocks fit a quarter of the default ring. A knock
-/// during a flood is read at most 8 ms later; a lone knock, and every knock
+/// second gets longer pauses, up to 16 ms (fewer wake-ups, larger batches),
+/// as long as a pause's knocks fit a quarter of the smallest ring. A knock
+/// during a flood is read at most 16 ms later; a lone knock, and every knock
 /// of a client's sequence, at once (see `pace`).
 ///
 /// Reopening happens on the thread that calls [`Source::next_event`]: use
@@ -140,7 +140,7 @@ impl<S: Source> MultiSource<S> {
     /// Also wakes for `waker`: when another thread writes to the other end
     /// of this stream (a command finished, say), the wait returns
     /// [`Next::Deadline`] at once (during a flood, after the pause of at
-    /// most 8 ms that lets packets gather) and the bytes are drained.
+    /// most 16 ms that lets packets gather) and the bytes are drained.
     /// Nothing else is read from it. The stream is made non-blocking.
     ///
     /// # Errors
@@ -538,7 +538,7 @@ impl<S: Source> Source for MultiSource<S> {
             // A flood's pause comes before the waker is read: it is short,
             // and the caller handles what woke it (a finished command) at
             // every batch anyway; the read is a system call per pause.
-            if let Some(nap) = self.pacer.nap(now, deadline) {
+            if let Some(nap) = self.pacer.nap(now, deadline, self.ring_frames()) {
                 std::thread::sleep(nap);
                 continue;
             }
@@ -649,5 +649,10 @@ impl<S: Source> Source for MultiSource<S> {
         self.sources()
             .filter_map(Source::filter_widening)
             .min_by_key(|w| w.ranges)
+    }
+
+    /// The smallest ring of the sources that work now.
+    fn ring_frames(&self) -> Option<usize> {
+        self.sources().filter_map(Source::ring_frames).min()
     }
 }

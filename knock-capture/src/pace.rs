@@ -12,11 +12,15 @@
 //!
 //! How long: a nap starts at [`PACE_MIN`]. One that gathered at least
 //! [`GROW_AT`] knocks is doubled for the next, up to [`PACE_MAX`] and as
-//! long as the doubled batch stays under [`MAX_BACKLOG`]; one that gathered
-//! fewer than [`SHRINK_AT`] is halved, down to [`PACE_MIN`]. So a knock in a
-//! flood waits at most [`PACE_MAX`], and only in a flood of more than
-//! [`GROW_AT`] knocks per [`PACE_MIN`] (over 100,000 a second); a trickle
-//! of knocks that keeps a streak going waits at most [`PACE_MIN`].
+//! long as twice its knocks fit a quarter of the smallest receive ring
+//! ([`NO_RING_BACKLOG`] without one); one that gathered fewer than
+//! [`SHRINK_AT`] is halved, down to [`PACE_MIN`]. So a knock in a flood
+//! waits at most [`PACE_MAX`], and more than [`PACE_MIN`] only once the
+//! flood has brought [`GROW_AT`] knocks in a nap (over 100,000 a second).
+//! Fewer, longer naps matter beyond the system calls saved: each one idles
+//! the CPU, and in a virtual machine the first knocks after it find the
+//! caches and the TLB cold (16 ms naps instead of 8 took a tenth off the
+//! CPU of a flood of a million sources, benches/RESULTS.md).
 //!
 //! Sans-IO: the caller passes the time in and does the sleeping.
 
@@ -33,15 +37,18 @@ pub(crate) const STREAK: u32 = MAX_STEPS as u32;
 /// The first nap of a streak, and the shortest.
 pub(crate) const PACE_MIN: Duration = Duration::from_millis(2);
 /// The longest nap.
-pub(crate) const PACE_MAX: Duration = Duration::from_millis(8);
+pub(crate) const PACE_MAX: Duration = Duration::from_millis(16);
 /// A nap that gathered this many knocks is doubled.
 pub(crate) const GROW_AT: u32 = 256;
 /// A nap that gathered fewer knocks than this is halved.
 pub(crate) const SHRINK_AT: u32 = 64;
-/// The most knocks a doubled nap is expected to gather: a quarter of the
-/// default receive ring (16,384 slots), so that a nap never lets a flood
-/// fill the ring.
-pub(crate) const MAX_BACKLOG: u32 = 4096;
+/// The share of a receive ring a nap's knocks may take (a quarter), so
+/// that a nap never lets a flood fill it.
+pub(crate) const RING_SHARE: usize = 4;
+/// The most knocks a nap may gather from sources without a ring (a socket
+/// buffer: 64 MiB by default, about 80,000 small frames; what a quarter of
+/// the default ring holds).
+pub(crate) const NO_RING_BACKLOG: u32 = 4096;
 
 /// See the [module documentation](self).
 #[derive(Debug)]
@@ -99,11 +106,20 @@ impl Pacer {
 
     /// A turn found every queue empty: how long to sleep before waiting in
     /// `poll(2)` (at most until `deadline`), or `None` to wait at once.
-    pub(crate) fn nap(&mut self, now: Instant, deadline: Option<Instant>) -> Option<Duration> {
+    /// `ring`: the slots of the smallest receive ring read (`None`: none).
+    pub(crate) fn nap(
+        &mut self,
+        now: Instant,
+        deadline: Option<Instant>,
+        ring: Option<usize>,
+    ) -> Option<Duration> {
         if self.streak < STREAK || self.paced {
             return None;
         }
-        if self.gathered >= GROW_AT && self.gathered.saturating_mul(2) <= MAX_BACKLOG {
+        let backlog = ring.map_or(NO_RING_BACKLOG, |slots| {
+            u32::try_from(slots / RING_SHARE).unwrap_or(u32::MAX)
+        });
+        if self.gathered >= GROW_AT && self.gathered.saturating_mul(2) <= backlog {
             self.pace = (self.pace * 2).min(PACE_MAX);
         } else if self.gathered < SHRINK_AT {
             self.pace = (self.pace / 2).max(PACE_MIN);
@@ -121,6 +137,8 @@ mod tests {
     use super::*;
 
     const US: Duration = Duration::from_micros(1);
+    /// The default ring's slots.
+    const RING: Option<usize> = Some(16_384);
 
     /// Knocks `gap` apart from `t`, each followed by an empty turn; the
     /// naps those turns were given.
@@ -129,7 +147,7 @@ mod tests {
             .map(|_| {
                 *t += gap;
                 p.knock(*t);
-                p.nap(*t, None)
+                p.nap(*t, None, RING)
             })
             .collect()
     }
@@ -154,13 +172,13 @@ mod tests {
         assert!(naps[..STREAK as usize].iter().all(Option::is_none));
         assert_eq!(naps[STREAK as usize], Some(PACE_MIN));
         // A second empty turn before the next knock waits in poll.
-        assert_eq!(p.nap(t, None), None);
+        assert_eq!(p.nap(t, None, RING), None);
         // A paced flood's turns come a pace apart: it stays a flood.
         let naps = knocks(&mut p, &mut t, 5, PACE_MIN + 100 * US);
         assert!(naps.iter().all(|n| *n == Some(PACE_MIN)), "{naps:?}");
         // A nap never passes the caller's deadline.
         p.knock(t + 10 * US);
-        assert_eq!(p.nap(t, Some(t + 300 * US)), Some(300 * US));
+        assert_eq!(p.nap(t, Some(t + 300 * US), RING), Some(300 * US));
     }
 
     #[test]
@@ -179,13 +197,26 @@ mod tests {
 
     /// `count` turns of a flood of `per_ms` knocks a millisecond, each a
     /// nap after the one before (the first `first` after the last knock),
-    /// each followed by an empty turn; the naps those turns were given.
+    /// each followed by an empty turn; the naps those turns were given,
+    /// with the default ring.
     fn flood(
         p: &mut Pacer,
         t: &mut Instant,
         count: usize,
         per_ms: u32,
         first: Duration,
+    ) -> Vec<Duration> {
+        flood_into(p, t, count, per_ms, first, RING)
+    }
+
+    /// [`flood`] into sources whose smallest ring is `ring`.
+    fn flood_into(
+        p: &mut Pacer,
+        t: &mut Instant,
+        count: usize,
+        per_ms: u32,
+        first: Duration,
+        ring: Option<usize>,
     ) -> Vec<Duration> {
         let mut gap = first;
         (0..count)
@@ -194,7 +225,7 @@ mod tests {
                 p.knock(*t);
                 let n = per_ms * u32::try_from(gap.as_millis()).unwrap();
                 (1..n).for_each(|_| p.queued());
-                gap = p.nap(*t, None).unwrap_or_default();
+                gap = p.nap(*t, None, ring).unwrap_or_default();
                 gap
             })
             .collect()
@@ -209,10 +240,10 @@ mod tests {
         knocks(&mut p, &mut t, STREAK + 1, 10 * US);
         // 150 knocks a millisecond: the nap doubles up to its longest.
         let naps = flood(&mut p, &mut t, 4, 150, PACE_MIN);
-        assert_eq!(naps, [4 * MS, PACE_MAX, PACE_MAX, PACE_MAX]);
-        // Then 5: it halves down to the shortest.
-        let naps = flood(&mut p, &mut t, 4, 5, PACE_MAX);
-        assert_eq!(naps, [4 * MS, PACE_MIN, PACE_MIN, PACE_MIN]);
+        assert_eq!(naps, [4 * MS, 8 * MS, PACE_MAX, PACE_MAX]);
+        // Then 2: it halves down to the shortest.
+        let naps = flood(&mut p, &mut t, 4, 2, PACE_MAX);
+        assert_eq!(naps, [8 * MS, 4 * MS, PACE_MIN, PACE_MIN]);
         // 50 (100 knocks a nap of 2 ms): it stays.
         let naps = flood(&mut p, &mut t, 3, 50, PACE_MIN);
         assert_eq!(naps, [PACE_MIN; 3]);
@@ -229,6 +260,20 @@ mod tests {
         assert_eq!(naps, [PACE_MIN; 3]);
         // 600: one doubling (2400 knocks a nap of 4 ms).
         let naps = flood(&mut p, &mut t, 3, 600, PACE_MIN);
+        assert_eq!(naps, [4 * MS; 3]);
+    }
+
+    #[test]
+    fn a_small_ring_keeps_the_naps_short_and_no_ring_has_a_bound_too() {
+        let mut p = Pacer::default();
+        let mut t = Instant::now();
+        knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        // 512 slots (`capture_ring = 1M`): 300 knocks a nap of 2 ms, twice
+        // that more than a quarter of it.
+        let naps = flood_into(&mut p, &mut t, 3, 150, PACE_MIN, Some(512));
+        assert_eq!(naps, [PACE_MIN; 3]);
+        // No ring: as the default ring (600 a millisecond: one doubling).
+        let naps = flood_into(&mut p, &mut t, 3, 600, PACE_MIN, None);
         assert_eq!(naps, [4 * MS; 3]);
     }
 

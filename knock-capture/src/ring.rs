@@ -260,6 +260,11 @@ impl Ring {
         let _ = p;
     }
 
+    /// Slots in the ring.
+    pub(crate) fn frames(&self) -> usize {
+        self.geometry.frames
+    }
+
     /// The next frame the kernel has handed over, if any. Slots are taken in
     /// order; the one returned goes back to the kernel when the [`Frame`]
     /// is dropped.

@@ -195,6 +195,13 @@ pub trait Source {
     fn filter_widening(&self) -> Option<Widening> {
         None
     }
+
+    /// The frames the source's receive ring holds while it is not read
+    /// (`None`: no ring). A flood's pauses are kept short enough not to
+    /// fill it.
+    fn ring_frames(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<S: Source + ?Sized> Source for Box<S> {
@@ -215,6 +222,9 @@ impl<S: Source + ?Sized> Source for Box<S> {
     }
     fn filter_widening(&self) -> Option<Widening> {
         (**self).filter_widening()
+    }
+    fn ring_frames(&self) -> Option<usize> {
+        (**self).ring_frames()
     }
 }
 
