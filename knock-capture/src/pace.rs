@@ -5,7 +5,9 @@
 //! finds every queue empty first sleeps, then reads what came meanwhile as
 //! one batch. [`Pacer`] decides when: only after a *streak* of [`STREAK`]
 //! knocks in a row, each less than [`MARGIN`] more than the current nap
-//! after the one before (the first knock of a streak not counted). A
+//! after the one before, or after the nap before it (however long the
+//! batch before the nap took to handle; the first knock of a streak not
+//! counted). A
 //! client's sequence, sent as fast as it can be (at most [`MAX_STEPS`]
 //! knocks), is never paced, so its last knock is read as soon as the kernel
 //! has it.
@@ -53,7 +55,7 @@ pub(crate) const NO_RING_BACKLOG: u32 = 4096;
 /// See the [module documentation](self).
 #[derive(Debug)]
 pub(crate) struct Pacer {
-    /// When the last knock was read.
+    /// When the last knock was read, or the last nap began.
     last: Option<Instant>,
     /// Knocks in a row, each less than the nap plus [`MARGIN`] after the
     /// one before (the first of them not counted).
@@ -126,6 +128,9 @@ impl Pacer {
         }
         self.gathered = 0;
         self.paced = true;
+        // The next knock is close if it comes within the nap (and the
+        // margin), however long the batch before it took.
+        self.last = Some(now);
         Some(deadline.map_or(self.pace, |d| {
             d.saturating_duration_since(now).min(self.pace)
         }))
@@ -261,6 +266,24 @@ mod tests {
         // 600: one doubling (2400 knocks a nap of 4 ms).
         let naps = flood(&mut p, &mut t, 3, 600, PACE_MIN);
         assert_eq!(naps, [4 * MS; 3]);
+    }
+
+    #[test]
+    fn a_long_batch_before_a_nap_keeps_the_streak() {
+        let mut p = Pacer::default();
+        let mut t = Instant::now();
+        knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        let naps = flood(&mut p, &mut t, 3, 150, PACE_MIN);
+        assert_eq!(naps.last(), Some(&PACE_MAX));
+        // Each batch takes 3 ms to handle before the turn that naps: the
+        // knocks after the naps are 19 ms apart, still one flood.
+        for _ in 0..3 {
+            t += PACE_MAX;
+            p.knock(t);
+            (1..2400).for_each(|_| p.queued());
+            t += 3 * MS;
+            assert_eq!(p.nap(t, None, RING), Some(PACE_MAX));
+        }
     }
 
     #[test]
