@@ -188,9 +188,7 @@ mod tests {
 
     #[test]
     fn a_gap_ends_the_streak() {
-        let mut p = Pacer::default();
-        let mut t = Instant::now();
-        knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        let (mut p, mut t) = flooding();
         let naps = knocks(&mut p, &mut t, 1, PACE_MIN + MARGIN);
         assert_eq!(naps, [None]);
         // The knock after the gap began a new streak.
@@ -238,11 +236,18 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    #[test]
-    fn a_heavy_flood_naps_longer_and_a_lighter_one_shorter_again() {
+    /// A pacer whose streak has just begun pacing (its first nap given),
+    /// and the time of its last knock.
+    fn flooding() -> (Pacer, Instant) {
         let mut p = Pacer::default();
         let mut t = Instant::now();
         knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        (p, t)
+    }
+
+    #[test]
+    fn a_heavy_flood_naps_longer_and_a_lighter_one_shorter_again() {
+        let (mut p, mut t) = flooding();
         // 150 knocks a millisecond: the nap doubles up to its longest.
         let naps = flood(&mut p, &mut t, 4, 150, PACE_MIN);
         assert_eq!(naps, [4 * MS, 8 * MS, PACE_MAX, PACE_MAX]);
@@ -256,9 +261,7 @@ mod tests {
 
     #[test]
     fn a_nap_never_grows_past_what_the_ring_can_hold() {
-        let mut p = Pacer::default();
-        let mut t = Instant::now();
-        knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        let (mut p, mut t) = flooding();
         // 1500 knocks a millisecond: 3000 a nap of 2 ms, twice that more
         // than the backlog.
         let naps = flood(&mut p, &mut t, 3, 1500, PACE_MIN);
@@ -270,9 +273,7 @@ mod tests {
 
     #[test]
     fn a_long_batch_before_a_nap_keeps_the_streak() {
-        let mut p = Pacer::default();
-        let mut t = Instant::now();
-        knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        let (mut p, mut t) = flooding();
         let naps = flood(&mut p, &mut t, 3, 150, PACE_MIN);
         assert_eq!(naps.last(), Some(&PACE_MAX));
         // Each batch takes 3 ms to handle before the turn that naps: the
@@ -288,9 +289,7 @@ mod tests {
 
     #[test]
     fn a_small_ring_keeps_the_naps_short_and_no_ring_has_a_bound_too() {
-        let mut p = Pacer::default();
-        let mut t = Instant::now();
-        knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        let (mut p, mut t) = flooding();
         // 512 slots (`capture_ring = 1M`): 300 knocks a nap of 2 ms, twice
         // that more than a quarter of it.
         let naps = flood_into(&mut p, &mut t, 3, 150, PACE_MIN, Some(512));
@@ -302,9 +301,7 @@ mod tests {
 
     #[test]
     fn a_long_nap_keeps_the_streak_and_a_longer_gap_ends_it() {
-        let mut p = Pacer::default();
-        let mut t = Instant::now();
-        knocks(&mut p, &mut t, STREAK + 1, 10 * US);
+        let (mut p, mut t) = flooding();
         let naps = flood(&mut p, &mut t, 3, 150, PACE_MIN);
         assert_eq!(naps.last(), Some(&PACE_MAX));
         // A nap's length apart (and a little more): still a flood.
