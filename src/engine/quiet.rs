@@ -109,7 +109,7 @@ impl Quiet {
                 IpAddr::V4(a) => a.to_ipv6_mapped(),
                 IpAddr::V6(a) => a,
             };
-            // Whole at once (64 KiB, kept), rather than doubling (and
+            // Whole at once (136 KiB, kept), rather than doubling (and
             // rehashing) on its way there.
             if self.sources.capacity() < MAX_COUNTED {
                 self.sources.reserve(MAX_COUNTED - self.sources.len());
