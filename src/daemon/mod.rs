@@ -891,10 +891,7 @@ impl Daemon {
             }
             if results.is_empty() {
                 // A mark that failed for a door without an open to hold back.
-                // (Clearing an empty map still writes its control bytes.)
-                if !self.unrecorded.is_empty() {
-                    self.unrecorded.clear();
-                }
+                self.unrecorded.clear();
                 return;
             }
             let now = self.clock.now();
